@@ -1,0 +1,99 @@
+"""The deployable bundle: ONNX variants, tokenizer files and a manifest.
+
+Layout (Optimum-like)::
+
+    manifest.json            dims, max_seq_length, pooling, source, hashes, variants
+    tokenizer.json ...       Hugging Face fast-tokenizer files
+    onnx/model.onnx          fp32, fused
+    onnx/model_qint8.onnx    dynamic int8
+
+Only the standard library here: the registered MLflow model loads this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from embopt.errors import EmboptError
+
+MANIFEST = "manifest.json"
+FORMAT = "embopt-bundle/1"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_manifest(bundle: Path) -> dict[str, Any]:
+    path = Path(bundle) / MANIFEST
+    if not path.exists():
+        raise EmboptError(f"{path}: bundle manifest not found")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise EmboptError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    for key in ("format", "variants", "default_variant", "max_seq_length"):
+        if key not in manifest:
+            raise EmboptError(f"{path}: missing key '{key}'")
+    if manifest["format"] != FORMAT:
+        raise EmboptError(f"{path}: format '{manifest['format']}' is not {FORMAT}")
+    return manifest
+
+
+def variant_file(bundle: Path, manifest: dict[str, Any], variant: str | None) -> tuple[str, Path]:
+    name = variant or manifest["default_variant"]
+    if name not in manifest["variants"]:
+        raise EmboptError(
+            f"{Path(bundle) / MANIFEST}: no variant '{name}' (have: {', '.join(manifest['variants'])})"
+        )
+    return name, Path(bundle) / manifest["variants"][name]["file"]
+
+
+def bundle_hash(bundle: Path, variant: str | None = None) -> str:
+    """Identity of what a bundle computes: the variant's ONNX hash plus the tokenizer (cache keys)."""
+    manifest = read_manifest(bundle)
+    name, _ = variant_file(bundle, manifest, variant)
+    return hashlib.sha256(
+        (manifest["variants"][name]["sha256"] + manifest.get("tokenizer_sha256", "")).encode()
+    ).hexdigest()[:16]
+
+
+def write_manifest(bundle: Path, variants: dict[str, dict[str, Any]], default_variant: str, **fields: Any) -> Path:
+    """Write ``manifest.json``; each variant's sha256 is computed from its file."""
+    bundle = Path(bundle)
+    for v in variants.values():
+        v["sha256"] = sha256(bundle / v["file"])
+    tok = bundle / "tokenizer.json"
+    manifest = {
+        "format": FORMAT,
+        **fields,
+        "tokenizer_sha256": sha256(tok) if tok.exists() else "",
+        "default_variant": default_variant,
+        "variants": variants,
+    }
+    path = bundle / MANIFEST
+    path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def copy_tokenizer(model_dir: Path, bundle: Path) -> list[str]:
+    """Copy the fast-tokenizer files of a SentenceTransformer folder into the bundle."""
+    import shutil
+
+    copied = []
+    for name in TOKENIZER_FILES:
+        src = Path(model_dir) / name
+        if src.exists():
+            shutil.copy2(src, Path(bundle) / name)
+            copied.append(name)
+    if "tokenizer.json" not in copied:
+        raise EmboptError(f"{model_dir}: no tokenizer.json (a fast tokenizer is required)")
+    return copied

@@ -1,0 +1,224 @@
+"""All MLflow logic lives here: store location, one run per stage, tags, artifacts.
+
+Every stage execution is one MLflow run, tagged with the DVC stage, the git commit
+and a pipeline id shared by all stages of one ``dvc repro`` (MLflow guidance:
+group runs by tags rather than nesting across processes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from embopt import config
+from embopt.gates import GateResult
+from embopt.params import Params, flatten
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DB = "mlflow.db"
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` when set (a team server), else ``sqlite:///<repo>/mlflow.db``."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{config.PROJ_ROOT / DEFAULT_DB}"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=config.PROJ_ROOT, capture_output=True, text=True, check=True
+        )
+        commit = out.stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=config.PROJ_ROOT, capture_output=True, text=True, check=False,
+        ).stdout.strip()
+        return f"{commit}-dirty" if dirty else commit
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def pipeline_id() -> str:
+    """An id shared by every stage that one ``dvc repro`` / ``dvc exp run`` starts.
+
+    DVC starts each stage as a child process, so the id is derived from the
+    nearest ancestor ``dvc`` process (pid + start time): stable across its stages,
+    different for the next invocation. A stage run by hand gets a fresh id.
+    """
+    try:
+        import psutil
+
+        for proc in psutil.Process().parents():
+            try:
+                argv = proc.cmdline()
+            except (psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+            if _is_dvc(argv):
+                key = f"{proc.pid}-{proc.create_time()}"
+                return hashlib.sha1(key.encode()).hexdigest()[:12]
+    except ImportError:  # psutil ships with mlflow; stay usable without it
+        pass
+    return uuid.uuid4().hex[:12]
+
+
+def _is_dvc(argv: list[str]) -> bool:
+    if any(Path(a).name in ("dvc", "dvc.exe") for a in argv[:2]):
+        return True
+    return len(argv) >= 3 and argv[1] == "-m" and argv[2] == "dvc"
+
+
+def _mlflow():
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    return mlflow
+
+
+def ensure_experiment(name: str) -> str:
+    mlflow = _mlflow()
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    artifact_location = None
+    if "MLFLOW_TRACKING_URI" not in os.environ:
+        # Keep artifacts beside the sqlite store, whatever the current directory is.
+        artifact_location = (config.PROJ_ROOT / "mlartifacts").as_uri()
+    return mlflow.create_experiment(name, artifact_location=artifact_location)
+
+
+class StageRun:
+    """Thin handle on the active MLflow run of one stage."""
+
+    def __init__(self, stage: str, run_id: str):
+        self.stage = stage
+        self.run_id = run_id
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None, prefix: str = "") -> None:
+        mlflow = _mlflow()
+        clean = {f"{prefix}{k}": float(v) for k, v in flatten(dict(metrics)).items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if clean:
+            mlflow.log_metrics(clean, step=step)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if not path.exists():
+            return
+        mlflow = _mlflow()
+        if path.is_dir():
+            mlflow.log_artifacts(str(path), artifact_path=artifact_path)
+        else:
+            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        _mlflow().set_tags({k: str(v) for k, v in tags.items()})
+
+    def record_gates(self, results: list[GateResult]) -> None:
+        """Put every gate outcome on the run: a tag per gate and an overall status."""
+        if not results:
+            self.set_tags({"gate.status": "none"})
+            return
+        tags = {f"gate.{r.metric}": r.line() for r in results}
+        tags["gate.status"] = "passed" if all(r.passed for r in results) else "failed"
+        self.set_tags(tags)
+        for r in results:
+            log.info(r.line())
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, params: Params, sections: list[str]) -> Iterator[StageRun]:
+    """Open the MLflow run for one stage execution and log its params.
+
+    Args:
+        stage: DVC stage name.
+        params: the validated params.yaml.
+        sections: the params sections this stage reads (``base`` is always logged).
+    """
+    mlflow = _mlflow()
+    exp_id = ensure_experiment(params.base.experiment)
+    pid = pipeline_id()
+    dumped = params.model_dump()
+    logged = flatten({s: dumped[s] for s in ["base", *sections] if s in dumped})
+    tags = {
+        "dvc.stage": stage,
+        "git.commit": git_commit(),
+        "pipeline.id": pid,
+        "mlflow.runName": f"{stage}-{pid}",
+    }
+    with mlflow.start_run(experiment_id=exp_id, tags=tags) as run:
+        # MLflow caps a param value at 6000 chars; ours are short. Lists become strings.
+        mlflow.log_params({k: (v if not isinstance(v, list) else ",".join(map(str, v))) for k, v in logged.items()})
+        log.info("mlflow run %s (stage=%s, pipeline=%s) in %s", run.info.run_id, stage, pid, tracking_uri())
+        handle = StageRun(stage, run.info.run_id)
+        try:
+            yield handle
+        except BaseException as exc:
+            mlflow.set_tag("error", f"{type(exc).__name__}: {exc}"[:5000])
+            raise
+
+
+def log_and_register_embedder(
+    run: StageRun, bundle_dir: Path, model_name: str, alias: str, dim: int, example: list[str],
+    tags: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Log the bundle as a pyfunc model with a signature, register it and point ``alias`` at it.
+
+    Call only after every gate passed: this is the pipeline's one registry write.
+    """
+    import importlib.metadata as md
+
+    import numpy as np
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    from embopt.pyfunc import EmbedderModel
+
+    mlflow = _mlflow()
+    # An unnamed string column: MLflow then accepts both a list of strings and a
+    # DataFrame with one string column (named ``text`` in the input example).
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("string")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, dim))]),
+    )
+    reqs = [f"{pkg}=={md.version(pkg)}" for pkg in ("mlflow", "onnxruntime", "tokenizers", "numpy", "pandas")]
+    package_dir = Path(__file__).resolve().parent
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=EmbedderModel(),
+        artifacts={"bundle": str(bundle_dir)},
+        code_paths=[str(package_dir)],
+        signature=signature,
+        input_example=pd.DataFrame({"text": example}),
+        pip_requirements=reqs,
+        registered_model_name=model_name,
+    )
+    version = str(info.registered_model_version)
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, version, key, str(value))
+    client.set_registered_model_alias(model_name, alias, version)
+    log.info("registered %s version %s as @%s (%s)", model_name, version, alias, info.model_uri)
+    return {"model_name": model_name, "version": version, "alias": alias, "model_uri": info.model_uri,
+            "run_id": run.run_id}
+
+
+def current_alias_version(model_name: str, alias: str) -> str | None:
+    """The version an alias points at now, or None (used to show that a failed gate moved nothing)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(_mlflow().MlflowClient().get_model_version_by_alias(model_name, alias).version)
+    except MlflowException:
+        return None

@@ -1,0 +1,53 @@
+"""Stage pca: fit PCA on corpus embeddings of the int8 model and fold it into the ONNX graph."""
+
+from __future__ import annotations
+
+import logging
+
+from embopt import config
+from embopt.data import read_lines, read_sts_tsv
+from embopt.files import atomic_dir, write_json
+from embopt.params import load_params
+from embopt.pca import fit_pca, fold_into_onnx, save_pca
+from embopt.runtime import Embedder
+from embopt.stage import report, run_stage
+from embopt.sts import retention, sts_spearman
+from embopt.tracking import stage_run
+from embopt.variants import PCA_INFO
+
+log = logging.getLogger("stages.pca")
+
+PARENT = "onnx_int8"
+
+
+def main() -> None:
+    params = load_params()
+    p = params.pca
+    with stage_run("pca", params, ["pca"]) as run:
+        parent = Embedder(config.EXPORT_DIR, variant=PARENT, threads=params.base.threads)
+        sentences = read_lines(config.PREPARED_DIR / "corpus.txt")[: p.fit_sentences]
+        log.info("embedding %d corpus sentences with %s to fit PCA(k=%d)", len(sentences), PARENT, p.k)
+        emb = parent.embed(sentences, show_progress=True)
+        pca = fit_pca(emb, p.k, params.base.seed)
+        variant = f"{PARENT}_pca{p.k}"
+        dev = read_sts_tsv(config.PREPARED_DIR / "sts_dev.tsv")[: p.eval_pairs]
+        with atomic_dir(config.PCA_DIR) as tmp:
+            save_pca(tmp / "pca.npz", pca)
+            onnx_file = fold_into_onnx(parent.onnx_path, tmp / f"model_qint8_pca{p.k}.onnx", pca)
+            write_json(tmp / PCA_INFO, {"variant": variant, "file": onnx_file.name, "k": p.k, "parent": PARENT})
+            folded = Embedder(config.EXPORT_DIR, variant=variant, onnx_path=onnx_file, threads=params.base.threads)
+            parent_dev = sts_spearman(parent.embed, dev)
+            pca_dev = sts_spearman(folded.embed, dev)
+        metrics = {
+            "k": p.k, "dim_before": int(emb.shape[1]), "fit_sentences": len(sentences),
+            "explained_variance": round(float(pca["explained_variance_ratio"].sum()), 5),
+            "parent_dev_spearman": round(parent_dev, 4), "dev_spearman": round(pca_dev, 4),
+            "retention_vs_parent": round(retention(pca_dev, parent_dev), 5),
+        }
+        log.info("PCA %d -> %d dims (%.1f%% variance) -> %s", emb.shape[1], p.k,
+                 100 * metrics["explained_variance"], config.PCA_DIR)
+        report(run, "pca", metrics, gate=p.gate)
+
+
+if __name__ == "__main__":
+    run_stage("pca", main)

@@ -1,0 +1,42 @@
+"""Stage prepare: STS pairs and the distillation corpus into data/prepared/."""
+
+from __future__ import annotations
+
+import logging
+
+from embopt import config
+from embopt.data import build_corpus, load_sts, unique_sentences, write_lines, write_sts_tsv
+from embopt.files import atomic_dir
+from embopt.params import load_params
+from embopt.stage import report, run_stage
+from embopt.tracking import stage_run
+
+log = logging.getLogger("stages.prepare")
+
+
+def main() -> None:
+    params = load_params()
+    p = params.data
+    with stage_run("prepare", params, ["data"]) as run:
+        sts, source = load_sts(p.source, config.resolve(p.sts_dir), p.sts_hub_id)
+        held_out = set()
+        for split in ("dev", "test"):
+            held_out.update(unique_sentences(sts.get(split, [])))
+        head = unique_sentences(sts["train"]) if p.include_sts_train else []
+        log.info("building corpus from %s", p.corpus_path)
+        corpus, stats = build_corpus(
+            [config.resolve(p.corpus_path)], held_out, head, p.corpus_max_sentences,
+            p.min_words, p.max_words, params.base.seed,
+        )
+        with atomic_dir(config.PREPARED_DIR) as tmp:
+            for split, pairs in sts.items():
+                write_sts_tsv(tmp / f"sts_{split}.tsv", pairs)
+            write_lines(tmp / "corpus.txt", corpus)
+        log.info("wrote %s (%d corpus sentences, STS %s)", config.PREPARED_DIR, len(corpus),
+                 {k: len(v) for k, v in sts.items()})
+        run.set_tags({"data.sts_source": source})
+        report(run, "prepare", {"sts_pairs": {k: len(v) for k, v in sts.items()}, "corpus": stats})
+
+
+if __name__ == "__main__":
+    run_stage("prepare", main)

@@ -1,0 +1,68 @@
+"""Stage prune: remove FFN neurons (and heads) physically, then a short recovery distillation."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from embopt import config
+from embopt.data import read_lines, read_sts_tsv
+from embopt.distill import TrainConfig, train_student
+from embopt.files import atomic_dir, read_json
+from embopt.modeling import load_sentence_model
+from embopt.params import load_params
+from embopt.prune import prune_model
+from embopt.stage import report, run_stage
+from embopt.sts import retention, sts_spearman
+from embopt.timing import pin_threads
+from embopt.tracking import stage_run
+
+log = logging.getLogger("stages.prune")
+
+
+def main() -> None:
+    params = load_params()
+    p = params.prune
+    pin_threads(params.base.threads)
+    with stage_run("prune", params, ["prune"]) as run:
+        sentences = read_lines(config.PREPARED_DIR / "corpus.txt")
+        targets = np.load(config.TEACHER_EMBED_DIR / "embeddings.npy")
+        dev = read_sts_tsv(config.PREPARED_DIR / "sts_dev.tsv")
+        teacher_dev = read_json(config.METRICS_DIR / "teacher_embed.json")["teacher_dev_spearman"]
+        model = load_sentence_model(config.DISTILL_DIR)
+        before_dev = sts_spearman(lambda s: model.encode(list(s), batch_size=64), dev)
+        # Importance is measured on corpus sentences, never on dev.
+        rep = prune_model(model, sentences[: p.importance_sentences], p.ffn_keep_ratio, p.heads_to_prune)
+        pruned_dev = sts_spearman(lambda s: model.encode(list(s), batch_size=64), dev)
+        n = min(len(sentences), p.recovery_max_sentences)
+        rec = None
+        if p.recovery_epochs > 0 and rep.params_after < rep.params_before:
+            cfg = TrainConfig(
+                epochs=p.recovery_epochs, batch_size=p.batch_size, lr=p.lr, warmup_ratio=0.1, weight_decay=0.01,
+                max_grad_norm=1.0, max_seq_length=p.max_seq_length, loss="mse", eval_every=10**9,
+                checkpoint_every=10**9, early_stopping_patience=0, seed=params.base.seed + 1,
+            )
+            log.info("recovery distillation on %d sentences", n)
+            rec = train_student(model, sentences[:n], targets[:n], cfg, dev[:200],
+                                on_metrics=lambda m, step: run.log_metrics(m, step=step, prefix="recovery_"))
+        final_dev = sts_spearman(lambda s: model.encode(list(s), batch_size=64), dev)
+        metrics = {
+            "ffn_before": rep.ffn_before, "ffn_after": rep.ffn_after,
+            "heads_before": rep.heads_before, "heads_after": rep.heads_after,
+            "params_before": rep.params_before, "params_after": rep.params_after,
+            "dev_spearman_before": round(before_dev, 4), "dev_spearman_pruned": round(pruned_dev, 4),
+            "dev_spearman": round(final_dev, 4), "teacher_dev_spearman": teacher_dev,
+            "retention": round(retention(final_dev, teacher_dev), 5),
+            "retention_vs_parent": round(retention(final_dev, before_dev), 5),
+            "recovery_seconds": round(rec.train_seconds, 1) if rec else 0.0,
+        }
+        with atomic_dir(config.PRUNE_DIR) as tmp:
+            model.save(str(tmp))
+        log.info("pruned model -> %s: dev %.2f (before %.2f, right after pruning %.2f)", config.PRUNE_DIR,
+                 final_dev, before_dev, pruned_dev)
+        report(run, "prune", metrics, gate=p.gate)
+
+
+if __name__ == "__main__":
+    run_stage("prune", main)

@@ -1,0 +1,63 @@
+"""Stage teacher_embed: the teacher's embeddings of the corpus, computed once.
+
+A DVC output of its own, so changing a student hyperparameter never re-encodes
+the corpus. Also scores the teacher on STSb dev: the reference for retention.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+
+import numpy as np
+
+from embopt import config
+from embopt.data import read_lines, read_sts_tsv
+from embopt.distill import pick_device
+from embopt.files import atomic_dir, write_json
+from embopt.modeling import load_sentence_model
+from embopt.params import load_params
+from embopt.stage import report, run_stage
+from embopt.sts import sts_spearman
+from embopt.timing import pin_threads
+from embopt.tracking import stage_run
+
+log = logging.getLogger("stages.teacher_embed")
+
+
+def main() -> None:
+    params = load_params()
+    p = params.teacher_embed
+    pin_threads(params.base.threads)
+    with stage_run("teacher_embed", params, ["teacher_embed"]) as run:
+        corpus_file = config.PREPARED_DIR / "corpus.txt"
+        sentences = read_lines(corpus_file)
+        device = pick_device()
+        teacher = load_sentence_model(params.base.teacher, device=device, max_seq_length=p.max_seq_length)
+        log.info("encoding %d sentences with %s on %s", len(sentences), params.base.teacher, device)
+        t0 = time.perf_counter()
+        emb = teacher.encode(sentences, batch_size=p.batch_size, convert_to_numpy=True,
+                             normalize_embeddings=True, show_progress_bar=True).astype(np.float32)
+        seconds = time.perf_counter() - t0
+        dev = read_sts_tsv(config.PREPARED_DIR / "sts_dev.tsv")
+        teacher_dev = sts_spearman(
+            lambda s: teacher.encode(list(s), batch_size=64, convert_to_numpy=True), dev
+        )
+        digest = hashlib.sha256(corpus_file.read_bytes()).hexdigest()
+        with atomic_dir(config.TEACHER_EMBED_DIR) as tmp:
+            np.save(tmp / "embeddings.npy", emb)
+            # Row i of embeddings.npy is line i of corpus.txt; the hash pins that file.
+            write_json(tmp / "index.json", {"corpus_file": "data/prepared/corpus.txt", "corpus_sha256": digest,
+                                            "rows": len(sentences), "dim": int(emb.shape[1]),
+                                            "teacher": params.base.teacher, "max_seq_length": p.max_seq_length,
+                                            "normalized": True})
+        log.info("wrote %s (%s)", config.TEACHER_EMBED_DIR, emb.shape)
+        report(run, "teacher_embed", {"sentences": len(sentences), "dim": int(emb.shape[1]),
+                                      "encode_seconds": round(seconds, 2),
+                                      "sentences_per_second": round(len(sentences) / seconds, 1),
+                                      "teacher_dev_spearman": round(teacher_dev, 4)})
+
+
+if __name__ == "__main__":
+    run_stage("teacher_embed", main)
