@@ -34,8 +34,11 @@ def main() -> None:
             variants.append(torch_variant(name, model, p.batch_size, config.resolve(src)))
         onnx = onnx_variants()
         for name, path in onnx.items():
+            # No cache here: throughput repeats the same sentences, so a cache would fake the speed.
             emb = Embedder(config.EXPORT_DIR, variant=name, onnx_path=path, threads=threads,
-                           batch_size=p.batch_size, max_seq_length=max_len)
+                           batch_size=p.batch_size, max_seq_length=max_len,
+                           graph_optimization=params.runtime.graph_optimization,
+                           providers=params.runtime.providers)
             variants.append(onnx_variant(name, emb, path))
         final = list(onnx)[-1]  # the last stage's output: int8 + PCA
         result = evaluate_all(variants, dev, p.throughput_sentences, p.latency_sentences, p.repeats, final)

@@ -15,7 +15,7 @@ from embopt.data import read_sts_tsv, unique_sentences
 from embopt.errors import GateFailed
 from embopt.files import read_json, write_json
 from embopt.gates import evaluate_gates
-from embopt.params import load_params
+from embopt.params import RuntimeParams, load_params
 from embopt.stage import run_stage
 from embopt.tracking import current_alias_version, log_and_register_embedder, stage_run
 from embopt.variants import onnx_variants, package_variant
@@ -36,10 +36,18 @@ def choose(result: dict, candidates: list[str], gate) -> tuple[str | None, dict]
     return best, lines
 
 
+def served_config(rt: RuntimeParams) -> dict:
+    """The registered model's ``model_config`` (see ``embopt.pyfunc.DEFAULT_CONFIG``) from params.runtime."""
+    return {"threads": rt.threads, "batch_size": rt.batch_size, "graph_optimization": rt.graph_optimization,
+            "providers": list(rt.providers), "cache": rt.cache.enabled,
+            "cache_max_entries": rt.cache.max_entries, "cache_path": rt.cache.path,
+            "cache_max_rows": rt.cache.max_rows}
+
+
 def main() -> None:
     params = load_params()
     p = params.promote
-    with stage_run("promote", params, ["promote"]) as run:
+    with stage_run("promote", params, ["promote", "runtime"]) as run:
         result = read_json(config.METRICS_DIR / "evaluate.json")
         onnx = onnx_variants()
         best, lines = choose(result, [n for n in onnx if n in result["variants"]], p.gate)
@@ -63,6 +71,7 @@ def main() -> None:
                 run, bundle, p.model_name, p.alias, row["dim"], example,
                 tags={"variant": best, "retention": row["retention"], "speedup_vs_teacher": row["speedup_vs_teacher"],
                       "sts_spearman": row["sts_spearman"]},
+                model_config=served_config(params.runtime),
             )
         out = {"variant": best, **reg, **{k: row[k] for k in ("sts_spearman", "retention", "speedup_vs_teacher",
                                                               "throughput_sps", "dim")}}

@@ -168,6 +168,27 @@ class PromoteParams(_Section):
     gate: PromoteGate = PromoteGate()
 
 
+class RuntimeCacheParams(_Section):
+    # In the served model only: evaluate and the benchmark never cache (repeats would fake speed).
+    enabled: bool = True
+    max_entries: int = Field(100_000, ge=0)
+    # SQLite file shared by processes (relative to the serving process's folder); null: memory only.
+    path: str | None = None
+    max_rows: int | None = Field(None, ge=1)
+
+
+class RuntimeParams(_Section):
+    """ONNX Runtime settings of the Embedder: evaluate measures with them, promote ships them."""
+
+    # Served model's intra-op threads; null: ORT's default (one per physical core of the server).
+    # evaluate always uses base.threads so that every variant is measured alike.
+    threads: int | None = Field(None, ge=1)
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    providers: list[str] = ["CPUExecutionProvider"]
+    batch_size: int = Field(32, ge=1)  # served model's batch size (evaluate uses evaluate.batch_size)
+    cache: RuntimeCacheParams = RuntimeCacheParams()
+
+
 class Params(_Section):
     base: Base = Base()
     data: DataParams = DataParams()
@@ -179,6 +200,7 @@ class Params(_Section):
     pca: PcaParams = PcaParams()
     evaluate: EvaluateParams = EvaluateParams()
     promote: PromoteParams = PromoteParams()
+    runtime: RuntimeParams = RuntimeParams()
 
 
 def _describe(err: ValidationError, path: Path) -> str:

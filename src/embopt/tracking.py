@@ -170,9 +170,12 @@ def stage_run(stage: str, params: Params, sections: list[str]) -> Iterator[Stage
 
 def log_and_register_embedder(
     run: StageRun, bundle_dir: Path, model_name: str, alias: str, dim: int, example: list[str],
-    tags: Mapping[str, Any],
+    tags: Mapping[str, Any], model_config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Log the bundle as a pyfunc model with a signature, register it and point ``alias`` at it.
+
+    ``model_config`` carries the runtime settings (threads, providers, cache; see
+    ``embopt.pyfunc.DEFAULT_CONFIG``); a consumer may override them at load time.
 
     Call only after every gate passed: this is the pipeline's one registry write.
     """
@@ -183,7 +186,7 @@ def log_and_register_embedder(
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema, TensorSpec
 
-    from embopt.pyfunc import EmbedderModel
+    from embopt.pyfunc import EmbedderModel, runtime_config
 
     mlflow = _mlflow()
     # An unnamed string column: MLflow then accepts both a list of strings and a
@@ -202,6 +205,8 @@ def log_and_register_embedder(
         signature=signature,
         input_example=pd.DataFrame({"text": example}),
         pip_requirements=reqs,
+        # Every key is logged (defaults filled in): MLflow lets a consumer override only logged keys.
+        model_config=runtime_config(dict(model_config or {})),
         registered_model_name=model_name,
     )
     version = str(info.registered_model_version)
