@@ -168,6 +168,34 @@ def stage_run(stage: str, params: Params, sections: list[str]) -> Iterator[Stage
             raise
 
 
+@contextlib.contextmanager
+def standalone_run(kind: str, experiment: str, params: Mapping[str, Any] | None = None,
+                   tags: Mapping[str, Any] | None = None) -> Iterator[StageRun]:
+    """An MLflow run for work outside the DVC pipeline (``embopt bench``): same store and experiment.
+
+    Tagged ``embopt.kind=<kind>`` and with the git commit, so it sits beside the
+    stage runs without being mistaken for one (no ``dvc.stage``/``pipeline.id`` tags).
+    """
+    import time
+
+    mlflow = _mlflow()
+    exp_id = ensure_experiment(experiment)
+    all_tags = {"embopt.kind": kind, "git.commit": git_commit(),
+                "mlflow.runName": f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}", **(tags or {})}
+    with mlflow.start_run(experiment_id=exp_id, tags={k: str(v) for k, v in all_tags.items()}) as run:
+        if params:
+            flat = flatten(dict(params))
+            mlflow.log_params({k: (",".join(map(str, v)) if isinstance(v, list) else v)
+                               for k, v in flat.items()})
+        log.info("mlflow run %s (%s) in %s", run.info.run_id, kind, tracking_uri())
+        handle = StageRun(kind, run.info.run_id)
+        try:
+            yield handle
+        except BaseException as exc:
+            mlflow.set_tag("error", f"{type(exc).__name__}: {exc}"[:5000])
+            raise
+
+
 def log_and_register_embedder(
     run: StageRun, bundle_dir: Path, model_name: str, alias: str, dim: int, example: list[str],
     tags: Mapping[str, Any], model_config: Mapping[str, Any] | None = None,
