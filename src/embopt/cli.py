@@ -12,5 +12,10 @@ def _main() -> None:
     """embopt command line."""
 
 
+# embopt embed: a file of texts to embeddings (src/embopt/embed_cli.py holds the options).
+from embopt.embed_cli import embed  # noqa: E402
+
+app.command("embed")(embed)
+
 if __name__ == "__main__":
     app()
