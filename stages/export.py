@@ -1,4 +1,9 @@
-"""Stage export: the deployable bundle, a Triton model repository, and a TensorRT engine where possible."""
+"""Stage export: the deployable bundle, a Triton model repository, and TensorRT engines where possible.
+
+TensorRT needs an NVIDIA GPU and the ``tensorrt`` package; without them the
+manifest records ``"status": "skipped"`` with the reason and the stage succeeds.
+Variants that need CUDA (fp16) are shipped but listed as not evaluated here.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,15 @@ import shutil
 
 from embopt import config
 from embopt.bundle import MANIFEST, read_manifest
+from embopt.errors import EmboptError
 from embopt.files import atomic_dir, dir_size_mb
 from embopt.onnx_export import check_onnx
 from embopt.params import load_params
 from embopt.stage import report, run_stage
-from embopt.tensorrt_build import Profile, availability, build_engine
+from embopt.tensorrt_build import availability, build_engine, engine_specs
 from embopt.tracking import stage_run
 from embopt.triton import add_model
+from embopt.variants import unavailable_variants
 
 log = logging.getLogger("stages.export")
 
@@ -25,36 +32,72 @@ def main() -> None:
     with stage_run("export", params, ["export"]) as run:
         src = config.QUANTIZE_DIR
         manifest = read_manifest(src)
-        profile = Profile.from_params(p.tensorrt.min_shape, p.tensorrt.opt_shape, p.tensorrt.max_shape)
+        for v in manifest["variants"].values():
+            check_onnx(src / v["file"])  # a corrupt or truncated file fails here, before anything is written
+        t = p.triton
+        served = list(manifest["variants"]) if t.variants is None else t.variants
+        missing = [v for v in served if v not in manifest["variants"]]
+        optional = {"onnx_fp16", "onnx_fp32_unfused"}  # absent when switched off in quantize
+        if [v for v in missing if v not in optional]:
+            raise EmboptError(f"export.triton.variants: no variant(s) {', '.join(missing)} in "
+                              f"{src / MANIFEST} (have: {', '.join(manifest['variants'])})")
+        served = [v for v in served if v in manifest["variants"]]
+        cache = config.resolve(p.tensorrt.timing_cache) if p.tensorrt.timing_cache else None
+        # Validates the profile on every machine, GPU or not.
+        specs, skipped = engine_specs(p.tensorrt, src, manifest, cache)
         with atomic_dir(config.EXPORT_DIR) as tmp:
             shutil.copytree(src, tmp, dirs_exist_ok=True)
-            for v in manifest["variants"].values():
-                check_onnx(tmp / v["file"])
-            t = p.triton
             repo = tmp / "triton"
-            for name, v in manifest["variants"].items():
+            for name in served:
+                v = manifest["variants"][name]
+                kind = "KIND_GPU" if v.get("requires") == "cuda" else "KIND_CPU"
                 add_model(repo, f"embopt_{name}", tmp / v["file"], "onnxruntime_onnx", manifest["dim"],
-                          t.max_batch_size, t.preferred_batch_sizes, t.max_queue_delay_us, t.instances)
-            ok, reason = availability() if p.tensorrt.enabled else (False, "disabled by export.tensorrt.enabled")
+                          t.max_batch_size, t.preferred_batch_sizes, t.max_queue_delay_us, t.instances, kind)
+            ok, reason = (availability() if p.tensorrt.enabled
+                          else (False, "disabled by export.tensorrt.enabled"))
+            trt = {"status": "skipped", "reason": reason, "engines": {}}
             if ok:  # pragma: no cover - needs an NVIDIA GPU with TensorRT
-                engine = build_engine(tmp / manifest["variants"]["onnx_fp32"]["file"], tmp / "model_fp16.plan",
-                                      profile, fp16=p.tensorrt.fp16, workspace_mb=p.tensorrt.workspace_mb,
-                                      timing_cache=tmp / "trt_timing.cache")
-                add_model(repo, "embopt_tensorrt_fp16", engine, "tensorrt_plan", manifest["dim"], t.max_batch_size,
-                          t.preferred_batch_sizes, t.max_queue_delay_us, t.instances)
-                trt = {"status": "built", "engine": engine.name, "fp16": p.tensorrt.fp16,
-                       "profile": {"min": profile.min, "opt": profile.opt, "max": profile.max}}
+                trt = build_engines(specs, skipped, tmp, repo, manifest["dim"], t)
             else:
                 log.warning("TensorRT skipped: %s", reason)
-                trt = {"status": "skipped", "reason": reason}
+            trt["profile"] = specs[0].profile.as_dict() if specs else None
             manifest["tensorrt"] = trt
             manifest["triton"] = {"repository": "triton", "models": sorted(d.name for d in repo.iterdir())}
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        sizes = {name: round(dir_size_mb(config.EXPORT_DIR / v["file"]), 3) for name, v in manifest["variants"].items()}
-        log.info("bundle -> %s (TensorRT: %s)", config.EXPORT_DIR, trt["status"])
-        run.set_tags({"tensorrt": trt["status"] if ok else f"skipped: {reason}"})
+        sizes = {name: round(dir_size_mb(config.EXPORT_DIR / v["file"]), 3)
+                 for name, v in manifest["variants"].items()}
+        not_here = unavailable_variants(config.EXPORT_DIR)
+        for name, why in not_here.items():
+            log.warning("%s is built but not evaluated here: %s", name, why)
+        run.set_tags({"tensorrt": trt["status"] if trt["status"] == "built" else f"skipped: {trt['reason']}"})
         run.log_artifact(config.EXPORT_DIR / MANIFEST)
-        report(run, "export", {"size_mb": sizes, "tensorrt": trt, "triton_models": manifest["triton"]["models"]})
+        report(run, "export", {
+            "size_mb": sizes, "tensorrt": trt, "triton_models": manifest["triton"]["models"],
+            "not_evaluated_here": not_here,
+        })
+
+
+def build_engines(specs, skipped, bundle, repo, dim, t) -> dict:  # pragma: no cover - needs an NVIDIA GPU
+    """Build every engine; one that fails is recorded as skipped with its error, the others still ship."""
+    engines = {}
+    for spec in specs:
+        try:
+            path = build_engine(spec, bundle / spec.engine_file)
+        except EmboptError as exc:
+            log.warning("TensorRT %s engine failed: %s", spec.name, exc)
+            engines[spec.name] = {"status": f"skipped: {exc}"}
+            continue
+        mbs = min(t.max_batch_size, spec.profile.max[0])  # Triton may not batch past the profile
+        add_model(repo, f"embopt_tensorrt_{spec.name}", path, "tensorrt_plan", dim, mbs,
+                  t.preferred_batch_sizes, t.max_queue_delay_us, t.instances)
+        engines[spec.name] = {"status": "built", "engine": path.name, "source": spec.onnx.name,
+                              "flags": list(spec.flags), "max_batch_size": mbs}
+    for name, why in skipped.items():
+        engines[name] = {"status": f"skipped: {why}"}
+    built = any(e["status"] == "built" for e in engines.values())
+    return {"status": "built" if built else "skipped",
+            "reason": "" if built else "; ".join(f"{k}: {v['status']}" for k, v in engines.items()),
+            "engines": engines}
 
 
 if __name__ == "__main__":

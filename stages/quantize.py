@@ -1,24 +1,33 @@
-"""Stage quantize: ONNX export (pooling + normalisation in the graph), ORT fusion, dynamic int8.
+"""Stage quantize: ONNX export, ORT graph fusion, int8 candidates gated against their fp32 parent, fp16.
 
-Writes a bundle (tokenizer, manifest, onnx/) to models/quantize and gates the int8
-model on its Spearman relative to its own fp32 parent.
+Writes a bundle (tokenizer, manifest, onnx/, calibration/) to models/quantize:
+``onnx_fp32`` (fused), ``onnx_fp32_unfused`` (when kept), ``onnx_int8`` (the fastest
+int8 candidate that keeps ``gate.min_retention_vs_fp32`` of its fp32 parent's dev
+Spearman, after the accuracy fallback where one missed), further candidates when
+``keep_candidates`` is set, and ``onnx_fp16`` (requires CUDA to evaluate).
 """
 
 from __future__ import annotations
 
 import logging
 
+from tqdm.auto import tqdm
+
 from embopt import config
 from embopt.bundle import copy_tokenizer, write_manifest
-from embopt.data import read_sts_tsv
-from embopt.files import atomic_dir
+from embopt.calibration import StaticRecipe, is_tensorrt_qdq
+from embopt.candidates import Builder, Candidate, Scorer, pick, plan_candidates, run_fallback
+from embopt.data import read_lines, read_sts_tsv, unique_sentences
+from embopt.errors import EmboptError
+from embopt.files import atomic_dir, dir_size_mb
+from embopt.fp16 import convert_fp16
 from embopt.modeling import has_normalize, hf_model, load_sentence_model, pooling_mode
 from embopt.onnx_export import export_onnx, optimize_onnx
 from embopt.params import load_params
-from embopt.quantize import quantize_dynamic_int8
-from embopt.runtime import Embedder
+from embopt.runtime import load_tokenizer
 from embopt.stage import report, run_stage
-from embopt.sts import retention, sts_spearman
+from embopt.sts import retention
+from embopt.tensorrt_build import availability
 from embopt.tracking import stage_run
 
 log = logging.getLogger("stages.quantize")
@@ -27,29 +36,34 @@ log = logging.getLogger("stages.quantize")
 def main() -> None:
     params = load_params()
     p = params.quantize
+    threshold = p.gate.min_retention_vs_fp32
     with stage_run("quantize", params, ["quantize"]) as run:
         model = load_sentence_model(config.PRUNE_DIR)
         dev = read_sts_tsv(config.PREPARED_DIR / "sts_dev.tsv")[: p.eval_pairs]
+        dev_sentences = unique_sentences(dev)
+        candidates = plan_candidates(p, has_unfused=p.optimize)
+        trt_qdq = p.static.tensorrt_qdq if p.static.tensorrt_qdq is not None else availability()[0]
+        calibration: list[str] = []
+        if p.static.methods or trt_qdq:
+            calibration = read_lines(config.PREPARED_DIR / "corpus.txt")[: p.static.calibration_sentences]
+            if not calibration:
+                raise EmboptError(f"quantize.static.calibration_sentences: the calibration set is empty "
+                                  f"({config.PREPARED_DIR / 'corpus.txt'} has no sentences)")
         with atomic_dir(config.QUANTIZE_DIR) as tmp:
-            (tmp / "onnx").mkdir()
+            onnx_dir = tmp / "onnx"
+            onnx_dir.mkdir()
             copy_tokenizer(config.PRUNE_DIR, tmp)
-            raw = export_onnx(model, tmp / "onnx" / "model_raw.onnx", opset=p.opset)
-            fp32 = tmp / "onnx" / "model.onnx"
+            raw = export_onnx(model, onnx_dir / "model_unfused.onnx", opset=p.opset)
+            fp32 = onnx_dir / "model.onnx"
             fusion = {}
             if p.optimize:
                 fusion = optimize_onnx(raw, fp32)
-                raw.unlink()
+                parents = {"fused": fp32, "unfused": raw}
             else:
                 raw.rename(fp32)
-            int8 = quantize_dynamic_int8(fp32, tmp / "onnx" / "model_qint8.onnx", per_channel=p.per_channel,
-                                         reduce_range=p.reduce_range, op_types=p.op_types)
+                parents = {"unfused": fp32}
             cfg = hf_model(model).config
-            write_manifest(
-                tmp,
-                {"onnx_fp32": {"file": "onnx/model.onnx", "precision": "fp32"},
-                 "onnx_int8": {"file": f"onnx/{int8.name}", "precision": "int8-dynamic",
-                               "per_channel": p.per_channel, "reduce_range": p.reduce_range}},
-                "onnx_int8",
+            fields = dict(
                 dim=model.get_sentence_embedding_dimension(), max_seq_length=params.base.max_seq_length,
                 pooling=pooling_mode(model), normalize=True, source_model=str(config.PRUNE_DIR.relative_to(
                     config.PROJ_ROOT)), teacher=params.base.teacher, num_layers=cfg.num_hidden_layers,
@@ -57,17 +71,122 @@ def main() -> None:
                 pruned_heads={str(k): sorted(v) for k, v in (cfg.pruned_heads or {}).items()},
                 had_normalize_module=has_normalize(model),
             )
-            scores = {}
-            for name in ("onnx_fp32", "onnx_int8"):
-                emb = Embedder(tmp, variant=name, threads=params.base.threads)
-                scores[name] = sts_spearman(emb.embed, dev)
+            # A first manifest so the runtime can load files of this bundle while it is built.
+            write_manifest(tmp, {"onnx_fp32": {"file": "onnx/model.onnx"}}, "onnx_fp32", **fields)
+            tokenizer = load_tokenizer(tmp, params.base.max_seq_length)
+            pad = tokenizer.token_to_id("[PAD]")
+            build = Builder(parents, calibration, tokenizer, tmp / "calibration", pad_id=int(pad or 0))
+            scorer = Scorer(tmp, dev, params.base.threads)
+            speed_sents = dev_sentences[: p.speed_sentences]
+
+            parent_rows = {}
+            for name, path in parents.items():
+                parent_rows[name] = {"spearman": round(scorer.spearman(path), 4),
+                                     "throughput_sps": round(scorer.speed(path, speed_sents), 1)}
+            for c in tqdm(candidates, desc="int8 candidates", unit="candidate"):
+                evaluate_candidate(c, onnx_dir / c.file, build, scorer, parents, parent_rows, threshold, p,
+                                   speed_sents, dev_sentences, tmp)
+            chosen = pick(candidates)
+            for c in candidates:
+                if c is not chosen and not p.keep_candidates:
+                    (onnx_dir / c.file).unlink()
+                    (tmp / "calibration" / f"{c.name}.ranges.json").unlink(missing_ok=True)
+
+            variants = {"onnx_fp32": {"file": "onnx/model.onnx", "precision": "fp32",
+                                      "graph": "fused" if p.optimize else "unfused", "fused_ops": fusion}}
+            if p.optimize and p.keep_unfused:
+                variants["onnx_fp32_unfused"] = {"file": f"onnx/{raw.name}", "precision": "fp32",
+                                                 "graph": "unfused"}
+            variants["onnx_int8"] = chosen.manifest_entry()
+            if p.keep_candidates:
+                variants.update({c.name: c.manifest_entry() for c in candidates if c is not chosen})
+            if p.fp16:
+                convert_fp16(fp32, onnx_dir / "model_fp16.onnx")
+                variants["onnx_fp16"] = {"file": "onnx/model_fp16.onnx", "precision": "fp16",
+                                         "keep_io_types": True, "requires": "cuda"}
+            # TensorRT parses standard ONNX ops only: its sources are the unfused graphs.
+            trt_sources: dict = {"fp32": {"file": f"onnx/{parents['unfused'].name}"}}
+            if trt_qdq:
+                trt_sources.update(build_tensorrt_qdq(p, build, onnx_dir))
+            else:
+                trt_sources["int8_qdq"] = None
+                trt_sources["reason"] = ("quantize.static.tensorrt_qdq is false"
+                                         if p.static.tensorrt_qdq is False
+                                         else f"TensorRT cannot run here: {availability()[1]}")
+            if p.optimize and not p.keep_unfused and not trt_qdq:
+                raw.unlink()
+                del trt_sources["fp32"]
+            write_manifest(tmp, variants, "onnx_int8", **fields, tensorrt_sources=trt_sources)
+            sizes = {n: round(dir_size_mb(tmp / v["file"]), 3) for n, v in variants.items()}
+        chosen_row = chosen.row
         metrics = {
-            "fp32_dev_spearman": round(scores["onnx_fp32"], 4), "int8_dev_spearman": round(scores["onnx_int8"], 4),
-            "retention_vs_fp32": round(retention(scores["onnx_int8"], scores["onnx_fp32"]), 5),
-            "fused_ops": fusion, "eval_pairs": len(dev),
+            "fp32_dev_spearman": parent_rows[chosen.parent]["spearman"],
+            "int8_dev_spearman": chosen_row["spearman"],
+            "retention_vs_fp32": chosen_row["retention_vs_fp32"],
+            "speedup_vs_fp32": chosen_row["speedup_vs_fp32"],
+            "int8_recipe": chosen.name,
+            "isa": chosen.recipe.isa if chosen.kind == "dynamic" else "static",
+            "fallback_nodes_fp32": len((chosen_row.get("fallback") or {}).get("nodes_kept_fp32", [])),
+            "parents": parent_rows,
+            "candidates": {c.name: c.row for c in candidates},
+            "variants": list(variants),
+            "size_mb": sizes,
+            "fused_ops": fusion, "eval_pairs": len(dev), "speed_sentences": len(speed_sents),
+            "threads": params.base.threads,
         }
-        log.info("bundle -> %s: fp32 %.2f, int8 %.2f", config.QUANTIZE_DIR, scores["onnx_fp32"], scores["onnx_int8"])
+        log.info("bundle -> %s: onnx_int8 = %s (Spearman %.2f, %.4f of fp32, %.2fx fp32 speed)",
+                 config.QUANTIZE_DIR, chosen.name, chosen_row["spearman"], chosen_row["retention_vs_fp32"],
+                 chosen_row["speedup_vs_fp32"])
+        run.log_artifact(config.QUANTIZE_DIR / "calibration", "calibration")
         report(run, "quantize", metrics, gate=p.gate)
+
+
+def evaluate_candidate(c: Candidate, path, build: Builder, scorer: Scorer, parents, parent_rows, threshold, p,
+                       speed_sents, dev_sentences, workdir) -> None:
+    """Build ``c``, score it against its parent, run the fallback when it misses, time it."""
+    parent = parent_rows[c.parent]
+    build(c, path)
+    score = scorer.spearman(path)
+    ret = retention(score, parent["spearman"])
+    sps = scorer.speed(path, speed_sents)
+    row = {"parent": c.parent, "spearman": round(score, 4), "retention_vs_fp32": round(ret, 5),
+           "throughput_sps": round(sps, 1), "speedup_vs_fp32": round(sps / parent["throughput_sps"], 3),
+           "size_mb": round(path.stat().st_size / 1e6, 3), "passed": threshold is None or ret >= threshold,
+           "fallback": None}
+    log.info("%s: Spearman %.2f (%.4f of fp32 %s), %.0f sent/s (%.2fx)", c.name, score, ret, c.parent, sps,
+             row["speedup_vs_fp32"])
+    if not row["passed"] and p.fallback.enabled:
+        result = run_fallback(c, path, build, scorer, parents[c.parent], parent["spearman"], threshold,
+                              dev_sentences[: p.fallback.sample_sentences], p.fallback.max_nodes, workdir)
+        after = scorer.speed(path, speed_sents)
+        score = scorer.spearman(path)
+        fb = result.report()
+        fb.update({"throughput_sps_before": row["throughput_sps"], "throughput_sps_after": round(after, 1),
+                   "speed_cost": round(1 - after / sps, 4)})
+        row.update({"spearman": round(score, 4),
+                    "retention_vs_fp32": round(retention(score, parent["spearman"]), 5),
+                    "throughput_sps": round(after, 1),
+                    "speedup_vs_fp32": round(after / parent["throughput_sps"], 3),
+                    "size_mb": round(path.stat().st_size / 1e6, 3), "passed": result.passed, "fallback": fb})
+        log.info("%s after fallback (%d node(s) in fp32: %s): %.4f of fp32, %.0f sent/s (%.1f%% slower)",
+                 c.name, len(result.excluded), ", ".join(result.excluded), row["retention_vs_fp32"], after,
+                 100 * fb["speed_cost"])
+    c.row = row
+
+
+def build_tensorrt_qdq(p, build: Builder, onnx_dir) -> dict:
+    """Symmetric int8 QDQ of the unfused graph: standard ops only, zero points 0 (what TensorRT needs)."""
+    method = p.static.methods[0] if p.static.methods else "minmax"
+    recipe = StaticRecipe(method=method, per_channel=True, activation_type="qint8",
+                          symmetric_activations=True, op_types=("MatMul",), percentile=p.static.percentile,
+                          calibration_sentences=p.static.calibration_sentences)
+    c = Candidate("tensorrt_int8_qdq", "static", "unfused", recipe, "model_qdq_tensorrt.onnx")
+    path = build(c, onnx_dir / c.file)
+    ok, why = is_tensorrt_qdq(path)
+    if not ok:
+        raise EmboptError(f"{path}: not usable by TensorRT: {why}")
+    return {"int8_qdq": {"file": f"onnx/{c.file}", **recipe.as_dict(),
+                         "calibration_ranges": f"calibration/{c.name}.ranges.json"}}
 
 
 if __name__ == "__main__":

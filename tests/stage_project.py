@@ -1,0 +1,86 @@
+"""A throw-away project folder for running one stage in-process: tiny inputs, own params and MLflow store.
+
+Stages find every path through ``embopt.config``; :func:`point_config_at` moves them
+to the temporary project with monkeypatch, so nothing in the real repository is read
+or written.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import sys
+from pathlib import Path
+
+import tiny
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # the ``stages`` package lives at the repository root
+    sys.path.insert(0, str(REPO))
+
+PATH_ATTRS = {
+    "PROJ_ROOT": "", "PARAMS_FILE": "params.yaml", "DATA_DIR": "data", "MODELS_DIR": "models",
+    "METRICS_DIR": "metrics", "PLOTS_DIR": "plots", "PREPARED_DIR": "data/prepared",
+    "PRUNE_DIR": "models/prune", "QUANTIZE_DIR": "models/quantize", "EXPORT_DIR": "models/export",
+    "PCA_DIR": "models/pca",
+}
+
+PARAMS = {
+    "base": {"seed": 7, "experiment": "embopt-stage-test", "threads": 1, "teacher": "tiny",
+             "max_seq_length": 32},
+    "quantize": {"eval_pairs": 40, "speed_sentences": 16, "static": {"calibration_sentences": 32},
+                 "fallback": {"sample_sentences": 16, "max_nodes": 2},
+                 "gate": {"min_retention_vs_fp32": None}},
+    "export": {"tensorrt": {"min_shape": [1, 4], "opt_shape": [8, 16], "max_shape": [32, 32]},
+               "triton": {"max_batch_size": 32, "preferred_batch_sizes": [4, 8]}},
+}
+
+
+def make_project(root: Path, model_dir: Path, dev_pairs, corpus_lines: int = 200) -> Path:
+    """models/prune (the tiny model), data/prepared (STS dev + corpus) and params.yaml under ``root``."""
+    from embopt.data import write_lines, write_sts_tsv
+
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(model_dir, root / "models" / "prune")
+    prepared = root / "data" / "prepared"
+    prepared.mkdir(parents=True)
+    write_sts_tsv(prepared / "sts_dev.tsv", dev_pairs)
+    write_lines(prepared / "corpus.txt", tiny.sentences(corpus_lines, seed=11))
+    write_params(root, {})
+    return root
+
+
+def write_params(root: Path, overrides: dict) -> None:
+    """params.yaml = :data:`PARAMS` deep-merged with ``overrides``."""
+
+    def merge(a: dict, b: dict) -> dict:
+        out = dict(a)
+        for k, v in b.items():
+            out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        return out
+
+    (root / "params.yaml").write_text(yaml.safe_dump(merge(PARAMS, overrides)), encoding="utf-8")
+
+
+def point_config_at(monkeypatch, root: Path) -> None:
+    from embopt import config
+
+    for attr, rel in PATH_ATTRS.items():
+        monkeypatch.setattr(config, attr, (root / rel) if rel else root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+
+
+def run(stage: str, monkeypatch, root: Path, capsys) -> tuple[int, str]:
+    """Run ``stages.<stage>`` as DVC would (through ``run_stage``); (exit code, stderr)."""
+    from embopt.stage import run_stage
+
+    point_config_at(monkeypatch, root)
+    module = importlib.import_module(f"stages.{stage}")
+    capsys.readouterr()
+    code = 0
+    try:
+        run_stage(stage, module.main)
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    return code, capsys.readouterr().err
