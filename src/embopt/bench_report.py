@@ -298,7 +298,8 @@ def markdown_report(result: dict[str, Any]) -> str:
 
 
 def pareto_plot(result: dict[str, Any], path: Path) -> Path:
-    """Throughput at the headline batch (log) vs retention; anchors grey, ours coloured, Pareto front."""
+    """Throughput at the headline batch (log) vs retention; anchors grey squares, ours coloured, the final a
+    star, and the Pareto front of all of them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -315,8 +316,8 @@ def pareto_plot(result: dict[str, Any], path: Path) -> Path:
         ax.scatter(
             [x],
             [y],
-            marker="s" if anchor else "o",
-            s=60,
+            marker="s" if anchor else ("*" if name == result.get("final") else "o"),
+            s=140 if name == result.get("final") else 60,
             color="0.5" if anchor else None,
             edgecolor="black",
             zorder=3,
@@ -327,11 +328,12 @@ def pareto_plot(result: dict[str, Any], path: Path) -> Path:
     for x, y in sorted(pts, key=lambda p: (-p[0], -p[1])):
         if not front or y > front[-1][1]:
             front.append((x, y))
+    front.sort()  # ascending retention, descending throughput: the staircase of non-dominated points
     if len(front) > 1:
         ax.step(
             [p[0] for p in front],
             [p[1] for p in front],
-            where="post",
+            where="pre",
             color="tab:red",
             lw=1,
             alpha=0.6,
