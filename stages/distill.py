@@ -8,12 +8,21 @@ import numpy as np
 
 from embopt import config
 from embopt.data import read_lines, read_sts_tsv
-from embopt.distill import TrainConfig, clear_checkpoints, fingerprint, train_student
+from embopt.distill import (
+    TrainConfig,
+    clear_checkpoints,
+    fingerprint,
+    layer_modules,
+    pick_device,
+    train_student,
+)
+from embopt.errors import EmboptError
 from embopt.files import atomic_dir, read_json
-from embopt.modeling import choose_layers, load_sentence_model, make_student, num_layers
+from embopt.modeling import load_sentence_model
 from embopt.params import load_params
 from embopt.stage import report, run_stage
 from embopt.sts import retention
+from embopt.student import choose_layers, make_student, uniform_layer_map
 from embopt.timing import pin_threads
 from embopt.tracking import stage_run
 
@@ -30,22 +39,46 @@ def main() -> None:
         dev = read_sts_tsv(config.PREPARED_DIR / "sts_dev.tsv")
         teacher_dev = read_json(config.METRICS_DIR / "teacher_embed.json")["teacher_dev_spearman"]
 
+        index = read_json(config.TEACHER_EMBED_DIR / "index.json")
+        if len(targets) != len(sentences):
+            raise EmboptError(f"{config.TEACHER_EMBED_DIR / 'embeddings.npy'}: {len(targets)} rows but "
+                              f"corpus.txt has {len(sentences)} lines; re-run teacher_embed (dvc repro)")
+
         teacher = load_sentence_model(params.base.teacher)
-        keep = choose_layers(num_layers(teacher), p.layers, p.num_layers)
-        student = make_student(teacher, keep)
-        del teacher
+        # The student is cut from the teacher (default) or from a separate, possibly narrower, model.
+        base = load_sentence_model(p.student) if p.student else teacher
+        keep = choose_layers(len(layer_modules(base)), p.layers, p.num_layers)
+        student = make_student(base, keep)
+        n_teacher = len(layer_modules(teacher))
+        # Hidden-state matching pairs each student layer with the teacher layer it was copied from.
+        layer_map = keep if not p.student else uniform_layer_map(len(keep), n_teacher)
+        if p.hidden_weight > 0 and p.student and (
+                student.tokenizer.get_vocab() != teacher.tokenizer.get_vocab()):
+            raise EmboptError(f"distill.hidden_weight: student '{p.student}' and teacher "
+                              f"'{params.base.teacher}' tokenize differently; cannot match hidden states")
+        if p.hidden_weight == 0:
+            teacher = None  # not needed in the loop: targets are precomputed
+        del base
         cfg = TrainConfig(
             epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, warmup_ratio=p.warmup_ratio,
             weight_decay=p.weight_decay, max_grad_norm=p.max_grad_norm, max_seq_length=p.max_seq_length,
             loss=p.loss, eval_every=p.eval_every, checkpoint_every=p.checkpoint_every,
             early_stopping_patience=p.early_stopping_patience, seed=params.base.seed,
+            hidden_weight=p.hidden_weight,
         )
-        job = fingerprint(cfg, len(sentences), {"layers": keep, "teacher": params.base.teacher,
-                                                "eval_pairs": p.eval_pairs})
+        device = pick_device()
+        job = fingerprint(cfg, len(sentences), {
+            "layers": keep, "layer_map": layer_map, "teacher": params.base.teacher, "student": p.student,
+            "eval_pairs": p.eval_pairs, "corpus_sha256": index.get("corpus_sha256"),
+        })
+        log.info("distilling %d sentences into layers %s on %s (checkpoints: %s)", len(sentences), keep,
+                 device, config.DISTILL_CKPT_DIR)
         result = train_student(
-            student, sentences, targets, cfg, dev[: p.eval_pairs], ckpt_dir=config.DISTILL_CKPT_DIR, job_id=job,
-            on_metrics=lambda m, step: run.log_metrics(m, step=step),
+            student, sentences, targets, cfg, dev[: p.eval_pairs], ckpt_dir=config.DISTILL_CKPT_DIR,
+            job_id=job, on_metrics=lambda m, step: run.log_metrics(m, step=step), device=device,
+            teacher=teacher, layer_map=layer_map,
         )
+        del teacher
         # Selection used dev[:eval_pairs]; the reported score is on the whole dev split.
         from embopt.sts import sts_spearman
 
@@ -54,12 +87,18 @@ def main() -> None:
             "layers": keep, "num_layers": len(keep),
             "student_dev_spearman": round(student_dev, 4), "teacher_dev_spearman": teacher_dev,
             "retention": round(retention(student_dev, teacher_dev), 5),
-            "steps": result.steps, "best_step": result.best_step, "train_seconds": round(result.train_seconds, 1),
+            "steps": result.steps, "best_step": result.best_step,
+            "train_seconds": round(result.train_seconds, 1),
             "resumed_from_step": result.resumed_from_step, "stopped_early": result.stopped_early,
-            "train_sentences": len(sentences),
+            "train_sentences": len(sentences), "loss": p.loss, "hidden_weight": p.hidden_weight,
+            "student_dim": int(targets.shape[1] if result.projection is None else result.projection.shape[1]),
+            "projection": result.projection is not None, "device": device,
         }
         with atomic_dir(config.DISTILL_DIR) as tmp:
             student.save(str(tmp))
+            if result.projection is not None:
+                # Maps this (narrower) student's embeddings into the teacher's space: teacher ~ P @ student.
+                np.save(tmp / "teacher_projection.npy", result.projection)
         clear_checkpoints(config.DISTILL_CKPT_DIR)
         log.info("student (%d layers) -> %s: dev %.2f vs teacher %.2f", len(keep), config.DISTILL_DIR,
                  student_dev, teacher_dev)

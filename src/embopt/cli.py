@@ -17,5 +17,10 @@ from embopt.embed_cli import embed  # noqa: E402
 
 app.command("embed")(embed)
 
+# embopt bench-runtime: the runtime's own benchmark (src/embopt/runtime_bench_cli.py).
+from embopt.runtime_bench_cli import bench_runtime  # noqa: E402
+
+app.command("bench-runtime")(bench_runtime)
+
 if __name__ == "__main__":
     app()

@@ -6,7 +6,6 @@ site-packages, so the pipeline runs offline; a local folder or a hub id works to
 
 from __future__ import annotations
 
-import copy
 import importlib
 import logging
 from pathlib import Path
@@ -76,45 +75,6 @@ def layer_list(hf):
 def num_layers(st_model: SentenceTransformer) -> int:
     parent, attr = layer_list(hf_model(st_model))
     return len(getattr(parent, attr))
-
-
-def choose_layers(n_teacher: int, layers: list[int] | None, count: int | None) -> list[int]:
-    """Which teacher layers the student keeps.
-
-    Explicit ``layers`` win. Otherwise ``count`` layers evenly spaced over the teacher,
-    first and last included (DistilBERT-style initialisation); keeping the last
-    layer matters because the teacher's pooled output is read after it.
-    """
-    if layers is not None:
-        bad = [i for i in layers if not 0 <= i < n_teacher]
-        if bad or len(set(layers)) != len(layers) or not layers:
-            raise EmboptError(f"distill.layers: {layers} must be distinct indices in 0..{n_teacher - 1}")
-        return sorted(layers)
-    assert count is not None
-    if not 1 <= count <= n_teacher:
-        raise EmboptError(f"distill.num_layers: {count} must be in 1..{n_teacher}")
-    if count == 1:
-        return [n_teacher - 1]
-    step = (n_teacher - 1) / (count - 1)
-    return sorted({round(i * step) for i in range(count)})
-
-
-def make_student(teacher: SentenceTransformer, keep: list[int]) -> SentenceTransformer:
-    """Copy the teacher and keep only the transformer blocks in ``keep`` (weights copied, not re-initialised)."""
-    import torch
-
-    student = copy.deepcopy(teacher)
-    hf = hf_model(student)
-    parent, attr = layer_list(hf)
-    blocks = getattr(parent, attr)
-    setattr(parent, attr, torch.nn.ModuleList([blocks[i] for i in keep]))
-    # The config must agree with the module list so that save/load round-trips.
-    if hasattr(hf.config, "num_hidden_layers"):
-        hf.config.num_hidden_layers = len(keep)
-    if hasattr(hf.config, "n_layers"):
-        hf.config.n_layers = len(keep)
-    log.info("student keeps teacher layers %s (%d of %d)", keep, len(keep), len(blocks))
-    return student
 
 
 def pooling_mode(st_model: SentenceTransformer) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from embopt import config
 from embopt.errors import ParamsError
@@ -70,6 +70,12 @@ class DistillParams(_Section):
     max_grad_norm: float = Field(1.0, gt=0)
     max_seq_length: int = Field(64, ge=8)
     loss: Literal["mse", "cosine", "mse+cosine"] = "mse"
+    # Intermediate hidden-state matching (MiniLM/TinyBERT): weight of the masked MSE between each
+    # student layer and the teacher layer it came from. 0 = off (fast: the teacher does not run).
+    hidden_weight: float = Field(0.0, ge=0)
+    # A separate student model (folder, package or hub id) instead of the teacher's own layers;
+    # a narrower one gets a learned projection onto the teacher's width for the losses.
+    student: str | None = None
     eval_every: int = Field(500, ge=1)
     eval_pairs: int = Field(1500, ge=10)
     checkpoint_every: int = Field(200, ge=1)
@@ -81,6 +87,20 @@ class DistillParams(_Section):
         if self.layers is None and self.num_layers is None:
             raise ValueError("set either layers or num_layers")
         return self
+
+    @field_validator("layers")
+    @classmethod
+    def _layer_list(cls, v: list[int] | None) -> list[int] | None:
+        # The upper bound depends on the teacher and is checked when it is loaded.
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("empty list; give teacher layer indices or null (then num_layers applies)")
+        if any(i < 0 for i in v):
+            raise ValueError("layer indices start at 0")
+        if len(set(v)) != len(v):
+            raise ValueError("a layer index is repeated")
+        return v
 
 
 class PruneGate(_Section):
