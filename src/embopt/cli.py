@@ -12,6 +12,11 @@ def _main() -> None:
     """embopt command line."""
 
 
+# embopt bench: every variant against the anchors (src/embopt/bench_cli.py holds the options).
+from embopt.bench_cli import bench  # noqa: E402
+
+app.command("bench")(bench)
+
 # embopt embed: a file of texts to embeddings (src/embopt/embed_cli.py holds the options).
 from embopt.embed_cli import embed  # noqa: E402
 
