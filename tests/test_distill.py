@@ -407,3 +407,67 @@ def test_changing_a_student_param_reuses_the_teacher_embeddings(tmp_path):
     metrics = json.loads((repo / "metrics" / "distill.json").read_text())
     assert metrics["resumed_from_step"] == 0  # new settings: the old checkpoint (if any) is not resumed
     assert not (repo / "models" / "distill_ckpt" / CKPT_FILE).exists()  # cleared once the job finished
+
+
+# --------------------------------------------------------------------------- sweep script
+
+
+def _sweep_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("distill_sweep", REPO / "scripts" / "distill_sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sweep_dry_run_queues_every_layer_count_then_runs_the_queue():
+    cmd = [sys.executable, "scripts/distill_sweep.py", "--dry-run", "--only", "n1,n2,n3,n4,l0-2-4",
+           "--set", "distill.epochs=2"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    queued = [ln for ln in lines if " --queue " in ln]
+    assert len(queued) == 5
+    for n in (1, 2, 3, 4):
+        line = next(ln for ln in queued if f"-n sweep-n{n} " in ln)
+        assert f"-S ++distill.num_layers={n}" in line and "-S ++distill.layers=null" in line
+        assert line.startswith("$ PYTHONPATH=src dvc exp run") and line.endswith(" evaluate")
+        assert "-S ++distill.epochs=2" in line
+    assert any("'++distill.layers=[0,2,4]'" in ln for ln in queued)
+    run_all = [i for i, ln in enumerate(lines) if "--run-all" in ln]
+    assert run_all and run_all[0] > max(lines.index(q) for q in queued)
+
+
+def test_sweep_rejects_unknown_grid_names():
+    proc = subprocess.run([sys.executable, "scripts/distill_sweep.py", "--dry-run", "--only", "n9"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "unknown grid names ['n9']" in proc.stderr and "dvc" not in proc.stdout
+
+
+def test_sweep_table_reads_dvc_exp_show_json():
+    sweep = _sweep_module()
+    ok = {"rev": "abc1234", "name": "sweep-n2", "error": None, "data": {
+        "params": {"params.yaml": {"data": {"distill": {"layers": None, "num_layers": 2, "loss": "mse",
+                                                        "hidden_weight": 0.0, "max_seq_length": 64,
+                                                        "epochs": 1.0}}}},
+        "metrics": {
+            "metrics/distill.json": {"data": {"student_dev_spearman": 84.5, "retention": 0.9744,
+                                              "train_seconds": 812.3, "train_sentences": 60000}},
+            "metrics/evaluate.json": {"data": {"variants": {
+                "student_torch": {"throughput_sps": 301.4},
+                "onnx_int8": {"throughput_sps": 905.0, "speedup_vs_teacher": 4.2}}}},
+        }}}
+    failed = {"rev": "def5678", "name": "sweep-l0-5", "error": {"msg": "Experiment run failed"}, "data": {
+        "params": {"params.yaml": {"data": {"distill": {"layers": [0, 5]}}}},
+        "metrics": {"metrics/distill.json": {"error": {"type": "FileNotFoundError"}}}}}
+    other = {"rev": "0000000", "name": "unrelated", "data": {}}
+    entries = [{"rev": "workspace", "name": None, "data": {}, "experiments": None},
+               {"rev": "main", "name": "main", "data": {}, "experiments": [
+                   {"revs": [ok]}, {"revs": [failed]}, {"revs": [other]}]}]
+    rows = sweep.rows_from_exp_show(entries, {"sweep-n2", "sweep-l0-5"})
+    assert rows[0] == ["sweep-n2", "2 even", "mse", "0.00", "60000", "64", "1.00", "84.50", "97.4%", "812",
+                       "301", "905", "4.20"]
+    assert rows[1][:2] == ["sweep-l0-5 (failed)", "0,5"] and rows[1][7:] == ["-"] * 6
+    assert len(rows) == 2

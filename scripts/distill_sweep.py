@@ -1,0 +1,217 @@
+"""Distillation sweep: 1, 2, 3 and 4 student layers, which layers, and the loss options, as DVC experiments.
+
+Queues one ``dvc exp run --queue`` per grid point (``-S distill.num_layers=N`` or an explicit
+``-S distill.layers=[...]``), runs the queue with ``dvc exp run --run-all``, then prints one
+markdown table from ``dvc exp show --json``: layers, dev Spearman, retention, torch and ONNX
+throughput (from the evaluate stage), training time and corpus size. The teacher embeddings are
+a stage output of their own, so every experiment restores them from the DVC cache instead of
+re-encoding the corpus.
+
+Usage (from the repository root; commit or ``git add`` code first: queued experiments see only
+git-tracked files)::
+
+    .venv/bin/python scripts/distill_sweep.py --dry-run             # print the commands only
+    .venv/bin/python scripts/distill_sweep.py                       # queue, run all, print the table
+    .venv/bin/python scripts/distill_sweep.py --only n1,n2,l0-5     # a subset of the grid
+    .venv/bin/python scripts/distill_sweep.py --target distill      # train only (no throughput columns)
+    .venv/bin/python scripts/distill_sweep.py --workspace           # run one by one in the workspace
+    .venv/bin/python scripts/distill_sweep.py --show                # only print the table of past runs
+    .venv/bin/python scripts/distill_sweep.py --set distill.epochs=2 --set data.corpus_max_sentences=200000
+
+Queued experiments run in temporary copies under ``.dvc/tmp/exps``. Two things make that work
+with this project: ``PYTHONPATH=src`` (relative: each stage imports the copy's own ``embopt``
+and so writes into the copy, not into the editable install's checkout), absolute paths for
+data that lives outside the repository (``../shared/...`` does not resolve from the copy), and
+``MLFLOW_TRACKING_URI`` pointing at the workspace's store (the copy's own would be deleted).
+``--workspace`` avoids temporary copies altogether: the experiments run one after the other in
+the workspace, which is left with the last one's params and outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# name -> overrides. Layer indices refer to the 6-layer all-MiniLM-L6-v2 teacher.
+GRID: dict[str, list[str]] = {
+    # evenly spaced, first and last kept (num_layers)
+    "n1": ["distill.layers=null", "distill.num_layers=1"],
+    "n2": ["distill.layers=null", "distill.num_layers=2"],
+    "n3": ["distill.layers=null", "distill.num_layers=3"],
+    "n4": ["distill.layers=null", "distill.num_layers=4"],
+    # explicit layer choices
+    "l0": ["distill.layers=[0]"],
+    "l3-5": ["distill.layers=[3,5]"],
+    "l4-5": ["distill.layers=[4,5]"],
+    "l0-2-4": ["distill.layers=[0,2,4]"],
+    "l1-3-5": ["distill.layers=[1,3,5]"],
+    "l0-1-3-5": ["distill.layers=[0,1,3,5]"],
+    "l0-2-4-5": ["distill.layers=[0,2,4,5]"],
+    # loss options on the 2-layer student
+    "n2-cos": ["distill.layers=null", "distill.num_layers=2", "distill.loss=cosine"],
+    "n2-msecos": ["distill.layers=null", "distill.num_layers=2", "distill.loss=mse+cosine"],
+    "n2-hid01": ["distill.layers=null", "distill.num_layers=2", "distill.hidden_weight=0.01"],
+    "n2-hid03": ["distill.layers=null", "distill.num_layers=2", "distill.hidden_weight=0.03"],
+}
+
+COLUMNS = ["experiment", "layers", "loss", "hidden w", "sentences", "train seq", "epochs", "dev Spearman",
+           "retention", "train s", "torch sent/s", "ONNX int8 sent/s", "int8 speedup"]
+
+
+def run(cmd: list[str], dry: bool, env: dict[str, str] | None = None, check: bool = True) -> int:
+    prefix = "PYTHONPATH=src " if env is not None and env.get("PYTHONPATH") == "src" else ""
+    print(f"$ {prefix}{shlex.join(cmd)}", flush=True)
+    if dry:
+        return 0
+    rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
+    if check and rc != 0:
+        sys.exit(f"distill_sweep: '{shlex.join(cmd)}' failed with exit code {rc}")
+    return rc
+
+
+def external_data_overrides(params_file: Path) -> list[str]:
+    """Absolute paths for data params that point outside the repository (temporary copies can't see them)."""
+    import yaml
+
+    data = (yaml.safe_load(params_file.read_text(encoding="utf-8")) or {}).get("data", {})
+    out = []
+    for key in ("sts_dir", "corpus_path"):
+        value = data.get(key)
+        if isinstance(value, str) and not Path(value).is_absolute():
+            resolved = (ROOT / value).resolve()
+            if not resolved.is_relative_to(ROOT):
+                out.append(f"data.{key}={resolved}")
+    return out
+
+
+def _metric(metrics: dict, file: str, *path: str):
+    node = (metrics.get(file) or {}).get("data") or {}
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _fmt(value, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def rows_from_exp_show(entries: list, names: set[str] | None) -> list[list[str]]:
+    """One table row per experiment in ``dvc exp show --json`` (dvc 3.x layout)."""
+    rows = []
+
+    def visit(rev: dict, label: str) -> None:
+        data = rev.get("data") or {}
+        name = rev.get("name") or label
+        if names is not None and name not in names:
+            return
+        metrics = data.get("metrics") or {}
+        params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
+        d = params.get("distill", {})
+        distill = "metrics/distill.json"
+        evaluate = "metrics/evaluate.json"
+        # DVC drops list-valued metrics, so the layer choice comes from the params.
+        layers = _fmt(d["layers"]) if d.get("layers") else f"{d.get('num_layers', '?')} even"
+        if rev.get("error"):
+            name += " (failed)"
+        retention = _metric(metrics, distill, "retention")
+        rows.append([
+            name, layers, str(d.get("loss", "-")),
+            _fmt(d.get("hidden_weight")), _fmt(_metric(metrics, distill, "train_sentences")),
+            _fmt(d.get("max_seq_length")), _fmt(d.get("epochs")),
+            _fmt(_metric(metrics, distill, "student_dev_spearman")),
+            f"{100 * retention:.1f}%" if retention is not None else "-",
+            _fmt(_metric(metrics, distill, "train_seconds"), 0),
+            _fmt(_metric(metrics, evaluate, "variants", "student_torch", "throughput_sps"), 0),
+            _fmt(_metric(metrics, evaluate, "variants", "onnx_int8", "throughput_sps"), 0),
+            _fmt(_metric(metrics, evaluate, "variants", "onnx_int8", "speedup_vs_teacher")),
+        ])
+
+    for entry in entries:
+        visit(entry, entry.get("rev", "?"))
+        for exp in entry.get("experiments") or []:
+            for rev in exp.get("revs") or []:
+                visit(rev, rev.get("rev", "?")[:7])
+    return rows
+
+
+def print_table(names: set[str] | None) -> None:
+    proc = subprocess.run(["dvc", "exp", "show", "--json"], cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"distill_sweep: dvc exp show failed: {proc.stderr.strip().splitlines()[-1:]}")
+    rows = rows_from_exp_show(json.loads(proc.stdout or "[]"), names)
+    print("| " + " | ".join(COLUMNS) + " |")
+    print("|" + "---|" * len(COLUMNS))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+    if not rows:
+        print("(no matching experiments yet: `dvc queue status` shows queued and failed ones)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", help=f"comma-separated grid names (default all: {','.join(GRID)})")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra override for every experiment (repeatable), e.g. distill.epochs=2")
+    ap.add_argument("--target", default="evaluate",
+                    help="stage to reproduce up to (default evaluate: gives the throughput columns)")
+    ap.add_argument("--prefix", default="sweep", help="experiment name prefix (names must be new)")
+    ap.add_argument("--jobs", type=int, default=1, help="experiments run at once (1 on a 2-core machine)")
+    ap.add_argument("--workspace", action="store_true", help="run one by one in the workspace, no queue")
+    ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    ap.add_argument("--show", action="store_true", help="only print the table of existing experiments")
+    args = ap.parse_args(argv)
+
+    chosen = list(GRID) if not args.only else [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in chosen if n not in GRID]
+    if unknown:
+        sys.exit(f"distill_sweep: --only: unknown grid names {unknown}; known: {', '.join(GRID)}")
+    names = {f"{args.prefix}-{n}" for n in chosen}
+    if args.show:
+        print_table(names)
+        return
+
+    common = list(args.set)
+    env = None
+    if not args.workspace:
+        common += external_data_overrides(ROOT / "params.yaml")
+        env = {k: v for k, v in os.environ.items() if k != "EMBOPT_ROOT"}
+        env["PYTHONPATH"] = "src"
+        # The copies are deleted after each run: keep logging into the workspace's MLflow store.
+        env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{ROOT / 'mlflow.db'}")
+    for n in chosen:
+        cmd = ["dvc", "exp", "run", "-n", f"{args.prefix}-{n}"]
+        if not args.workspace:
+            cmd.append("--queue")
+        for override in GRID[n] + common:
+            # "++": set the key even where params.yaml leaves it out (Hydra's add-or-override).
+            cmd += ["-S", override if override.startswith("+") else f"++{override}"]
+        cmd.append(args.target)
+        run(cmd, args.dry_run, env=env)
+    if not args.workspace:
+        t0 = time.perf_counter()
+        run(["dvc", "exp", "run", "--run-all", "--jobs", str(args.jobs)], args.dry_run, env=env)
+        if not args.dry_run:
+            print(f"queue finished in {time.perf_counter() - t0:.0f} s wall ({len(chosen)} experiments)")
+        run(["dvc", "queue", "status"], args.dry_run, check=False)
+    if not args.dry_run:
+        print_table(names)
+
+
+if __name__ == "__main__":
+    main()
