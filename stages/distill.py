@@ -64,7 +64,7 @@ def main() -> None:
             weight_decay=p.weight_decay, max_grad_norm=p.max_grad_norm, max_seq_length=p.max_seq_length,
             loss=p.loss, eval_every=p.eval_every, checkpoint_every=p.checkpoint_every,
             early_stopping_patience=p.early_stopping_patience, seed=params.base.seed,
-            hidden_weight=p.hidden_weight,
+            hidden_weight=p.hidden_weight, group_by_length=p.group_by_length,
         )
         device = pick_device()
         job = fingerprint(cfg, len(sentences), {

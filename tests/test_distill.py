@@ -20,9 +20,11 @@ from embopt.distill import (
     CKPT_FILE,
     TrainConfig,
     distill_loss,
+    epoch_batches,
     fingerprint,
     layer_modules,
     masked_hidden_mse,
+    token_lengths,
     train_student,
 )
 from embopt.student import make_student, uniform_layer_map
@@ -140,10 +142,11 @@ def _run(tiny_model, corpus, targets, dev_pairs, cfg, ckpt_dir=None, job_id="job
     return student, result
 
 
-@pytest.mark.parametrize("hidden_weight", [0.0, 0.05])
+@pytest.mark.parametrize(("hidden_weight", "group_by_length"), [(0.0, False), (0.05, False), (0.0, True)])
 def test_resume_after_interruption_matches_uninterrupted_run(tiny_model, corpus, targets, dev_pairs, tmp_path,
-                                                            hidden_weight):
-    cfg = cfg_for(hidden_weight=hidden_weight)  # 18 steps; evals 4, 8, 12, 16, 18; checkpoints 5, 10, 15
+                                                            hidden_weight, group_by_length):
+    # 18 steps; evals 4, 8, 12, 16, 18; checkpoints 5, 10, 15
+    cfg = cfg_for(hidden_weight=hidden_weight, group_by_length=group_by_length)
     extra = {"teacher": copy.deepcopy(tiny_model), "layer_map": [0, 3]} if hidden_weight else {}
     ref_student, ref = _run(tiny_model, corpus, targets, dev_pairs, cfg, **extra)
     assert ref.steps == 18 and ref.resumed_from_step == 0
@@ -217,6 +220,45 @@ def test_early_stopping_triggers(tiny_model, corpus, targets, dev_pairs, tmp_pat
     # Without patience, the same job runs to the end.
     _, full = _run(tiny_model, corpus, targets, dev_pairs, cfg_for(epochs=2.0, lr=1e-12, eval_every=1))
     assert not full.stopped_early and full.steps == 12
+
+
+# --------------------------------------------------------------------------- batches
+
+
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_epoch_batches_cover_every_row_once_and_depend_only_on_seed_and_epoch(with_lengths):
+    n, bs = 1003, 16
+    lengths = np.random.default_rng(0).integers(5, 64, size=n) if with_lengths else None
+    batches = epoch_batches(n, bs, seed=1, epoch=0, lengths=lengths)
+    rows = torch.cat(batches).tolist()
+    assert sorted(rows) == list(range(n))
+    assert len(batches) == -(-n // bs) and sorted(len(b) for b in batches)[1:] == [bs] * (len(batches) - 1)
+    again = epoch_batches(n, bs, seed=1, epoch=0, lengths=lengths)
+    assert all(torch.equal(a, b) for a, b in zip(batches, again, strict=True))
+    other = epoch_batches(n, bs, seed=1, epoch=1, lengths=lengths)
+    assert torch.cat(other).tolist() != rows
+
+
+def test_group_by_length_cuts_padding():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 64, size=3200)
+    grouped = epoch_batches(3200, 32, seed=0, epoch=0, lengths=lengths)
+    plain = epoch_batches(3200, 32, seed=0, epoch=0)
+
+    def padded_per_real(batches):
+        return sum(lengths[b.numpy()].max() * len(b) for b in batches) / lengths.sum()
+
+    assert padded_per_real(plain) > 1.6
+    assert padded_per_real(grouped) < 1.1
+    # Batch order is shuffled: lengths do not simply rise through the epoch.
+    firsts = [lengths[b.numpy()].min() for b in grouped]
+    assert firsts != sorted(firsts)
+
+
+def test_token_lengths_follow_the_student_tokenizer(tiny_model):
+    sents = ["A man is eating.", "The old man is playing a guitar . " * 10]
+    lengths = token_lengths(tiny_model, sents, max_seq_length=16)
+    assert lengths.tolist() == [len(tiny_model.tokenizer(sents[0])["input_ids"]), 16]
 
 
 # --------------------------------------------------------------------------- loss options

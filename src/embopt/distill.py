@@ -63,6 +63,13 @@ class TrainConfig:
     # Weight of the intermediate hidden-state loss (MiniLM/TinyBERT style); 0 = off, and then
     # the teacher does not run during training (the default: targets are precomputed).
     hidden_weight: float = 0.0
+    # Batches of sentences of similar token length (shuffled in chunks, then batch order shuffled):
+    # far fewer padded tokens per step on a corpus of mixed lengths.
+    group_by_length: bool = False
+
+
+# Sentences are sorted by length within chunks of this many batches: batches stay varied in content.
+BUCKET_BATCHES = 50
 
 
 @dataclass
@@ -146,6 +153,35 @@ def hidden_size(st_model: SentenceTransformer) -> int:
     if not size:
         raise EmboptError(f"cannot tell the hidden size of {type(hf_model(st_model)).__name__}")
     return int(size)
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, lengths: np.ndarray | None = None) -> list:
+    """Row indices of every batch of one epoch, a pure function of (seed, epoch): a resumed run sees the same.
+
+    Without ``lengths``: a random permutation cut into batches. With token ``lengths``: the
+    permutation is cut into chunks of :data:`BUCKET_BATCHES` batches, each chunk is sorted by
+    length and cut into batches, and the batch order is shuffled.
+    """
+    import torch
+
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+    if lengths is None:
+        return [perm[i:i + batch_size] for i in range(0, n, batch_size)]
+    batches = []
+    chunk = batch_size * BUCKET_BATCHES
+    for start in range(0, n, chunk):
+        idx = perm[start:start + chunk]
+        idx = idx[torch.from_numpy(np.argsort(lengths[idx.numpy()], kind="stable"))]
+        batches += [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
+    order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed + epoch + 1_000_003))
+    return [batches[k] for k in order.tolist()]
+
+
+def token_lengths(student, sentences: Sequence[str], max_seq_length: int) -> np.ndarray:
+    """Token count of each sentence after truncation, with the student's own tokenizer."""
+    enc = student.tokenizer(list(sentences), add_special_tokens=True, truncation=True,
+                            max_length=max_seq_length)
+    return np.fromiter((len(ids) for ids in enc["input_ids"]), dtype=np.int64, count=len(sentences))
 
 
 def _block_output(output):
@@ -349,16 +385,15 @@ def train_student(
     t0 = time.perf_counter()
     loss_val = float("nan")
     bar = tqdm(total=total, initial=step, desc="distill", unit="step", dynamic_ncols=True)
-    perm, perm_epoch = None, -1
+    lengths = token_lengths(student, sentences, cfg.max_seq_length) if cfg.group_by_length else None
+    batches, batches_epoch = [], -1
     try:
         while step < total and not stopped_early:
             epoch = step // steps_per_epoch
-            if epoch != perm_epoch:
+            if epoch != batches_epoch:
                 # The order depends only on (seed, epoch): a resumed run sees the same batches.
-                perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + epoch))
-                perm_epoch = epoch
-            i = step % steps_per_epoch
-            idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+                batches, batches_epoch = epoch_batches(n, cfg.batch_size, cfg.seed, epoch, lengths), epoch
+            idx = batches[step % steps_per_epoch]
             batch_texts = [sentences[j] for j in idx.tolist()]
             # sentence-transformers 5.x renamed tokenize() to preprocess(); keep both working.
             tokenize = student.preprocess if hasattr(student, "preprocess") else student.tokenize
