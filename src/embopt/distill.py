@@ -283,12 +283,11 @@ def train_student(
     original_max_len = student.max_seq_length
     student.max_seq_length = cfg.max_seq_length
 
-    target_dim = int(targets.shape[1])
-    heads = _build_heads(student, teacher, target_dim, _embedding_dim(student, sentences[0]), layer_map,
-                         hidden_on, cfg.seed).to(device)
+    target_dim, student_dim = int(targets.shape[1]), _embedding_dim(student, sentences[0])
+    heads = _build_heads(student, teacher, target_dim, student_dim, layer_map, hidden_on, cfg.seed).to(device)
     if "sentence" in heads:
-        log.info("student embedding width differs from the teacher's (%d): training a linear projection",
-                 target_dim)
+        log.info("student embeddings are %d wide, the teacher's %d: training a projection for the loss",
+                 student_dim, target_dim)
     teacher_hf, teacher_was_training = None, False
     if hidden_on:
         # Frozen by running under no_grad (the caller's model is left as it was, mode restored at the end).
