@@ -13,8 +13,9 @@ Run (a few minutes on 2 cores; the teacher is the default)::
     .venv/bin/python scripts/quant_sweep.py --only fp32,dyn      # a subset (prefix match)
 
 Prints a markdown table; retention is vs the fp32 ONNX parent of the row (fused or
-unfused), speedup vs the fused fp32 ONNX model. Timings: best of ``--repeats``
-passes over the dev sentences, so background load on a shared machine hurts less.
+unfused), speedup vs the fused fp32 ONNX model. Spearman on the whole dev set; speed
+on ``--speed-sentences`` dev sentences, every variant once per round, best of
+``--repeats`` rounds, so background load on a shared machine hurts less.
 """
 
 from __future__ import annotations
@@ -46,12 +47,14 @@ from embopt.sts import retention, sts_spearman  # noqa: E402
 from embopt.timing import pin_threads  # noqa: E402
 
 ALL_OPS = ("MatMul", "Attention", "Gather")
+EMBED = ("EmbedLayerNormalization",)  # the fused embeddings: int8 word-embedding table
 
 
 def recipes() -> list[tuple[str, str, str, object]]:
     """(name, parent graph, kind, recipe) for every row of the sweep."""
     rows = [
         ("dyn_fused_per_tensor", "fused", "dynamic", DynamicRecipe(op_types=ALL_OPS)),
+        ("dyn_fused_per_tensor_embed", "fused", "dynamic", DynamicRecipe(op_types=ALL_OPS + EMBED)),
         ("dyn_fused_per_channel", "fused", "dynamic", DynamicRecipe(per_channel=True, op_types=ALL_OPS)),
         ("dyn_fused_per_tensor_reduce_range", "fused", "dynamic",
          DynamicRecipe(reduce_range=True, op_types=ALL_OPS)),
@@ -84,8 +87,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-seq-length", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved speed rounds (best kept)")
+    ap.add_argument("--speed-sentences", type=int, default=1000, help="dev sentences per speed round")
     ap.add_argument("--only", default="", help="name prefixes: fp32,dyn,static,st_,torch")
+    ap.add_argument("--fallback", default="", help="run the accuracy fallback on this row (a recipe name)")
+    ap.add_argument("--gate", type=float, default=0.99, help="min retention vs fp32 parent, for --fallback")
+    ap.add_argument("--fallback-sample", type=int, default=256, help="dev sentences for node sensitivity")
+    ap.add_argument("--fallback-max-nodes", type=int, default=12)
     ap.add_argument("--workdir", default=None, help="keep the built models here (default: a temp folder)")
     args = ap.parse_args()
     only = [p for p in args.only.split(",") if p]
@@ -113,17 +121,16 @@ def main() -> None:
     tok = load_tokenizer(work, args.max_seq_length)
 
     results: dict[str, dict] = {}
+    encoders: dict[str, object] = {}
+    speed = sentences[: args.speed_sentences]
 
     def measure(name: str, encode, path: Path | None, parent: str | None) -> None:
-        encode(sentences[:64])  # warm-up
-        best_t, score = float("inf"), float("nan")
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            score = sts_spearman(encode, dev)
-            best_t = min(best_t, time.perf_counter() - t0)
+        """Spearman now; speed later, interleaved with every other variant."""
+        score = sts_spearman(encode, dev)
         size = path.stat().st_size / 1e6 if path is not None and path.is_file() else float("nan")
-        results[name] = {"spearman": score, "sps": len(sentences) / best_t, "size_mb": size, "parent": parent}
-        print(f"  {name:38s} {score:7.2f} {len(sentences) / best_t:8.0f} sent/s", file=sys.stderr, flush=True)
+        results[name] = {"spearman": score, "sps": float("nan"), "size_mb": size, "parent": parent}
+        encoders[name] = encode
+        print(f"  {name:38s} Spearman {score:7.2f}", file=sys.stderr, flush=True)
 
     def onnx_row(name: str, path: Path, parent: str | None) -> None:
         emb = Embedder(work, onnx_path=path, threads=args.threads, batch_size=args.batch_size,
@@ -133,9 +140,11 @@ def main() -> None:
     if wanted("torch"):
         import torch
 
-        with torch.inference_mode():
-            measure("torch_fp32", lambda t: model.encode(list(t), batch_size=args.batch_size,
-                                                         show_progress_bar=False), None, None)
+        def torch_encode(t):
+            with torch.inference_mode():
+                return model.encode(list(t), batch_size=args.batch_size, show_progress_bar=False)
+
+        measure("torch_fp32", torch_encode, None, None)
     if wanted("fp32"):
         onnx_row("fp32_unfused", raw, None)
         onnx_row("fp32_fused", fused, None)
@@ -153,12 +162,52 @@ def main() -> None:
                 quantize_static_qdq(parents[parent], dst, recipe, calib, tok, ranges)
         print(f"  built {name} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
         onnx_row(name, dst, f"fp32_{parent}")
+    if args.fallback:
+        fallback_row(args, parents, calib, tok, work, dev, results, onnx_row)
     if wanted("st_"):
         st_anchor(args, src, work, measure)
+
+    # Speed: every variant once per round, rounds repeated, best round kept: background load on a
+    # shared machine then slows all variants alike instead of whichever happened to run during it.
+    for name in encoders:
+        encoders[name](speed[:64])  # warm-up
+    for r in range(args.repeats):
+        for name, encode in encoders.items():
+            t0 = time.perf_counter()
+            encode(speed)
+            sps = len(speed) / (time.perf_counter() - t0)
+            results[name]["sps"] = max(results[name]["sps"], sps) if r else sps
+        print(f"  speed round {r + 1}/{args.repeats} done", file=sys.stderr, flush=True)
 
     print_table(results, args, detect_isa())
     if args.workdir is None:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def fallback_row(args, parents, calib, tok, work: Path, dev, results: dict, onnx_row) -> None:
+    """The quantize stage's accuracy fallback on one sweep row: which nodes stay fp32, what it costs."""
+    import json
+
+    from embopt.candidates import Builder, Candidate, Scorer, run_fallback
+
+    name, parent, kind, recipe = next(r for r in recipes() if r[0] == args.fallback)
+    parent_row = results.get(f"fp32_{parent}")
+    if parent_row is None:
+        raise SystemExit(f"--fallback needs the fp32 rows: include fp32 in --only (got {args.only!r})")
+    c = Candidate(name, kind, parent, recipe, f"{name}_fallback.onnx")
+    build = Builder(parents, calib, tok, work / "calibration")
+    scorer = Scorer(work, dev, args.threads, args.batch_size)
+    path = work / "onnx" / c.file
+    build(c, path)
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        result = run_fallback(c, path, build, scorer, parents[parent], parent_row["spearman"], args.gate,
+                              unique_sentences(dev)[: args.fallback_sample], args.fallback_max_nodes, work)
+    report = result.report()
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    print(f"\nfallback for {name} (gate {args.gate}):\n{json.dumps(report, indent=1)}", file=sys.stderr)
+    results.setdefault("_fallback", report)
+    onnx_row(f"{name}+fallback{len(result.excluded)}", path, f"fp32_{parent}")
 
 
 def st_anchor(args, src: str, work: Path, measure) -> None:
@@ -187,17 +236,23 @@ def print_table(results: dict[str, dict], args, isa: str) -> None:
     ref = results.get("fp32_fused", {}).get("sps")
     st = results.get("st_dynamic_int8_avx512_vnni", {}).get("sps")
     print(f"\nSTSb dev ({args.sts}), batch {args.batch_size}, {args.threads} threads, max_seq_length "
-          f"{args.max_seq_length}, best of {args.repeats}; CPU preset: {isa}\n")
+          f"{args.max_seq_length}; speed: best of {args.repeats} interleaved rounds over "
+          f"{args.speed_sentences} sentences; CPU preset: {isa}\n")
     print("| variant | Spearman | retention vs fp32 parent | sentences/s | speedup vs fp32 fused "
           "| vs ST int8 "
           "| size MB |")
     print("|---|---:|---:|---:|---:|---:|---:|")
+    fb = results.pop("_fallback", None)
     for name, r in results.items():
         parent = results.get(r["parent"]) if r["parent"] else None
         ret = f"{retention(r['spearman'], parent['spearman']):.4f}" if parent else "-"
         sp = f"{r['sps'] / ref:.2f}x" if ref else "-"
         vs = f"{r['sps'] / st:.2f}x" if st else "-"
         print(f"| {name} | {r['spearman']:.2f} | {ret} | {r['sps']:.0f} | {sp} | {vs} | {r['size_mb']:.1f} |")
+    if fb:
+        kept = ", ".join(fb["nodes_kept_fp32"]) or "-"
+        print(f"\nfallback: passed={fb['passed']}, nodes kept fp32: {kept}; steps {fb['steps']}; "
+              f"{fb['seconds']} s")
 
 
 if __name__ == "__main__":

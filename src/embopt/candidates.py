@@ -21,7 +21,6 @@ import numpy as np
 
 from embopt.calibration import StaticRecipe, quantize_static_qdq
 from embopt.data import StsPair
-from embopt.errors import EmboptError
 from embopt.fallback import FallbackResult, exclude_until_pass, node_sensitivity
 from embopt.quantize import DynamicRecipe, quantize_recipe, quantized_nodes, resolve_recipe
 from embopt.sts import retention, sts_spearman
@@ -70,8 +69,8 @@ def plan_candidates(p, has_unfused: bool) -> list[Candidate]:
             r, parent = replace(base, per_channel=extra == "per_channel"), fused
         else:  # unfused
             if not has_unfused:
-                raise EmboptError("quantize.dynamic_extra: 'unfused' needs quantize.optimize: true "
-                                  "(without fusion the main candidate already is unfused)")
+                log.info("quantize.dynamic_extra 'unfused' skipped: without fusion the main candidate is it")
+                continue
             r, parent = base, "unfused"
         name = dyn_name(r, parent)
         out.append(Candidate(name, "dynamic", parent, r, f"model_{name.removeprefix('onnx_')}.onnx"))

@@ -154,8 +154,8 @@ class QuantizeParams(_Section):
     per_channel: bool | None = None
     reduce_range: bool | None = None
     weight_type: Literal["qint8", "quint8"] | None = None
-    op_types: list[str] = ["MatMul", "Attention", "Gather"]
-    dynamic_extra: list[Literal["per_channel", "per_tensor", "unfused"]] = []
+    op_types: list[str] = ["MatMul", "Attention", "Gather", "EmbedLayerNormalization"]
+    dynamic_extra: list[Literal["per_channel", "per_tensor", "unfused"]] = ["unfused"]
     static: QuantizeStaticParams = QuantizeStaticParams()
     keep_candidates: bool = False
     fp16: bool = True

@@ -37,7 +37,7 @@ class DynamicRecipe:
     per_channel: bool = False
     reduce_range: bool = False
     weight_type: str = "qint8"
-    op_types: tuple[str, ...] = ("MatMul", "Attention", "Gather")
+    op_types: tuple[str, ...] = ("MatMul", "Attention", "Gather", "EmbedLayerNormalization")
 
     def as_dict(self) -> dict:
         d = asdict(self)
