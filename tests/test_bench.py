@@ -208,6 +208,7 @@ def test_bench_writes_consistent_json(bench_run):
     assert result["setup"]["batch_sizes"] == [1, 8, 32]
     assert result["machine"]["threads"]["benchmark_threads"] == 2
     assert result["machine"]["threads"]["torch_num_threads"] == 2
+    assert result["setup"]["contention"]["process_cpu_per_wall_s"] > 0
     for p in ("int8", "fp32"):
         assert result["peaks"][p]["peak_ops_s"] > 0
     assert rows["teacher_torch"]["retention"] == pytest.approx(1.0)

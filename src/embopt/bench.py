@@ -152,6 +152,18 @@ def long_texts(corpus: Path, n: int, min_words: int) -> list[str]:
 # ------------------------------------------------------------------------- machine
 
 
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def _cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
 def machine_info(threads: int) -> dict[str, Any]:
     """CPU, memory, library versions and the thread settings every backend runs with."""
     import importlib.metadata as md
@@ -471,6 +483,15 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
     from embopt.roofline import fp32_peak, int8_peak, roofline_row
 
     t_start = time.perf_counter()
+    cpu_start = _cpu_seconds()
+    load_start = _load_average()
+    if load_start is not None and load_start > 0.5:
+        log.warning(
+            "the machine is busy (1-min load average %.2f on %d CPUs): other processes compete for the "
+            "cores and slow multi-threaded runs most; the report records it",
+            load_start,
+            os.cpu_count(),
+        )
     pin_all_threads(opts.threads)
     out_dir = Path(opts.out_dir)
     sts_file = Path(opts.sts_file) if opts.sts_file else default_sts_file()
@@ -589,7 +610,15 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
             sets,
             roofline_row,
         )
-        result["setup"]["wall_s"] = round(time.perf_counter() - t_start, 1)
+        wall = time.perf_counter() - t_start
+        result["setup"]["wall_s"] = round(wall, 1)
+        # How much CPU this process got: well under `threads` means other processes took the cores.
+        result["setup"]["contention"] = {
+            "load_average_1min_start": load_start,
+            "load_average_1min_end": _load_average(),
+            "process_cpu_per_wall_s": round((_cpu_seconds() - cpu_start) / wall, 2),
+            "threads": opts.threads,
+        }
         out_dir.mkdir(parents=True, exist_ok=True)
         md = markdown_report(result)
         write_json(out_dir / "bench.json", result)

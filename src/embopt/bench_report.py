@@ -45,6 +45,21 @@ def markdown_report(result: dict[str, Any]) -> str:
         f"- final variant: `{result['final']}`; anchors: {', '.join(f'`{a}`' for a in result['anchors'])}",
         "",
     ]
+    c = s.get("contention")
+    if c:
+        busy = (c["load_average_1min_start"] or 0) > 0.5
+        out.append(
+            f"- machine load: 1-min load average {c['load_average_1min_start']} at start, "
+            f"{c['load_average_1min_end']} at end; this process used "
+            f"{c['process_cpu_per_wall_s']} CPU-seconds per second over the run"
+            + (
+                " (**busy machine: other processes competed for the cores; multi-thread numbers suffer "
+                "most**)"
+                if busy
+                else ""
+            )
+        )
+        out.append("")
     for note in result.get("notes", []):
         out.append(f"> note: {note}\n")
 
