@@ -55,7 +55,11 @@ def main() -> None:
                           t.max_batch_size, t.preferred_batch_sizes, t.max_queue_delay_us, t.instances, kind)
             ok, reason = (availability() if p.tensorrt.enabled
                           else (False, "disabled by export.tensorrt.enabled"))
-            trt = {"status": "skipped", "reason": reason, "engines": {}}
+            # What would be built here from what, and what could not be even with a GPU.
+            planned = {s.name: {"status": "skipped", "source": s.onnx.name, "flags": list(s.flags)}
+                       for s in specs}
+            trt = {"status": "skipped", "reason": reason,
+                   "engines": {**planned, **{n: {"status": f"skipped: {why}"} for n, why in skipped.items()}}}
             if ok:  # pragma: no cover - needs an NVIDIA GPU with TensorRT
                 trt = build_engines(specs, skipped, tmp, repo, manifest["dim"], t)
             else:

@@ -124,6 +124,7 @@ def main() -> None:
             "int8_dev_spearman": chosen_row["spearman"],
             "retention_vs_fp32": chosen_row["retention_vs_fp32"],
             "speedup_vs_fp32": chosen_row["speedup_vs_fp32"],
+            "speedup_vs_onnx_fp32": chosen_row["speedup_vs_onnx_fp32"],
             "int8_recipe": chosen.name,
             "isa": chosen.recipe.isa if chosen.kind == "dynamic" else "static",
             "fallback_nodes_fp32": len((chosen_row.get("fallback") or {}).get("nodes_kept_fp32", [])),
@@ -145,12 +146,15 @@ def evaluate_candidate(c: Candidate, path, build: Builder, scorer: Scorer, paren
                        speed_sents, dev_sentences, workdir) -> None:
     """Build ``c``, score it against its parent, run the fallback when it misses, time it."""
     parent = parent_rows[c.parent]
+    shipped = parent_rows["fused"] if "fused" in parent_rows else parent
     build(c, path)
     score = scorer.spearman(path)
     ret = retention(score, parent["spearman"])
     sps = scorer.speed(path, speed_sents)
     row = {"parent": c.parent, "spearman": round(score, 4), "retention_vs_fp32": round(ret, 5),
            "throughput_sps": round(sps, 1), "speedup_vs_fp32": round(sps / parent["throughput_sps"], 3),
+           # vs the shipped onnx_fp32 (the fused graph), whichever parent the candidate came from
+           "speedup_vs_onnx_fp32": round(sps / shipped["throughput_sps"], 3),
            "size_mb": round(path.stat().st_size / 1e6, 3), "passed": threshold is None or ret >= threshold,
            "fallback": None}
     log.info("%s: Spearman %.2f (%.4f of fp32 %s), %.0f sent/s (%.2fx)", c.name, score, ret, c.parent, sps,
@@ -167,6 +171,7 @@ def evaluate_candidate(c: Candidate, path, build: Builder, scorer: Scorer, paren
                     "retention_vs_fp32": round(retention(score, parent["spearman"]), 5),
                     "throughput_sps": round(after, 1),
                     "speedup_vs_fp32": round(after / parent["throughput_sps"], 3),
+                    "speedup_vs_onnx_fp32": round(after / shipped["throughput_sps"], 3),
                     "size_mb": round(path.stat().st_size / 1e6, 3), "passed": result.passed, "fallback": fb})
         log.info("%s after fallback (%d node(s) in fp32: %s): %.4f of fp32, %.0f sent/s (%.1f%% slower)",
                  c.name, len(result.excluded), ", ".join(result.excluded), row["retention_vs_fp32"], after,

@@ -207,6 +207,9 @@ def test_stage_exports_bundle_triton_and_skips_tensorrt(quantized, monkeypatch, 
     assert {"onnx_fp32", "onnx_int8", "onnx_fp16"} <= set(m["variants"])
     if not availability()[0]:
         assert m["tensorrt"]["status"] == "skipped" and m["tensorrt"]["reason"]
+        engines = m["tensorrt"]["engines"]  # what a GPU machine would build, and from what
+        assert engines["fp16"] == {"status": "skipped", "source": "model_unfused.onnx", "flags": ["FP16"]}
+        assert "tensorrt_qdq" in engines["int8"]["status"]
     assert m["tensorrt"]["profile"] == {"min": [1, 4], "opt": [8, 16], "max": [32, 32]}
     assert m["triton"]["models"] == ["embopt_onnx_fp16", "embopt_onnx_fp32", "embopt_onnx_int8"]
     kinds = {}
@@ -231,7 +234,8 @@ def test_stage_corrupt_onnx_leaves_earlier_output(quantized, monkeypatch, capsys
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     (out / "marker").write_text("earlier output")
-    bad = root / "models" / "quantize" / "onnx" / "model_qint8.onnx"
+    manifest = json.loads((root / "models" / "quantize" / "manifest.json").read_text())
+    bad = root / "models" / "quantize" / manifest["variants"]["onnx_int8"]["file"]
     data = bad.read_bytes()
     bad.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"\x00garbage")
     code, err = stage_project.run("export", monkeypatch, root, capsys)
