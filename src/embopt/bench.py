@@ -271,6 +271,10 @@ def load_variants(opts: BenchOptions, workdir: Path) -> tuple[list[BenchVariant]
     onnx_paths: dict[str, Path] = {}
     if (Path(opts.export_dir) / "manifest.json").exists():
         onnx_paths = onnx_variants(Path(opts.export_dir), Path(opts.pca_dir))
+        from embopt import variants as variants_module
+
+        skipped = getattr(variants_module, "unavailable_variants", lambda _d: {})(Path(opts.export_dir))
+        notes += [f"{name}: not benchmarked here: {why}" for name, why in skipped.items()]
     else:
         notes.append(f"no bundle at {opts.export_dir}: our ONNX variants skipped")
     pca_info = Path(opts.pca_dir) / PCA_INFO
