@@ -415,18 +415,18 @@ def cache_bench(models: dict, texts: list[str], opts: RuntimeBenchOptions) -> di
     bundle = models["teacher"]["bundle"]
     stream = zipf_stream(texts, opts.zipf_queries, opts.zipf_s)
     distinct = len(set(stream))
-    plain = Embedder(
+    # One Embedder (one ORT session) serves both sides, the cache switched on and off per request:
+    # two sessions would each keep their own spinning thread pool and slow each other down.
+    emb = Embedder(
         bundle, threads=opts.threads, batch_size=opts.batch_size, max_seq_length=opts.max_seq_length
     )
-    cached = Embedder(
-        bundle, threads=opts.threads, batch_size=opts.batch_size, max_seq_length=opts.max_seq_length
-    )
-    plain.embed(texts[:64])
-    cached.embed(texts[:64])
+    emb.embed(texts[:64])
     rounds = max(1, min(opts.repeats, 3))
-    main = _stream_timing(plain, cached, stream, opts.batch_size, rounds)
-    stats = cached.cache.stats()
-    single = _stream_timing(plain, cached, stream, 1, rounds) if opts.single_queries else None
+    main, cache = _stream_timing(emb, stream, opts.batch_size, rounds)
+    stats = cache.stats()
+    single = _stream_timing(emb, stream, 1, rounds)[0] if opts.single_queries else None
+    cached = emb
+    cached.attach_cache(cache)
 
     # Cost of a hit: requests made only of cached texts, through Embedder.embed (the served path).
     warm = list(dict.fromkeys(stream))
@@ -459,32 +459,37 @@ def cache_bench(models: dict, texts: list[str], opts: RuntimeBenchOptions) -> di
     }
 
 
-def _stream_timing(plain, cached, stream: list[str], request_size: int, rounds: int) -> dict[str, Any]:
-    """The stream in requests of ``request_size``, without (``plain``) and with (``cached``) the cache.
+def _stream_timing(emb, stream: list[str], request_size: int, rounds: int) -> tuple[dict[str, Any], Any]:
+    """The stream in requests of ``request_size``, each served without and with the cache.
 
-    Both serve the same request back to back (order alternating), so a change of load on this
-    shared machine hits both alike; the cache starts empty every round.
+    The two serve the same request back to back (order alternating), so a change of load on this
+    shared machine hits both alike; the cache starts empty every round. Returns the timings and
+    the last round's cache.
     """
     from embopt.cache import EmbeddingCache
 
     requests = [stream[i : i + request_size] for i in range(0, len(stream), request_size)]
     no_cache, with_cache = [], []
+    cache = EmbeddingCache(max_entries=100_000)
     for _ in range(rounds):
-        cached.attach_cache(EmbeddingCache(max_entries=100_000))
+        cache = EmbeddingCache(max_entries=100_000)
+        emb.attach_cache(cache)
         t_plain = t_cached = 0.0
         for i, req in enumerate(requests):
-            for emb in (plain, cached) if i % 2 == 0 else (cached, plain):
+            for use_cache in (False, True) if i % 2 == 0 else (True, False):
+                emb.cache = cache if use_cache else None
                 t0 = time.perf_counter()
                 emb.embed(req)
                 dt = time.perf_counter() - t0
-                if emb is plain:
-                    t_plain += dt
-                else:
+                if use_cache:
                     t_cached += dt
+                else:
+                    t_plain += dt
         no_cache.append(t_plain)
         with_cache.append(t_cached)
+    emb.cache = None
     t_without, t_with = statistics.median(no_cache), statistics.median(with_cache)
-    return {
+    timings = {
         "request_size": request_size,
         "seconds_without": round(t_without, 4),
         "seconds_with": round(t_with, 4),
@@ -492,6 +497,7 @@ def _stream_timing(plain, cached, stream: list[str], request_size: int, rounds: 
         "rounds_with": [round(x, 4) for x in with_cache],
         "speedup": round(t_without / t_with, 3),
     }
+    return timings, cache
 
 
 def _per_hit_us(embedder, requests: list[list[str]], rounds: int) -> float:
