@@ -14,7 +14,7 @@ from embopt.runtime import Embedder
 from embopt.stage import report, run_stage
 from embopt.timing import pin_threads
 from embopt.tracking import stage_run
-from embopt.variants import onnx_variants
+from embopt.variants import onnx_variants, unavailable_variants
 
 log = logging.getLogger("stages.evaluate")
 
@@ -43,6 +43,10 @@ def main() -> None:
         final = list(onnx)[-1]  # the last stage's output: int8 + PCA
         result = evaluate_all(variants, dev, p.throughput_sentences, p.latency_sentences, p.repeats, final)
         result["setup"].update({"threads": threads, "batch_size": p.batch_size, "max_seq_length": max_len})
+        # Variants built for hardware this machine lacks (fp16 needs CUDA): listed, not silently dropped.
+        result["not_evaluated"] = unavailable_variants()
+        for name, reason in result["not_evaluated"].items():
+            log.warning("not evaluated here: %s (%s)", name, reason)
         table = markdown_table(result)
         print(table)
         points = [{"variant": n, "throughput_sps": r["throughput_sps"], "retention": r["retention"]}
