@@ -161,10 +161,13 @@ def _stop(proc: subprocess.Popen) -> None:
 def test_served_over_http(store, tmp_path):
     port = _free_port()
     log = open(tmp_path / "serve.log", "w")
+    env = _clean_env(store)
+    cache = tmp_path / "served.sqlite"  # a runtime setting overridden for this server only
+    env["MLFLOW_PYFUNC_INFERENCE_CONFIG"] = json.dumps({"cache_path": str(cache)})
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", URI, "--host", "127.0.0.1",
          "--port", str(port), "--env-manager", "local", "--workers", "1"],
-        cwd=tmp_path, env=_clean_env(store), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -192,6 +195,10 @@ def test_served_over_http(store, tmp_path):
         rows = np.array(answer["predictions"], dtype=np.float32)
         assert rows.shape == (3, 32)
         np.testing.assert_allclose(rows, expected(store), atol=1e-5)
+    import sqlite3
+
+    with sqlite3.connect(cache) as conn:  # the second request was served from the cache the first filled
+        assert conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0] == len(TEXTS)
 
 
 def test_repo_path_really_is_hidden(tmp_path):
