@@ -34,18 +34,30 @@ def main() -> None:
         with atomic_dir(config.PCA_DIR) as tmp:
             save_pca(tmp / "pca.npz", pca)
             onnx_file = fold_into_onnx(parent.onnx_path, tmp / f"model_qint8_pca{p.k}.onnx", pca)
-            write_json(tmp / PCA_INFO, {"variant": variant, "file": onnx_file.name, "k": p.k, "parent": PARENT})
-            folded = Embedder(config.EXPORT_DIR, variant=variant, onnx_path=onnx_file, threads=params.base.threads)
+            write_json(
+                tmp / PCA_INFO, {"variant": variant, "file": onnx_file.name, "k": p.k, "parent": PARENT}
+            )
+            folded = Embedder(
+                config.EXPORT_DIR, variant=variant, onnx_path=onnx_file, threads=params.base.threads
+            )
             parent_dev = sts_spearman(parent.embed, dev)
             pca_dev = sts_spearman(folded.embed, dev)
         metrics = {
-            "k": p.k, "dim_before": int(emb.shape[1]), "fit_sentences": len(sentences),
+            "k": p.k,
+            "dim_before": int(emb.shape[1]),
+            "fit_sentences": len(sentences),
             "explained_variance": round(float(pca["explained_variance_ratio"].sum()), 5),
-            "parent_dev_spearman": round(parent_dev, 4), "dev_spearman": round(pca_dev, 4),
+            "parent_dev_spearman": round(parent_dev, 4),
+            "dev_spearman": round(pca_dev, 4),
             "retention_vs_parent": round(retention(pca_dev, parent_dev), 5),
         }
-        log.info("PCA %d -> %d dims (%.1f%% variance) -> %s", emb.shape[1], p.k,
-                 100 * metrics["explained_variance"], config.PCA_DIR)
+        log.info(
+            "PCA %d -> %d dims (%.1f%% variance) -> %s",
+            emb.shape[1],
+            p.k,
+            100 * metrics["explained_variance"],
+            config.PCA_DIR,
+        )
         report(run, "pca", metrics, gate=p.gate)
 
 

@@ -28,7 +28,9 @@ def choose(result: dict, candidates: list[str], gate) -> tuple[str | None, dict]
     lines, passing = {}, []
     for name in candidates:
         row = result["variants"][name]
-        res = evaluate_gates("promote", gate, {"retention": row["retention"], "speedup": row["speedup_vs_teacher"]})
+        res = evaluate_gates(
+            "promote", gate, {"retention": row["retention"], "speedup": row["speedup_vs_teacher"]}
+        )
         lines[name] = res
         if all(r.passed for r in res):
             passing.append(name)
@@ -38,10 +40,16 @@ def choose(result: dict, candidates: list[str], gate) -> tuple[str | None, dict]
 
 def served_config(rt: RuntimeParams) -> dict:
     """The registered model's ``model_config`` (see ``embopt.pyfunc.DEFAULT_CONFIG``) from params.runtime."""
-    return {"threads": rt.threads, "batch_size": rt.batch_size, "graph_optimization": rt.graph_optimization,
-            "providers": list(rt.providers), "cache": rt.cache.enabled,
-            "cache_max_entries": rt.cache.max_entries, "cache_path": rt.cache.path,
-            "cache_max_rows": rt.cache.max_rows}
+    return {
+        "threads": rt.threads,
+        "batch_size": rt.batch_size,
+        "graph_optimization": rt.graph_optimization,
+        "providers": list(rt.providers),
+        "cache": rt.cache.enabled,
+        "cache_max_entries": rt.cache.max_entries,
+        "cache_path": rt.cache.path,
+        "cache_max_rows": rt.cache.max_rows,
+    }
 
 
 def main() -> None:
@@ -59,8 +67,10 @@ def main() -> None:
             run.set_tags({"gate.status": "failed", "promote.alias_unchanged": str(before)})
             fastest = max(lines, key=lambda n: result["variants"][n]["throughput_sps"])
             misses = "; ".join(r.line() for r in lines[fastest] if not r.passed)
-            raise GateFailed(f"no variant passes every gate (alias @{p.alias} left at version {before}); "
-                             f"fastest {fastest}: {misses}")
+            raise GateFailed(
+                f"no variant passes every gate (alias @{p.alias} left at version {before}); "
+                f"fastest {fastest}: {misses}"
+            )
         row = result["variants"][best]
         run.set_tags({"gate.status": "passed", "promote.variant": best})
         run.log_metrics(row)
@@ -68,13 +78,28 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             bundle = package_variant(config.EXPORT_DIR, best, onnx[best], Path(tmp) / "bundle")
             reg = log_and_register_embedder(
-                run, bundle, p.model_name, p.alias, row["dim"], example,
-                tags={"variant": best, "retention": row["retention"], "speedup_vs_teacher": row["speedup_vs_teacher"],
-                      "sts_spearman": row["sts_spearman"]},
+                run,
+                bundle,
+                p.model_name,
+                p.alias,
+                row["dim"],
+                example,
+                tags={
+                    "variant": best,
+                    "retention": row["retention"],
+                    "speedup_vs_teacher": row["speedup_vs_teacher"],
+                    "sts_spearman": row["sts_spearman"],
+                },
                 model_config=served_config(params.runtime),
             )
-        out = {"variant": best, **reg, **{k: row[k] for k in ("sts_spearman", "retention", "speedup_vs_teacher",
-                                                              "throughput_sps", "dim")}}
+        out = {
+            "variant": best,
+            **reg,
+            **{
+                k: row[k]
+                for k in ("sts_spearman", "retention", "speedup_vs_teacher", "throughput_sps", "dim")
+            },
+        }
         write_json(config.METRICS_DIR / "promote.json", out)
         log.info("promoted %s -> models:/%s@%s", best, p.model_name, p.alias)
 

@@ -39,28 +39,53 @@ def main() -> None:
         rec = None
         if p.recovery_epochs > 0 and rep.params_after < rep.params_before:
             cfg = TrainConfig(
-                epochs=p.recovery_epochs, batch_size=p.batch_size, lr=p.lr, warmup_ratio=0.1, weight_decay=0.01,
-                max_grad_norm=1.0, max_seq_length=p.max_seq_length, loss="mse", eval_every=10**9,
-                checkpoint_every=10**9, early_stopping_patience=0, seed=params.base.seed + 1,
+                epochs=p.recovery_epochs,
+                batch_size=p.batch_size,
+                lr=p.lr,
+                warmup_ratio=0.1,
+                weight_decay=0.01,
+                max_grad_norm=1.0,
+                max_seq_length=p.max_seq_length,
+                loss="mse",
+                eval_every=10**9,
+                checkpoint_every=10**9,
+                early_stopping_patience=0,
+                seed=params.base.seed + 1,
             )
             log.info("recovery distillation on %d sentences", n)
-            rec = train_student(model, sentences[:n], targets[:n], cfg, dev[:200],
-                                on_metrics=lambda m, step: run.log_metrics(m, step=step, prefix="recovery_"))
+            rec = train_student(
+                model,
+                sentences[:n],
+                targets[:n],
+                cfg,
+                dev[:200],
+                on_metrics=lambda m, step: run.log_metrics(m, step=step, prefix="recovery_"),
+            )
         final_dev = sts_spearman(lambda s: model.encode(list(s), batch_size=64), dev)
         metrics = {
-            "ffn_before": rep.ffn_before, "ffn_after": rep.ffn_after,
-            "heads_before": rep.heads_before, "heads_after": rep.heads_after,
-            "params_before": rep.params_before, "params_after": rep.params_after,
-            "dev_spearman_before": round(before_dev, 4), "dev_spearman_pruned": round(pruned_dev, 4),
-            "dev_spearman": round(final_dev, 4), "teacher_dev_spearman": teacher_dev,
+            "ffn_before": rep.ffn_before,
+            "ffn_after": rep.ffn_after,
+            "heads_before": rep.heads_before,
+            "heads_after": rep.heads_after,
+            "params_before": rep.params_before,
+            "params_after": rep.params_after,
+            "dev_spearman_before": round(before_dev, 4),
+            "dev_spearman_pruned": round(pruned_dev, 4),
+            "dev_spearman": round(final_dev, 4),
+            "teacher_dev_spearman": teacher_dev,
             "retention": round(retention(final_dev, teacher_dev), 5),
             "retention_vs_parent": round(retention(final_dev, before_dev), 5),
             "recovery_seconds": round(rec.train_seconds, 1) if rec else 0.0,
         }
         with atomic_dir(config.PRUNE_DIR) as tmp:
             model.save(str(tmp))
-        log.info("pruned model -> %s: dev %.2f (before %.2f, right after pruning %.2f)", config.PRUNE_DIR,
-                 final_dev, before_dev, pruned_dev)
+        log.info(
+            "pruned model -> %s: dev %.2f (before %.2f, right after pruning %.2f)",
+            config.PRUNE_DIR,
+            final_dev,
+            before_dev,
+            pruned_dev,
+        )
         report(run, "prune", metrics, gate=p.gate)
 
 

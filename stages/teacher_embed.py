@@ -37,8 +37,13 @@ def main() -> None:
         teacher = load_sentence_model(params.base.teacher, device=device, max_seq_length=p.max_seq_length)
         log.info("encoding %d sentences with %s on %s", len(sentences), params.base.teacher, device)
         t0 = time.perf_counter()
-        emb = teacher.encode(sentences, batch_size=p.batch_size, convert_to_numpy=True,
-                             normalize_embeddings=True, show_progress_bar=True).astype(np.float32)
+        emb = teacher.encode(
+            sentences,
+            batch_size=p.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=True,
+        ).astype(np.float32)
         seconds = time.perf_counter() - t0
         dev = read_sts_tsv(config.PREPARED_DIR / "sts_dev.tsv")
         teacher_dev = sts_spearman(
@@ -48,15 +53,30 @@ def main() -> None:
         with atomic_dir(config.TEACHER_EMBED_DIR) as tmp:
             np.save(tmp / "embeddings.npy", emb)
             # Row i of embeddings.npy is line i of corpus.txt; the hash pins that file.
-            write_json(tmp / "index.json", {"corpus_file": "data/prepared/corpus.txt", "corpus_sha256": digest,
-                                            "rows": len(sentences), "dim": int(emb.shape[1]),
-                                            "teacher": params.base.teacher, "max_seq_length": p.max_seq_length,
-                                            "normalized": True})
+            write_json(
+                tmp / "index.json",
+                {
+                    "corpus_file": "data/prepared/corpus.txt",
+                    "corpus_sha256": digest,
+                    "rows": len(sentences),
+                    "dim": int(emb.shape[1]),
+                    "teacher": params.base.teacher,
+                    "max_seq_length": p.max_seq_length,
+                    "normalized": True,
+                },
+            )
         log.info("wrote %s (%s)", config.TEACHER_EMBED_DIR, emb.shape)
-        report(run, "teacher_embed", {"sentences": len(sentences), "dim": int(emb.shape[1]),
-                                      "encode_seconds": round(seconds, 2),
-                                      "sentences_per_second": round(len(sentences) / seconds, 1),
-                                      "teacher_dev_spearman": round(teacher_dev, 4)})
+        report(
+            run,
+            "teacher_embed",
+            {
+                "sentences": len(sentences),
+                "dim": int(emb.shape[1]),
+                "encode_seconds": round(seconds, 2),
+                "sentences_per_second": round(len(sentences) / seconds, 1),
+                "teacher_dev_spearman": round(teacher_dev, 4),
+            },
+        )
 
 
 if __name__ == "__main__":

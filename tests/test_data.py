@@ -60,17 +60,18 @@ def test_non_utf8(tmp_path):
 
 def test_prepared_tsv_roundtrip(tmp_path, dev_pairs):
     write_sts_tsv(tmp_path / "dev.tsv", dev_pairs)
-    assert read_sts_tsv(tmp_path / "dev.tsv") == [
-        type(p)(p.s1, p.s2, round(p.score, 3)) for p in dev_pairs
-    ]
+    assert read_sts_tsv(tmp_path / "dev.tsv") == [type(p)(p.s1, p.s2, round(p.score, 3)) for p in dev_pairs]
 
 
 @pytest.mark.parametrize(
     "paragraph, expected",
     [
         ("He left. She stayed.", ["He left.", "She stayed."]),
-        ("Dr. Smith met J. R. R. Tolkien in the U.S. Army. It rained!", ["Dr. Smith met J. R. R. Tolkien in the U.S. Army.", "It rained!"]),
-        ("Is it 1922? Yes (\"it is\"). Maybe", ["Is it 1922?", "Yes (\"it is\").", "Maybe"]),
+        (
+            "Dr. Smith met J. R. R. Tolkien in the U.S. Army. It rained!",
+            ["Dr. Smith met J. R. R. Tolkien in the U.S. Army.", "It rained!"],
+        ),
+        ('Is it 1922? Yes ("it is"). Maybe', ["Is it 1922?", 'Yes ("it is").', "Maybe"]),
     ],
 )
 def test_split_sentences(paragraph, expected):

@@ -6,12 +6,19 @@ from embopt.params import PromoteGate
 
 
 def test_min_and_max_thresholds():
-    res = evaluate_gates("s", {"min_retention": 0.97, "max_latency": 2.0}, {"retention": 0.98, "latency": 3.0})
+    res = evaluate_gates(
+        "s", {"min_retention": 0.97, "max_latency": 2.0}, {"retention": 0.98, "latency": 3.0}
+    )
     assert [r.passed for r in res] == [True, False]
     with pytest.raises(GateFailed) as exc:
         enforce(res)
     line = str(exc.value)
-    assert "stage=s" in line and "metric=latency" in line and "value=3.0000" in line and "threshold=<=2.0000" in line
+    assert (
+        "stage=s" in line
+        and "metric=latency" in line
+        and "value=3.0000" in line
+        and "threshold=<=2.0000" in line
+    )
     assert "retention" not in line  # only misses are reported
 
 

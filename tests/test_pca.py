@@ -1,11 +1,10 @@
 import numpy as np
 import pytest
+import tiny
 
 from embopt.errors import EmboptError
 from embopt.pca import fit_pca, fold_into_onnx, load_pca, project, save_pca
 from embopt.runtime import Embedder
-
-import tiny
 
 
 def test_fit_save_load_roundtrip(tmp_path):

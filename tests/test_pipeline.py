@@ -17,15 +17,22 @@ import sys
 from pathlib import Path
 
 import pytest
-
 import tiny
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ["prepare", "teacher_embed", "distill", "prune", "quantize", "export", "pca", "evaluate", "promote"]
-KEYS = {"sts_spearman", "retention", "throughput_sps", "speedup_vs_teacher", "latency_ms_p50_bs1",
-        "latency_ms_p95_bs1", "size_mb", "dim"}
+KEYS = {
+    "sts_spearman",
+    "retention",
+    "throughput_sps",
+    "speedup_vs_teacher",
+    "latency_ms_p50_bs1",
+    "latency_ms_p95_bs1",
+    "size_mb",
+    "dim",
+}
 
 
 def make_repo(root: Path, fixtures: Path) -> Path:
@@ -54,17 +61,22 @@ def pipeline(tmp_path_factory):
     tiny.write_sts_dir(fixtures / "sts")
     tiny.write_corpus(fixtures / "corpus" / "wiki_00")
     repo = make_repo(root, fixtures)
-    env = {**os.environ,
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "EMBOPT_ROOT": str(repo),
-           "PYTHONPATH": f"{repo / 'src'}{os.pathsep}{repo}",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "EMBOPT_ROOT": str(repo),
+        "PYTHONPATH": f"{repo / 'src'}{os.pathsep}{repo}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
     def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
         proc = subprocess.run(list(args), cwd=repo, env=env, capture_output=True, text=True, timeout=900)
         if check and proc.returncode != 0:
-            raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+            raise AssertionError(
+                f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+            )
         return proc
 
     first = run("dvc", "repro")
@@ -74,7 +86,14 @@ def pipeline(tmp_path_factory):
 def test_every_variant_in_evaluate_json(pipeline):
     result = json.loads((pipeline["repo"] / "metrics" / "evaluate.json").read_text())
     names = set(result["variants"])
-    assert {"teacher_torch", "student_torch", "pruned_torch", "onnx_fp32", "onnx_int8", "onnx_int8_pca8"} <= names
+    assert {
+        "teacher_torch",
+        "student_torch",
+        "pruned_torch",
+        "onnx_fp32",
+        "onnx_int8",
+        "onnx_int8_pca8",
+    } <= names
     for row in result["variants"].values():
         assert KEYS <= set(row)
     assert result["final"] == "onnx_int8_pca8" and result["variants"]["onnx_int8_pca8"]["dim"] == 8

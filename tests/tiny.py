@@ -7,12 +7,40 @@ import itertools
 import random
 from pathlib import Path
 
-SUBJECTS = ["a man", "a woman", "the child", "a dog", "the cat", "an old man", "a young girl", "the chef",
-            "a musician", "the teacher"]
-VERBS = ["is playing", "is eating", "is cutting", "is watching", "is holding", "is riding", "is cleaning",
-         "is painting"]
-OBJECTS = ["a guitar", "an apple", "the bread", "a horse", "the piano", "a bicycle", "the window", "a ball",
-           "the fence", "a flute"]
+SUBJECTS = [
+    "a man",
+    "a woman",
+    "the child",
+    "a dog",
+    "the cat",
+    "an old man",
+    "a young girl",
+    "the chef",
+    "a musician",
+    "the teacher",
+]
+VERBS = [
+    "is playing",
+    "is eating",
+    "is cutting",
+    "is watching",
+    "is holding",
+    "is riding",
+    "is cleaning",
+    "is painting",
+]
+OBJECTS = [
+    "a guitar",
+    "an apple",
+    "the bread",
+    "a horse",
+    "the piano",
+    "a bicycle",
+    "the window",
+    "a ball",
+    "the fence",
+    "a flute",
+]
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
@@ -29,8 +57,11 @@ def sts_rows(n: int, seed: int) -> list[tuple[float, str, str]]:
     rows = []
     for _ in range(n):
         a = [rng.choice(SUBJECTS), rng.choice(VERBS), rng.choice(OBJECTS)]
-        b = [x if rng.random() < 0.5 else rng.choice(pool) for x, pool in zip(a, (SUBJECTS, VERBS, OBJECTS))]
-        score = 5.0 * sum(x == y for x, y in zip(a, b)) / 3.0
+        b = [
+            x if rng.random() < 0.5 else rng.choice(pool)
+            for x, pool in zip(a, (SUBJECTS, VERBS, OBJECTS), strict=True)
+        ]
+        score = 5.0 * sum(x == y for x, y in zip(a, b, strict=True)) / 3.0
         rows.append((score, f"{a[0].capitalize()} {a[1]} {a[2]}.", f"{b[0].capitalize()} {b[1]} {b[2]}."))
     return rows
 
@@ -52,7 +83,7 @@ def write_corpus(path: Path, n: int = 300) -> Path:
         for d in range(0, n, 30):
             fh.write(f'<doc id="{d}" url="https://example.org/{d}" title="Doc {d}">\nDoc {d}\n\n')
             for p in range(d, min(d + 30, n), 3):
-                fh.write(" ".join(sents[p:p + 3]) + "\n\n")
+                fh.write(" ".join(sents[p : p + 3]) + "\n\n")
             fh.write("</doc>\n")
     return path
 
@@ -66,7 +97,9 @@ def vocab() -> list[str]:
     return SPECIAL + sorted(words) + [str(i) for i in range(10)]
 
 
-def build_tiny_model(folder: Path, layers: int = 4, hidden: int = 32, heads: int = 4, intermediate: int = 64) -> Path:
+def build_tiny_model(
+    folder: Path, layers: int = 4, hidden: int = 32, heads: int = 4, intermediate: int = 64
+) -> Path:
     """A SentenceTransformer (BERT -> mean pooling -> normalize) with random weights, saved at ``folder``."""
     import torch
     from sentence_transformers import SentenceTransformer, models
@@ -79,8 +112,14 @@ def build_tiny_model(folder: Path, layers: int = 4, hidden: int = 32, heads: int
     tok = BertTokenizerFast(vocab_file=str(hf_dir / "vocab.txt"), do_lower_case=False, model_max_length=64)
     tok.save_pretrained(str(hf_dir))
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(vocab()), hidden_size=hidden, num_hidden_layers=layers,
-                     num_attention_heads=heads, intermediate_size=intermediate, max_position_embeddings=64)
+    cfg = BertConfig(
+        vocab_size=len(vocab()),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
+        max_position_embeddings=64,
+    )
     BertModel(cfg).save_pretrained(str(hf_dir))
     transformer = models.Transformer(str(hf_dir), max_seq_length=32)
     pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode="mean")

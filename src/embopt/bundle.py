@@ -66,7 +66,9 @@ def bundle_hash(bundle: Path, variant: str | None = None) -> str:
     ).hexdigest()[:16]
 
 
-def write_manifest(bundle: Path, variants: dict[str, dict[str, Any]], default_variant: str, **fields: Any) -> Path:
+def write_manifest(
+    bundle: Path, variants: dict[str, dict[str, Any]], default_variant: str, **fields: Any
+) -> Path:
     """Write ``manifest.json``; each variant's sha256 is computed from its file."""
     bundle = Path(bundle)
     for v in variants.values():

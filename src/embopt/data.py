@@ -80,7 +80,9 @@ def load_sts_hub(dataset_id: str) -> dict[str, list[StsPair]]:  # pragma: no cov
     try:
         from datasets import load_dataset
     except ImportError as exc:
-        raise DataError("loading STS from the hub needs `pip install datasets` (or set data.source: local)") from exc
+        raise DataError(
+            "loading STS from the hub needs `pip install datasets` (or set data.source: local)"
+        ) from exc
     out: dict[str, list[StsPair]] = {}
     for split, hub_split in (("train", "train"), ("dev", "validation"), ("test", "test")):
         ds = load_dataset(dataset_id, split=hub_split)
@@ -133,9 +135,48 @@ def unique_sentences(pairs: Iterable[StsPair]) -> list[str]:
 
 # Abbreviations after which a period does not end a sentence.
 _ABBREV = {
-    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "vs", "etc", "e.g", "i.e", "no", "vol",
-    "fig", "inc", "ltd", "co", "corp", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept",
-    "oct", "nov", "dec", "u.s", "u.k", "approx", "ca", "gen", "col", "lt", "sgt", "rev", "est",
+    "mr",
+    "mrs",
+    "ms",
+    "dr",
+    "prof",
+    "sr",
+    "jr",
+    "st",
+    "mt",
+    "vs",
+    "etc",
+    "e.g",
+    "i.e",
+    "no",
+    "vol",
+    "fig",
+    "inc",
+    "ltd",
+    "co",
+    "corp",
+    "jan",
+    "feb",
+    "mar",
+    "apr",
+    "jun",
+    "jul",
+    "aug",
+    "sep",
+    "sept",
+    "oct",
+    "nov",
+    "dec",
+    "u.s",
+    "u.k",
+    "approx",
+    "ca",
+    "gen",
+    "col",
+    "lt",
+    "sgt",
+    "rev",
+    "est",
 }
 _SPLIT = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
 
@@ -171,7 +212,11 @@ def iter_corpus_files(paths: Iterable[Path]) -> Iterator[Path]:
             yield p
         elif p.is_dir():
             for f in sorted(p.rglob("*")):
-                if f.is_file() and not f.name.startswith(".") and f.name.lower() not in ("readme.md", "license"):
+                if (
+                    f.is_file()
+                    and not f.name.startswith(".")
+                    and f.name.lower() not in ("readme.md", "license")
+                ):
                     yield f
         else:
             raise DataError(f"data.corpus_path: not found: {p}")
@@ -263,8 +308,13 @@ def build_corpus(
     rng.shuffle(sentences)
     if not sentences:
         raise DataError(f"corpus is empty after filtering ({', '.join(map(str, paths))})")
-    stats.update({"from_sts_train": len(kept_head), "from_corpus_files": len(sentences) - len(kept_head),
-                  "total": len(sentences)})
+    stats.update(
+        {
+            "from_sts_train": len(kept_head),
+            "from_corpus_files": len(sentences) - len(kept_head),
+            "total": len(sentences),
+        }
+    )
     return sentences, stats
 
 

@@ -45,8 +45,13 @@ def onnx_variant(name: str, embedder, size_path: Path) -> Variant:
     return Variant(name, embedder.embed, embedder.embed, size_path, ("*.onnx",))
 
 
-def measure(v: Variant, dev: Sequence[StsPair], speed_sentences: Sequence[str], latency_sentences: Sequence[str],
-            repeats: int) -> dict:
+def measure(
+    v: Variant,
+    dev: Sequence[StsPair],
+    speed_sentences: Sequence[str],
+    latency_sentences: Sequence[str],
+    repeats: int,
+) -> dict:
     score = sts_spearman(v.encode, dev)
     dim = int(np.asarray(v.encode(speed_sentences[:2])).shape[1])
     sps = throughput(v.encode, speed_sentences, repeats=repeats)
@@ -59,13 +64,26 @@ def measure(v: Variant, dev: Sequence[StsPair], speed_sentences: Sequence[str], 
         "size_mb": round(dir_size_mb(v.size_path, v.size_patterns), 3),
         "dim": dim,
     }
-    log.info("%-20s spearman %.2f  %8.1f sent/s  p50 %.2f ms  %.1f MB  dim %d", v.name, score, sps,
-             lat["p50"], row["size_mb"], dim)
+    log.info(
+        "%-20s spearman %.2f  %8.1f sent/s  p50 %.2f ms  %.1f MB  dim %d",
+        v.name,
+        score,
+        sps,
+        lat["p50"],
+        row["size_mb"],
+        dim,
+    )
     return row
 
 
-def evaluate_all(variants: list[Variant], dev: Sequence[StsPair], throughput_n: int, latency_n: int,
-                 repeats: int, final: str) -> dict:
+def evaluate_all(
+    variants: list[Variant],
+    dev: Sequence[StsPair],
+    throughput_n: int,
+    latency_n: int,
+    repeats: int,
+    final: str,
+) -> dict:
     """Measure every variant; the first one is the teacher (the reference)."""
     from tqdm.auto import tqdm
 
@@ -80,8 +98,16 @@ def evaluate_all(variants: list[Variant], dev: Sequence[StsPair], throughput_n: 
     for row in rows.values():
         row["retention"] = round(retention(row["sts_spearman"], t["sts_spearman"]), 5)
         row["speedup_vs_teacher"] = round(row["throughput_sps"] / t["throughput_sps"], 3)
-    order = ["sts_spearman", "retention", "throughput_sps", "speedup_vs_teacher", "latency_ms_p50_bs1",
-             "latency_ms_p95_bs1", "size_mb", "dim"]
+    order = [
+        "sts_spearman",
+        "retention",
+        "throughput_sps",
+        "speedup_vs_teacher",
+        "latency_ms_p50_bs1",
+        "latency_ms_p95_bs1",
+        "size_mb",
+        "dim",
+    ]
     rows = {k: {key: r[key] for key in order} for k, r in rows.items()}
     return {
         "teacher": {"name": teacher_name, **rows[teacher_name]},
@@ -89,9 +115,15 @@ def evaluate_all(variants: list[Variant], dev: Sequence[StsPair], throughput_n: 
         "final": final,
         "final_retention": rows[final]["retention"],
         "final_speedup": rows[final]["speedup_vs_teacher"],
-        "setup": {"sentences_sts": len(sentences), "throughput_sentences": len(speed), "latency_sentences": len(lat),
-                  "repeats": repeats, "machine": platform.machine(), "processor": platform.processor() or "",
-                  "python": platform.python_version()},
+        "setup": {
+            "sentences_sts": len(sentences),
+            "throughput_sentences": len(speed),
+            "latency_sentences": len(lat),
+            "repeats": repeats,
+            "machine": platform.machine(),
+            "processor": platform.processor() or "",
+            "python": platform.python_version(),
+        },
     }
 
 

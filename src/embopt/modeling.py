@@ -64,7 +64,7 @@ def hf_model(st_model: SentenceTransformer):
 
 
 def layer_list(hf):
-    """The ModuleList of transformer blocks for BERT-like (encoder.layer) and DistilBERT (transformer.layer)."""
+    """The ModuleList of transformer blocks: BERT-like (encoder.layer) and DistilBERT (transformer.layer)."""
     if hasattr(hf, "encoder") and hasattr(hf.encoder, "layer"):
         return hf.encoder, "layer"
     if hasattr(hf, "transformer") and hasattr(hf.transformer, "layer"):

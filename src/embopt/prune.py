@@ -39,11 +39,15 @@ class PruneReport:
 
 def _bert_layers(hf):
     if not (hasattr(hf, "encoder") and hasattr(hf.encoder, "layer")):
-        raise EmboptError(f"prune: unsupported architecture {type(hf).__name__} (BERT-style encoder.layer expected)")
+        raise EmboptError(
+            f"prune: unsupported architecture {type(hf).__name__} (BERT-style encoder.layer expected)"
+        )
     layers = list(hf.encoder.layer)
     for layer in layers:
         if not (hasattr(layer, "intermediate") and hasattr(layer, "output") and hasattr(layer, "attention")):
-            raise EmboptError(f"prune: layer type {type(layer).__name__} has no intermediate/output/attention")
+            raise EmboptError(
+                f"prune: layer type {type(layer).__name__} has no intermediate/output/attention"
+            )
     return layers
 
 
@@ -72,6 +76,7 @@ def collect_importance(st_model, sentences: Sequence[str], batch_size: int = 32)
             m = mask_holder["mask"].unsqueeze(-1).to(out.dtype)
             s = (out.abs() * m).sum(dim=(0, 1))
             ffn_sum[i] = s if ffn_sum[i] is None else ffn_sum[i] + s
+
         return fn
 
     def head_hook(i, n_heads):
@@ -82,6 +87,7 @@ def collect_importance(st_model, sentences: Sequence[str], batch_size: int = 32)
             m = mask_holder["mask"].unsqueeze(-1).to(norms.dtype)
             s = (norms * m).sum(dim=(0, 1))
             head_sum[i] = s if head_sum[i] is None else head_sum[i] + s
+
         return fn
 
     for i, layer in enumerate(layers):
@@ -93,7 +99,7 @@ def collect_importance(st_model, sentences: Sequence[str], batch_size: int = 32)
     try:
         with torch.inference_mode():
             for start in range(0, len(sentences), batch_size):
-                feats = prep(list(sentences[start:start + batch_size]))
+                feats = prep(list(sentences[start : start + batch_size]))
                 feats = {k: (v.to(st_model.device) if hasattr(v, "to") else v) for k, v in feats.items()}
                 mask_holder["mask"] = feats["attention_mask"]
                 tokens += int(feats["attention_mask"].sum())
@@ -155,7 +161,7 @@ def prune_heads(st_model, head_activation: list, n_prune: int) -> tuple[int, int
         n_heads, d = att.self.num_attention_heads, att.self.attention_head_size
         w_o = att.output.dense.weight  # (hidden, heads*d)
         o_norm = w_o.view(w_o.shape[0], n_heads, d).norm(dim=(0, 2))
-        score = (act.to(w_o.dtype) * o_norm)
+        score = act.to(w_o.dtype) * o_norm
         score = score / score.sum()  # per-layer normalisation: layers differ in scale
         remaining = sorted(set(range(n_heads + len(att.pruned_heads))) - att.pruned_heads)
         for local, s in enumerate(score.tolist()):
@@ -176,7 +182,9 @@ def prune_heads(st_model, head_activation: list, n_prune: int) -> tuple[int, int
     return total, after
 
 
-def prune_model(st_model, sentences: Sequence[str], ffn_keep_ratio: float, heads_to_prune: int) -> PruneReport:
+def prune_model(
+    st_model, sentences: Sequence[str], ffn_keep_ratio: float, heads_to_prune: int
+) -> PruneReport:
     """Score with real activations, then remove heads and FFN neurons in place."""
     hf = hf_model(st_model)
     layers = _bert_layers(hf)
@@ -185,7 +193,16 @@ def prune_model(st_model, sentences: Sequence[str], ffn_keep_ratio: float, heads
     ffn_act, head_act = collect_importance(st_model, sentences)
     _, heads_after = prune_heads(st_model, head_act, heads_to_prune)
     ffn_before, ffn_after = prune_ffn(st_model, ffn_act, ffn_keep_ratio)
-    report = PruneReport(ffn_before, ffn_after, heads_before, heads_after, params_before, count_params(st_model))
-    log.info("pruned: FFN %d -> %d per layer, heads %d -> %d, params %d -> %d", ffn_before, ffn_after,
-             heads_before, heads_after, report.params_before, report.params_after)
+    report = PruneReport(
+        ffn_before, ffn_after, heads_before, heads_after, params_before, count_params(st_model)
+    )
+    log.info(
+        "pruned: FFN %d -> %d per layer, heads %d -> %d, params %d -> %d",
+        ffn_before,
+        ffn_after,
+        heads_before,
+        heads_after,
+        report.params_before,
+        report.params_after,
+    )
     return report

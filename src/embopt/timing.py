@@ -26,7 +26,9 @@ def pin_threads(n: int) -> None:
         pass
 
 
-def throughput(encode: Callable[[Sequence[str]], object], sentences: Sequence[str], repeats: int = 3) -> float:
+def throughput(
+    encode: Callable[[Sequence[str]], object], sentences: Sequence[str], repeats: int = 3
+) -> float:
     """Median sentences per second of ``encode(sentences)`` over ``repeats`` runs, after a warm-up."""
     encode(list(sentences[: min(64, len(sentences))]))
     runs = []

@@ -42,7 +42,10 @@ def git_commit() -> str:
         commit = out.stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=config.PROJ_ROOT, capture_output=True, text=True, check=False,
+            cwd=config.PROJ_ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
         ).stdout.strip()
         return f"{commit}-dirty" if dirty else commit
     except (OSError, subprocess.CalledProcessError):
@@ -106,8 +109,11 @@ class StageRun:
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None, prefix: str = "") -> None:
         mlflow = _mlflow()
-        clean = {f"{prefix}{k}": float(v) for k, v in flatten(dict(metrics)).items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        clean = {
+            f"{prefix}{k}": float(v)
+            for k, v in flatten(dict(metrics)).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         if clean:
             mlflow.log_metrics(clean, step=step)
 
@@ -158,7 +164,9 @@ def stage_run(stage: str, params: Params, sections: list[str]) -> Iterator[Stage
     }
     with mlflow.start_run(experiment_id=exp_id, tags=tags) as run:
         # MLflow caps a param value at 6000 chars; ours are short. Lists become strings.
-        mlflow.log_params({k: (v if not isinstance(v, list) else ",".join(map(str, v))) for k, v in logged.items()})
+        mlflow.log_params(
+            {k: (v if not isinstance(v, list) else ",".join(map(str, v))) for k, v in logged.items()}
+        )
         log.info("mlflow run %s (stage=%s, pipeline=%s) in %s", run.info.run_id, stage, pid, tracking_uri())
         handle = StageRun(stage, run.info.run_id)
         try:
@@ -169,8 +177,9 @@ def stage_run(stage: str, params: Params, sections: list[str]) -> Iterator[Stage
 
 
 @contextlib.contextmanager
-def standalone_run(kind: str, experiment: str, params: Mapping[str, Any] | None = None,
-                   tags: Mapping[str, Any] | None = None) -> Iterator[StageRun]:
+def standalone_run(
+    kind: str, experiment: str, params: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None
+) -> Iterator[StageRun]:
     """An MLflow run for work outside the DVC pipeline (``embopt bench``): same store and experiment.
 
     Tagged ``embopt.kind=<kind>`` and with the git commit, so it sits beside the
@@ -180,13 +189,18 @@ def standalone_run(kind: str, experiment: str, params: Mapping[str, Any] | None 
 
     mlflow = _mlflow()
     exp_id = ensure_experiment(experiment)
-    all_tags = {"embopt.kind": kind, "git.commit": git_commit(),
-                "mlflow.runName": f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}", **(tags or {})}
+    all_tags = {
+        "embopt.kind": kind,
+        "git.commit": git_commit(),
+        "mlflow.runName": f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}",
+        **(tags or {}),
+    }
     with mlflow.start_run(experiment_id=exp_id, tags={k: str(v) for k, v in all_tags.items()}) as run:
         if params:
             flat = flatten(dict(params))
-            mlflow.log_params({k: (",".join(map(str, v)) if isinstance(v, list) else v)
-                               for k, v in flat.items()})
+            mlflow.log_params(
+                {k: (",".join(map(str, v)) if isinstance(v, list) else v) for k, v in flat.items()}
+            )
         log.info("mlflow run %s (%s) in %s", run.info.run_id, kind, tracking_uri())
         handle = StageRun(kind, run.info.run_id)
         try:
@@ -197,8 +211,14 @@ def standalone_run(kind: str, experiment: str, params: Mapping[str, Any] | None 
 
 
 def log_and_register_embedder(
-    run: StageRun, bundle_dir: Path, model_name: str, alias: str, dim: int, example: list[str],
-    tags: Mapping[str, Any], model_config: Mapping[str, Any] | None = None,
+    run: StageRun,
+    bundle_dir: Path,
+    model_name: str,
+    alias: str,
+    dim: int,
+    example: list[str],
+    tags: Mapping[str, Any],
+    model_config: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Log the bundle as a pyfunc model with a signature, register it and point ``alias`` at it.
 
@@ -243,8 +263,13 @@ def log_and_register_embedder(
         client.set_model_version_tag(model_name, version, key, str(value))
     client.set_registered_model_alias(model_name, alias, version)
     log.info("registered %s version %s as @%s (%s)", model_name, version, alias, info.model_uri)
-    return {"model_name": model_name, "version": version, "alias": alias, "model_uri": info.model_uri,
-            "run_id": run.run_id}
+    return {
+        "model_name": model_name,
+        "version": version,
+        "alias": alias,
+        "model_uri": info.model_uri,
+        "run_id": run.run_id,
+    }
 
 
 def current_alias_version(model_name: str, alias: str) -> str | None:

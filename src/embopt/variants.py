@@ -29,8 +29,9 @@ def unavailable_variants(export_dir: Path = config.EXPORT_DIR) -> dict[str, str]
     out = {}
     for name, v in read_manifest(export_dir)["variants"].items():
         if v.get("requires") == "cuda" and "CUDAExecutionProvider" not in have:
-            out[name] = ("requires CUDA; this onnxruntime has no CUDAExecutionProvider "
-                         f"(have: {', '.join(have)})")
+            out[name] = (
+                f"requires CUDA; this onnxruntime has no CUDAExecutionProvider (have: {', '.join(have)})"
+            )
     return out
 
 
@@ -65,13 +66,19 @@ def package_variant(export_dir: Path, variant: str, onnx_file: Path, dst: Path) 
     (dst / "onnx").mkdir(exist_ok=True)
     target = dst / "onnx" / onnx_file.name
     shutil.copy2(onnx_file, target)
-    dim = int(ort.InferenceSession(str(target), providers=["CPUExecutionProvider"]).get_outputs()[0].shape[-1])
-    packaged = {k: v for k, v in manifest.items() if k not in ("variants", "default_variant", "tensorrt", "triton")}
-    packaged.update({
-        "format": FORMAT,
-        "default_variant": variant,
-        "dim": dim,
-        "variants": {variant: {"file": f"onnx/{onnx_file.name}", "dim": dim, "sha256": sha256(target)}},
-    })
+    dim = int(
+        ort.InferenceSession(str(target), providers=["CPUExecutionProvider"]).get_outputs()[0].shape[-1]
+    )
+    packaged = {
+        k: v for k, v in manifest.items() if k not in ("variants", "default_variant", "tensorrt", "triton")
+    }
+    packaged.update(
+        {
+            "format": FORMAT,
+            "default_variant": variant,
+            "dim": dim,
+            "variants": {variant: {"file": f"onnx/{onnx_file.name}", "dim": dim, "sha256": sha256(target)}},
+        }
+    )
     (dst / MANIFEST).write_text(json.dumps(packaged, indent=2) + "\n", encoding="utf-8")
     return dst
