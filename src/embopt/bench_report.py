@@ -135,8 +135,9 @@ def markdown_report(result: dict[str, Any]) -> str:
 
     out.append("\n## Where the time goes\n")
     out.append(
-        "Share of wall time per phase (mean per call at batch 1 over the batch-1 sentences; one call over "
-        f"{s['profile_sentences']} sentences at batch 32). torch/ST: hooks on the real `encode` "
+        "Share of wall time per phase (mean per call at batch 1 over the batch-1 sentences; at batch 32, "
+        f"one call over {s['profile_sentences']} sentences, the run with the median total of "
+        f"{s.get('phase_repeats', 1)}). torch/ST: hooks on the real `encode` "
         "(tokenizer call, `convert_to_tensors`, Transformer module, Pooling+Normalize modules). embopt "
         "runtime: its `timings` counters; pooling/normalisation run inside the graph and are split out "
         "of the session run by the ORT profile.\n"
