@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -386,35 +385,9 @@ def test_stage_rejects_layers_the_teacher_lacks_in_one_line(tmp_path, tiny_model
 # --------------------------------------------------------------------------- DVC cache (slow)
 
 
-def _temp_repo(root: Path) -> tuple[Path, dict[str, str]]:
-    fixtures = root / "fixtures"
-    tiny.build_tiny_model(fixtures / "model")
-    tiny.write_sts_dir(fixtures / "sts")
-    tiny.write_corpus(fixtures / "corpus" / "wiki_00")
-    repo = root / "repo"
-    repo.mkdir()
-    for name in ("dvc.yaml", ".dvcignore"):
-        shutil.copy2(REPO / name, repo / name)
-    for name in ("stages", "src"):
-        shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    (repo / ".dvc").mkdir()
-    shutil.copy2(REPO / ".dvc" / "config", repo / ".dvc" / "config")
-    text = (REPO / "tests" / "profiles" / "params.tiny.yaml").read_text().replace("@FIXTURES@", str(fixtures))
-    (repo / "params.yaml").write_text(text)
-    (repo / ".gitignore").write_text("/mlflow.db\n/mlruns/\n")
-    env = {**_stage_env(repo), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PYTHONPATH": f"{repo / 'src'}{os.pathsep}{repo}",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
-    git = ["git", "-c", "user.email=t@example.org", "-c", "user.name=t"]
-    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
-    subprocess.run([*git, "commit", "-qm", "init"], cwd=repo, check=True)
-    return repo, env
-
-
 @pytest.mark.slow
 def test_changing_a_student_param_reuses_the_teacher_embeddings(tmp_path):
-    repo, env = _temp_repo(tmp_path)
+    repo, env = tiny.make_pipeline_repo(tmp_path)
 
     def dvc(*args: str) -> subprocess.CompletedProcess:
         proc = subprocess.run(["dvc", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=900)

@@ -9,9 +9,7 @@ pca/evaluate/promote, and a failed gate exits non-zero without moving the alias.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,41 +33,10 @@ KEYS = {
 }
 
 
-def make_repo(root: Path, fixtures: Path) -> Path:
-    repo = root / "repo"
-    repo.mkdir()
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy2(REPO / name, repo / name)
-    for name in ("stages", "src"):
-        shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    (repo / ".dvc").mkdir()
-    shutil.copy2(REPO / ".dvc" / "config", repo / ".dvc" / "config")
-    text = (REPO / "tests" / "profiles" / "params.tiny.yaml").read_text().replace("@FIXTURES@", str(fixtures))
-    (repo / "params.yaml").write_text(text)
-    git = ["git", "-c", "user.email=t@example.org", "-c", "user.name=t"]
-    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
-    subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
-    subprocess.run([*git, "commit", "-qm", "init"], cwd=repo, check=True)
-    return repo
-
-
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    fixtures = root / "fixtures"
-    tiny.build_tiny_model(fixtures / "model")
-    tiny.write_sts_dir(fixtures / "sts")
-    tiny.write_corpus(fixtures / "corpus" / "wiki_00")
-    repo = make_repo(root, fixtures)
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "EMBOPT_ROOT": str(repo),
-        "PYTHONPATH": f"{repo / 'src'}{os.pathsep}{repo}",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-    }
+    repo, env = tiny.make_pipeline_repo(root)
 
     def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
         proc = subprocess.run(list(args), cwd=repo, env=env, capture_output=True, text=True, timeout=900)

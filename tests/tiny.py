@@ -126,3 +126,47 @@ def build_tiny_model(
     st = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu")
     st.save(str(folder))
     return folder
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_pipeline_repo(root: Path) -> tuple[Path, dict[str, str]]:
+    """A temporary git + DVC copy of this repo on the tiny profile, and the env to run it.
+
+    The fixtures (model, STS, corpus) go to ``root/fixtures``; the MLflow store to
+    ``root/mlflow.db``, so a test never touches the developer's store.
+    """
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    fixtures = root / "fixtures"
+    build_tiny_model(fixtures / "model")
+    write_sts_dir(fixtures / "sts")
+    write_corpus(fixtures / "corpus" / "wiki_00")
+    repo = root / "repo"
+    repo.mkdir()
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy2(REPO / name, repo / name)
+    for name in ("stages", "src"):
+        shutil.copytree(REPO / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    (repo / ".dvc").mkdir()
+    shutil.copy2(REPO / ".dvc" / "config", repo / ".dvc" / "config")
+    text = (REPO / "tests" / "profiles" / "params.tiny.yaml").read_text().replace("@FIXTURES@", str(fixtures))
+    (repo / "params.yaml").write_text(text)
+    git = ["git", "-c", "user.email=t@example.org", "-c", "user.name=t"]
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], cwd=repo, check=True)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "EMBOPT_ROOT": str(repo),
+        "PYTHONPATH": f"{repo / 'src'}{os.pathsep}{repo}",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    return repo, env
