@@ -55,21 +55,7 @@ def dev_pairs(sts_dir):
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_model, tiny_model_dir, fixtures_dir) -> Path:
     """An exported bundle of the tiny model: fused fp32 and dynamic int8 ONNX, tokenizer, manifest."""
-    from embopt.bundle import copy_tokenizer, write_manifest
-    from embopt.onnx_export import export_onnx, optimize_onnx
-    from embopt.quantize import quantize_dynamic_int8
+    from embopt.simple_bundle import build_simple_bundle
 
-    bundle = fixtures_dir / "bundle"
-    (bundle / "onnx").mkdir(parents=True)
-    copy_tokenizer(tiny_model_dir, bundle)
-    raw = export_onnx(tiny_model, bundle / "onnx" / "model_raw.onnx")
-    optimize_onnx(raw, bundle / "onnx" / "model.onnx")
-    raw.unlink()
-    quantize_dynamic_int8(bundle / "onnx" / "model.onnx", bundle / "onnx" / "model_qint8.onnx")
-    write_manifest(
-        bundle,
-        {"onnx_fp32": {"file": "onnx/model.onnx", "precision": "fp32"},
-         "onnx_int8": {"file": "onnx/model_qint8.onnx", "precision": "int8-dynamic"}},
-        "onnx_int8", dim=32, max_seq_length=32, pooling="mean", normalize=True, source_model="tiny",
-    )
+    bundle = build_simple_bundle(tiny_model, tiny_model_dir, fixtures_dir / "bundle", max_seq_length=32)
     return bundle

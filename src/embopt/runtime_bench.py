@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -133,37 +132,11 @@ def _st_onnx_files(st_dir: Path, preset: str, threads: int) -> dict[str, Path]:
 
 def _our_bundle(st_model, st_dir: Path, bundle: Path, max_seq_length: int) -> Path:
     """Our pipeline's export of the same model: fused fp32 ONNX, dynamic int8, tokenizer, manifest."""
-    from embopt.bundle import copy_tokenizer, write_manifest
-    from embopt.onnx_export import export_onnx, optimize_onnx
-    from embopt.quantize import quantize_dynamic_int8
+    from embopt.simple_bundle import build_simple_bundle
 
     if (bundle / "manifest.json").exists():
         return bundle
-    tmp = bundle.with_name(bundle.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "onnx").mkdir(parents=True)
-    copy_tokenizer(st_dir, tmp)
-    raw = export_onnx(st_model, tmp / "onnx" / "model_raw.onnx")
-    optimize_onnx(raw, tmp / "onnx" / "model.onnx")
-    raw.unlink()
-    quantize_dynamic_int8(tmp / "onnx" / "model.onnx", tmp / "onnx" / "model_qint8.onnx")
-    get_dim = getattr(st_model, "get_embedding_dimension", None) or st_model.get_sentence_embedding_dimension
-    dim = get_dim()
-    write_manifest(
-        tmp,
-        {
-            "onnx_fp32": {"file": "onnx/model.onnx", "precision": "fp32"},
-            "onnx_int8": {"file": "onnx/model_qint8.onnx", "precision": "int8-dynamic"},
-        },
-        "onnx_int8",
-        dim=dim,
-        max_seq_length=max_seq_length,
-        pooling="mean",
-        normalize=True,
-        source_model=str(st_dir),
-    )
-    tmp.rename(bundle)
-    return bundle
+    return build_simple_bundle(st_model, st_dir, bundle, max_seq_length)
 
 
 def prepare_models(opts: RuntimeBenchOptions) -> tuple[dict[str, dict[str, Path]], dict[str, Any]]:

@@ -151,7 +151,6 @@ def stage_run(stage: str, params: Params, sections: list[str]) -> Iterator[Stage
         params: the validated params.yaml.
         sections: the params sections this stage reads (``base`` is always logged).
     """
-    mlflow = _mlflow()
     exp_id = ensure_experiment(params.base.experiment)
     pid = pipeline_id()
     dumped = params.model_dump()
@@ -162,15 +161,23 @@ def stage_run(stage: str, params: Params, sections: list[str]) -> Iterator[Stage
         "pipeline.id": pid,
         "mlflow.runName": f"{stage}-{pid}",
     }
-    with mlflow.start_run(experiment_id=exp_id, tags=tags) as run:
-        # MLflow caps a param value at 6000 chars; ours are short. Lists become strings.
-        mlflow.log_params(
-            {k: (v if not isinstance(v, list) else ",".join(map(str, v))) for k, v in logged.items()}
-        )
-        log.info("mlflow run %s (stage=%s, pipeline=%s) in %s", run.info.run_id, stage, pid, tracking_uri())
-        handle = StageRun(stage, run.info.run_id)
+    with _run(exp_id, tags, logged, stage) as handle:
+        log.info("mlflow run %s (stage=%s, pipeline=%s) in %s", handle.run_id, stage, pid, tracking_uri())
+        yield handle
+
+
+@contextlib.contextmanager
+def _run(exp_id: str, tags: Mapping[str, Any], params: Mapping[str, Any], name: str) -> Iterator[StageRun]:
+    """Start a run with tags and flat params; record the error on the run if the block raises."""
+    mlflow = _mlflow()
+    with mlflow.start_run(experiment_id=exp_id, tags={k: str(v) for k, v in tags.items()}) as run:
+        if params:
+            # MLflow caps a param value at 6000 chars; ours are short. Lists become strings.
+            mlflow.log_params(
+                {k: (",".join(map(str, v)) if isinstance(v, list) else v) for k, v in params.items()}
+            )
         try:
-            yield handle
+            yield StageRun(name, run.info.run_id)
         except BaseException as exc:
             mlflow.set_tag("error", f"{type(exc).__name__}: {exc}"[:5000])
             raise
@@ -187,7 +194,6 @@ def standalone_run(
     """
     import time
 
-    mlflow = _mlflow()
     exp_id = ensure_experiment(experiment)
     all_tags = {
         "embopt.kind": kind,
@@ -195,19 +201,9 @@ def standalone_run(
         "mlflow.runName": f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}",
         **(tags or {}),
     }
-    with mlflow.start_run(experiment_id=exp_id, tags={k: str(v) for k, v in all_tags.items()}) as run:
-        if params:
-            flat = flatten(dict(params))
-            mlflow.log_params(
-                {k: (",".join(map(str, v)) if isinstance(v, list) else v) for k, v in flat.items()}
-            )
-        log.info("mlflow run %s (%s) in %s", run.info.run_id, kind, tracking_uri())
-        handle = StageRun(kind, run.info.run_id)
-        try:
-            yield handle
-        except BaseException as exc:
-            mlflow.set_tag("error", f"{type(exc).__name__}: {exc}"[:5000])
-            raise
+    with _run(exp_id, all_tags, flatten(dict(params or {})), kind) as handle:
+        log.info("mlflow run %s (%s) in %s", handle.run_id, kind, tracking_uri())
+        yield handle
 
 
 def log_and_register_embedder(
