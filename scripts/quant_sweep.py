@@ -36,15 +36,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from embopt.bundle import copy_tokenizer, write_manifest  # noqa: E402
-from embopt.calibration import StaticRecipe, quantize_static_qdq  # noqa: E402
-from embopt.data import read_lines, read_sts_file, unique_sentences  # noqa: E402
-from embopt.modeling import load_sentence_model, resolve_model_source  # noqa: E402
-from embopt.onnx_export import export_onnx, optimize_onnx  # noqa: E402
-from embopt.quantize import DynamicRecipe, detect_isa, quantize_recipe  # noqa: E402
-from embopt.runtime import Embedder, load_tokenizer  # noqa: E402
-from embopt.sts import retention, sts_spearman  # noqa: E402
-from embopt.timing import pin_threads  # noqa: E402
+from embopt.bench.timing import pin_threads  # noqa: E402
+from embopt.data.corpus import read_lines  # noqa: E402
+from embopt.data.sts import read_sts_file, unique_sentences  # noqa: E402
+from embopt.eval.sts import retention, sts_spearman  # noqa: E402
+from embopt.export.calibration import StaticRecipe, quantize_static_qdq  # noqa: E402
+from embopt.export.onnx import export_onnx, optimize_onnx  # noqa: E402
+from embopt.export.quantize import DynamicRecipe, detect_isa, quantize_recipe  # noqa: E402
+from embopt.serving.bundle import copy_tokenizer, write_manifest  # noqa: E402
+from embopt.serving.runtime import Embedder, load_tokenizer  # noqa: E402
+from embopt.training.modeling import load_sentence_model, resolve_model_source  # noqa: E402
 
 ALL_OPS = ("MatMul", "Attention", "Gather")
 EMBED = ("EmbedLayerNormalization",)  # the fused embeddings: int8 word-embedding table
@@ -188,7 +189,7 @@ def fallback_row(args, parents, calib, tok, work: Path, dev, results: dict, onnx
     """The quantize stage's accuracy fallback on one sweep row: which nodes stay fp32, what it costs."""
     import json
 
-    from embopt.candidates import Builder, Candidate, Scorer, run_fallback
+    from embopt.export.candidates import Builder, Candidate, Scorer, run_fallback
 
     name, parent, kind, recipe = next(r for r in recipes() if r[0] == args.fallback)
     parent_row = results.get(f"fp32_{parent}")

@@ -6,25 +6,25 @@ import logging
 
 import numpy as np
 
-from embopt import config
-from embopt.data import read_lines, read_sts_tsv
-from embopt.distill import (
+from embopt.bench.timing import pin_threads
+from embopt.data.corpus import read_lines
+from embopt.data.sts import read_sts_tsv
+from embopt.errors import EmboptError
+from embopt.eval.sts import retention
+from embopt.pipeline import config
+from embopt.pipeline.files import atomic_dir, read_json
+from embopt.pipeline.params import load_params
+from embopt.pipeline.stage import report, run_stage
+from embopt.pipeline.tracking import stage_run
+from embopt.training.distill import (
     TrainConfig,
     clear_checkpoints,
     fingerprint,
     layer_modules,
-    pick_device,
     train_student,
 )
-from embopt.errors import EmboptError
-from embopt.files import atomic_dir, read_json
-from embopt.modeling import load_sentence_model
-from embopt.params import load_params
-from embopt.stage import report, run_stage
-from embopt.sts import retention
-from embopt.student import choose_layers, make_student, uniform_layer_map
-from embopt.timing import pin_threads
-from embopt.tracking import stage_run
+from embopt.training.modeling import load_sentence_model, pick_device
+from embopt.training.student import choose_layers, make_student, uniform_layer_map
 
 log = logging.getLogger("stages.distill")
 
@@ -80,7 +80,7 @@ def main() -> None:
         )
         del teacher
         # Selection used dev[:eval_pairs]; the reported score is on the whole dev split.
-        from embopt.sts import sts_spearman
+        from embopt.eval.sts import sts_spearman
 
         student_dev = sts_spearman(lambda s: student.encode(list(s), batch_size=64), dev)
         metrics = {

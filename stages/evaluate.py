@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import logging
 
-from embopt import config
-from embopt.data import read_sts_tsv
-from embopt.evaluate import evaluate_all, markdown_table, onnx_variant, torch_variant
-from embopt.files import atomic_file, write_json
-from embopt.modeling import load_sentence_model, resolve_model_source
-from embopt.params import load_params
-from embopt.runtime import Embedder
-from embopt.stage import report, run_stage
-from embopt.timing import pin_threads
-from embopt.tracking import stage_run
-from embopt.variants import onnx_variants, unavailable_variants
+from embopt.bench.timing import pin_threads
+from embopt.data.sts import read_sts_tsv
+from embopt.eval.evaluate import evaluate_all, markdown_table, onnx_variant, torch_variant
+from embopt.export.variants import onnx_variants, unavailable_variants
+from embopt.pipeline import config
+from embopt.pipeline.files import atomic_file, write_json
+from embopt.pipeline.params import load_params
+from embopt.pipeline.stage import report, run_stage
+from embopt.pipeline.tracking import stage_run
+from embopt.serving.runtime import Embedder
+from embopt.training.modeling import load_sentence_model, resolve_model_source
 
 log = logging.getLogger("stages.evaluate")
 

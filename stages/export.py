@@ -11,17 +11,17 @@ import json
 import logging
 import shutil
 
-from embopt import config
-from embopt.bundle import MANIFEST, read_manifest
 from embopt.errors import EmboptError
-from embopt.files import atomic_dir, dir_size_mb
-from embopt.onnx_export import check_onnx
-from embopt.params import load_params
-from embopt.stage import report, run_stage
-from embopt.tensorrt_build import availability, build_engine, engine_specs
-from embopt.tracking import stage_run
-from embopt.triton import add_model
-from embopt.variants import unavailable_variants
+from embopt.export.onnx import check_onnx
+from embopt.export.tensorrt import availability, build_engine, engine_specs
+from embopt.export.triton import add_model
+from embopt.export.variants import unavailable_variants
+from embopt.pipeline import config
+from embopt.pipeline.files import atomic_dir, dir_size_mb
+from embopt.pipeline.params import load_params
+from embopt.pipeline.stage import report, run_stage
+from embopt.pipeline.tracking import stage_run
+from embopt.serving.bundle import MANIFEST, read_manifest
 
 log = logging.getLogger("stages.export")
 

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import logging
 
-from embopt import config
-from embopt.data import read_lines, read_sts_tsv
-from embopt.files import atomic_dir, write_json
-from embopt.params import load_params
-from embopt.pca import fit_pca, fold_into_onnx, save_pca
-from embopt.runtime import Embedder
-from embopt.stage import report, run_stage
-from embopt.sts import retention, sts_spearman
-from embopt.tracking import stage_run
-from embopt.variants import PCA_INFO
+from embopt.data.corpus import read_lines
+from embopt.data.sts import read_sts_tsv
+from embopt.eval.sts import retention, sts_spearman
+from embopt.export.pca import fit_pca, fold_into_onnx, save_pca
+from embopt.export.variants import PCA_INFO
+from embopt.pipeline import config
+from embopt.pipeline.files import atomic_dir, write_json
+from embopt.pipeline.params import load_params
+from embopt.pipeline.stage import report, run_stage
+from embopt.pipeline.tracking import stage_run
+from embopt.serving.runtime import Embedder
 
 log = logging.getLogger("stages.pca")
 

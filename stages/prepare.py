@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 
-from embopt import config
-from embopt.data import build_corpus, load_sts, unique_sentences, write_lines, write_sts_tsv
-from embopt.files import atomic_dir
-from embopt.params import load_params
-from embopt.stage import report, run_stage
-from embopt.tracking import stage_run
+from embopt.data.corpus import build_corpus, write_lines
+from embopt.data.sts import load_sts, unique_sentences, write_sts_tsv
+from embopt.pipeline import config
+from embopt.pipeline.files import atomic_dir
+from embopt.pipeline.params import load_params
+from embopt.pipeline.stage import report, run_stage
+from embopt.pipeline.tracking import stage_run
 
 log = logging.getLogger("stages.prepare")
 

@@ -10,15 +10,16 @@ import logging
 import tempfile
 from pathlib import Path
 
-from embopt import config
-from embopt.data import read_sts_tsv, unique_sentences
+from embopt.data.sts import read_sts_tsv, unique_sentences
 from embopt.errors import GateFailed
-from embopt.files import read_json, write_json
-from embopt.gates import evaluate_gates
-from embopt.params import RuntimeParams, load_params
-from embopt.stage import run_stage
-from embopt.tracking import current_alias_version, log_and_register_embedder, stage_run
-from embopt.variants import onnx_variants, package_variant
+from embopt.export.variants import onnx_variants, package_variant
+from embopt.pipeline import config
+from embopt.pipeline.files import read_json, write_json
+from embopt.pipeline.gates import evaluate_gates
+from embopt.pipeline.params import RuntimeParams, load_params
+from embopt.pipeline.registry import current_alias_version, log_and_register_embedder
+from embopt.pipeline.stage import run_stage
+from embopt.pipeline.tracking import stage_run
 
 log = logging.getLogger("stages.promote")
 
@@ -39,7 +40,7 @@ def choose(result: dict, candidates: list[str], gate) -> tuple[str | None, dict]
 
 
 def served_config(rt: RuntimeParams) -> dict:
-    """The registered model's ``model_config`` (see ``embopt.pyfunc.DEFAULT_CONFIG``) from params.runtime."""
+    """The registered model's ``model_config`` (see ``serving.pyfunc.DEFAULT_CONFIG``) from params.runtime."""
     return {
         "threads": rt.threads,
         "batch_size": rt.batch_size,

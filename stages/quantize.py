@@ -13,22 +13,23 @@ import logging
 
 from tqdm.auto import tqdm
 
-from embopt import config
-from embopt.bundle import copy_tokenizer, write_manifest
-from embopt.calibration import StaticRecipe, is_tensorrt_qdq
-from embopt.candidates import Builder, Candidate, Scorer, pick, plan_candidates, run_fallback
-from embopt.data import read_lines, read_sts_tsv, unique_sentences
+from embopt.data.corpus import read_lines
+from embopt.data.sts import read_sts_tsv, unique_sentences
 from embopt.errors import EmboptError
-from embopt.files import atomic_dir, dir_size_mb
-from embopt.fp16 import convert_fp16
-from embopt.modeling import has_normalize, hf_model, load_sentence_model, pooling_mode
-from embopt.onnx_export import export_onnx, optimize_onnx
-from embopt.params import load_params
-from embopt.runtime import load_tokenizer
-from embopt.stage import report, run_stage
-from embopt.sts import retention
-from embopt.tensorrt_build import availability
-from embopt.tracking import stage_run
+from embopt.eval.sts import retention
+from embopt.export.calibration import StaticRecipe, is_tensorrt_qdq
+from embopt.export.candidates import Builder, Candidate, Scorer, pick, plan_candidates, run_fallback
+from embopt.export.fp16 import convert_fp16
+from embopt.export.onnx import export_onnx, optimize_onnx
+from embopt.export.tensorrt import availability
+from embopt.pipeline import config
+from embopt.pipeline.files import atomic_dir, dir_size_mb
+from embopt.pipeline.params import load_params
+from embopt.pipeline.stage import report, run_stage
+from embopt.pipeline.tracking import stage_run
+from embopt.serving.bundle import copy_tokenizer, write_manifest
+from embopt.serving.runtime import load_tokenizer
+from embopt.training.modeling import has_normalize, hf_model, load_sentence_model, pooling_mode
 
 log = logging.getLogger("stages.quantize")
 

@@ -12,16 +12,16 @@ import time
 
 import numpy as np
 
-from embopt import config
-from embopt.data import read_lines, read_sts_tsv
-from embopt.distill import pick_device
-from embopt.files import atomic_dir, write_json
-from embopt.modeling import load_sentence_model
-from embopt.params import load_params
-from embopt.stage import report, run_stage
-from embopt.sts import sts_spearman
-from embopt.timing import pin_threads
-from embopt.tracking import stage_run
+from embopt.bench.timing import pin_threads
+from embopt.data.corpus import read_lines
+from embopt.data.sts import read_sts_tsv
+from embopt.eval.sts import sts_spearman
+from embopt.pipeline import config
+from embopt.pipeline.files import atomic_dir, write_json
+from embopt.pipeline.params import load_params
+from embopt.pipeline.stage import report, run_stage
+from embopt.pipeline.tracking import stage_run
+from embopt.training.modeling import load_sentence_model, pick_device
 
 log = logging.getLogger("stages.teacher_embed")
 

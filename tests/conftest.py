@@ -4,12 +4,10 @@ tiny STS and corpus files. Nothing is downloaded; everything is session-scoped."
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -47,7 +45,7 @@ def corpus_dir(fixtures_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def dev_pairs(sts_dir):
-    from embopt.data import read_sts_file
+    from embopt.data.sts import read_sts_file
 
     return read_sts_file(sts_dir / "sts-dev.csv")
 
@@ -55,7 +53,7 @@ def dev_pairs(sts_dir):
 @pytest.fixture(scope="session")
 def tiny_bundle(tiny_model, tiny_model_dir, fixtures_dir) -> Path:
     """An exported bundle of the tiny model: fused fp32 and dynamic int8 ONNX, tokenizer, manifest."""
-    from embopt.simple_bundle import build_simple_bundle
+    from embopt.bench.simple_bundle import build_simple_bundle
 
     bundle = build_simple_bundle(tiny_model, tiny_model_dir, fixtures_dir / "bundle", max_seq_length=32)
     return bundle

@@ -1,6 +1,6 @@
 """A throw-away project folder for running one stage in-process: tiny inputs, own params and MLflow store.
 
-Stages find every path through ``embopt.config``; :func:`point_config_at` moves them
+Stages find every path through ``embopt.pipeline.config``; :func:`point_config_at` moves them
 to the temporary project with monkeypatch, so nothing in the real repository is read
 or written.
 """
@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import importlib
 import shutil
-import sys
 from pathlib import Path
 
 import tiny
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # the ``stages`` package lives at the repository root
-    sys.path.insert(0, str(REPO))
 
 PATH_ATTRS = {
     "PROJ_ROOT": "", "PARAMS_FILE": "params.yaml", "DATA_DIR": "data", "MODELS_DIR": "models",
@@ -39,7 +36,8 @@ PARAMS = {
 
 def make_project(root: Path, model_dir: Path, dev_pairs, corpus_lines: int = 200) -> Path:
     """models/prune (the tiny model), data/prepared (STS dev + corpus) and params.yaml under ``root``."""
-    from embopt.data import write_lines, write_sts_tsv
+    from embopt.data.corpus import write_lines
+    from embopt.data.sts import write_sts_tsv
 
     root.mkdir(parents=True, exist_ok=True)
     shutil.copytree(model_dir, root / "models" / "prune")
@@ -64,7 +62,7 @@ def write_params(root: Path, overrides: dict) -> None:
 
 
 def point_config_at(monkeypatch, root: Path) -> None:
-    from embopt import config
+    from embopt.pipeline import config
 
     for attr, rel in PATH_ATTRS.items():
         monkeypatch.setattr(config, attr, (root / rel) if rel else root)
@@ -73,7 +71,7 @@ def point_config_at(monkeypatch, root: Path) -> None:
 
 def run(stage: str, monkeypatch, root: Path, capsys) -> tuple[int, str]:
     """Run ``stages.<stage>`` as DVC would (through ``run_stage``); (exit code, stderr)."""
-    from embopt.stage import run_stage
+    from embopt.pipeline.stage import run_stage
 
     point_config_at(monkeypatch, root)
     module = importlib.import_module(f"stages.{stage}")

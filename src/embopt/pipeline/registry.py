@@ -1,0 +1,101 @@
+"""The pipeline's one registry write: the bundle as an MLflow pyfunc model, registered and aliased.
+
+Apart from ``tracking.py`` because only the promote stage registers models, and this
+module pulls in the serving package the model ships.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from embopt.pipeline.tracking import StageRun, _mlflow
+
+log = logging.getLogger(__name__)
+
+
+def log_and_register_embedder(
+    run: StageRun,
+    bundle_dir: Path,
+    model_name: str,
+    alias: str,
+    dim: int,
+    example: list[str],
+    tags: Mapping[str, Any],
+    model_config: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Log the bundle as a pyfunc model with a signature, register it and point ``alias`` at it.
+
+    ``model_config`` carries the runtime settings (threads, providers, cache; see
+    ``embopt.serving.pyfunc.DEFAULT_CONFIG``); a consumer may override them at load time.
+
+    Call only after every gate passed: this is the pipeline's one registry write.
+    """
+    import importlib.metadata as md
+
+    import numpy as np
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    from embopt.serving.pyfunc import EmbedderModel, runtime_config
+
+    mlflow = _mlflow()
+    # An unnamed string column: MLflow then accepts both a list of strings and a
+    # DataFrame with one string column (named ``text`` in the input example).
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("string")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, dim))]),
+    )
+    reqs = [f"{pkg}=={md.version(pkg)}" for pkg in ("mlflow", "onnxruntime", "tokenizers", "numpy", "pandas")]
+    code_dir = Path(tempfile.mkdtemp(prefix="embopt-code-"))
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=EmbedderModel(),
+        artifacts={"bundle": str(bundle_dir)},
+        code_paths=[str(_serving_package(code_dir))],
+        signature=signature,
+        input_example=pd.DataFrame({"text": example}),
+        pip_requirements=reqs,
+        # Every key is logged (defaults filled in): MLflow lets a consumer override only logged keys.
+        model_config=runtime_config(dict(model_config or {})),
+        registered_model_name=model_name,
+    )
+    shutil.rmtree(code_dir, ignore_errors=True)
+    version = str(info.registered_model_version)
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, version, key, str(value))
+    client.set_registered_model_alias(model_name, alias, version)
+    log.info("registered %s version %s as @%s (%s)", model_name, version, alias, info.model_uri)
+    return {
+        "model_name": model_name,
+        "version": version,
+        "alias": alias,
+        "model_uri": info.model_uri,
+        "run_id": run.run_id,
+    }
+
+
+def _serving_package(dst: Path) -> Path:
+    """A copy of ``embopt`` holding only what the served model imports: ``serving/`` and ``errors.py``."""
+    package = Path(__file__).resolve().parents[1]
+    out = dst / "embopt"
+    shutil.copytree(package / "serving", out / "serving", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(package / "__init__.py", out / "__init__.py")
+    shutil.copy2(package / "errors.py", out / "errors.py")
+    return out
+
+
+def current_alias_version(model_name: str, alias: str) -> str | None:
+    """The version an alias points at now, or None (used to show that a failed gate moved nothing)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(_mlflow().MlflowClient().get_model_version_by_alias(model_name, alias).version)
+    except MlflowException:
+        return None

@@ -1,0 +1,68 @@
+"""The wrapper every stage entry point runs in: logging set-up and exit codes.
+
+Exit codes: 0 done, 1 bad input or params (one line names the file/key), 2 a gate missed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from embopt.errors import EmboptError, GateFailed
+
+EXIT_ERROR = 1
+EXIT_GATE = 2
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+        force=True,
+    )
+    # Third-party chatter (alembic migrations, HTTP retries) hides what the stage does.
+    for name in ("alembic", "urllib3", "httpx", "mlflow.store.db.utils", "sentence_transformers"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def run_stage(name: str, fn: Callable[[], None]) -> None:
+    """Run a stage's ``main`` and turn known failures into one line and an exit code."""
+    setup_logging()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        fn()
+    except GateFailed as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        sys.exit(EXIT_GATE)
+    except EmboptError as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_ERROR)
+
+
+def report(run, stage: str, metrics: dict, gate=None, metrics_path=None) -> None:
+    """Write ``metrics/<stage>.json``, log it to MLflow, then check the stage's gate.
+
+    The metrics file is written even when the gate fails, so a miss can be inspected.
+    """
+    from embopt.pipeline import config
+    from embopt.pipeline.files import write_json
+    from embopt.pipeline.gates import enforce, evaluate_gates
+
+    path = metrics_path or (config.METRICS_DIR / f"{stage}.json")
+    write_json(path, metrics)
+    run.log_metrics(metrics)
+    run.log_artifact(path)
+    logging.getLogger(f"stages.{stage}").info("metrics -> %s", path)
+    if gate is not None:
+        results = evaluate_gates(stage, gate, _flat_numbers(metrics))
+        run.record_gates(results)
+        enforce(results)
+
+
+def _flat_numbers(metrics: dict) -> dict:
+    # Gates name top-level metrics; nested tables (fused op counts, per-variant rows) are reports.
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -1,0 +1,261 @@
+"""Embedding cache: an in-memory LRU in front of an optional SQLite store.
+
+Queries repeat (search boxes, deduplicated feeds, retries), and a repeated text
+needs no tokenizer and no model run. Entries are keyed by the model key (graph,
+tokenizer, truncation and PCA hashes, see :attr:`embopt.serving.runtime.Embedder.key`)
+and the exact text, so a new model never reads an old model's vectors.
+
+The SQLite store is safe for several processes sharing one file: WAL journal, a
+busy timeout, one transaction per batch of writes, and ``INSERT OR IGNORE`` (the
+same key always maps to the same vector, so the first writer wins and no row is
+half-written or lost). Only the standard library and numpy are used.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from embopt.errors import EmboptError
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS embeddings (
+    model TEXT NOT NULL,
+    text TEXT NOT NULL,
+    dim INTEGER NOT NULL,
+    vec BLOB NOT NULL,
+    PRIMARY KEY (model, text)
+)
+"""
+_CHUNK = 500  # SQLite host-parameter limit is 999 on old builds
+
+
+class EmbeddingCache:
+    """LRU of float32 vectors by exact text, with an optional persistent SQLite store.
+
+    Args:
+        max_entries: in-memory bound (least recently used entries are evicted).
+        path: SQLite file shared across runs and processes (None: memory only).
+        max_rows: bound on the store's rows per file (oldest inserted evicted first; None: unbounded).
+        timeout: seconds a writer waits for another process's lock before giving up on that batch.
+    """
+
+    def __init__(self, max_entries: int = 100_000, path: Path | str | None = None,
+                 max_rows: int | None = None, timeout: float = 30.0):
+        if max_entries < 0:
+            raise EmboptError(f"cache max_entries must be >= 0, got {max_entries}")
+        self.max_entries = int(max_entries)
+        self.path = Path(path) if path is not None else None
+        self.max_rows = max_rows
+        self.timeout = timeout
+        self.model: str | None = None
+        self.dim: int | None = None
+        self._mem: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._conn_pid: int | None = None
+        self._since_trim = 0
+        self.hits = self.disk_hits = self.misses = self.evictions = self.writes = 0
+        if self.path is not None:
+            self._connect()
+
+    # ------------------------------------------------------------------ store
+
+    def _connect(self) -> sqlite3.Connection:
+        # A connection must not cross fork(): a served model may be loaded before workers fork.
+        if self._conn is not None and self._conn_pid == os.getpid():
+            return self._conn
+        assert self.path is not None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = sqlite3.connect(str(self.path), timeout=self.timeout, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise EmboptError(f"{self.path}: cannot open embedding cache ({exc})") from None
+        self._conn, self._conn_pid = conn, os.getpid()
+        return conn
+
+    def bind(self, model: str, dim: int) -> None:
+        """Set the model key and vector size; entries of another model are dropped from memory."""
+        with self._lock:
+            if model != self.model:
+                self._mem.clear()
+            self.model, self.dim = model, int(dim)
+
+    def _check_bound(self) -> None:
+        if self.model is None or self.dim is None:
+            raise EmboptError("embedding cache is not bound to a model (use Embedder(cache=...))")
+
+    # ------------------------------------------------------------------ look-ups
+
+    def get_many(self, texts: Sequence[str], out: np.ndarray) -> dict[str, list[int]]:
+        """Copy cached vectors into ``out`` rows; return the misses as ``{text: [row, ...]}``."""
+        self._check_bound()
+        missing: dict[str, list[int]] = {}
+        with self._lock:
+            mem = self._mem
+            for i, text in enumerate(texts):
+                vec = mem.get(text)
+                if vec is None:
+                    rows = missing.get(text)
+                    if rows is None:
+                        missing[text] = [i]
+                    else:
+                        rows.append(i)
+                else:
+                    mem.move_to_end(text)
+                    out[i] = vec
+            n_missing = sum(map(len, missing.values())) if missing else 0
+            self.hits += len(texts) - n_missing
+            if missing and self.path is not None:
+                found = self._load(list(missing))
+                for text, vec in found.items():
+                    rows = missing.pop(text)
+                    out[rows] = vec
+                    self.disk_hits += len(rows)
+                    self._remember(text, vec)
+                n_missing = sum(map(len, missing.values())) if missing else 0
+            self.misses += n_missing
+        return missing
+
+    def get(self, text: str) -> np.ndarray | None:
+        """The cached vector of one text, or None."""
+        self._check_bound()
+        out = np.empty((1, self.dim), dtype=np.float32)
+        return None if self.get_many([text], out) else out[0]
+
+    def _load(self, texts: list[str]) -> dict[str, np.ndarray]:
+        conn = self._connect()
+        found: dict[str, np.ndarray] = {}
+        nbytes = self.dim * 4
+        for start in range(0, len(texts), _CHUNK):
+            chunk = texts[start: start + _CHUNK]
+            marks = ",".join("?" * len(chunk))
+            try:
+                rows = conn.execute(
+                    f"SELECT text, dim, vec FROM embeddings WHERE model = ? AND text IN ({marks})",
+                    [self.model, *chunk],
+                ).fetchall()
+            except sqlite3.OperationalError as exc:  # locked past the timeout: treat as misses
+                log.warning("%s: cache read skipped (%s)", self.path, exc)
+                return found
+            for text, dim, blob in rows:
+                if dim == self.dim and len(blob) == nbytes:
+                    found[text] = np.frombuffer(blob, dtype=np.float32).copy()
+        return found
+
+    # ------------------------------------------------------------------ writes
+
+    def _remember(self, text: str, vec: np.ndarray) -> None:
+        if self.max_entries == 0:
+            return
+        mem = self._mem
+        mem[text] = vec
+        mem.move_to_end(text)
+        while len(mem) > self.max_entries:
+            mem.popitem(last=False)
+            self.evictions += 1
+
+    def put_many(self, texts: Sequence[str], vectors: np.ndarray) -> None:
+        """Store ``vectors[i]`` for ``texts[i]`` in memory and, if configured, in the store."""
+        self._check_bound()
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.shape != (len(texts), self.dim):
+            raise ValueError(f"expected vectors of shape ({len(texts)}, {self.dim}), got {vectors.shape}")
+        with self._lock:
+            for text, vec in zip(texts, vectors, strict=True):
+                self._remember(text, vec.copy())
+            if self.path is not None:
+                self._store(texts, vectors)
+
+    def _store(self, texts: Sequence[str], vectors: np.ndarray) -> None:
+        conn = self._connect()
+        rows = [(self.model, t, self.dim, v.tobytes()) for t, v in zip(texts, vectors, strict=True)]
+        for attempt in range(5):
+            try:
+                conn.execute("BEGIN IMMEDIATE")  # take the write lock now, not halfway through
+                try:
+                    conn.executemany(
+                        "INSERT OR IGNORE INTO embeddings (model, text, dim, vec) VALUES (?, ?, ?, ?)", rows)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        else:
+            log.warning("%s: %d cache writes dropped after waiting for the lock", self.path, len(rows))
+            return
+        self.writes += len(rows)
+        self._since_trim += len(rows)
+        if self.max_rows is not None and self._since_trim >= max(1, self.max_rows // 10):
+            self.trim()
+
+    def trim(self) -> int:
+        """Delete the oldest rows beyond ``max_rows``; returns how many were deleted."""
+        if self.path is None or self.max_rows is None:
+            return 0
+        with self._lock:
+            conn = self._connect()
+            self._since_trim = 0
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                (count,) = conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()
+                excess = count - self.max_rows
+                if excess > 0:
+                    conn.execute("DELETE FROM embeddings WHERE rowid IN "
+                                 "(SELECT rowid FROM embeddings ORDER BY rowid LIMIT ?)", (excess,))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            return max(excess, 0)
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def stored_rows(self) -> int:
+        """Rows in the SQLite store for every model (0 without a store)."""
+        if self.path is None:
+            return 0
+        with self._lock:
+            return int(self._connect().execute("SELECT COUNT(*) FROM embeddings").fetchone()[0])
+
+    def stats(self) -> dict[str, float]:
+        """Hits (memory and store), misses, hit rate, entries in memory, evictions, store writes."""
+        with self._lock:
+            served = self.hits + self.disk_hits
+            total = served + self.misses
+            return {"hits": self.hits, "disk_hits": self.disk_hits, "misses": self.misses,
+                    "hit_rate": served / total if total else 0.0, "entries": len(self._mem),
+                    "max_entries": self.max_entries, "evictions": self.evictions, "writes": self.writes}
+
+    def clear(self) -> None:
+        """Empty the in-memory LRU and reset statistics (the store is kept)."""
+        with self._lock:
+            self._mem.clear()
+            self.hits = self.disk_hits = self.misses = self.evictions = self.writes = 0
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None and self._conn_pid == os.getpid():
+                self._conn.close()
+            self._conn = None
+
+    def __len__(self) -> int:
+        return len(self._mem)

@@ -1,0 +1,358 @@
+"""The one inference path for exported bundles: fast tokenizer -> ONNX Runtime.
+
+Used by the evaluate stage, the benchmark, the registered pyfunc model and the CLI,
+so the numbers measured are the numbers served. Per call:
+
+1. cache look-up (optional): hits are copied out and skip everything below;
+2. the Rust tokenizer encodes every text once (no offsets, no padding) with
+   truncation to the bundle's ``max_seq_length``;
+3. texts are sorted by token count, so each batch pads only to its own longest
+   sentence; the int64 ``input_ids``/``attention_mask`` arrays are filled with one
+   vectorised numpy assignment per batch (no per-row Python loop);
+4. one session call per batch: pooling and L2 normalisation run inside the graph;
+5. optional PCA projection; float32 rows written back in input order.
+
+Everything outside step 4 is overhead; :attr:`Embedder.timings` measures it.
+
+Only numpy, onnxruntime and tokenizers are needed here (the served model ships
+this module): ``onnx`` is imported only to add pooling to a token-level graph.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embopt.errors import EmboptError
+from embopt.serving.bundle import read_manifest, sha256, variant_file
+
+log = logging.getLogger(__name__)
+
+GRAPH_OPTIMIZATION = ("disable", "basic", "extended", "all")
+
+
+def session_options(threads: int | None = None, graph_optimization: str = "all", inter_op_threads: int = 1,
+                    spinning: bool = True):
+    """ONNX Runtime session options.
+
+    Args:
+        threads: intra-op threads (None: ORT's default, one per physical core).
+        graph_optimization: ``disable``, ``basic``, ``extended`` or ``all``.
+        inter_op_threads: threads across independent nodes (1: encoders are one chain of ops).
+        spinning: let idle intra-op threads spin between ops (lower latency; burns CPU when idle).
+    """
+    import onnxruntime as ort
+
+    if graph_optimization not in GRAPH_OPTIMIZATION:
+        raise EmboptError(f"graph_optimization '{graph_optimization}' is not one of "
+                          f"{', '.join(GRAPH_OPTIMIZATION)}")
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    opts.inter_op_num_threads = int(inter_op_threads)
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    levels = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    opts.graph_optimization_level = levels[graph_optimization]
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3  # ORT warns about unused initializers of fused graphs; not actionable
+    return opts
+
+
+def available_providers(requested: Sequence[str] | None) -> list[str]:
+    """Requested providers that this onnxruntime build has, in order; CPU always last."""
+    import onnxruntime as ort
+
+    have = ort.get_available_providers()
+    chosen = []
+    for p in requested or ["CPUExecutionProvider"]:
+        if p in have:
+            chosen.append(p)
+        else:
+            log.warning("execution provider %s is not available in this onnxruntime build (have: %s)",
+                        p, ", ".join(have))
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+def load_tokenizer(bundle: Path, max_seq_length: int):
+    """The bundle's Rust tokenizer, truncating to ``max_seq_length`` tokens (special tokens included)."""
+    from tokenizers import Tokenizer
+
+    path = Path(bundle) / "tokenizer.json"
+    if not path.exists():
+        raise EmboptError(f"{path}: tokenizer file not found")
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises plain Exception for malformed files
+        raise EmboptError(f"{path}: cannot load tokenizer ({str(exc).splitlines()[0]})") from None
+    tok.no_padding()  # we pad per length-sorted batch ourselves
+    tok.enable_truncation(max_length=max_seq_length)
+    return tok
+
+
+@dataclass
+class Timings:
+    """Where the wall time of :meth:`Embedder.embed` went, accumulated over calls (seconds)."""
+
+    calls: int = 0
+    sentences: int = 0
+    batches: int = 0
+    total_s: float = 0.0
+    run_s: float = 0.0  # inside InferenceSession.run
+    tokenize_s: float = 0.0
+
+    @property
+    def overhead_s(self) -> float:
+        return self.total_s - self.run_s
+
+    @property
+    def overhead_fraction(self) -> float:
+        """Share of wall time spent outside the ONNX Runtime session run."""
+        return self.overhead_s / self.total_s if self.total_s else 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {"calls": self.calls, "sentences": self.sentences, "batches": self.batches,
+                "total_s": self.total_s, "run_s": self.run_s, "tokenize_s": self.tokenize_s,
+                "overhead_s": self.overhead_s, "overhead_fraction": self.overhead_fraction}
+
+
+class Embedder:
+    """Embed lists of strings with an exported bundle.
+
+    Args:
+        bundle: folder with manifest.json, tokenizer.json and onnx/ files.
+        variant: manifest variant name (default: the manifest's default_variant).
+        threads: ORT intra-op threads (None: ORT's default).
+        batch_size: sentences per session call.
+        max_seq_length: truncation length in tokens (default: the manifest's).
+        providers: ORT execution providers in order of preference.
+        onnx_path: run this ONNX file instead of a manifest variant (same tokenizer).
+        graph_optimization: ORT graph optimisation level (``disable``/``basic``/``extended``/``all``).
+        pca: optional ``.npz`` (mean, components) projecting the output to k dims (then L2-normalised).
+        cache: an :class:`embopt.serving.cache.EmbeddingCache`; hits skip tokenization and the model.
+        spinning: ORT intra-op thread spinning (see :func:`session_options`).
+    """
+
+    def __init__(
+        self,
+        bundle: Path | str,
+        variant: str | None = None,
+        threads: int | None = None,
+        batch_size: int = 32,
+        max_seq_length: int | None = None,
+        providers: Sequence[str] | None = None,
+        onnx_path: Path | str | None = None,
+        graph_optimization: str = "all",
+        pca: Path | str | None = None,
+        cache: Any = None,
+        spinning: bool = True,
+    ):
+        import onnxruntime as ort
+
+        if batch_size < 1:
+            raise EmboptError(f"batch_size must be >= 1, got {batch_size}")
+        self.bundle = Path(bundle)
+        self.manifest = read_manifest(self.bundle)
+        if onnx_path is not None:
+            self.variant, self.onnx_path = variant or Path(onnx_path).stem, Path(onnx_path)
+        else:
+            self.variant, self.onnx_path = variant_file(self.bundle, self.manifest, variant)
+        if not self.onnx_path.exists():
+            raise EmboptError(f"{self.onnx_path}: ONNX file not found")
+        self.batch_size = int(batch_size)
+        self.max_seq_length = int(max_seq_length or self.manifest["max_seq_length"])
+        self.tokenizer = load_tokenizer(self.bundle, self.max_seq_length)
+        # encode_batch_fast skips character offsets we never use (tokenizers >= 0.21).
+        self._encode_batch = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
+        pad = self.tokenizer.token_to_id(self.manifest.get("pad_token", "[PAD]"))
+        self.pad_id = int(pad) if pad is not None else 0
+        opts = session_options(threads, graph_optimization, spinning=spinning)
+        self.providers = available_providers(providers)
+        model: str | bytes = str(self.onnx_path)
+        try:
+            self.session = ort.InferenceSession(model, sess_options=opts, providers=self.providers)
+            if len(self.session.get_outputs()[0].shape) == 3:
+                # A token-level export (Optimum / sentence-transformers): fold pooling into the graph.
+                model = self._pooled_graph()
+                self.session = ort.InferenceSession(model, sess_options=opts, providers=self.providers)
+        except EmboptError:
+            raise
+        except Exception as exc:  # ORT raises its own exception types for bad files
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise EmboptError(f"{self.onnx_path}: cannot load ONNX model ({first})") from None
+        self.timings = Timings()
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        missing = {"input_ids", "attention_mask"} - set(self.input_names)
+        if missing:
+            raise EmboptError(f"{self.onnx_path}: graph lacks input(s) {', '.join(sorted(missing))}")
+        self._extra_inputs = [i for i in self.session.get_inputs()
+                              if i.name not in ("input_ids", "attention_mask")]
+        self.output_name = self.session.get_outputs()[0].name
+        self.model_dim = self.session.get_outputs()[0].shape[-1]
+        self.pca_path = Path(pca) if pca is not None else None
+        self._pca = self._load_pca(self.pca_path) if self.pca_path is not None else None
+        if self._pca is not None:
+            self.dim = int(self._pca["components"].shape[0])
+        elif isinstance(self.model_dim, int):
+            self.dim = int(self.model_dim)
+        else:  # symbolic output dim: ask the graph once
+            self.dim = int(self._run_batch(np.array([[self.pad_id]], dtype=np.int64),
+                                           np.ones((1, 1), dtype=np.int64)).shape[1])
+            self.timings = Timings()
+        self._key: str | None = None
+        self.cache = None
+        if cache is not None:
+            self.attach_cache(cache)
+
+    # ------------------------------------------------------------------ set-up helpers
+
+    def _pooled_graph(self) -> bytes:
+        try:
+            import onnx
+        except ImportError:  # pragma: no cover - onnx is a core dependency of the pipeline
+            raise EmboptError(f"{self.onnx_path}: outputs token embeddings; "
+                              "adding pooling needs `pip install onnx`") from None
+        from embopt.serving.graph_pooling import add_pooling
+
+        proto = onnx.load(str(self.onnx_path))
+        pooled = add_pooling(proto, mode=self.manifest.get("pooling", "mean"),
+                             normalize=bool(self.manifest.get("normalize", True)))
+        log.info("%s outputs token embeddings: %s pooling + L2 normalisation added to the graph",
+                 self.onnx_path.name, self.manifest.get("pooling", "mean"))
+        return pooled.SerializeToString()
+
+    def _load_pca(self, path: Path) -> dict[str, np.ndarray]:
+        if not path.exists():
+            raise EmboptError(f"{path}: PCA file not found")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                pca = {k: np.asarray(z[k], dtype=np.float32) for k in ("mean", "components")}
+        except (KeyError, ValueError, OSError) as exc:
+            raise EmboptError(f"{path}: not a PCA .npz with 'mean' and 'components' ({exc})") from None
+        if isinstance(self.model_dim, int) and pca["components"].shape[1] != self.model_dim:
+            raise EmboptError(f"{path}: PCA expects dim {pca['components'].shape[1]}, "
+                              f"model outputs {self.model_dim}")
+        pca["components_t"] = np.ascontiguousarray(pca["components"].T)
+        return pca
+
+    @property
+    def key(self) -> str:
+        """What the embeddings depend on: graph, tokenizer, truncation and PCA (cache keys)."""
+        if self._key is None:
+            entry = self.manifest["variants"].get(self.variant, {})
+            own = entry.get("file")
+            same_file = own and (self.bundle / own).resolve() == self.onnx_path.resolve()
+            graph = entry.get("sha256") if same_file and entry.get("sha256") else sha256(self.onnx_path)
+            tok = self.manifest.get("tokenizer_sha256") or sha256(self.bundle / "tokenizer.json")
+            pca = sha256(self.pca_path) if self.pca_path is not None else ""
+            ident = f"{graph}|{tok}|{self.max_seq_length}|{pca}"
+            self._key = hashlib.sha256(ident.encode()).hexdigest()[:24]
+        return self._key
+
+    def attach_cache(self, cache) -> None:
+        """Serve repeats from ``cache`` (an :class:`embopt.serving.cache.EmbeddingCache`)."""
+        cache.bind(self.key, self.dim)
+        self.cache = cache
+
+    # ------------------------------------------------------------------ inference
+
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids per text, truncated, without padding."""
+        return [e.ids for e in self._encode_batch(list(texts))]
+
+    def _run_batch(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
+        for extra in self._extra_inputs:  # token_type_ids of exports that keep it: all zeros
+            feeds[extra.name] = np.zeros_like(input_ids)
+        t0 = time.perf_counter()
+        out = self.session.run([self.output_name], feeds)[0]
+        self.timings.run_s += time.perf_counter() - t0
+        return out
+
+    def _embed_uncached(self, texts: Sequence[str], out: np.ndarray, progress=None) -> None:
+        """Write embeddings of ``texts`` into ``out`` (n, dim), in input order."""
+        t0 = time.perf_counter()
+        ids = self.tokenize(texts)
+        self.timings.tokenize_s += time.perf_counter() - t0
+        n = len(ids)
+        lens = np.fromiter(map(len, ids), dtype=np.int64, count=n)
+        order = np.argsort(lens, kind="stable")
+        for start in range(0, n, self.batch_size):
+            idx = order[start: start + self.batch_size]
+            blens = lens[idx]
+            width = int(blens[-1])  # ascending order: the last row is the longest
+            mask = np.arange(width) < blens[:, None]
+            input_ids = np.full((len(idx), width), self.pad_id, dtype=np.int64)
+            # Row-major boolean assignment fills row by row: the concatenated ids of this batch.
+            input_ids[mask] = np.fromiter(chain.from_iterable(ids[i] for i in idx), dtype=np.int64,
+                                          count=int(blens.sum()))
+            emb = self._run_batch(input_ids, mask.astype(np.int64))
+            if self._pca is not None:
+                emb = (emb - self._pca["mean"]) @ self._pca["components_t"]
+                emb /= np.clip(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12, None)
+            out[idx] = emb
+            self.timings.batches += 1
+            if progress is not None:
+                progress.update(len(idx))
+
+    def embed(self, texts: Sequence[str], show_progress: bool = False) -> np.ndarray:
+        """Embeddings of ``texts`` as float32 (n, dim), in input order."""
+        if isinstance(texts, str):
+            raise TypeError("embed() takes a list of strings, not a single string")
+        t0 = time.perf_counter()
+        texts = texts if isinstance(texts, list) else list(texts)
+        n = len(texts)
+        out = np.empty((n, self.dim), dtype=np.float32)
+        progress = None
+        if show_progress and n:
+            from tqdm.auto import tqdm
+
+            progress = tqdm(total=n, desc="embed", unit="sent")
+        try:
+            if self.cache is None:
+                if n:
+                    self._embed_uncached(texts, out, progress)
+            else:
+                self._embed_with_cache(texts, out, progress)
+        finally:
+            if progress is not None:
+                progress.close()
+        self.timings.calls += 1
+        self.timings.sentences += n
+        self.timings.total_s += time.perf_counter() - t0
+        return out
+
+    def _embed_with_cache(self, texts: list[str], out: np.ndarray, progress=None) -> None:
+        missing = self.cache.get_many(texts, out)  # fills hits, returns {text: [rows]} of misses
+        if progress is not None:
+            progress.update(len(texts) - sum(map(len, missing.values())))
+        if not missing:
+            return
+        todo = list(missing)  # each distinct missing text is embedded once
+        fresh = np.empty((len(todo), self.dim), dtype=np.float32)
+        self._embed_uncached(todo, fresh, None)
+        for text, vec in zip(todo, fresh, strict=True):
+            out[missing[text]] = vec
+        if progress is not None:
+            progress.update(sum(map(len, missing.values())))
+        self.cache.put_many(todo, fresh)
+
+    __call__ = embed
+
+    def reset_timings(self) -> None:
+        self.timings = Timings()

@@ -1,0 +1,469 @@
+"""Embedding distillation: train a student to reproduce the teacher's sentence embeddings.
+
+The loop is plain PyTorch so every choice is visible: AdamW with linear warmup and
+decay, gradient clipping, evaluation on STSb dev every N steps keeping the best
+weights, optional early stopping, and checkpoints that make an interrupted run
+resume where it stopped with the same result as an uninterrupted one (the data
+order is a pure function of seed and epoch; RNG state is saved with the weights).
+
+Losses: MSE (default) or cosine on the L2-normalised sentence embedding, against
+teacher embeddings computed once by the teacher_embed stage, so by default the
+teacher never runs here. Opt-in: intermediate hidden-state matching (MiniLM /
+TinyBERT style, ``hidden_weight > 0``: the frozen teacher then runs on every batch,
+roughly doubling the step cost of a 2-layer student of a 6-layer teacher), and
+learned linear projections, created automatically only when the student is
+narrower (or wider) than the teacher; they are training heads, not part of the
+saved student.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from embopt.data.sts import StsPair
+from embopt.errors import EmboptError
+from embopt.eval.sts import sts_spearman
+from embopt.training.modeling import hf_model, layer_list, pick_device
+
+if TYPE_CHECKING:  # torch is heavy; import it where it is used
+    from sentence_transformers import SentenceTransformer
+
+log = logging.getLogger(__name__)
+
+CKPT_FILE = "checkpoint.pt"
+BEST_FILE = "best.pt"  # written by older versions; removed with the checkpoint
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: float
+    batch_size: int
+    lr: float
+    warmup_ratio: float
+    weight_decay: float
+    max_grad_norm: float
+    max_seq_length: int
+    loss: str
+    eval_every: int
+    checkpoint_every: int
+    early_stopping_patience: int
+    seed: int
+    log_every: int = 25
+    # Weight of the intermediate hidden-state loss (MiniLM/TinyBERT style); 0 = off, and then
+    # the teacher does not run during training (the default: targets are precomputed).
+    hidden_weight: float = 0.0
+    # Batches of sentences of similar token length (shuffled in chunks, then batch order shuffled):
+    # far fewer padded tokens per step on a corpus of mixed lengths.
+    group_by_length: bool = False
+
+
+# Sentences are sorted by length within chunks of this many batches: batches stay varied in content.
+BUCKET_BATCHES = 50
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    best_step: int
+    best_dev_spearman: float
+    final_loss: float
+    train_seconds: float
+    resumed_from_step: int
+    stopped_early: bool
+    # (teacher_dim, student_dim) weights of the learned projection at the best step, when the
+    # student's embedding is narrower (or wider) than the teacher's; None when the widths agree.
+    projection: np.ndarray | None = None
+
+
+def distill_loss(student_emb, target_emb, kind: str):
+    """Loss between L2-normalised embeddings: ``mse``, ``cosine`` or their sum."""
+    import torch.nn.functional as F
+
+    s = F.normalize(student_emb, p=2, dim=1)
+    t = F.normalize(target_emb, p=2, dim=1)
+    mse = F.mse_loss(s, t)
+    cos = (1.0 - (s * t).sum(dim=1)).mean()
+    if kind == "mse":
+        return mse
+    if kind == "cosine":
+        return cos
+    if kind == "mse+cosine":
+        return mse + cos
+    raise ValueError(f"unknown distill loss: {kind}")
+
+
+def masked_hidden_mse(student_hidden, teacher_hidden, attention_mask):
+    """MSE between hidden states over real tokens only (padding is ignored), averaged per element."""
+    mask = attention_mask.unsqueeze(-1).to(student_hidden.dtype)
+    sq = (student_hidden - teacher_hidden).pow(2) * mask
+    return sq.sum() / (mask.sum() * student_hidden.shape[-1]).clamp(min=1.0)
+
+
+def fingerprint(cfg: TrainConfig, n_sentences: int, extra: dict) -> str:
+    """Identify a training job, so a checkpoint from other settings is never resumed."""
+    blob = json.dumps({"cfg": asdict(cfg), "n": n_sentences, **extra}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _save_atomic(obj, path: Path) -> None:
+    import torch
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
+    def fn(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return fn
+
+
+def layer_modules(st_model: SentenceTransformer) -> list:
+    """The transformer blocks of a SentenceTransformer, in order."""
+    parent, attr = layer_list(hf_model(st_model))
+    return list(getattr(parent, attr))
+
+
+def hidden_size(st_model: SentenceTransformer) -> int:
+    """Width of the transformer's hidden states (``hidden_size`` or DistilBERT's ``dim``)."""
+    cfg = hf_model(st_model).config
+    size = getattr(cfg, "hidden_size", None) or getattr(cfg, "dim", None)
+    if not size:
+        raise EmboptError(f"cannot tell the hidden size of {type(hf_model(st_model)).__name__}")
+    return int(size)
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, lengths: np.ndarray | None = None) -> list:
+    """Row indices of every batch of one epoch, a pure function of (seed, epoch): a resumed run sees the same.
+
+    Without ``lengths``: a random permutation cut into batches. With token ``lengths``: the
+    permutation is cut into chunks of :data:`BUCKET_BATCHES` batches, each chunk is sorted by
+    length and cut into batches, and the batch order is shuffled.
+    """
+    import torch
+
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+    if lengths is None:
+        return [perm[i:i + batch_size] for i in range(0, n, batch_size)]
+    batches = []
+    chunk = batch_size * BUCKET_BATCHES
+    for start in range(0, n, chunk):
+        idx = perm[start:start + chunk]
+        idx = idx[torch.from_numpy(np.argsort(lengths[idx.numpy()], kind="stable"))]
+        batches += [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
+    order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed + epoch + 1_000_003))
+    return [batches[k] for k in order.tolist()]
+
+
+def token_lengths(student, sentences: Sequence[str], max_seq_length: int) -> np.ndarray:
+    """Token count of each sentence after truncation, with the student's own tokenizer."""
+    enc = student.tokenizer(list(sentences), add_special_tokens=True, truncation=True,
+                            max_length=max_seq_length)
+    return np.fromiter((len(ids) for ids in enc["input_ids"]), dtype=np.int64, count=len(sentences))
+
+
+def _block_output(output):
+    # BERT blocks return a tuple (hidden, attentions...) in transformers 4.x, a tensor in newer versions.
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def _embedding_dim(student, sentence: str) -> int:
+    import torch
+
+    was_training = student.training
+    student.eval()
+    with torch.inference_mode():
+        dim = int(student.encode([sentence], convert_to_numpy=True, show_progress_bar=False).shape[1])
+    student.train(was_training)
+    return dim
+
+
+def _build_heads(student, teacher, target_dim: int, student_dim: int, layer_map: Sequence[int] | None,
+                 hidden_on: bool, seed: int):
+    """Learned linear projections, created only where the student's width differs from the teacher's.
+
+    ``sentence``: student embedding -> teacher embedding space (for the embedding loss).
+    ``hidden_i``: student hidden state of block i -> teacher hidden state (TinyBERT's W_h).
+    They are training heads: the saved student keeps its own width.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed + 7919)  # private RNG: the dropout stream stays untouched
+
+    def linear(d_in: int, d_out: int):
+        layer = torch.nn.utils.skip_init(torch.nn.Linear, d_in, d_out, bias=False)  # no global RNG draw
+        with torch.no_grad():
+            # Semi-orthogonal start: a narrower student's space is embedded isometrically at step 0.
+            q, _ = torch.linalg.qr(torch.randn(max(d_in, d_out), min(d_in, d_out), generator=gen))
+            layer.weight.copy_(q if d_out >= d_in else q.T)
+        return layer
+
+    heads = torch.nn.ModuleDict()
+    if student_dim != target_dim:
+        heads["sentence"] = linear(student_dim, target_dim)
+    if hidden_on:
+        ds, dt = hidden_size(student), hidden_size(teacher)
+        if ds != dt:
+            for i in range(len(layer_map or [])):
+                heads[f"hidden_{i}"] = linear(ds, dt)
+    return heads
+
+
+def train_student(
+    student,
+    sentences: Sequence[str],
+    targets: np.ndarray,
+    cfg: TrainConfig,
+    dev_pairs: Sequence[StsPair],
+    ckpt_dir: Path | None = None,
+    job_id: str = "",
+    on_metrics: Callable[[dict, int], None] | None = None,
+    device: str | None = None,
+    teacher=None,
+    layer_map: Sequence[int] | None = None,
+) -> TrainResult:
+    """Train ``student`` in place so that its embeddings match ``targets``.
+
+    Args:
+        student: a SentenceTransformer; its best weights (by dev Spearman) are loaded at the end.
+        sentences: training sentences, aligned with ``targets`` rows.
+        targets: teacher embeddings, float32 (N, dim). When the student's embedding width differs,
+            a learned projection maps it to ``dim`` for the loss (see :class:`TrainResult`).
+        cfg: hyperparameters.
+        dev_pairs: STS pairs for periodic evaluation.
+        ckpt_dir: where checkpoints go; a matching checkpoint there is resumed.
+        job_id: fingerprint of the job (see :func:`fingerprint`).
+        on_metrics: callback(metrics, step) for MLflow logging.
+        device: torch device; default CUDA if available.
+        teacher: the teacher SentenceTransformer; needed only when ``cfg.hidden_weight > 0``
+            (it then runs on every batch, frozen, to give the hidden states to match).
+        layer_map: for hidden-state matching, the teacher layer matched to each student layer
+            (the layer it was copied from; :func:`embopt.training.student.uniform_layer_map` otherwise).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    if len(sentences) != len(targets):
+        raise ValueError(f"{len(sentences)} sentences but {len(targets)} target embeddings")
+    if len(sentences) == 0:
+        raise ValueError("no training sentences")
+    hidden_on = cfg.hidden_weight > 0
+    if hidden_on:
+        if teacher is None or layer_map is None:
+            raise ValueError("hidden-state matching (hidden_weight > 0) needs the teacher and a layer_map")
+        n_student, n_teacher = len(layer_modules(student)), len(layer_modules(teacher))
+        if len(layer_map) != n_student or not all(0 <= t < n_teacher for t in layer_map):
+            raise ValueError(f"layer_map {list(layer_map)} must give one teacher layer (0..{n_teacher - 1}) "
+                             f"for each of the {n_student} student layers")
+    device = device or pick_device()
+    torch.manual_seed(cfg.seed)
+    student.to(device)
+    original_max_len = student.max_seq_length
+    student.max_seq_length = cfg.max_seq_length
+
+    target_dim, student_dim = int(targets.shape[1]), _embedding_dim(student, sentences[0])
+    heads = _build_heads(student, teacher, target_dim, student_dim, layer_map, hidden_on, cfg.seed).to(device)
+    if "sentence" in heads:
+        log.info("student embeddings are %d wide, the teacher's %d: training a projection for the loss",
+                 student_dim, target_dim)
+    teacher_hf, teacher_was_training = None, False
+    if hidden_on:
+        # Frozen by running under no_grad (the caller's model is left as it was, mode restored at the end).
+        teacher_hf = hf_model(teacher).to(device)
+        teacher_was_training = teacher_hf.training
+        teacher_hf.eval()
+        log.info("hidden-state matching (weight %g): student layers -> teacher layers %s; the teacher runs "
+                 "on every batch", cfg.hidden_weight, list(layer_map))
+
+    n = len(sentences)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    warmup = int(cfg.warmup_ratio * total)
+
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    named = list(student.named_parameters()) + [(f"heads.{k}", v) for k, v in heads.named_parameters()]
+    groups = [
+        {"params": [p for name, p in named if not any(k in name for k in no_decay)],
+         "weight_decay": cfg.weight_decay},
+        {"params": [p for name, p in named if any(k in name for k in no_decay)],
+         "weight_decay": 0.0},
+    ]
+    trainable = [p for _, p in named]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(warmup, total))
+
+    def snapshot() -> dict:
+        return {"student": {k: v.detach().to("cpu").clone() for k, v in student.state_dict().items()},
+                "heads": {k: v.detach().to("cpu").clone() for k, v in heads.state_dict().items()}}
+
+    step, best_score, best_step, stale, resumed_from = 0, -math.inf, 0, 0, 0
+    stopped_early = False
+    best_state = None
+    ckpt_path = None
+    if ckpt_dir is not None:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_path = ckpt_dir / CKPT_FILE
+        if ckpt_path.exists():
+            state = torch.load(ckpt_path, map_location=device, weights_only=False)
+            if state.get("job_id") == job_id:
+                student.load_state_dict(state["model"])
+                heads.load_state_dict(state.get("heads", {}))
+                optimizer.load_state_dict(state["optimizer"])
+                scheduler.load_state_dict(state["scheduler"])
+                torch.set_rng_state(state["rng"])
+                if state.get("cuda_rng") is not None and torch.cuda.is_available():
+                    torch.cuda.set_rng_state_all(state["cuda_rng"])
+                step, best_score = state["step"], state["best_score"]
+                best_step, stale = state["best_step"], state["stale"]
+                stopped_early = bool(state.get("stopped_early", False))
+                best_state = state.get("best")
+                resumed_from = step
+                log.info("resuming from checkpoint %s at step %d/%d", ckpt_path, step, total)
+            else:
+                log.info("checkpoint %s is from other settings; starting over", ckpt_path)
+
+    def evaluate() -> float:
+        student.eval()
+        with torch.inference_mode():
+            score = sts_spearman(
+                lambda s: student.encode(list(s), batch_size=128, convert_to_numpy=True,
+                                         show_progress_bar=False),
+                dev_pairs,
+            )
+        student.train()
+        return score
+
+    def checkpoint() -> None:
+        if ckpt_path is None:
+            return
+        _save_atomic({
+            "job_id": job_id, "model": student.state_dict(), "heads": heads.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "step": step, "best_score": best_score, "best_step": best_step, "stale": stale,
+            "stopped_early": stopped_early,
+            # The best weights so far travel with the checkpoint: a separate file could be newer than
+            # the checkpoint (an improvement after it), and the resumed run would keep the wrong best.
+            "best": best_state,
+        }, ckpt_path)
+
+    captured: list = []
+    hooks = []
+    if hidden_on:
+        def keep_output(module, _inputs, output) -> None:
+            if module.training:  # dev evaluation runs in eval mode: nothing to keep
+                captured.append(_block_output(output))
+
+        hooks = [block.register_forward_hook(keep_output) for block in layer_modules(student)]
+
+    target_t = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float32))
+    student.train()
+    t0 = time.perf_counter()
+    loss_val = float("nan")
+    bar = tqdm(total=total, initial=step, desc="distill", unit="step", dynamic_ncols=True)
+    lengths = token_lengths(student, sentences, cfg.max_seq_length) if cfg.group_by_length else None
+    batches, batches_epoch = [], -1
+    try:
+        while step < total and not stopped_early:
+            epoch = step // steps_per_epoch
+            if epoch != batches_epoch:
+                # The order depends only on (seed, epoch): a resumed run sees the same batches.
+                batches, batches_epoch = epoch_batches(n, cfg.batch_size, cfg.seed, epoch, lengths), epoch
+            idx = batches[step % steps_per_epoch]
+            batch_texts = [sentences[j] for j in idx.tolist()]
+            # sentence-transformers 5.x renamed tokenize() to preprocess(); keep both working.
+            tokenize = student.preprocess if hasattr(student, "preprocess") else student.tokenize
+            features = tokenize(batch_texts)
+            features = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in features.items()}
+            model_inputs = {k: features[k] for k in ("input_ids", "attention_mask", "token_type_ids")
+                            if k in features}
+            captured.clear()
+            out = student(features)["sentence_embedding"]
+            if "sentence" in heads:
+                out = heads["sentence"](out)
+            loss = emb_loss = distill_loss(out, target_t[idx].to(device), cfg.loss)
+            hid_val = None
+            if hidden_on:
+                with torch.no_grad():
+                    t_hidden = teacher_hf(**model_inputs, output_hidden_states=True).hidden_states
+                terms = []
+                for li, (s_h, t_layer) in enumerate(zip(captured, layer_map, strict=True)):
+                    if f"hidden_{li}" in heads:
+                        s_h = heads[f"hidden_{li}"](s_h)
+                    # hidden_states[0] is the embedding output; block j's output is hidden_states[j + 1].
+                    t_h = t_hidden[t_layer + 1]
+                    terms.append(masked_hidden_mse(s_h, t_h, model_inputs["attention_mask"]))
+                hid = torch.stack(terms).mean()
+                loss = emb_loss + cfg.hidden_weight * hid
+                hid_val = float(hid.detach())
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            loss_val = float(loss.detach())
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_val:.2e}", best=f"{best_score:.2f}")
+            if on_metrics is not None and (step % cfg.log_every == 0 or step == total):
+                m = {"train_loss": loss_val, "lr": scheduler.get_last_lr()[0]}
+                if hid_val is not None:
+                    m.update(train_loss_embedding=float(emb_loss.detach()), train_loss_hidden=hid_val)
+                on_metrics(m, step)
+            if step % cfg.eval_every == 0 or step == total:
+                score = evaluate()
+                if on_metrics is not None:
+                    on_metrics({"dev_spearman": score}, step)
+                if score > best_score:
+                    best_score, best_step, stale = score, step, 0
+                    best_state = snapshot()
+                else:
+                    stale += 1
+                log.info("step %d/%d: dev Spearman %.2f (best %.2f at %d)", step, total, score, best_score,
+                         best_step)
+                if cfg.early_stopping_patience and stale >= cfg.early_stopping_patience:
+                    log.info("early stopping: no improvement in %d evaluations", stale)
+                    stopped_early = True
+                    checkpoint()
+                    break
+            if step % cfg.checkpoint_every == 0:
+                checkpoint()
+    finally:
+        bar.close()
+        for h in hooks:
+            h.remove()
+        if teacher_hf is not None:
+            teacher_hf.train(teacher_was_training)
+    if best_state is not None:
+        student.load_state_dict(best_state["student"])
+        heads.load_state_dict(best_state["heads"])
+    student.eval()
+    student.max_seq_length = original_max_len
+    projection = heads["sentence"].weight.detach().cpu().numpy().copy() if "sentence" in heads else None
+    return TrainResult(
+        steps=step, best_step=best_step, best_dev_spearman=float(best_score), final_loss=loss_val,
+        train_seconds=time.perf_counter() - t0, resumed_from_step=resumed_from, stopped_early=stopped_early,
+        projection=projection,
+    )
+
+
+def clear_checkpoints(ckpt_dir: Path) -> None:
+    """Drop checkpoints once a job finished: the stage's output is the result."""
+    for name in (CKPT_FILE, BEST_FILE):
+        (ckpt_dir / name).unlink(missing_ok=True)

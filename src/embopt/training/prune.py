@@ -1,0 +1,208 @@
+"""Structured pruning that physically shrinks the weight matrices.
+
+FFN: each layer's intermediate neurons are scored by ``mean|activation| x ||W_out[:, i]||``
+on real sentences (a neuron that rarely fires or whose output weights are small
+contributes little), and the lowest are removed by slicing ``intermediate.dense``
+rows and ``output.dense`` columns. Hugging Face BERT has one ``intermediate_size``
+for all layers, so every layer keeps the same count (its own best neurons).
+
+Heads: each head is scored by the mean norm of its context vectors times the norm
+of its slice of the attention output projection, and removed with the model's own
+``prune_heads`` (which slices Q/K/V/O and records ``config.pruned_heads`` so that
+``from_pretrained`` rebuilds the smaller shapes).
+
+Unlike ``torch.nn.utils.prune`` (masks, same matrix sizes), the result has fewer
+FLOPs and fewer parameters, and still loads with ``SentenceTransformer(path)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from embopt.errors import EmboptError
+from embopt.training.modeling import hf_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PruneReport:
+    ffn_before: int
+    ffn_after: int
+    heads_before: int
+    heads_after: int
+    params_before: int
+    params_after: int
+
+
+def _bert_layers(hf):
+    if not (hasattr(hf, "encoder") and hasattr(hf.encoder, "layer")):
+        raise EmboptError(
+            f"prune: unsupported architecture {type(hf).__name__} (BERT-style encoder.layer expected)"
+        )
+    layers = list(hf.encoder.layer)
+    for layer in layers:
+        if not (hasattr(layer, "intermediate") and hasattr(layer, "output") and hasattr(layer, "attention")):
+            raise EmboptError(
+                f"prune: layer type {type(layer).__name__} has no intermediate/output/attention"
+            )
+    return layers
+
+
+def count_params(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def collect_importance(st_model, sentences: Sequence[str], batch_size: int = 32):
+    """Mean |activation| per FFN neuron and mean context norm per head, over real tokens.
+
+    Returns:
+        (ffn, heads): lists with one tensor per layer, of shape (intermediate,) and (heads,).
+    """
+    import torch
+
+    hf = hf_model(st_model)
+    layers = _bert_layers(hf)
+    ffn_sum = [None] * len(layers)
+    head_sum = [None] * len(layers)
+    tokens = 0
+    mask_holder: dict[str, torch.Tensor] = {}
+    hooks = []
+
+    def ffn_hook(i):
+        def fn(_module, _inp, out):
+            m = mask_holder["mask"].unsqueeze(-1).to(out.dtype)
+            s = (out.abs() * m).sum(dim=(0, 1))
+            ffn_sum[i] = s if ffn_sum[i] is None else ffn_sum[i] + s
+
+        return fn
+
+    def head_hook(i, n_heads):
+        def fn(_module, _inp, out):
+            ctx = out[0] if isinstance(out, tuple) else out  # (B, T, heads*d)
+            b, t, hd = ctx.shape
+            norms = ctx.view(b, t, n_heads, hd // n_heads).norm(dim=-1)  # (B, T, heads)
+            m = mask_holder["mask"].unsqueeze(-1).to(norms.dtype)
+            s = (norms * m).sum(dim=(0, 1))
+            head_sum[i] = s if head_sum[i] is None else head_sum[i] + s
+
+        return fn
+
+    for i, layer in enumerate(layers):
+        hooks.append(layer.intermediate.register_forward_hook(ffn_hook(i)))
+        n_heads = layer.attention.self.num_attention_heads
+        hooks.append(layer.attention.self.register_forward_hook(head_hook(i, n_heads)))
+    st_model.eval()
+    prep = st_model.preprocess if hasattr(st_model, "preprocess") else st_model.tokenize
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(sentences), batch_size):
+                feats = prep(list(sentences[start : start + batch_size]))
+                feats = {k: (v.to(st_model.device) if hasattr(v, "to") else v) for k, v in feats.items()}
+                mask_holder["mask"] = feats["attention_mask"]
+                tokens += int(feats["attention_mask"].sum())
+                st_model(feats)
+    finally:
+        for h in hooks:
+            h.remove()
+    ffn = [s / max(tokens, 1) for s in ffn_sum]
+    heads = [s / max(tokens, 1) for s in head_sum]
+    return ffn, heads
+
+
+def prune_ffn(st_model, activation: list, keep_ratio: float) -> tuple[int, int]:
+    """Keep the top ``keep_ratio`` FFN neurons of every layer; slice the Linear layers in place."""
+    import torch
+
+    hf = hf_model(st_model)
+    layers = _bert_layers(hf)
+    before = layers[0].intermediate.dense.out_features
+    keep_n = max(1, round(before * keep_ratio))
+    if keep_n >= before:
+        return before, before
+    for layer, act in zip(layers, activation, strict=True):
+        w_out = layer.output.dense.weight  # (hidden, intermediate)
+        score = act.to(w_out.dtype) * w_out.norm(dim=0)
+        keep = torch.topk(score, keep_n).indices.sort().values
+        layer.intermediate.dense = _slice_linear(layer.intermediate.dense, keep, dim=0)
+        layer.output.dense = _slice_linear(layer.output.dense, keep, dim=1)
+    hf.config.intermediate_size = keep_n
+    return before, keep_n
+
+
+def _slice_linear(linear, index, dim: int):
+    """A new nn.Linear holding the selected output rows (dim=0) or input columns (dim=1)."""
+    import torch
+
+    w = linear.weight.detach().index_select(dim, index).clone()
+    b = linear.bias.detach().clone() if linear.bias is not None else None
+    if dim == 0 and b is not None:
+        b = b.index_select(0, index).clone()
+    new = torch.nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        new.weight.copy_(w)
+        if b is not None:
+            new.bias.copy_(b)
+    return new
+
+
+def prune_heads(st_model, head_activation: list, n_prune: int) -> tuple[int, int]:
+    """Remove the ``n_prune`` globally least important heads (at least one head stays per layer)."""
+    hf = hf_model(st_model)
+    layers = _bert_layers(hf)
+    total = sum(layer.attention.self.num_attention_heads for layer in layers)
+    if n_prune <= 0:
+        return total, total
+    scored = []
+    for li, (layer, act) in enumerate(zip(layers, head_activation, strict=True)):
+        att = layer.attention
+        n_heads, d = att.self.num_attention_heads, att.self.attention_head_size
+        w_o = att.output.dense.weight  # (hidden, heads*d)
+        o_norm = w_o.view(w_o.shape[0], n_heads, d).norm(dim=(0, 2))
+        score = act.to(w_o.dtype) * o_norm
+        score = score / score.sum()  # per-layer normalisation: layers differ in scale
+        remaining = sorted(set(range(n_heads + len(att.pruned_heads))) - att.pruned_heads)
+        for local, s in enumerate(score.tolist()):
+            scored.append((s, li, remaining[local]))
+    scored.sort()
+    chosen: dict[int, list[int]] = {}
+    left = {li: layer.attention.self.num_attention_heads for li, layer in enumerate(layers)}
+    for _s, li, head in scored:
+        if sum(len(v) for v in chosen.values()) >= n_prune:
+            break
+        if left[li] <= 1:
+            continue
+        chosen.setdefault(li, []).append(head)
+        left[li] -= 1
+    hf.prune_heads(chosen)
+    after = sum(layer.attention.self.num_attention_heads for layer in layers)
+    log.info("pruned heads %s", chosen)
+    return total, after
+
+
+def prune_model(
+    st_model, sentences: Sequence[str], ffn_keep_ratio: float, heads_to_prune: int
+) -> PruneReport:
+    """Score with real activations, then remove heads and FFN neurons in place."""
+    hf = hf_model(st_model)
+    layers = _bert_layers(hf)
+    params_before = count_params(st_model)
+    heads_before = sum(layer.attention.self.num_attention_heads for layer in layers)
+    ffn_act, head_act = collect_importance(st_model, sentences)
+    _, heads_after = prune_heads(st_model, head_act, heads_to_prune)
+    ffn_before, ffn_after = prune_ffn(st_model, ffn_act, ffn_keep_ratio)
+    report = PruneReport(
+        ffn_before, ffn_after, heads_before, heads_after, params_before, count_params(st_model)
+    )
+    log.info(
+        "pruned: FFN %d -> %d per layer, heads %d -> %d, params %d -> %d",
+        ffn_before,
+        ffn_after,
+        heads_before,
+        heads_after,
+        report.params_before,
+        report.params_after,
+    )
+    return report

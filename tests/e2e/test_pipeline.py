@@ -1,0 +1,140 @@
+"""End to end: the real `dvc repro` on the tiny profile in a temporary copy of the repo.
+
+Checks the contract other work relies on: every stage runs and logs one MLflow run
+sharing a pipeline id, metrics/evaluate.json lists every variant, the champion
+loads and embeds, a second repro does nothing, a pca-only change re-runs only
+pca/evaluate/promote, and a failed gate exits non-zero without moving the alias.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tiny
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+STAGES = ["prepare", "teacher_embed", "distill", "prune", "quantize", "export", "pca", "evaluate", "promote"]
+KEYS = {
+    "sts_spearman",
+    "retention",
+    "throughput_sps",
+    "speedup_vs_teacher",
+    "latency_ms_p50_bs1",
+    "latency_ms_p95_bs1",
+    "size_mb",
+    "dim",
+}
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    repo, env = tiny.make_pipeline_repo(root)
+
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run(list(args), cwd=repo, env=env, capture_output=True, text=True, timeout=900)
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+            )
+        return proc
+
+    first = run("dvc", "repro")
+    return {"repo": repo, "run": run, "env": env, "first": first, "uri": env["MLFLOW_TRACKING_URI"]}
+
+
+def test_every_variant_in_evaluate_json(pipeline):
+    result = json.loads((pipeline["repo"] / "metrics" / "evaluate.json").read_text())
+    names = set(result["variants"])
+    assert {
+        "teacher_torch",
+        "student_torch",
+        "pruned_torch",
+        "onnx_fp32",
+        "onnx_int8",
+        "onnx_int8_pca8",
+    } <= names
+    for row in result["variants"].values():
+        assert KEYS <= set(row)
+    assert result["final"] == "onnx_int8_pca8" and result["variants"]["onnx_int8_pca8"]["dim"] == 8
+    assert result["teacher"]["name"] == "teacher_torch"
+    assert result["variants"]["teacher_torch"]["retention"] == 1.0
+    for stage in STAGES:
+        assert (pipeline["repo"] / "metrics" / f"{stage}.json").exists(), stage
+    assert json.loads((pipeline["repo"] / "plots" / "evaluate_variants.json").read_text())
+
+
+def test_one_mlflow_run_per_stage_sharing_a_pipeline_id(pipeline):
+    import mlflow
+
+    client = mlflow.MlflowClient(pipeline["uri"])
+    exp = client.get_experiment_by_name("embopt-tiny")
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.data.tags["dvc.stage"] for r in runs) == sorted(STAGES)
+    assert len({r.data.tags["pipeline.id"] for r in runs}) == 1
+    assert all(r.info.status == "FINISHED" for r in runs)
+    distill = next(r for r in runs if r.data.tags["dvc.stage"] == "distill")
+    assert "distill.epochs" in distill.data.params and "dev_spearman" in distill.data.metrics
+
+
+def test_champion_loads_and_embeds_from_another_folder(pipeline, tmp_path, monkeypatch):
+    import mlflow
+    import pandas as pd
+
+    monkeypatch.chdir(tmp_path)
+    mlflow.set_tracking_uri(pipeline["uri"])
+    model = mlflow.pyfunc.load_model("models:/embopt-tiny@champion")
+    promoted = json.loads((pipeline["repo"] / "metrics" / "promote.json").read_text())
+    out = model.predict(["A man is playing a guitar.", "The cat is eating the bread."])
+    assert out.shape == (2, promoted["dim"]) and str(out.dtype) == "float32"
+    out2 = model.predict(pd.DataFrame({"text": ["A man is playing a guitar."]}))
+    assert abs(float(out2[0] @ out[0]) - 1.0) < 1e-5
+
+
+def test_second_repro_does_nothing(pipeline):
+    proc = pipeline["run"]("dvc", "repro")
+    assert "Data and pipelines are up to date" in proc.stdout + proc.stderr
+    assert "Running stage" not in proc.stdout
+
+
+def test_pca_change_reruns_only_pca_evaluate_promote_and_failed_gate_keeps_alias(pipeline):
+    import mlflow
+
+    repo, run = pipeline["repo"], pipeline["run"]
+    client = mlflow.MlflowClient(pipeline["uri"])
+    before = client.get_model_version_by_alias("embopt-tiny", "champion").version
+    params = repo / "params.yaml"
+    original = params.read_text()
+    text = original.replace("  k: 8\n", "  k: 6\n")
+    assert text != original
+    params.write_text(text)
+    assert set(json.loads(run("dvc", "status", "--json").stdout)) == {"pca"}  # status lists direct changes
+    # An impossible promote gate: the stages run, promote fails, the alias does not move.
+    params.write_text(text.replace("    min_speedup: null\n", "    min_speedup: 1000.0\n"))
+    proc = run("dvc", "repro", check=False)
+    assert proc.returncode != 0
+    assert set(re.findall(r"Running stage '(\w+)'", proc.stdout)) == {"pca", "evaluate", "promote"}
+    assert "gate FAILED: stage=promote metric=speedup" in proc.stderr
+    assert client.get_model_version_by_alias("embopt-tiny", "champion").version == before
+    assert json.loads((repo / "metrics" / "evaluate.json").read_text())["final"] == "onnx_int8_pca6"
+    params.write_text(original)
+
+
+def test_unknown_param_key_fails_with_one_line(pipeline):
+    repo, run = pipeline["repo"], pipeline["run"]
+    params = repo / "params.yaml"
+    original = params.read_text()
+    params.write_text(original.replace("distill:\n", "distill:\n  epoch: 3\n", 1))
+    try:
+        proc = run(sys.executable, "-m", "stages.distill", check=False)
+    finally:
+        params.write_text(original)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == f"distill: error: {params}: unknown key 'distill.epoch'"

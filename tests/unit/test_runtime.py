@@ -1,0 +1,139 @@
+"""The Embedder: input order under length sorting, truncation, batching, PCA, token-level graphs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tiny
+
+from embopt.errors import EmboptError
+from embopt.serving.runtime import Embedder
+
+MIXED = [
+    "A dog.",
+    "A man is playing a guitar while the child is eating an apple and the cat is watching the fence.",
+    "The chef is cutting the bread.",
+    "",
+    "A woman is riding a horse.",
+    "The teacher is cleaning the window and a musician is holding a flute.",
+    "Doc",
+    "A young girl is painting the fence.",
+]
+
+
+@pytest.fixture(scope="module")
+def fp32(tiny_bundle) -> Embedder:
+    return Embedder(tiny_bundle, variant="onnx_fp32", threads=1)
+
+
+def test_order_preserved_under_length_sorting(fp32):
+    texts = MIXED * 3 + tiny.sentences(30, seed=5)
+    batched = Embedder(fp32.bundle, variant="onnx_fp32", threads=1, batch_size=4).embed(texts)
+    one_by_one = np.stack([fp32.embed([t])[0] for t in texts])  # batch 1: no padding, no sorting
+    assert batched.dtype == np.float32 and batched.shape == (len(texts), fp32.dim)
+    np.testing.assert_allclose(batched, one_by_one, atol=2e-5)
+    # Rows really differ, so a permutation would have been caught.
+    assert np.abs(batched[0] - batched[1]).max() > 1e-3
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 64])
+def test_same_result_for_any_batch_size(fp32, batch_size):
+    texts = MIXED + tiny.sentences(20, seed=6)
+    ref = fp32.embed(texts)
+    got = Embedder(fp32.bundle, variant="onnx_fp32", threads=1, batch_size=batch_size).embed(texts)
+    np.testing.assert_allclose(got, ref, atol=2e-5)
+
+
+def test_matches_sentence_transformers(fp32, tiny_model):
+    texts = MIXED + tiny.sentences(40, seed=7)
+    ref = tiny_model.encode(texts, batch_size=8, convert_to_numpy=True, normalize_embeddings=True)
+    got = fp32.embed(texts)
+    cos = np.sum(ref * got, axis=1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
+    assert cos.min() >= 0.9999
+
+
+def test_truncation_honoured(tiny_bundle, tiny_model):
+    long = " ".join(["a man is playing a guitar"] * 20)
+    emb = Embedder(tiny_bundle, variant="onnx_fp32", threads=1, max_seq_length=8)
+    assert len(emb.tokenize([long])[0]) == 8
+    assert len(fp32_ids := Embedder(tiny_bundle, variant="onnx_fp32").tokenize([long])[0]) == 32  # manifest's
+    assert fp32_ids[:7] == emb.tokenize([long])[0][:7]
+    old = tiny_model.max_seq_length
+    try:
+        tiny_model.max_seq_length = 8
+        ref = tiny_model.encode([long], convert_to_numpy=True)
+    finally:
+        tiny_model.max_seq_length = old
+    np.testing.assert_allclose(emb.embed([long]), ref, atol=2e-5)
+    # Truncated: a longer text with the same first tokens embeds identically.
+    np.testing.assert_allclose(emb.embed([long + " and more words"]), emb.embed([long]), atol=1e-6)
+
+
+def test_int8_default_variant_close_to_fp32(tiny_bundle, fp32):
+    texts = tiny.sentences(20, seed=8)
+    int8 = Embedder(tiny_bundle, threads=1)
+    assert int8.variant == "onnx_int8"
+    cos = np.sum(int8.embed(texts) * fp32.embed(texts), axis=1)
+    assert cos.min() > 0.95
+
+
+def test_pca_projection(tiny_bundle, fp32, tmp_path):
+    from embopt.export.pca import fit_pca, project, save_pca
+
+    texts = tiny.sentences(60, seed=9)
+    full = fp32.embed(texts)
+    pca = fit_pca(full, k=8, seed=0)
+    save_pca(tmp_path / "pca.npz", pca)
+    emb = Embedder(tiny_bundle, variant="onnx_fp32", threads=1, pca=tmp_path / "pca.npz")
+    got = emb.embed(texts)
+    assert emb.dim == 8 and got.shape == (60, 8) and got.dtype == np.float32
+    np.testing.assert_allclose(got, project(full, pca), atol=1e-5)
+
+
+def test_pca_with_wrong_dim_is_refused(tiny_bundle, tmp_path):
+    np.savez(tmp_path / "bad.npz", mean=np.zeros(5, np.float32), components=np.zeros((2, 5), np.float32))
+    with pytest.raises(EmboptError, match="bad.npz: PCA expects dim 5"):
+        Embedder(tiny_bundle, pca=tmp_path / "bad.npz")
+
+
+def test_token_level_graph_gets_pooling(tiny_model, tiny_bundle, fp32, tmp_path):
+    """An Optimum-style export (last_hidden_state out) runs with pooling folded into the graph."""
+    import torch
+
+    from embopt.training.modeling import hf_model
+
+    path = tmp_path / "tokens.onnx"
+    ids = torch.ones(2, 8, dtype=torch.long)
+    with torch.inference_mode():
+        torch.onnx.export(hf_model(tiny_model).eval(), (ids, torch.ones_like(ids)), str(path),
+                          input_names=["input_ids", "attention_mask"], output_names=["last_hidden_state"],
+                          dynamic_axes={"input_ids": {0: "b", 1: "s"}, "attention_mask": {0: "b", 1: "s"},
+                                        "last_hidden_state": {0: "b", 1: "s"}},
+                          opset_version=17, dynamo=False)
+    emb = Embedder(tiny_bundle, onnx_path=path, threads=1)
+    texts = MIXED + tiny.sentences(10, seed=10)
+    assert emb.output_name == "sentence_embedding"
+    np.testing.assert_allclose(emb.embed(texts), fp32.embed(texts), atol=2e-5)
+
+
+def test_timings_split_run_from_overhead(fp32):
+    fp32.reset_timings()
+    fp32.embed(tiny.sentences(50, seed=11))
+    t = fp32.timings
+    assert t.calls == 1 and t.sentences == 50 and t.batches == 2
+    assert 0 < t.run_s < t.total_s and 0 < t.tokenize_s < t.total_s
+    assert 0 < t.overhead_fraction < 1
+
+
+def test_empty_list_and_bad_input(fp32, tiny_bundle, tmp_path):
+    assert fp32.embed([]).shape == (0, fp32.dim)
+    with pytest.raises(TypeError):
+        fp32.embed("a single string")
+    with pytest.raises(EmboptError, match="no variant 'nope'"):
+        Embedder(tiny_bundle, variant="nope")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(EmboptError, match="bad.onnx: cannot load ONNX model"):
+        Embedder(tiny_bundle, onnx_path=bad)
+    with pytest.raises(EmboptError, match="graph_optimization 'fast'"):
+        Embedder(tiny_bundle, graph_optimization="fast")
