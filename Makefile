@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help env repro test test-fast lint bench ui clean
+.PHONY: help env data repro test test-unit test-fast lint bench ui clean
 
 help: ## List targets with a one-line description
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
@@ -20,14 +20,23 @@ $(STAMP): requirements/lock.txt pyproject.toml
 
 env: $(STAMP) ## Create .venv with the pinned, tested package set
 
-repro: $(STAMP) ## Run the whole pipeline (dvc repro) on the offline defaults
-	@test -d .dvc || $(BIN)/dvc init --quiet
+# The raw data are frozen `dvc import-url` outputs (data/raw/*.dvc): from the DVC cache when it has
+# them, else imported again from ../shared/data (same hashes, so the .dvc files do not change).
+data: $(STAMP) ## Bring the raw data (STSb, Wikipedia corpus) into data/raw
+	@for f in data/raw/*.dvc; do \
+	  test -e "$${f%.dvc}" || $(BIN)/dvc checkout -q "$$f" 2>/dev/null || $(BIN)/dvc update -q "$$f"; \
+	done
+
+repro: data ## Run the whole pipeline (dvc repro) on the offline defaults
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
-test: $(STAMP) ## Run the test suite (unit tests + the end-to-end dvc repro on a tiny profile)
+test: $(STAMP) ## Run every test tier (unit, integration, e2e: the real dvc repro on a tiny profile)
 	$(BIN)/python -m pytest -q tests
 
-test-fast: $(STAMP) ## Unit tests only (skips the end-to-end pipeline tests)
+test-unit: $(STAMP) ## Unit tests only (tests/unit)
+	$(BIN)/python -m pytest -q tests/unit
+
+test-fast: $(STAMP) ## Everything but the slow tests (no dvc repro / queued experiments)
 	$(BIN)/python -m pytest -q -m "not slow" tests
 
 lint: $(STAMP) ## ruff

@@ -36,8 +36,8 @@ def main() -> None:
     with stage_run("distill", params, ["distill"]) as run:
         sentences = read_lines(config.PREPARED_DIR / "corpus.txt")
         targets = np.load(config.TEACHER_EMBED_DIR / "embeddings.npy")
-        dev = read_sts_tsv(config.PREPARED_DIR / "sts_dev.tsv")
-        teacher_dev = read_json(config.METRICS_DIR / "teacher_embed.json")["teacher_dev_spearman"]
+        val = read_sts_tsv(config.PREPARED_DIR / "sts_val.tsv")
+        teacher_val = read_json(config.METRICS_DIR / "teacher_embed.json")["teacher_val_spearman"]
 
         index = read_json(config.TEACHER_EMBED_DIR / "index.json")
         if len(targets) != len(sentences):
@@ -74,19 +74,19 @@ def main() -> None:
         log.info("distilling %d sentences into layers %s on %s (checkpoints: %s)", len(sentences), keep,
                  device, config.DISTILL_CKPT_DIR)
         result = train_student(
-            student, sentences, targets, cfg, dev[: p.eval_pairs], ckpt_dir=config.DISTILL_CKPT_DIR,
+            student, sentences, targets, cfg, val[: p.eval_pairs], ckpt_dir=config.DISTILL_CKPT_DIR,
             job_id=job, on_metrics=lambda m, step: run.log_metrics(m, step=step), device=device,
             teacher=teacher, layer_map=layer_map,
         )
         del teacher
-        # Selection used dev[:eval_pairs]; the reported score is on the whole dev split.
+        # Selection used val[:eval_pairs]; the reported score is on the whole val split.
         from embopt.eval.sts import sts_spearman
 
-        student_dev = sts_spearman(lambda s: student.encode(list(s), batch_size=64), dev)
+        student_val = sts_spearman(lambda s: student.encode(list(s), batch_size=64), val)
         metrics = {
             "layers": keep, "num_layers": len(keep),
-            "student_dev_spearman": round(student_dev, 4), "teacher_dev_spearman": teacher_dev,
-            "retention": round(retention(student_dev, teacher_dev), 5),
+            "student_val_spearman": round(student_val, 4), "teacher_val_spearman": teacher_val,
+            "retention": round(retention(student_val, teacher_val), 5),
             "steps": result.steps, "best_step": result.best_step,
             "train_seconds": round(result.train_seconds, 1),
             "resumed_from_step": result.resumed_from_step, "stopped_early": result.stopped_early,
@@ -100,8 +100,8 @@ def main() -> None:
                 # Maps this (narrower) student's embeddings into the teacher's space: teacher ~ P @ student.
                 np.save(tmp / "teacher_projection.npy", result.projection)
         clear_checkpoints(config.DISTILL_CKPT_DIR)
-        log.info("student (%d layers) -> %s: dev %.2f vs teacher %.2f", len(keep), config.DISTILL_DIR,
-                 student_dev, teacher_dev)
+        log.info("student (%d layers) -> %s: val %.2f vs teacher %.2f", len(keep), config.DISTILL_DIR,
+                 student_val, teacher_val)
         report(run, "distill", metrics, gate=p.gate)
 
 

@@ -1,56 +1,115 @@
-"""Stage evaluate: every variant on the same STS dev sentences, same threads; metrics and plot data."""
+"""Stage evaluate: every variant, and the registry's current champion, on the same sentences and threads.
+
+Writes the headline numbers to metrics/evaluate.json, the full table (intervals,
+speed spread, latency, size, index compatibility) to reports/pipeline/evaluate.json,
+and plot data. The champion is read from the registry (an input DVC cannot see: a
+moved alias does not re-run this stage; `dvc repro -f evaluate promote` does).
+"""
 
 from __future__ import annotations
 
 import logging
+import tempfile
+from pathlib import Path
 
 from embopt.bench.timing import pin_threads
 from embopt.data.sts import read_sts_tsv
-from embopt.eval.evaluate import evaluate_all, markdown_table, onnx_variant, torch_variant
+from embopt.eval.evaluate import evaluate_all, headline, markdown_table, onnx_variant, torch_variant
 from embopt.export.variants import onnx_variants, unavailable_variants
 from embopt.pipeline import config
 from embopt.pipeline.files import atomic_file, write_json
-from embopt.pipeline.params import load_params
+from embopt.pipeline.params import Params, load_params
+from embopt.pipeline.registry import alias_bundle
 from embopt.pipeline.stage import report, run_stage
 from embopt.pipeline.tracking import stage_run
 from embopt.serving.runtime import Embedder
 from embopt.training.modeling import load_sentence_model, resolve_model_source
 
 log = logging.getLogger("stages.evaluate")
+INCUMBENT = "incumbent"
+
+
+def embedder(params: Params, bundle: Path, variant: str | None, onnx_path: Path | None) -> Embedder:
+    # No cache here: throughput repeats the same sentences, so a cache would fake the speed.
+    return Embedder(
+        bundle,
+        variant=variant,
+        onnx_path=onnx_path,
+        threads=params.base.threads,
+        batch_size=params.evaluate.batch_size,
+        max_seq_length=params.base.max_seq_length,
+        graph_optimization=params.runtime.graph_optimization,
+        providers=params.runtime.providers,
+    )
 
 
 def main() -> None:
     params = load_params()
     p = params.evaluate
-    threads, max_len = params.base.threads, params.base.max_seq_length
-    pin_threads(threads)
-    with stage_run("evaluate", params, ["evaluate"]) as run:
+    pin_threads(params.base.threads)
+    with stage_run("evaluate", params, ["evaluate"]) as run, tempfile.TemporaryDirectory() as tmp:
+        val = read_sts_tsv(config.PREPARED_DIR / "sts_val.tsv")
         dev = read_sts_tsv(config.PREPARED_DIR / "sts_dev.tsv")
         variants = []
-        for name, folder in (("teacher_torch", params.base.teacher), ("student_torch", config.DISTILL_DIR),
-                             ("pruned_torch", config.PRUNE_DIR)):
-            model = load_sentence_model(folder, max_seq_length=max_len)
-            src = resolve_model_source(str(folder))
-            variants.append(torch_variant(name, model, p.batch_size, config.resolve(src)))
+        for name, folder in (
+            ("teacher_torch", params.base.teacher),
+            ("student_torch", config.DISTILL_DIR),
+            ("pruned_torch", config.PRUNE_DIR),
+        ):
+            model = load_sentence_model(folder, max_seq_length=params.base.max_seq_length)
+            variants.append(
+                torch_variant(name, model, p.batch_size, config.resolve(resolve_model_source(str(folder))))
+            )
         onnx = onnx_variants()
         for name, path in onnx.items():
-            # No cache here: throughput repeats the same sentences, so a cache would fake the speed.
-            emb = Embedder(config.EXPORT_DIR, variant=name, onnx_path=path, threads=threads,
-                           batch_size=p.batch_size, max_seq_length=max_len,
-                           graph_optimization=params.runtime.graph_optimization,
-                           providers=params.runtime.providers)
-            variants.append(onnx_variant(name, emb, path))
-        final = list(onnx)[-1]  # the last stage's output: int8 + PCA
-        result = evaluate_all(variants, dev, p.throughput_sentences, p.latency_sentences, p.repeats, final)
-        result["setup"].update({"threads": threads, "batch_size": p.batch_size, "max_seq_length": max_len})
+            variants.append(onnx_variant(name, embedder(params, config.EXPORT_DIR, name, path), path))
+        champion = alias_bundle(params.promote.model_name, params.promote.alias, Path(tmp))
+        if champion is not None:
+            log.info(
+                "incumbent: models:/%s@%s = version %s (%s)",
+                params.promote.model_name,
+                params.promote.alias,
+                champion["version"],
+                champion["variant"],
+            )
+            variants.append(
+                onnx_variant(INCUMBENT, embedder(params, champion["bundle"], None, None), champion["bundle"])
+            )
+        result = evaluate_all(
+            variants,
+            val,
+            dev,
+            p.throughput_sentences,
+            p.latency_sentences,
+            p.repeats,
+            p.bootstrap_resamples,
+            params.base.seed,
+            incumbent=INCUMBENT if champion else None,
+        )
+        result["incumbent"] = {k: champion[k] for k in ("version", "variant")} if champion else None
+        result["setup"].update(
+            {
+                "threads": params.base.threads,
+                "batch_size": p.batch_size,
+                "max_seq_length": params.base.max_seq_length,
+            }
+        )
         # Variants built for hardware this machine lacks (fp16 needs CUDA): listed, not silently dropped.
         result["not_evaluated"] = unavailable_variants()
         for name, reason in result["not_evaluated"].items():
             log.warning("not evaluated here: %s (%s)", name, reason)
         table = markdown_table(result)
         print(table)
-        points = [{"variant": n, "throughput_sps": r["throughput_sps"], "retention": r["retention"]}
-                  for n, r in result["variants"].items()]
+        points = [
+            {
+                "variant": n,
+                "throughput_sps": r["throughput_sps"],
+                "retention": r["retention"],
+                "retention_lo": r["retention_lo"],
+                "retention_hi": r["retention_hi"],
+            }
+            for n, r in result["variants"].items()
+        ]
         write_json(config.PLOTS_DIR / "evaluate_variants.json", points)
         with atomic_file(config.PLOTS_DIR / "evaluate_table.md") as fh:
             fh.write(table)
@@ -58,7 +117,10 @@ def main() -> None:
         run.log_artifact(config.PLOTS_DIR / "evaluate_table.md")
         for name, row in result["variants"].items():
             run.log_metrics(row, prefix=f"{name}.")
-        report(run, "evaluate", result, gate=p.gate)
+        metrics = headline(result)
+        # The gate (like every choice) reads the validation split, never the reported dev numbers.
+        metrics["final_val_retention"] = result["variants"][list(onnx)[-1]]["val_retention"]  # int8 + PCA
+        report(run, "evaluate", metrics, gate=p.gate, details=result)
 
 
 if __name__ == "__main__":

@@ -76,6 +76,9 @@ def main() -> None:
         run.set_tags({"tensorrt": trt["status"] if trt["status"] == "built" else f"skipped: {trt['reason']}"})
         run.log_artifact(config.EXPORT_DIR / MANIFEST)
         report(run, "export", {
+            "variants": len(sizes), "tensorrt_built": int(trt["status"] == "built"),
+            "triton_models": len(manifest["triton"]["models"]),
+        }, details={
             "size_mb": sizes, "tensorrt": trt, "triton_models": manifest["triton"]["models"],
             "not_evaluated_here": not_here,
         })

@@ -31,7 +31,7 @@ def main() -> None:
         emb = parent.embed(sentences, show_progress=True)
         pca = fit_pca(emb, p.k, params.base.seed)
         variant = f"{PARENT}_pca{p.k}"
-        dev = read_sts_tsv(config.PREPARED_DIR / "sts_dev.tsv")[: p.eval_pairs]
+        val = read_sts_tsv(config.PREPARED_DIR / "sts_val.tsv")[: p.eval_pairs]
         with atomic_dir(config.PCA_DIR) as tmp:
             save_pca(tmp / "pca.npz", pca)
             onnx_file = fold_into_onnx(parent.onnx_path, tmp / f"model_qint8_pca{p.k}.onnx", pca)
@@ -41,16 +41,16 @@ def main() -> None:
             folded = Embedder(
                 config.EXPORT_DIR, variant=variant, onnx_path=onnx_file, threads=params.base.threads
             )
-            parent_dev = sts_spearman(parent.embed, dev)
-            pca_dev = sts_spearman(folded.embed, dev)
+            parent_val = sts_spearman(parent.embed, val)
+            pca_val = sts_spearman(folded.embed, val)
         metrics = {
             "k": p.k,
             "dim_before": int(emb.shape[1]),
             "fit_sentences": len(sentences),
             "explained_variance": round(float(pca["explained_variance_ratio"].sum()), 5),
-            "parent_dev_spearman": round(parent_dev, 4),
-            "dev_spearman": round(pca_dev, 4),
-            "retention_vs_parent": round(retention(pca_dev, parent_dev), 5),
+            "parent_val_spearman": round(parent_val, 4),
+            "val_spearman": round(pca_val, 4),
+            "retention_vs_parent": round(retention(pca_val, parent_val), 5),
         }
         log.info(
             "PCA %d -> %d dims (%.1f%% variance) -> %s",

@@ -1,11 +1,11 @@
-"""Stage prepare: STS pairs and the distillation corpus into data/prepared/."""
+"""Stage prepare: STS splits (train, val carved from train, dev) and the corpus into data/prepared/."""
 
 from __future__ import annotations
 
 import logging
 
 from embopt.data.corpus import build_corpus, write_lines
-from embopt.data.sts import load_sts, unique_sentences, write_sts_tsv
+from embopt.data.sts import load_sts, split_digest, split_validation, unique_sentences, write_sts_tsv
 from embopt.pipeline import config
 from embopt.pipeline.files import atomic_dir
 from embopt.pipeline.params import load_params
@@ -20,23 +20,41 @@ def main() -> None:
     p = params.data
     with stage_run("prepare", params, ["data"]) as run:
         sts, source = load_sts(p.source, config.resolve(p.sts_dir), p.sts_hub_id)
+        sts["train"], sts["val"] = split_validation(sts["train"], p.val_pairs, params.base.seed)
+        # Every sentence of a val, dev or test pair stays out of the corpus, even one that
+        # also occurs in a train pair: the student must not be fitted to what it is judged on.
         held_out = set()
-        for split in ("dev", "test"):
+        for split in ("val", "dev", "test"):
             held_out.update(unique_sentences(sts.get(split, [])))
         head = unique_sentences(sts["train"]) if p.include_sts_train else []
         log.info("building corpus from %s", p.corpus_path)
         corpus, stats = build_corpus(
-            [config.resolve(p.corpus_path)], held_out, head, p.corpus_max_sentences,
-            p.min_words, p.max_words, params.base.seed,
+            [config.resolve(p.corpus_path)],
+            held_out,
+            head,
+            p.corpus_max_sentences,
+            p.min_words,
+            p.max_words,
+            params.base.seed,
         )
         with atomic_dir(config.PREPARED_DIR) as tmp:
             for split, pairs in sts.items():
                 write_sts_tsv(tmp / f"sts_{split}.tsv", pairs)
             write_lines(tmp / "corpus.txt", corpus)
-        log.info("wrote %s (%d corpus sentences, STS %s)", config.PREPARED_DIR, len(corpus),
-                 {k: len(v) for k, v in sts.items()})
-        run.set_tags({"data.sts_source": source})
-        report(run, "prepare", {"sts_pairs": {k: len(v) for k, v in sts.items()}, "corpus": stats})
+        sizes = {k: len(v) for k, v in sts.items()}
+        log.info("wrote %s (%d corpus sentences, STS pairs %s)", config.PREPARED_DIR, len(corpus), sizes)
+        run.set_tags(
+            {"data.sts_source": source, **{f"data.{k}_sha256": split_digest(v) for k, v in sts.items()}}
+        )
+        report(
+            run,
+            "prepare",
+            {
+                "sts_pairs": sizes,
+                "sts_sha256": {k: split_digest(v) for k, v in sts.items()},
+                "corpus": stats,
+            },
+        )
 
 
 if __name__ == "__main__":

@@ -1,11 +1,16 @@
-"""Stage promote: register the fastest variant that passes every gate and give it the alias.
+"""Stage promote: register the best variant as the challenger; make it champion only if it wins.
 
-The registry write is the pipeline's one deliberate side effect. If no variant
-passes, it exits non-zero and the alias stays where it was.
+"Best" is ``promote.objective`` on the validation split with the tie rule of
+``embopt.pipeline.promotion``. The new best is registered with the alias
+``challenger``; ``champion`` moves only when it beats the incumbent (measured by
+evaluate in the same run) beyond noise. A failed gate registers nothing and moves
+no alias. The registry write is the pipeline's one deliberate side effect.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import tempfile
 from pathlib import Path
@@ -16,27 +21,23 @@ from embopt.export.variants import onnx_variants, package_variant
 from embopt.pipeline import config
 from embopt.pipeline.files import read_json, write_json
 from embopt.pipeline.gates import evaluate_gates
-from embopt.pipeline.params import RuntimeParams, load_params
-from embopt.pipeline.registry import current_alias_version, log_and_register_embedder
+from embopt.pipeline.params import Params, RuntimeParams, load_params
+from embopt.pipeline.promotion import Contender, best, decide, eligible
+from embopt.pipeline.registry import describe_version, log_and_register_embedder, set_alias
 from embopt.pipeline.stage import run_stage
-from embopt.pipeline.tracking import stage_run
+from embopt.pipeline.tracking import git_commit, pipeline_id, stage_run
 
 log = logging.getLogger("stages.promote")
 
 
-def choose(result: dict, candidates: list[str], gate) -> tuple[str | None, dict]:
-    """Fastest candidate whose every gate passes; also every candidate's gate lines."""
-    lines, passing = {}, []
-    for name in candidates:
-        row = result["variants"][name]
-        res = evaluate_gates(
-            "promote", gate, {"retention": row["retention"], "speedup": row["speedup_vs_teacher"]}
+def gate_results(rows: dict, names: list[str], gate) -> dict:
+    """Every candidate's gate outcomes, on validation retention and speedup."""
+    return {
+        n: evaluate_gates(
+            "promote", gate, {"retention": rows[n]["val_retention"], "speedup": rows[n]["speedup_vs_teacher"]}
         )
-        lines[name] = res
-        if all(r.passed for r in res):
-            passing.append(name)
-    best = max(passing, key=lambda n: result["variants"][n]["throughput_sps"]) if passing else None
-    return best, lines
+        for n in names
+    }
 
 
 def served_config(rt: RuntimeParams) -> dict:
@@ -53,56 +54,148 @@ def served_config(rt: RuntimeParams) -> dict:
     }
 
 
+def params_digest(params: Params) -> str:
+    return hashlib.sha256(json.dumps(params.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def summary(name: str, row: dict) -> dict:
+    keys = (
+        "dev_spearman",
+        "retention",
+        "retention_lo",
+        "retention_hi",
+        "val_retention",
+        "throughput_sps",
+        "throughput_spread",
+        "speedup_vs_teacher",
+        "size_mb",
+        "dim",
+    )
+    return {"variant": name, **{k: row[k] for k in keys}}
+
+
+def describe(row: dict, name: str, decision: str, reason: str, reindex: bool) -> str:
+    return (
+        f"{name}: dev retention {100 * row['retention']:.1f}% (95% CI {100 * row['retention_lo']:.1f}-"
+        f"{100 * row['retention_hi']:.1f}%, STSb dev, never used to choose); validation retention "
+        f"{100 * row['val_retention']:.1f}%; {row['speedup_vs_teacher']:.2f}x the teacher's throughput. "
+        f"Decision: {decision} ({reason})."
+        + (
+            " REQUIRES REINDEX: its vectors are not interchangeable with the previous champion's."
+            if reindex
+            else ""
+        )
+    )
+
+
 def main() -> None:
     params = load_params()
     p = params.promote
     with stage_run("promote", params, ["promote", "runtime"]) as run:
-        result = read_json(config.METRICS_DIR / "evaluate.json")
-        onnx = onnx_variants()
-        best, lines = choose(result, [n for n in onnx if n in result["variants"]], p.gate)
-        for name, res in lines.items():
+        result = read_json(config.REPORTS_DIR / "pipeline" / "evaluate.json")
+        rows, onnx = result["variants"], onnx_variants()
+        gates = gate_results(rows, [n for n in onnx if n in rows], p.gate)
+        for name, res in gates.items():
             for r in res:
                 log.info("%s: %s", name, r.line())
-        if best is None:
-            before = current_alias_version(p.model_name, p.alias)
-            run.set_tags({"gate.status": "failed", "promote.alias_unchanged": str(before)})
-            fastest = max(lines, key=lambda n: result["variants"][n]["throughput_sps"])
-            misses = "; ".join(r.line() for r in lines[fastest] if not r.passed)
+        passing = [Contender.from_row(n, rows[n]) for n, res in gates.items() if all(r.passed for r in res)]
+        pool = eligible(passing, p.objective, rows[result["reference"]]["dim"])
+        if not pool:
+            run.set_tags({"gate.status": "failed"})
+            misses = {n: "; ".join(r.line() for r in res if not r.passed) for n, res in gates.items()}
             raise GateFailed(
-                f"no variant passes every gate (alias @{p.alias} left at version {before}); "
-                f"fastest {fastest}: {misses}"
+                f"no {p.objective} candidate passes every gate (aliases @{p.alias} and "
+                f"@{p.challenger_alias} left where they were): "
+                + " | ".join(f"{n}: {m}" for n, m in misses.items() if m)
             )
-        row = result["variants"][best]
-        run.set_tags({"gate.status": "passed", "promote.variant": best})
-        run.log_metrics(row)
-        example = unique_sentences(read_sts_tsv(config.PREPARED_DIR / "sts_dev.tsv"))[:2]
+        chosen = best(pool, p.objective, p.speed_noise_floor)
+        row = rows[chosen.name]
+        incumbent = None
+        if result.get("incumbent"):
+            inc_row = rows["incumbent"]
+            incumbent = Contender.from_row(result["incumbent"]["variant"], inc_row)
+            inc_gates = gate_results(rows, ["incumbent"], p.gate)["incumbent"]
+        if incumbent is not None and not all(r.passed for r in inc_gates):
+            promoted, reason = (
+                True,
+                "the incumbent fails today's gate: " + "; ".join(r.line() for r in inc_gates if not r.passed),
+            )
+        else:
+            promoted, reason = decide(chosen, incumbent, p.objective, p.speed_noise_floor)
+        cos = row.get("cos_to_incumbent")
+        reindex = incumbent is not None and (cos is None or cos < p.min_index_cosine)
+        decision = "promoted to champion" if promoted else "kept incumbent"
+        log.info("best %s: %s (%s)", p.objective, chosen.name, reason)
+        run.set_tags({"gate.status": "passed", "promote.variant": chosen.name, "promote.decision": decision})
+        example = unique_sentences(read_sts_tsv(config.PREPARED_DIR / "sts_val.tsv"))[:2]
         with tempfile.TemporaryDirectory() as tmp:
-            bundle = package_variant(config.EXPORT_DIR, best, onnx[best], Path(tmp) / "bundle")
+            bundle = package_variant(config.EXPORT_DIR, chosen.name, onnx[chosen.name], Path(tmp) / "bundle")
             reg = log_and_register_embedder(
                 run,
                 bundle,
                 p.model_name,
-                p.alias,
+                p.challenger_alias,
                 row["dim"],
                 example,
-                tags={
-                    "variant": best,
-                    "retention": row["retention"],
-                    "speedup_vs_teacher": row["speedup_vs_teacher"],
-                    "sts_spearman": row["sts_spearman"],
-                },
+                tags={"variant": chosen.name},
                 model_config=served_config(params.runtime),
             )
+        tags = {
+            "variant": chosen.name,
+            "retention_dev": row["retention"],
+            "retention_dev_ci95": f"[{row['retention_lo']}, {row['retention_hi']}]",
+            "retention_val": row["val_retention"],
+            "speedup_vs_teacher": row["speedup_vs_teacher"],
+            "pipeline.id": pipeline_id(),
+            "git.commit": git_commit(),
+            "params.sha256": params_digest(params),
+            "decision": decision,
+            "decision.reason": reason,
+            "requires_reindex": str(reindex).lower(),
+            "cos_to_incumbent": cos,
+            "incumbent.version": (result.get("incumbent") or {}).get("version"),
+        }
+        describe_version(
+            p.model_name, reg["version"], describe(row, chosen.name, decision, reason, reindex), tags
+        )
+        if promoted:
+            set_alias(p.model_name, p.alias, reg["version"])
+        if reindex:
+            log.warning(
+                "version %s: mean cosine to the incumbent's vectors %s < %s: tagged requires_reindex=true",
+                reg["version"],
+                cos,
+                p.min_index_cosine,
+            )
         out = {
-            "variant": best,
-            **reg,
-            **{
-                k: row[k]
-                for k in ("sts_spearman", "retention", "speedup_vs_teacher", "throughput_sps", "dim")
-            },
+            "decision": decision,
+            "reason": reason,
+            "objective": p.objective,
+            "requires_reindex": reindex,
+            "registered_version": reg["version"],
+            "model_name": p.model_name,
+            "run_id": reg["run_id"],
+            "champion_version": reg["version"] if promoted else result["incumbent"]["version"],
+            "challenger": summary(chosen.name, row),
+            "incumbent": (
+                {
+                    **summary(result["incumbent"]["variant"], rows["incumbent"]),
+                    "version": result["incumbent"]["version"],
+                }
+                if incumbent
+                else None
+            ),
         }
         write_json(config.METRICS_DIR / "promote.json", out)
-        log.info("promoted %s -> models:/%s@%s", best, p.model_name, p.alias)
+        log.info(
+            "%s: %s v%s -> models:/%s@%s; champion is version %s",
+            decision,
+            chosen.name,
+            reg["version"],
+            p.model_name,
+            p.challenger_alias,
+            out["champion_version"],
+        )
 
 
 if __name__ == "__main__":

@@ -29,13 +29,13 @@ def main() -> None:
     with stage_run("prune", params, ["prune"]) as run:
         sentences = read_lines(config.PREPARED_DIR / "corpus.txt")
         targets = np.load(config.TEACHER_EMBED_DIR / "embeddings.npy")
-        dev = read_sts_tsv(config.PREPARED_DIR / "sts_dev.tsv")
-        teacher_dev = read_json(config.METRICS_DIR / "teacher_embed.json")["teacher_dev_spearman"]
+        val = read_sts_tsv(config.PREPARED_DIR / "sts_val.tsv")
+        teacher_val = read_json(config.METRICS_DIR / "teacher_embed.json")["teacher_val_spearman"]
         model = load_sentence_model(config.DISTILL_DIR)
-        before_dev = sts_spearman(lambda s: model.encode(list(s), batch_size=64), dev)
-        # Importance is measured on corpus sentences, never on dev.
+        before_val = sts_spearman(lambda s: model.encode(list(s), batch_size=64), val)
+        # Importance is measured on corpus sentences, never on val.
         rep = prune_model(model, sentences[: p.importance_sentences], p.ffn_keep_ratio, p.heads_to_prune)
-        pruned_dev = sts_spearman(lambda s: model.encode(list(s), batch_size=64), dev)
+        pruned_val = sts_spearman(lambda s: model.encode(list(s), batch_size=64), val)
         n = min(len(sentences), p.recovery_max_sentences)
         rec = None
         if p.recovery_epochs > 0 and rep.params_after < rep.params_before:
@@ -59,10 +59,10 @@ def main() -> None:
                 sentences[:n],
                 targets[:n],
                 cfg,
-                dev[:200],
+                val[:200],
                 on_metrics=lambda m, step: run.log_metrics(m, step=step, prefix="recovery_"),
             )
-        final_dev = sts_spearman(lambda s: model.encode(list(s), batch_size=64), dev)
+        final_val = sts_spearman(lambda s: model.encode(list(s), batch_size=64), val)
         metrics = {
             "ffn_before": rep.ffn_before,
             "ffn_after": rep.ffn_after,
@@ -70,22 +70,22 @@ def main() -> None:
             "heads_after": rep.heads_after,
             "params_before": rep.params_before,
             "params_after": rep.params_after,
-            "dev_spearman_before": round(before_dev, 4),
-            "dev_spearman_pruned": round(pruned_dev, 4),
-            "dev_spearman": round(final_dev, 4),
-            "teacher_dev_spearman": teacher_dev,
-            "retention": round(retention(final_dev, teacher_dev), 5),
-            "retention_vs_parent": round(retention(final_dev, before_dev), 5),
+            "val_spearman_before": round(before_val, 4),
+            "val_spearman_pruned": round(pruned_val, 4),
+            "val_spearman": round(final_val, 4),
+            "teacher_val_spearman": teacher_val,
+            "retention": round(retention(final_val, teacher_val), 5),
+            "retention_vs_parent": round(retention(final_val, before_val), 5),
             "recovery_seconds": round(rec.train_seconds, 1) if rec else 0.0,
         }
         with atomic_dir(config.PRUNE_DIR) as tmp:
             model.save(str(tmp))
         log.info(
-            "pruned model -> %s: dev %.2f (before %.2f, right after pruning %.2f)",
+            "pruned model -> %s: val %.2f (before %.2f, right after pruning %.2f)",
             config.PRUNE_DIR,
-            final_dev,
-            before_dev,
-            pruned_dev,
+            final_val,
+            before_val,
+            pruned_val,
         )
         report(run, "prune", metrics, gate=p.gate)
 

@@ -2,7 +2,7 @@
 
 Writes a bundle (tokenizer, manifest, onnx/, calibration/) to models/quantize:
 ``onnx_fp32`` (fused), ``onnx_fp32_unfused`` (when kept), ``onnx_int8`` (the fastest
-int8 candidate that keeps ``gate.min_retention_vs_fp32`` of its fp32 parent's dev
+int8 candidate that keeps ``gate.min_retention_vs_fp32`` of its fp32 parent's val
 Spearman, after the accuracy fallback where one missed), further candidates when
 ``keep_candidates`` is set, and ``onnx_fp16`` (requires CUDA to evaluate).
 """
@@ -40,8 +40,8 @@ def main() -> None:
     threshold = p.gate.min_retention_vs_fp32
     with stage_run("quantize", params, ["quantize"]) as run:
         model = load_sentence_model(config.PRUNE_DIR)
-        dev = read_sts_tsv(config.PREPARED_DIR / "sts_dev.tsv")[: p.eval_pairs]
-        dev_sentences = unique_sentences(dev)
+        val = read_sts_tsv(config.PREPARED_DIR / "sts_val.tsv")[: p.eval_pairs]
+        val_sentences = unique_sentences(val)
         candidates = plan_candidates(p, has_unfused=p.optimize)
         trt_qdq = p.static.tensorrt_qdq if p.static.tensorrt_qdq is not None else availability()[0]
         calibration: list[str] = []
@@ -77,8 +77,8 @@ def main() -> None:
             tokenizer = load_tokenizer(tmp, params.base.max_seq_length)
             pad = tokenizer.token_to_id("[PAD]")
             build = Builder(parents, calibration, tokenizer, tmp / "calibration", pad_id=int(pad or 0))
-            scorer = Scorer(tmp, dev, params.base.threads)
-            speed_sents = dev_sentences[: p.speed_sentences]
+            scorer = Scorer(tmp, val, params.base.threads)
+            speed_sents = val_sentences[: p.speed_sentences]
 
             parent_rows = {}
             for name, path in parents.items():
@@ -86,7 +86,7 @@ def main() -> None:
                                      "throughput_sps": round(scorer.speed(path, speed_sents), 1)}
             for c in tqdm(candidates, desc="int8 candidates", unit="candidate"):
                 evaluate_candidate(c, onnx_dir / c.file, build, scorer, parents, parent_rows, threshold, p,
-                                   speed_sents, dev_sentences, tmp)
+                                   speed_sents, val_sentences, tmp)
             chosen = pick(candidates)
             for c in candidates:
                 if c is not chosen and not p.keep_candidates:
@@ -121,30 +121,33 @@ def main() -> None:
             sizes = {n: round(dir_size_mb(tmp / v["file"]), 3) for n, v in variants.items()}
         chosen_row = chosen.row
         metrics = {
-            "fp32_dev_spearman": parent_rows[chosen.parent]["spearman"],
-            "int8_dev_spearman": chosen_row["spearman"],
+            "fp32_val_spearman": parent_rows[chosen.parent]["spearman"],
+            "int8_val_spearman": chosen_row["spearman"],
             "retention_vs_fp32": chosen_row["retention_vs_fp32"],
             "speedup_vs_fp32": chosen_row["speedup_vs_fp32"],
             "speedup_vs_onnx_fp32": chosen_row["speedup_vs_onnx_fp32"],
             "int8_recipe": chosen.name,
             "isa": chosen.recipe.isa if chosen.kind == "dynamic" else "static",
             "fallback_nodes_fp32": len((chosen_row.get("fallback") or {}).get("nodes_kept_fp32", [])),
+            "int8_size_mb": sizes["onnx_int8"],
+        }
+        details = {
             "parents": parent_rows,
             "candidates": {c.name: c.row for c in candidates},
             "variants": list(variants),
             "size_mb": sizes,
-            "fused_ops": fusion, "eval_pairs": len(dev), "speed_sentences": len(speed_sents),
+            "fused_ops": fusion, "eval_pairs": len(val), "speed_sentences": len(speed_sents),
             "threads": params.base.threads,
         }
         log.info("bundle -> %s: onnx_int8 = %s (Spearman %.2f, %.4f of fp32, %.2fx fp32 speed)",
                  config.QUANTIZE_DIR, chosen.name, chosen_row["spearman"], chosen_row["retention_vs_fp32"],
                  chosen_row["speedup_vs_fp32"])
         run.log_artifact(config.QUANTIZE_DIR / "calibration", "calibration")
-        report(run, "quantize", metrics, gate=p.gate)
+        report(run, "quantize", metrics, gate=p.gate, details=details)
 
 
 def evaluate_candidate(c: Candidate, path, build: Builder, scorer: Scorer, parents, parent_rows, threshold, p,
-                       speed_sents, dev_sentences, workdir) -> None:
+                       speed_sents, val_sentences, workdir) -> None:
     """Build ``c``, score it against its parent, run the fallback when it misses, time it."""
     parent = parent_rows[c.parent]
     shipped = parent_rows["fused"] if "fused" in parent_rows else parent
@@ -162,7 +165,7 @@ def evaluate_candidate(c: Candidate, path, build: Builder, scorer: Scorer, paren
              row["speedup_vs_fp32"])
     if not row["passed"] and p.fallback.enabled:
         result = run_fallback(c, path, build, scorer, parents[c.parent], parent["spearman"], threshold,
-                              dev_sentences[: p.fallback.sample_sentences], p.fallback.max_nodes, workdir)
+                              val_sentences[: p.fallback.sample_sentences], p.fallback.max_nodes, workdir)
         after = scorer.speed(path, speed_sents)
         score = scorer.spearman(path)
         fb = result.report()

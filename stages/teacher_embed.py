@@ -1,7 +1,7 @@
 """Stage teacher_embed: the teacher's embeddings of the corpus, computed once.
 
 A DVC output of its own, so changing a student hyperparameter never re-encodes
-the corpus. Also scores the teacher on STSb dev: the reference for retention.
+the corpus. Also scores the teacher on STSb val: the reference for retention.
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ def main() -> None:
             show_progress_bar=True,
         ).astype(np.float32)
         seconds = time.perf_counter() - t0
-        dev = read_sts_tsv(config.PREPARED_DIR / "sts_dev.tsv")
-        teacher_dev = sts_spearman(
-            lambda s: teacher.encode(list(s), batch_size=64, convert_to_numpy=True), dev
+        val = read_sts_tsv(config.PREPARED_DIR / "sts_val.tsv")
+        teacher_val = sts_spearman(
+            lambda s: teacher.encode(list(s), batch_size=64, convert_to_numpy=True), val
         )
         digest = hashlib.sha256(corpus_file.read_bytes()).hexdigest()
         with atomic_dir(config.TEACHER_EMBED_DIR) as tmp:
@@ -74,7 +74,7 @@ def main() -> None:
                 "dim": int(emb.shape[1]),
                 "encode_seconds": round(seconds, 2),
                 "sentences_per_second": round(len(sentences) / seconds, 1),
-                "teacher_dev_spearman": round(teacher_dev, 4),
+                "teacher_val_spearman": round(teacher_val, 4),
             },
         )
 

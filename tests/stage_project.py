@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 PATH_ATTRS = {
     "PROJ_ROOT": "", "PARAMS_FILE": "params.yaml", "DATA_DIR": "data", "MODELS_DIR": "models",
-    "METRICS_DIR": "metrics", "PLOTS_DIR": "plots", "PREPARED_DIR": "data/prepared",
+    "METRICS_DIR": "metrics", "PLOTS_DIR": "plots", "REPORTS_DIR": "reports", "PREPARED_DIR": "data/prepared",
     "PRUNE_DIR": "models/prune", "QUANTIZE_DIR": "models/quantize", "EXPORT_DIR": "models/export",
     "PCA_DIR": "models/pca",
 }
@@ -43,6 +43,7 @@ def make_project(root: Path, model_dir: Path, dev_pairs, corpus_lines: int = 200
     shutil.copytree(model_dir, root / "models" / "prune")
     prepared = root / "data" / "prepared"
     prepared.mkdir(parents=True)
+    write_sts_tsv(prepared / "sts_val.tsv", dev_pairs)  # selection split (the tiny STS has one small split)
     write_sts_tsv(prepared / "sts_dev.tsv", dev_pairs)
     write_lines(prepared / "corpus.txt", tiny.sentences(corpus_lines, seed=11))
     write_params(root, {})

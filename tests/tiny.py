@@ -66,7 +66,7 @@ def sts_rows(n: int, seed: int) -> list[tuple[float, str, str]]:
     return rows
 
 
-def write_sts_dir(folder: Path, n_train: int = 60, n_dev: int = 40) -> Path:
+def write_sts_dir(folder: Path, n_train: int = 100, n_dev: int = 40) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for split, n, seed in (("train", n_train, 1), ("dev", n_dev, 2)):
         with open(folder / f"sts-{split}.csv", "w", encoding="utf-8") as fh:

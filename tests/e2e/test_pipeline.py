@@ -22,14 +22,22 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 STAGES = ["prepare", "teacher_embed", "distill", "prune", "quantize", "export", "pca", "evaluate", "promote"]
 KEYS = {
-    "sts_spearman",
+    "dev_spearman",
+    "dev_spearman_lo",
+    "dev_spearman_hi",
     "retention",
+    "retention_lo",
+    "retention_hi",
+    "val_spearman",
+    "val_retention",
     "throughput_sps",
+    "throughput_spread",
     "speedup_vs_teacher",
     "latency_ms_p50_bs1",
     "latency_ms_p95_bs1",
     "size_mb",
     "dim",
+    "cos_to_teacher",
 }
 
 
@@ -51,7 +59,8 @@ def pipeline(tmp_path_factory):
 
 
 def test_every_variant_in_evaluate_json(pipeline):
-    result = json.loads((pipeline["repo"] / "metrics" / "evaluate.json").read_text())
+    repo = pipeline["repo"]
+    result = json.loads((repo / "reports" / "pipeline" / "evaluate.json").read_text())
     names = set(result["variants"])
     assert {
         "teacher_torch",
@@ -63,12 +72,27 @@ def test_every_variant_in_evaluate_json(pipeline):
     } <= names
     for row in result["variants"].values():
         assert KEYS <= set(row)
-    assert result["final"] == "onnx_int8_pca8" and result["variants"]["onnx_int8_pca8"]["dim"] == 8
-    assert result["teacher"]["name"] == "teacher_torch"
+        assert row["dev_spearman_lo"] <= row["dev_spearman"] <= row["dev_spearman_hi"]
+        assert row["retention_lo"] <= row["retention"] <= row["retention_hi"]
+    assert result["variants"]["onnx_int8_pca8"]["dim"] == 8
+    assert result["reference"] == "teacher_torch" and result["incumbent"] is None  # first run: no champion
     assert result["variants"]["teacher_torch"]["retention"] == 1.0
+    headline = json.loads((repo / "metrics" / "evaluate.json").read_text())
+    assert set(headline["variants"]) == names and "final_val_retention" in headline
     for stage in STAGES:
-        assert (pipeline["repo"] / "metrics" / f"{stage}.json").exists(), stage
-    assert json.loads((pipeline["repo"] / "plots" / "evaluate_variants.json").read_text())
+        assert (repo / "metrics" / f"{stage}.json").exists(), stage
+    assert json.loads((repo / "plots" / "evaluate_variants.json").read_text())
+
+
+def test_no_val_or_dev_sentence_in_the_corpus(pipeline):
+    from embopt.data.corpus import read_lines
+    from embopt.data.sts import read_sts_tsv, unique_sentences
+
+    prepared = pipeline["repo"] / "data" / "prepared"
+    corpus = {s.lower() for s in read_lines(prepared / "corpus.txt")}
+    for split in ("val", "dev"):
+        sentences = {s.lower() for s in unique_sentences(read_sts_tsv(prepared / f"sts_{split}.tsv"))}
+        assert sentences and not corpus & sentences, split
 
 
 def test_one_mlflow_run_per_stage_sharing_a_pipeline_id(pipeline):
@@ -81,7 +105,7 @@ def test_one_mlflow_run_per_stage_sharing_a_pipeline_id(pipeline):
     assert len({r.data.tags["pipeline.id"] for r in runs}) == 1
     assert all(r.info.status == "FINISHED" for r in runs)
     distill = next(r for r in runs if r.data.tags["dvc.stage"] == "distill")
-    assert "distill.epochs" in distill.data.params and "dev_spearman" in distill.data.metrics
+    assert "distill.epochs" in distill.data.params and "val_spearman" in distill.data.metrics
 
 
 def test_champion_loads_and_embeds_from_another_folder(pipeline, tmp_path, monkeypatch):
@@ -93,7 +117,7 @@ def test_champion_loads_and_embeds_from_another_folder(pipeline, tmp_path, monke
     model = mlflow.pyfunc.load_model("models:/embopt-tiny@champion")
     promoted = json.loads((pipeline["repo"] / "metrics" / "promote.json").read_text())
     out = model.predict(["A man is playing a guitar.", "The cat is eating the bread."])
-    assert out.shape == (2, promoted["dim"]) and str(out.dtype) == "float32"
+    assert out.shape == (2, promoted["challenger"]["dim"]) and str(out.dtype) == "float32"
     out2 = model.predict(pd.DataFrame({"text": ["A man is playing a guitar."]}))
     assert abs(float(out2[0] @ out[0]) - 1.0) < 1e-5
 
@@ -104,12 +128,48 @@ def test_second_repro_does_nothing(pipeline):
     assert "Running stage" not in proc.stdout
 
 
+def test_rerun_measures_the_incumbent_and_promotes_the_same_variant(pipeline):
+    import mlflow
+
+    repo, run = pipeline["repo"], pipeline["run"]
+    first = json.loads((repo / "metrics" / "promote.json").read_text())
+    assert first["decision"] == "promoted to champion" and first["incumbent"] is None
+    run("dvc", "repro", "-f", "evaluate", "promote")
+    second = json.loads((repo / "metrics" / "promote.json").read_text())
+    result = json.loads((repo / "reports" / "pipeline" / "evaluate.json").read_text())
+    assert result["incumbent"] == {
+        "version": first["registered_version"],
+        "variant": first["challenger"]["variant"],
+    }
+    # Same variant chosen; identical vectors, so no reindex; the champion either stays or moves to its twin.
+    assert second["challenger"]["variant"] == first["challenger"]["variant"]
+    assert result["variants"]["incumbent"]["cos_to_incumbent"] == pytest.approx(1.0, abs=1e-5)
+    assert second["requires_reindex"] is False
+    client = mlflow.MlflowClient(pipeline["uri"])
+    challenger = client.get_model_version_by_alias("embopt-tiny", "challenger")
+    champion = client.get_model_version_by_alias("embopt-tiny", "champion")
+    assert challenger.version == second["registered_version"]
+    assert champion.version == second["champion_version"]
+    assert challenger.tags["decision"] == second["decision"]
+    assert "validation retention" in challenger.description and second["decision"] in challenger.description
+    for key in (
+        "variant",
+        "retention_dev",
+        "retention_dev_ci95",
+        "pipeline.id",
+        "git.commit",
+        "params.sha256",
+    ):
+        assert challenger.tags[key], key
+
+
 def test_pca_change_reruns_only_pca_evaluate_promote_and_failed_gate_keeps_alias(pipeline):
     import mlflow
 
     repo, run = pipeline["repo"], pipeline["run"]
     client = mlflow.MlflowClient(pipeline["uri"])
     before = client.get_model_version_by_alias("embopt-tiny", "champion").version
+    before_challenger = client.get_model_version_by_alias("embopt-tiny", "challenger").version
     params = repo / "params.yaml"
     original = params.read_text()
     text = original.replace("  k: 8\n", "  k: 6\n")
@@ -123,7 +183,8 @@ def test_pca_change_reruns_only_pca_evaluate_promote_and_failed_gate_keeps_alias
     assert set(re.findall(r"Running stage '(\w+)'", proc.stdout)) == {"pca", "evaluate", "promote"}
     assert "gate FAILED: stage=promote metric=speedup" in proc.stderr
     assert client.get_model_version_by_alias("embopt-tiny", "champion").version == before
-    assert json.loads((repo / "metrics" / "evaluate.json").read_text())["final"] == "onnx_int8_pca6"
+    assert client.get_model_version_by_alias("embopt-tiny", "challenger").version == before_challenger
+    assert "onnx_int8_pca6" in json.loads((repo / "metrics" / "evaluate.json").read_text())["variants"]
     params.write_text(original)
 
 

@@ -70,3 +70,37 @@ def test_stage_run_logs_params_tags_metrics_and_gate(store):
     assert "prune.ffn_keep_ratio" not in r.data.params  # only the sections the stage reads
     assert r.data.metrics == {"retention": 0.5, "nested.x": 2.0}
     assert r.info.status == "FAILED"
+
+
+@pytest.mark.parametrize("exc, status", [(SystemExit(143), "KILLED"), (KeyboardInterrupt(), "KILLED"),
+                                         (ValueError("boom"), "FAILED")])
+def test_stopped_or_broken_stage_does_not_stay_running(store, exc, status):
+    params = Params()
+    with pytest.raises(type(exc)), tracking.stage_run("prune", params, ["prune"]):
+        raise exc
+    client = mlflow.MlflowClient(store)
+    (r,) = client.search_runs([client.get_experiment_by_name(params.base.experiment).experiment_id])
+    assert r.info.status == status and type(exc).__name__ in r.data.tags["error"]
+
+
+def test_sigterm_becomes_systemexit_in_a_stage(monkeypatch):
+    import os
+    import signal
+
+    from embopt.pipeline.stage import run_stage
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as info:
+            run_stage("x", lambda: os.kill(os.getpid(), signal.SIGTERM))
+        assert info.value.code == 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_queued_experiment_copy_logs_to_the_workspace_store(tmp_path):
+    from embopt.pipeline import config
+
+    copy = tmp_path / "ws" / ".dvc" / "tmp" / "exps" / "tmpab12" / "sub"
+    assert config.workspace_root(copy) == tmp_path / "ws"
+    assert config.workspace_root(tmp_path / "ws") == tmp_path / "ws"

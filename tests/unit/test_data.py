@@ -10,7 +10,7 @@ from embopt.errors import DataError
 def test_read_sts_local(sts_dir):
     sts, source = load_sts("auto", sts_dir, "unused/hub-id")
     assert source.startswith("local:")
-    assert len(sts["train"]) == 60 and len(sts["dev"]) == 40
+    assert len(sts["train"]) == 100 and len(sts["dev"]) == 40
     assert all(0 <= p.score <= 5 for p in sts["dev"])
 
 
@@ -110,3 +110,45 @@ def test_empty_corpus_and_missing_path(tmp_path):
         build_corpus([tmp_path / "c.txt"], set(), [], 10, 3, 60, seed=0)
     with pytest.raises(DataError, match="data.corpus_path: not found"):
         build_corpus([Path(tmp_path / "nope")], set(), [], 10, 3, 60, seed=0)
+
+
+def test_validation_split_is_seeded_disjoint_and_whole_pairs(sts_dir):
+    from embopt.data.sts import load_sts_local, split_validation
+
+    train = load_sts_local(sts_dir)["train"]
+    rest, val = split_validation(train, 30, seed=5)
+    assert len(val) == 30 and len(rest) == len(train) - 30
+    assert set(map(id, rest)).isdisjoint(map(id, val)) and sorted(rest + val, key=train.index) == train
+    assert split_validation(train, 30, seed=5) == (rest, val)
+    assert split_validation(train, 30, seed=6)[1] != val
+    with pytest.raises(DataError, match="data.val_pairs=.*between 1 and"):
+        split_validation(train, len(train), seed=5)
+
+
+def test_prepare_keeps_val_and_dev_sentences_out_of_the_corpus(
+    tmp_path, sts_dir, corpus_dir, monkeypatch, capsys
+):
+    import json
+
+    import stage_project
+
+    from embopt.data.corpus import read_lines
+    from embopt.data.sts import read_sts_tsv, unique_sentences
+
+    stage_project.write_params(tmp_path, {"data": {
+        "source": "local", "sts_dir": str(sts_dir), "corpus_path": str(corpus_dir), "val_pairs": 30,
+        "corpus_max_sentences": 10_000, "min_words": 1, "max_words": 80}})
+    code, err = stage_project.run("prepare", monkeypatch, tmp_path, capsys)
+    assert code == 0, err
+    prepared = tmp_path / "data" / "prepared"
+    corpus = {s.lower() for s in read_lines(prepared / "corpus.txt")}
+    splits = {s: read_sts_tsv(prepared / f"sts_{s}.tsv") for s in ("train", "val", "dev")}
+    for split in ("val", "dev"):
+        assert not corpus & {s.lower() for s in unique_sentences(splits[split])}, split
+    # The train sentences that are not also in a val/dev pair are in the corpus (include_sts_train).
+    held = {s.lower() for s in unique_sentences(splits["val"] + splits["dev"])}
+    assert {s.lower() for s in unique_sentences(splits["train"])} - held <= corpus
+    metrics = json.loads((tmp_path / "metrics" / "prepare.json").read_text())
+    assert metrics["sts_pairs"] == {k: len(v) for k, v in splits.items()}
+    hashes = metrics["sts_sha256"]
+    assert set(hashes) == {"train", "val", "dev"} and len(set(hashes.values())) == 3

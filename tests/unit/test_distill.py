@@ -110,8 +110,8 @@ def test_best_dev_weights_are_kept(tiny_model, corpus, targets, dev_pairs):
     student = make_student(tiny_model, [0, 3])
     scores: dict[int, float] = {}
     result = train_student(student, corpus, targets, cfg_for(eval_every=3), dev_pairs, device="cpu",
-                           on_metrics=lambda m, step: scores.__setitem__(step, m["dev_spearman"])
-                           if "dev_spearman" in m else None)
+                           on_metrics=lambda m, step: scores.__setitem__(step, m["val_spearman"])
+                           if "val_spearman" in m else None)
     assert sorted(scores) == [3, 6, 9, 12, 15, 18]
     best_step = max(scores, key=lambda s: scores[s])
     assert result.best_step == best_step

@@ -219,7 +219,7 @@ def test_stage_exports_bundle_triton_and_skips_tensorrt(quantized, monkeypatch, 
         assert cfg.max_batch_size == 32 and list(cfg.output[0].dims) == [m["dim"]]
         kinds[name] = cfg.instance_group[0].kind
     assert kinds["embopt_onnx_fp16"] == 1 and kinds["embopt_onnx_int8"] == 2  # GPU / CPU
-    metrics = json.loads((quantized / "metrics" / "export.json").read_text())
+    metrics = json.loads((quantized / "reports" / "pipeline" / "export.json").read_text())
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():

@@ -284,7 +284,8 @@ def test_stage_builds_gated_variants(project, monkeypatch, capsys):
     assert read_ranges(out / static["calibration_ranges"])
     trt = m["tensorrt_sources"]["int8_qdq"]
     assert is_tensorrt_qdq(out / trt["file"])[0] and (out / trt["calibration_ranges"]).exists()
-    metrics = json.loads((project / "metrics" / "quantize.json").read_text())
+    metrics = {**json.loads((project / "metrics" / "quantize.json").read_text()),  # headline
+               **json.loads((project / "reports" / "pipeline" / "quantize.json").read_text())}  # tables
     assert set(metrics["candidates"]) == kept
     assert metrics["int8_recipe"] == v["onnx_int8"]["recipe"]
     chosen = metrics["candidates"][metrics["int8_recipe"]]
@@ -299,7 +300,8 @@ def test_stage_fallback_reports_nodes_and_cost(project, monkeypatch, capsys):
                                                       "keep_unfused": False}})
     code, err = stage_project.run("quantize", monkeypatch, project, capsys)
     assert code == 2 and "metric=retention_vs_fp32" in err
-    metrics = json.loads((project / "metrics" / "quantize.json").read_text())
+    metrics = {**json.loads((project / "metrics" / "quantize.json").read_text()),  # headline
+               **json.loads((project / "reports" / "pipeline" / "quantize.json").read_text())}  # tables
     fb = metrics["candidates"][metrics["int8_recipe"]]["fallback"]
     assert not fb["passed"] and 1 <= len(fb["nodes_kept_fp32"]) <= 2
     assert [s["k"] for s in fb["steps"]] == [1, 2]

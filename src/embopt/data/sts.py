@@ -4,12 +4,14 @@ STS comes from a local STS Benchmark folder (tab-separated, no quoting, >= 7
 columns: genre, file, year, id, score, sentence1, sentence2) or from the hub dataset
 ``sentence-transformers/stsb``. The corpus comes from plain text (one sentence a
 line) or WikiExtractor output (``<doc ...>`` blocks, a title line, one paragraph a
-line). STS dev/test sentences never enter the corpus, so selection on dev is honest.
+line). Validation (carved from train), dev and test sentences never enter the corpus.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import random
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,3 +129,31 @@ def unique_sentences(pairs: Iterable[StsPair]) -> list[str]:
         seen.setdefault(p.s1, None)
         seen.setdefault(p.s2, None)
     return list(seen)
+
+
+def split_validation(pairs: list[StsPair], n_val: int, seed: int) -> tuple[list[StsPair], list[StsPair]]:
+    """Carve a validation split of whole *pairs* from STSb train, by a seeded shuffle.
+
+    Every selection the pipeline makes (best checkpoint, int8 candidate, PCA, champion)
+    is made on this split, so STSb dev stays a report split that nothing was tuned on.
+
+    Returns:
+        (train, val): the remaining train pairs, and ``n_val`` validation pairs.
+    """
+    if not 0 < n_val < len(pairs):
+        raise DataError(f"data.val_pairs={n_val}: must be between 1 and {len(pairs) - 1} (STS train has "
+                        f"{len(pairs)} pairs)")
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    val_idx = set(order[:n_val])
+    train = [p for i, p in enumerate(pairs) if i not in val_idx]
+    val = [pairs[i] for i in sorted(val_idx)]
+    return train, val
+
+
+def split_digest(pairs: Iterable[StsPair]) -> str:
+    """A short content hash of a split, recorded in metrics/prepare.json (same split -> same hash)."""
+    h = hashlib.sha256()
+    for p in pairs:
+        h.update(f"{p.score}\t{p.s1}\t{p.s2}\n".encode())
+    return h.hexdigest()[:16]

@@ -1,22 +1,27 @@
 """Evaluate every variant on the same sentences with the same threads.
 
-One row per variant: STS dev Spearman, retention vs the teacher, throughput at a
-fixed batch size, latency percentiles at batch 1, size on disk and output dim.
+Accuracy on two splits: the validation split (carved from STSb train), on which
+promote *chooses*, and STSb dev, which is only *reported*, with a bootstrap 95%
+interval. Speed is timed on validation sentences, interleaved across variants
+(each round runs every variant once, in a rotated order), so a load change on the
+machine hits all of them alike; the spread over rounds is the noise promote uses.
 """
 
 from __future__ import annotations
 
 import logging
 import platform
+import statistics
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from embopt.bench.timing import latency_ms, throughput
+from embopt.bench.timing import latency_ms
 from embopt.data.sts import StsPair, unique_sentences
-from embopt.eval.sts import retention, sts_spearman
+from embopt.eval.sts import bootstrap_spearman, cosine_rows, pair_cosines, spearman
 from embopt.pipeline.files import dir_size_mb
 
 log = logging.getLogger(__name__)
@@ -45,93 +50,153 @@ def onnx_variant(name: str, embedder, size_path: Path) -> Variant:
     return Variant(name, embedder.embed, embedder.embed, size_path, ("*.onnx",))
 
 
-def measure(
-    v: Variant,
-    dev: Sequence[StsPair],
-    speed_sentences: Sequence[str],
-    latency_sentences: Sequence[str],
-    repeats: int,
-) -> dict:
-    score = sts_spearman(v.encode, dev)
-    dim = int(np.asarray(v.encode(speed_sentences[:2])).shape[1])
-    sps = throughput(v.encode, speed_sentences, repeats=repeats)
-    lat = latency_ms(v.encode_one, latency_sentences)
-    row = {
-        "sts_spearman": round(score, 4),
-        "throughput_sps": round(sps, 1),
-        "latency_ms_p50_bs1": round(lat["p50"], 3),
-        "latency_ms_p95_bs1": round(lat["p95"], 3),
-        "size_mb": round(dir_size_mb(v.size_path, v.size_patterns), 3),
-        "dim": dim,
-    }
-    log.info(
-        "%-20s spearman %.2f  %8.1f sent/s  p50 %.2f ms  %.1f MB  dim %d",
-        v.name,
-        score,
-        sps,
-        lat["p50"],
-        row["size_mb"],
-        dim,
-    )
-    return row
+def interleaved_throughput(
+    variants: Sequence[Variant], sentences: Sequence[str], repeats: int
+) -> dict[str, list]:
+    """Sentences/s of each variant in each of ``repeats`` rounds (after one warm-up each)."""
+    for v in variants:
+        v.encode(list(sentences[:64]))
+    runs: dict[str, list[float]] = {v.name: [] for v in variants}
+    for r in range(repeats):
+        k = r % len(variants)
+        for v in [*variants[k:], *variants[:k]]:
+            t0 = time.perf_counter()
+            v.encode(list(sentences))
+            runs[v.name].append(len(sentences) / (time.perf_counter() - t0))
+    return runs
+
+
+def mean_cosine(a: np.ndarray, b: np.ndarray) -> float | None:
+    """Mean cosine between two models' vectors of the same sentences; None when the widths differ."""
+    return round(float(cosine_rows(a, b).mean()), 5) if a.shape == b.shape else None
 
 
 def evaluate_all(
     variants: list[Variant],
+    val: Sequence[StsPair],
     dev: Sequence[StsPair],
     throughput_n: int,
     latency_n: int,
     repeats: int,
-    final: str,
+    n_boot: int,
+    seed: int,
+    incumbent: str | None = None,
 ) -> dict:
-    """Measure every variant; the first one is the teacher (the reference)."""
+    """Measure every variant; the first one is the teacher (the reference for retention).
+
+    ``incumbent`` names the variant that is the registry's current champion (measured in
+    the same run); every row then carries the mean cosine of its dev vectors to it.
+    """
     from tqdm.auto import tqdm
 
-    sentences = unique_sentences(dev)
-    speed = sentences[:throughput_n]
-    lat = sentences[:latency_n]
-    rows = {}
-    for v in tqdm(variants, desc="evaluate", unit="variant"):
-        rows[v.name] = measure(v, dev, speed, lat, repeats)
-    teacher_name = variants[0].name
-    t = rows[teacher_name]
-    for row in rows.values():
-        row["retention"] = round(retention(row["sts_spearman"], t["sts_spearman"]), 5)
-        row["speedup_vs_teacher"] = round(row["throughput_sps"] / t["throughput_sps"], 3)
-    order = [
-        "sts_spearman",
-        "retention",
-        "throughput_sps",
-        "speedup_vs_teacher",
-        "latency_ms_p50_bs1",
-        "latency_ms_p95_bs1",
-        "size_mb",
-        "dim",
-    ]
-    rows = {k: {key: r[key] for key in order} for k, r in rows.items()}
+    val_s, dev_s = unique_sentences(val), unique_sentences(dev)
+    gold_val = np.array([p.score for p in val])
+    gold_dev = np.array([p.score for p in dev])
+    rows, dev_cos, dev_emb = {}, {}, {}
+    for v in tqdm(variants, desc="accuracy", unit="variant"):
+        val_emb = np.asarray(v.encode(val_s), dtype=np.float32)
+        dev_emb[v.name] = np.asarray(v.encode(dev_s), dtype=np.float32)
+        dev_cos[v.name] = pair_cosines(dev_emb[v.name], dev_s, dev)
+        rows[v.name] = {
+            "val_spearman": 100.0 * spearman(pair_cosines(val_emb, val_s, val), gold_val),
+            "size_mb": round(dir_size_mb(v.size_path, v.size_patterns), 3),
+            "dim": int(val_emb.shape[1]),
+        }
+    ref = variants[0].name
+    for v in variants:
+        row = rows[v.name]
+        b = bootstrap_spearman(dev_cos[v.name], gold_dev, dev_cos[ref], n_boot, seed)
+        row.update(
+            {
+                "dev_spearman": round(b["spearman"], 4),
+                "dev_spearman_lo": round(b["spearman_lo"], 4),
+                "dev_spearman_hi": round(b["spearman_hi"], 4),
+                "retention": round(b["retention"], 5),
+                "retention_lo": round(b["retention_lo"], 5),
+                "retention_hi": round(b["retention_hi"], 5),
+                "val_spearman": round(row["val_spearman"], 4),
+                "val_retention": round(row["val_spearman"] / rows[ref]["val_spearman"], 5),
+                "cos_to_teacher": mean_cosine(dev_emb[v.name], dev_emb[ref]),
+            }
+        )
+        if incumbent is not None:
+            row["cos_to_incumbent"] = mean_cosine(dev_emb[v.name], dev_emb[incumbent])
+    speed_s = val_s[:throughput_n]
+    runs = interleaved_throughput(variants, speed_s, repeats)
+    for v in tqdm(variants, desc="latency", unit="variant"):
+        lat = latency_ms(v.encode_one, val_s[:latency_n])
+        sps = statistics.median(runs[v.name])
+        rows[v.name].update(
+            {
+                "throughput_sps": round(sps, 1),
+                "throughput_spread": round((max(runs[v.name]) - min(runs[v.name])) / sps, 4),
+                "latency_ms_p50_bs1": round(lat["p50"], 3),
+                "latency_ms_p95_bs1": round(lat["p95"], 3),
+            }
+        )
+    for name, row in rows.items():
+        row["speedup_vs_teacher"] = round(row["throughput_sps"] / rows[ref]["throughput_sps"], 3)
+        log.info(
+            "%-22s dev %.2f [%.2f, %.2f]  val retention %.4f  %8.1f sent/s (spread %.1f%%)  %.1f MB",
+            name,
+            row["dev_spearman"],
+            row["dev_spearman_lo"],
+            row["dev_spearman_hi"],
+            row["val_retention"],
+            row["throughput_sps"],
+            100 * row["throughput_spread"],
+            row["size_mb"],
+        )
     return {
-        "teacher": {"name": teacher_name, **rows[teacher_name]},
+        "reference": ref,
         "variants": rows,
-        "final": final,
-        "final_retention": rows[final]["retention"],
-        "final_speedup": rows[final]["speedup_vs_teacher"],
         "setup": {
-            "sentences_sts": len(sentences),
-            "throughput_sentences": len(speed),
-            "latency_sentences": len(lat),
+            "val_pairs": len(val),
+            "dev_pairs": len(dev),
+            "bootstrap_resamples": n_boot,
+            "throughput_sentences": len(speed_s),
+            "throughput_split": "val",
+            "latency_sentences": min(latency_n, len(val_s)),
             "repeats": repeats,
             "machine": platform.machine(),
-            "processor": platform.processor() or "",
+            "processor": _cpu_name(),
             "python": platform.python_version(),
         },
     }
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or ""
+
+
+def headline(result: dict) -> dict:
+    """What ``metrics/evaluate.json`` holds: per variant the numbers a reader compares."""
+    keep = ("retention", "retention_lo", "retention_hi", "val_retention", "speedup_vs_teacher")
+    ref = result["variants"][result["reference"]]
+    return {
+        "teacher_dev_spearman": ref["dev_spearman"],
+        "teacher_val_spearman": ref["val_spearman"],
+        "variants": {n: {k: r[k] for k in keep} for n, r in result["variants"].items()},
+    }
+
+
 def markdown_table(result: dict) -> str:
-    head = "| variant | Spearman | retention | sent/s | speedup | p50 ms | p95 ms | MB | dim |\n"
-    head += "|---|---|---|---|---|---|---|---|---|\n"
+    head = (
+        "| variant | dev Spearman [95% CI] | retention (dev) [95% CI] | retention (val) | sent/s (spread) "
+        "| speedup | p50 ms | p95 ms | MB | dim |\n"
+    )
+    head += "|---|---|---|---|---|---|---|---|---|---|\n"
     lines = [
-        f"| {name} | {r['sts_spearman']:.2f} | {100 * r['retention']:.1f}% | {r['throughput_sps']:.0f} | "
+        f"| {name} | {r['dev_spearman']:.2f} [{r['dev_spearman_lo']:.2f}, {r['dev_spearman_hi']:.2f}] | "
+        f"{100 * r['retention']:.1f}% [{100 * r['retention_lo']:.1f}, {100 * r['retention_hi']:.1f}] | "
+        f"{100 * r['val_retention']:.1f}% | "
+        f"{r['throughput_sps']:.0f} (±{50 * r['throughput_spread']:.1f}%) | "
         f"{r['speedup_vs_teacher']:.2f}x | {r['latency_ms_p50_bs1']:.2f} | {r['latency_ms_p95_bs1']:.2f} | "
         f"{r['size_mb']:.1f} | {r['dim']} |"
         for name, r in result["variants"].items()

@@ -33,11 +33,14 @@ class Base(_Section):
 
 class DataParams(_Section):
     source: Literal["auto", "local", "hub"] = "auto"
-    sts_dir: str = "../shared/data/stsbenchmark"
+    sts_dir: str = "data/raw/stsbenchmark"
     sts_hub_id: str = "sentence-transformers/stsb"
     # A text file (one sentence a line), a WikiExtractor file, or a folder of either.
-    corpus_path: str = "../shared/data/corpus"
+    corpus_path: str = "data/raw/corpus"
     corpus_max_sentences: int = Field(100000, ge=1)
+    # STSb-train pairs carved out (seeded) as the validation split every selection uses;
+    # their sentences never enter the corpus. STSb dev is the report split only.
+    val_pairs: int = Field(1500, ge=1)
     include_sts_train: bool = True
     min_words: int = Field(5, ge=1)
     max_words: int = Field(60, ge=1)
@@ -205,25 +208,37 @@ class PcaParams(_Section):
 
 
 class EvaluateGate(_Section):
-    min_final_retention: float | None = None
+    # Val retention of the last stage's output (int8 + PCA); null: no gate.
+    min_final_val_retention: float | None = None
 
 
 class EvaluateParams(_Section):
     batch_size: int = Field(32, ge=1)
     throughput_sentences: int = Field(2000, ge=1)
     latency_sentences: int = Field(200, ge=1)
-    repeats: int = Field(3, ge=1)
+    repeats: int = Field(5, ge=2)  # interleaved timing rounds; their spread is the noise promote allows for
+    # Resamples of dev pairs for the 95% intervals of Spearman and retention.
+    bootstrap_resamples: int = Field(1000, ge=100)
     gate: EvaluateGate = EvaluateGate()
 
 
 class PromoteGate(_Section):
-    min_retention: float | None = 0.95
+    min_retention: float | None = 0.95  # validation-split retention
     min_speedup: float | None = 2.0
 
 
 class PromoteParams(_Section):
     model_name: str = "embopt-encoder"
     alias: str = "champion"
+    challenger_alias: str = "challenger"
+    # What "best" means. throughput: the fastest full-width variant; variants within the measured
+    # speed noise of it are ranked by validation retention, then size. vector_bytes: the
+    # narrowest vectors (PCA), then validation retention: for storage- and search-bound users.
+    objective: Literal["throughput", "vector_bytes"] = "throughput"
+    # Smallest relative speed difference treated as real, whatever the measured spread says.
+    speed_noise_floor: float = Field(0.05, ge=0, lt=1)
+    # Below this mean cosine to the incumbent's vectors, a promotion is tagged requires_reindex.
+    min_index_cosine: float = Field(0.99, gt=0, le=1)
     gate: PromoteGate = PromoteGate()
 
 

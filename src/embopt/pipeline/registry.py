@@ -99,3 +99,35 @@ def current_alias_version(model_name: str, alias: str) -> str | None:
         return str(_mlflow().MlflowClient().get_model_version_by_alias(model_name, alias).version)
     except MlflowException:
         return None
+
+
+def set_alias(model_name: str, alias: str, version: str) -> None:
+    _mlflow().MlflowClient().set_registered_model_alias(model_name, alias, version)
+    log.info("models:/%s@%s -> version %s", model_name, alias, version)
+
+
+def describe_version(model_name: str, version: str, description: str, tags: Mapping[str, Any]) -> None:
+    """Add the promotion decision to a registered version: what a reviewer reads in the UI."""
+    client = _mlflow().MlflowClient()
+    client.update_model_version(model_name, version, description=description)
+    for key, value in tags.items():
+        client.set_model_version_tag(model_name, version, key, str(value))
+
+
+def alias_bundle(model_name: str, alias: str, dst: Path) -> dict[str, Any] | None:
+    """Download the bundle of ``models:/<name>@<alias>`` into ``dst``; None when the alias is unset.
+
+    evaluate measures the incumbent champion this way, beside the new variants, with the
+    same sentences and threads, so promote compares like with like.
+    """
+    from mlflow.exceptions import MlflowException
+
+    mlflow = _mlflow()
+    try:
+        mv = mlflow.MlflowClient().get_model_version_by_alias(model_name, alias)
+    except MlflowException:
+        return None
+    local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{mv.version}",
+                                                dst_path=str(dst))
+    return {"version": str(mv.version), "variant": mv.tags.get("variant", "unknown"),
+            "bundle": Path(local) / "artifacts" / "bundle"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 
@@ -33,6 +34,9 @@ def run_stage(name: str, fn: Callable[[], None]) -> None:
     """Run a stage's ``main`` and turn known failures into one line and an exit code."""
     setup_logging()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # SIGTERM (dvc killed, a CI timeout) unwinds like Ctrl-C: temp outputs are removed and the
+    # MLflow run ends KILLED instead of staying RUNNING forever.
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         fn()
     except GateFailed as exc:
@@ -43,20 +47,33 @@ def run_stage(name: str, fn: Callable[[], None]) -> None:
         sys.exit(EXIT_ERROR)
 
 
-def report(run, stage: str, metrics: dict, gate=None, metrics_path=None) -> None:
-    """Write ``metrics/<stage>.json``, log it to MLflow, then check the stage's gate.
+def _terminated(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
-    The metrics file is written even when the gate fails, so a miss can be inspected.
+
+def report(run, stage: str, metrics: dict, gate=None, details: dict | None = None) -> None:
+    """Write ``metrics/<stage>.json`` (and ``reports/pipeline/<stage>.json``), log both, check the gate.
+
+    ``metrics`` holds the headline numbers a reader compares across experiments (what
+    ``dvc exp show`` and ``dvc metrics diff`` list); ``details`` holds the tables behind
+    them (per-candidate rows, op counts), kept out of the metrics columns. Both are
+    written even when the gate fails, so a miss can be inspected.
     """
     from embopt.pipeline import config
     from embopt.pipeline.files import write_json
     from embopt.pipeline.gates import enforce, evaluate_gates
 
-    path = metrics_path or (config.METRICS_DIR / f"{stage}.json")
+    path = config.METRICS_DIR / f"{stage}.json"
     write_json(path, metrics)
     run.log_metrics(metrics)
     run.log_artifact(path)
-    logging.getLogger(f"stages.{stage}").info("metrics -> %s", path)
+    logger = logging.getLogger(f"stages.{stage}")
+    logger.info("metrics -> %s", path)
+    if details is not None:
+        detail_path = config.REPORTS_DIR / "pipeline" / f"{stage}.json"
+        write_json(detail_path, details)
+        run.log_artifact(detail_path)
+        logger.info("details -> %s", detail_path)
     if gate is not None:
         results = evaluate_gates(stage, gate, _flat_numbers(metrics))
         run.record_gates(results)

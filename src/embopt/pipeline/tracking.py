@@ -183,7 +183,12 @@ def _run(exp_id: str, tags: Mapping[str, Any], params: Mapping[str, Any], name: 
             )
         try:
             yield StageRun(name, run.info.run_id)
-        except BaseException as exc:
+        except (KeyboardInterrupt, SystemExit) as exc:
+            # Ctrl-C, or SIGTERM (run_stage turns it into SystemExit): the run was stopped, not broken.
+            mlflow.set_tag("error", f"{type(exc).__name__}: {exc}"[:5000])
+            mlflow.end_run(status="KILLED")
+            raise
+        except BaseException as exc:  # start_run's exit marks the run FAILED
             mlflow.set_tag("error", f"{type(exc).__name__}: {exc}"[:5000])
             raise
 

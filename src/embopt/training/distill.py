@@ -1,7 +1,7 @@
 """Embedding distillation: train a student to reproduce the teacher's sentence embeddings.
 
 The loop is plain PyTorch so every choice is visible: AdamW with linear warmup and
-decay, gradient clipping, evaluation on STSb dev every N steps keeping the best
+decay, gradient clipping, evaluation on the validation split every N steps keeping the best
 weights, optional early stopping, and checkpoints that make an interrupted run
 resume where it stopped with the same result as an uninterrupted one (the data
 order is a pure function of seed and epoch; RNG state is saved with the weights).
@@ -240,7 +240,7 @@ def train_student(
     """Train ``student`` in place so that its embeddings match ``targets``.
 
     Args:
-        student: a SentenceTransformer; its best weights (by dev Spearman) are loaded at the end.
+        student: a SentenceTransformer; its best weights (by validation Spearman) are loaded at the end.
         sentences: training sentences, aligned with ``targets`` rows.
         targets: teacher embeddings, float32 (N, dim). When the student's embedding width differs,
             a learned projection maps it to ``dim`` for the loss (see :class:`TrainResult`).
@@ -367,7 +367,7 @@ def train_student(
     hooks = []
     if hidden_on:
         def keep_output(module, _inputs, output) -> None:
-            if module.training:  # dev evaluation runs in eval mode: nothing to keep
+            if module.training:  # validation runs in eval mode: nothing to keep
                 captured.append(_block_output(output))
 
         hooks = [block.register_forward_hook(keep_output) for block in layer_modules(student)]
@@ -429,13 +429,13 @@ def train_student(
             if step % cfg.eval_every == 0 or step == total:
                 score = evaluate()
                 if on_metrics is not None:
-                    on_metrics({"dev_spearman": score}, step)
+                    on_metrics({"val_spearman": score}, step)
                 if score > best_score:
                     best_score, best_step, stale = score, step, 0
                     best_state = snapshot()
                 else:
                     stale += 1
-                log.info("step %d/%d: dev Spearman %.2f (best %.2f at %d)", step, total, score, best_score,
+                log.info("step %d/%d: val Spearman %.2f (best %.2f at %d)", step, total, score, best_score,
                          best_step)
                 if cfg.early_stopping_patience and stale >= cfg.early_stopping_patience:
                     log.info("early stopping: no improvement in %d evaluations", stale)
