@@ -43,7 +43,7 @@ def run_stage(name: str, fn: Callable[[], None]) -> None:
         sys.exit(EXIT_ERROR)
 
 
-def report(run, stage: str, metrics: dict, gate=None, metrics_path=None) -> None:
+def report(run, stage: str, metrics: dict, gate=None) -> None:
     """Write ``metrics/<stage>.json``, log it to MLflow, then check the stage's gate.
 
     The metrics file is written even when the gate fails, so a miss can be inspected.
@@ -52,7 +52,7 @@ def report(run, stage: str, metrics: dict, gate=None, metrics_path=None) -> None
     from embopt.pipeline.files import write_json
     from embopt.pipeline.gates import enforce, evaluate_gates
 
-    path = metrics_path or (config.METRICS_DIR / f"{stage}.json")
+    path = config.METRICS_DIR / f"{stage}.json"
     write_json(path, metrics)
     run.log_metrics(metrics)
     run.log_artifact(path)
