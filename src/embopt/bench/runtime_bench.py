@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from embopt.bench.timing import interleaved, pin_threads
+from embopt.bench.timing import accumulating, interleaved, pin_threads
 from embopt.pipeline.gates import GateResult
 from embopt.pipeline.params import RuntimeBenchTargets
 
@@ -129,16 +129,8 @@ def _wrap_session(st_model) -> dict[str, float] | None:
     session = getattr(ort_model, "session", None) or getattr(ort_model, "model", None)
     if session is None or not hasattr(session, "run"):
         return None
-    timer, real = {"run_s": 0.0}, session.run
-
-    def timed(*args, **kwargs):
-        t0 = time.perf_counter()
-        try:
-            return real(*args, **kwargs)
-        finally:
-            timer["run_s"] += time.perf_counter() - t0
-
-    session.run = timed
+    timer = {"run_s": 0.0}
+    session.run = accumulating(session.run, timer, "run_s")
     return timer
 
 

@@ -73,6 +73,19 @@ def interleaved(
     return out
 
 
+def accumulating(fn: Callable[..., Any], acc: dict[str, float], key: str) -> Callable[..., Any]:
+    """``fn``, adding the wall seconds of each of its calls to ``acc[key]`` (timing inside a library)."""
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            acc[key] = acc.get(key, 0.0) + time.perf_counter() - t0
+
+    return timed
+
+
 def per_call_ms(encode: Callable[[Sequence[str]], object], texts: Sequence[str]) -> list[float]:
     """Milliseconds of ``encode([text])`` for every text (batch 1)."""
     times = []
