@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from embopt.bench.timing import accumulating, interleaved, pin_threads
+from embopt.errors import EmboptError
 from embopt.pipeline.gates import GateResult
 from embopt.pipeline.params import RuntimeBenchTargets
 
@@ -88,6 +89,8 @@ def prepare_models(opts: RuntimeBenchOptions) -> tuple[dict[str, dict[str, Path]
     work.mkdir(parents=True, exist_ok=True)
     preset = opts.quantization or st_preset()
     teacher = load_sentence_model(opts.teacher)
+    if not 1 <= opts.student_layers <= num_layers(teacher):
+        raise EmboptError(f"--student-layers: {opts.student_layers} must be in 1..{num_layers(teacher)}")
     keep = choose_layers(num_layers(teacher), None, opts.student_layers)
     models = {}
     for name, make in (("teacher", lambda: teacher), ("student", lambda: make_student(teacher, keep))):

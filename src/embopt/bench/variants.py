@@ -132,13 +132,15 @@ class STVariant(BenchVariant):
         import torch
 
         model, old = self._model(threads), torch.get_num_threads()
-        torch.set_num_threads(threads)
+        if old != threads:  # not on every call: it is inside the timed batch-1 calls
+            torch.set_num_threads(threads)
         try:
             with torch.inference_mode():
                 return model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True,
                                     show_progress_bar=False)
         finally:
-            torch.set_num_threads(old)
+            if old != threads:
+                torch.set_num_threads(old)
 
     def set_max_seq_length(self, length: int) -> None:
         self.max_seq_length = length
