@@ -14,8 +14,9 @@ Run (a few minutes on 2 cores; the teacher is the default)::
 
 Prints a markdown table; retention is vs the fp32 ONNX parent of the row (fused or
 unfused), speedup vs the fused fp32 ONNX model. Spearman on the whole dev set; speed
-on ``--speed-sentences`` dev sentences, every variant once per round, best of
-``--repeats`` rounds, so background load on a shared machine hurts less.
+on ``--speed-sentences`` dev sentences, every variant once per round in a rotated order
+(``embopt.bench.timing.interleaved``), best of ``--repeats`` rounds, so background load on
+a shared machine hurts less.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from embopt.bench.timing import pin_threads  # noqa: E402
+from embopt.bench.timing import interleaved, pin_threads  # noqa: E402
+from embopt.bench.variants import export_st_onnx, st_model  # noqa: E402
 from embopt.data.corpus import read_lines  # noqa: E402
 from embopt.data.sts import read_sts_file, unique_sentences  # noqa: E402
 from embopt.eval.sts import retention, sts_spearman  # noqa: E402
@@ -168,17 +170,13 @@ def main() -> None:
     if wanted("st_"):
         st_anchor(args, src, work, measure)
 
-    # Speed: every variant once per round, rounds repeated, best round kept: background load on a
-    # shared machine then slows all variants alike instead of whichever happened to run during it.
+    # Speed: every variant once per round (order rotated), rounds repeated, best round kept: background
+    # load on a shared machine then slows all variants alike instead of whichever ran during it.
     for name in encoders:
         encoders[name](speed[:64])  # warm-up
-    for r in range(args.repeats):
-        for name, encode in encoders.items():
-            t0 = time.perf_counter()
-            encode(speed)
-            sps = len(speed) / (time.perf_counter() - t0)
-            results[name]["sps"] = max(results[name]["sps"], sps) if r else sps
-        print(f"  speed round {r + 1}/{args.repeats} done", file=sys.stderr, flush=True)
+    seconds = interleaved(encoders, [speed], args.repeats)
+    for name, secs in seconds.items():
+        results[name]["sps"] = len(speed) / float(secs.min())
 
     print_table(results, args, detect_isa())
     if args.workdir is None:
@@ -212,25 +210,16 @@ def fallback_row(args, parents, calib, tok, work: Path, dev, results: dict, onnx
 
 
 def st_anchor(args, src: str, work: Path, measure) -> None:
-    """sentence-transformers' ONNX backend: its export and its avx512_vnni dynamic int8."""
-    from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
-
+    """sentence-transformers' ONNX backend: its export and its avx512_vnni dynamic int8 (the anchor builder
+    of ``embopt bench``), on the sweep's threads."""
     st_dir = work / "st"
     if not st_dir.exists():
         shutil.copytree(src, st_dir)
-    st = SentenceTransformer(str(st_dir), backend="onnx", device="cpu")
-    st.max_seq_length = args.max_seq_length
-    if not (st_dir / "onnx" / "model.onnx").exists():
-        st.save_pretrained(str(st_dir))
-    with contextlib.redirect_stdout(io.StringIO()):
-        export_dynamic_quantized_onnx_model(st, "avx512_vnni", str(st_dir))
-    q = SentenceTransformer(str(st_dir), backend="onnx", device="cpu",
-                            model_kwargs={"file_name": "onnx/model_qint8_avx512_vnni.onnx"})
-    q.max_seq_length = args.max_seq_length
-    for name, m, f in (("st_onnx_fp32", st, "model.onnx"), ("st_dynamic_int8_avx512_vnni", q,
-                                                              "model_qint8_avx512_vnni.onnx")):
+    files = export_st_onnx(st_dir, "avx512_vnni")
+    for name, path in (("st_onnx_fp32", files["fp32"]), ("st_dynamic_int8_avx512_vnni", files["int8"])):
+        m = st_model(st_dir, args.threads, args.max_seq_length, f"onnx/{path.name}")
         measure(name, lambda t, m=m: m.encode(list(t), batch_size=args.batch_size, show_progress_bar=False),
-                st_dir / "onnx" / f, "st_onnx_fp32")
+                path, "st_onnx_fp32")
 
 
 def print_table(results: dict[str, dict], args, isa: str) -> None:

@@ -7,8 +7,9 @@ import json
 import numpy as np
 from typer.testing import CliRunner
 
-from embopt.bench.runtime_bench import check_targets, spaced_layers, zipf_stream
+from embopt.bench.runtime_bench import check_targets, zipf_stream
 from embopt.cli.main import app
+from embopt.training.student import choose_layers
 
 
 def test_zipf_stream_repeats_popular_texts():
@@ -20,8 +21,9 @@ def test_zipf_stream_repeats_popular_texts():
     assert zipf_stream(texts, 2000, 1.0, seed=1) == stream
 
 
-def test_spaced_layers():
-    assert spaced_layers(6, 2) == [0, 5] and spaced_layers(6, 1) == [5] and spaced_layers(4, 3) == [0, 2, 3]
+def test_student_layers_are_spaced_like_distill():
+    spaced = lambda n, count: choose_layers(n, None, count)  # noqa: E731  (what bench-runtime cuts)
+    assert spaced(6, 2) == [0, 5] and spaced(6, 1) == [5] and spaced(4, 3) == [0, 2, 3]
 
 
 def test_quick_run_writes_results(tiny_model_dir, sts_dir, tmp_path, monkeypatch):

@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 PHASES = ("tokenize", "build_tensors", "model_run", "pooling_normalize", "other")
 
@@ -42,23 +39,10 @@ def st_phase_timer(model) -> Iterator[dict[str, float]]:
     """
     from transformers.tokenization_utils_base import BatchEncoding
 
+    from embopt.bench.timing import accumulating
+
     acc: dict[str, float] = defaultdict(float)
     orig_convert = BatchEncoding.convert_to_tensors
-    orig_preprocess = model.preprocess
-
-    def convert(self, *args, **kwargs):
-        t0 = time.perf_counter()
-        try:
-            return orig_convert(self, *args, **kwargs)
-        finally:
-            acc["build_tensors"] += time.perf_counter() - t0
-
-    def preprocess(*args, **kwargs):
-        t0 = time.perf_counter()
-        try:
-            return orig_preprocess(*args, **kwargs)
-        finally:
-            acc["_preprocess"] += time.perf_counter() - t0
 
     starts: dict[int, float] = {}
     handles = []
@@ -73,8 +57,8 @@ def st_phase_timer(model) -> Iterator[dict[str, float]]:
 
         handles.append(module.register_forward_pre_hook(pre))
         handles.append(module.register_forward_hook(post))
-    BatchEncoding.convert_to_tensors = convert
-    model.preprocess = preprocess
+    BatchEncoding.convert_to_tensors = accumulating(orig_convert, acc, "build_tensors")
+    model.preprocess = accumulating(model.preprocess, acc, "_preprocess")
     try:
         yield acc
     finally:
@@ -108,24 +92,14 @@ def embedder_phases(embedder, texts: Sequence[str], pooling_share: float = 0.0) 
     ``pooling_share`` (from an ORT profile) splits it. What is neither tokenization
     nor the session run is building the padded arrays plus Python bookkeeping.
     """
-    if not hasattr(embedder, "timings"):
-        raise AttributeError("this Embedder has no timings counters (embopt.serving.runtime too old)")
-    if hasattr(embedder, "reset_timings"):
-        embedder.reset_timings()
+    embedder.reset_timings()
     t0 = time.perf_counter()
     embedder.embed(list(texts))
     total = time.perf_counter() - t0
-    tm = embedder.timings
-    run = float(getattr(tm, "run_s", 0.0))
-    tok = float(getattr(tm, "tokenize_s", 0.0))
-    build = float(getattr(tm, "build_s", max(total - run - tok, 0.0)))
-    acc = {
-        "tokenize": tok,
-        "build_tensors": build,
-        "model_run": run * (1.0 - pooling_share),
-        "pooling_normalize": run * pooling_share,
-    }
-    return finish_phases(acc, total)
+    run, tok = float(embedder.timings.run_s), float(embedder.timings.tokenize_s)
+    return finish_phases({"tokenize": tok, "build_tensors": max(total - run - tok, 0.0),
+                          "model_run": run * (1.0 - pooling_share), "pooling_normalize": run * pooling_share},
+                         total)
 
 
 def finish_phases(acc: dict[str, float], total: float) -> dict[str, float]:
@@ -150,26 +124,18 @@ def pooling_nodes(onnx_path: Path) -> set[str]:
     """
     import onnx
 
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    names: set[str] = set()
-    last_ln = -1
-    for i, node in enumerate(graph.node):
-        if "LayerNorm" in node.op_type:
-            last_ln = i
-    for i, node in enumerate(graph.node):
-        top_level = node.name.startswith("/") and not node.name.startswith("/transformer")
-        if top_level or node.name.startswith("pca_") or (last_ln >= 0 and i > last_ln):
-            names.add(node.name)
-    return names
+    nodes = onnx.load(str(onnx_path), load_external_data=False).graph.node
+    last_ln = max((i for i, node in enumerate(nodes) if "LayerNorm" in node.op_type), default=-1)
+    return {node.name for i, node in enumerate(nodes)
+            if (node.name.startswith("/") and not node.name.startswith("/transformer"))
+            or node.name.startswith("pca_") or (last_ln >= 0 and i > last_ln)}
 
 
 def ort_profile_summary(profile_json: Path, pooling: set[str] | None = None) -> dict[str, Any]:
     """Aggregate an ONNX Runtime profile: time per op type and the pooling/normalisation share."""
     events = json.loads(Path(profile_json).read_text(encoding="utf-8"))
     by_op: dict[str, float] = defaultdict(float)
-    pool_us = 0.0
-    total_us = 0.0
-    runs_us = 0.0
+    pool_us = total_us = runs_us = 0.0
     for ev in events:
         if ev.get("cat") == "Session" and ev.get("name") == "model_run":
             runs_us += float(ev.get("dur", 0))

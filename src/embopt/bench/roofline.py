@@ -14,17 +14,12 @@ dynamic int8 graphs run) and a ``torch.matmul`` in fp32, both n x n x n.
 from __future__ import annotations
 
 import json
-import logging
-import statistics
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -99,14 +94,15 @@ def mean_ops(shape: EncoderShape, token_counts: Iterable[int]) -> float:
 # ----------------------------------------------------------------------------- peaks
 
 
-def _best_and_median(fn, repeats: int) -> tuple[float, float]:
-    fn()  # warm-up: thread pools, packing buffers
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), statistics.median(times)
+def _peak(fn, n: int, threads: int, repeats: int) -> dict[str, float]:
+    """Ops/s of ``fn`` (an n x n x n product) in its best and its median run, after a warm-up."""
+    from embopt.bench.timing import interleaved
+
+    fn(None)  # warm-up: thread pools, packing buffers
+    runs = interleaved({"peak": fn}, [None], repeats)["peak"][:, 0]
+    ops = 2.0 * n**3
+    return {"n": n, "threads": threads, "peak_ops_s": ops / float(runs.min()),
+            "median_ops_s": ops / float(np.median(runs))}
 
 
 def fp32_peak(threads: int, n: int = 2048, repeats: int = 5) -> dict[str, float]:
@@ -119,11 +115,9 @@ def fp32_peak(threads: int, n: int = 2048, repeats: int = 5) -> dict[str, float]
         g = torch.Generator().manual_seed(0)
         a = torch.randn(n, n, generator=g)
         b = torch.randn(n, n, generator=g)
-        best, med = _best_and_median(lambda: torch.matmul(a, b), repeats)
+        return _peak(lambda _: torch.matmul(a, b), n, threads, repeats)
     finally:
         torch.set_num_threads(old)
-    ops = 2.0 * n**3
-    return {"n": n, "threads": threads, "peak_ops_s": ops / best, "median_ops_s": ops / med}
 
 
 def int8_peak(threads: int, n: int = 2048, repeats: int = 5) -> dict[str, float]:
@@ -148,9 +142,7 @@ def int8_peak(threads: int, n: int = 2048, repeats: int = 5) -> dict[str, float]
         model.SerializeToString(), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
     )
     a = rng.integers(0, 256, size=(n, n), dtype=np.uint8)
-    best, med = _best_and_median(lambda: sess.run(None, {"a": a}), repeats)
-    ops = 2.0 * n**3
-    return {"n": n, "threads": threads, "peak_ops_s": ops / best, "median_ops_s": ops / med}
+    return _peak(lambda _: sess.run(None, {"a": a}), n, threads, repeats)
 
 
 def roofline_row(

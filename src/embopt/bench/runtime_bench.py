@@ -14,13 +14,12 @@ What it measures (one process, same sentences, same threads, interleaved repeats
 
 Models are built once into a work folder (ONNX exports of the teacher and of a student cut
 to ``student_layers`` of its layers: speed does not depend on training, so no training here).
-Benchmarks are not tests: nothing here asserts a speed; the report says which targets are met.
+Benchmarks are not tests: nothing here asserts a speed; the report says which targets are met
+(``bench.runtime_targets`` in params.yaml).
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import os
 import platform
@@ -33,19 +32,13 @@ from typing import Any
 
 import numpy as np
 
+from embopt.bench.timing import accumulating, interleaved, pin_threads
 from embopt.errors import EmboptError
 from embopt.pipeline.gates import GateResult
+from embopt.pipeline.params import RuntimeBenchTargets
 
 log = logging.getLogger(__name__)
-
-TARGETS = {
-    "overhead_teacher_int8_max": 0.15,
-    "overhead_student_int8_max": 0.25,
-    "same_file_speedup_min": 1.3,
-    "cache_speedup_min": 5.0,
-    "cache_hit_us_max": 20.0,
-    "fidelity_cosine_min": 0.9999,
-}
+PATHS = ("st_onnx_int8", "embopt_same_file_int8", "embopt_pipeline_int8")
 
 
 @dataclass
@@ -65,79 +58,20 @@ class RuntimeBenchOptions:
     hit_probes: int = 20
     single_queries: bool = True  # also time the stream one query per request (a search box)
     quantization: str = ""  # sentence-transformers preset; "": picked from the CPU flags
-    extra: dict[str, Any] = field(default_factory=dict)
+    targets: RuntimeBenchTargets = field(default_factory=RuntimeBenchTargets)
+
+    def quick_mode(self) -> RuntimeBenchOptions:
+        """A tiny run that checks the command works (numbers are not meaningful)."""
+        self.repeats, self.sentences = 2, self.sentences or 48
+        self.zipf_queries, self.hit_probes = min(self.zipf_queries, 400), 2
+        return self
+
+    def params(self) -> dict[str, Any]:
+        """The options as MLflow params (the targets are tags)."""
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items() if k != "targets"}
 
 
 # ---------------------------------------------------------------------------------------- models
-
-
-def cpu_preset() -> str:
-    """sentence-transformers' quantization preset for this CPU (avx512_vnni, avx512, avx2 or arm64)."""
-    if platform.machine().lower() in ("arm64", "aarch64"):
-        return "arm64"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "avx2"
-    for preset, flag in (("avx512_vnni", "avx512_vnni"), ("avx512", "avx512f")):
-        if flag in flags:
-            return preset
-    return "avx2"
-
-
-def spaced_layers(n_teacher: int, count: int) -> list[int]:
-    """``count`` teacher layers evenly spaced, first and last kept (as the distill stage's default)."""
-    if not 1 <= count <= n_teacher:
-        raise EmboptError(f"student_layers: {count} must be in 1..{n_teacher}")
-    if count == 1:
-        return [n_teacher - 1]
-    step = (n_teacher - 1) / (count - 1)
-    return sorted({round(i * step) for i in range(count)})
-
-
-def cut_layers(st_model, keep: list[int]):
-    """A copy of a SentenceTransformer keeping only the transformer blocks ``keep``."""
-    import torch
-
-    student = copy.deepcopy(st_model)
-    hf = student[0].auto_model
-    parent = hf.encoder if hasattr(hf, "encoder") else hf.transformer
-    parent.layer = torch.nn.ModuleList([parent.layer[i] for i in keep])
-    for attr in ("num_hidden_layers", "n_layers"):
-        if hasattr(hf.config, attr):
-            setattr(hf.config, attr, len(keep))
-    return student
-
-
-def _st_onnx_files(st_dir: Path, preset: str, threads: int) -> dict[str, Path]:
-    """sentence-transformers' ONNX export (fp32) and its dynamic int8 export, built once."""
-    from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
-
-    fp32 = st_dir / "onnx" / "model.onnx"
-    int8 = st_dir / "onnx" / f"model_qint8_{preset}.onnx"
-    if not fp32.exists():
-        model = SentenceTransformer(
-            str(st_dir), device="cpu", backend="onnx", model_kwargs={"provider": "CPUExecutionProvider"}
-        )
-        model.save_pretrained(str(st_dir))
-    if not int8.exists():
-        model = SentenceTransformer(
-            str(st_dir),
-            device="cpu",
-            backend="onnx",
-            model_kwargs={"provider": "CPUExecutionProvider", "file_name": "onnx/model.onnx"},
-        )
-        export_dynamic_quantized_onnx_model(model, preset, str(st_dir))
-    return {"fp32": fp32, "int8": int8}
-
-
-def _our_bundle(st_model, st_dir: Path, bundle: Path, max_seq_length: int) -> Path:
-    """Our pipeline's export of the same model: fused fp32 ONNX, dynamic int8, tokenizer, manifest."""
-    from embopt.bench.simple_bundle import build_simple_bundle
-
-    if (bundle / "manifest.json").exists():
-        return bundle
-    return build_simple_bundle(st_model, st_dir, bundle, max_seq_length)
 
 
 def prepare_models(opts: RuntimeBenchOptions) -> tuple[dict[str, dict[str, Path]], dict[str, Any]]:
@@ -146,63 +80,50 @@ def prepare_models(opts: RuntimeBenchOptions) -> tuple[dict[str, dict[str, Path]
     Returns:
         ``{"teacher": paths, "student": paths}`` and a description (layers kept, int8 preset).
     """
-    from embopt.training.modeling import load_sentence_model
+    from embopt.bench.simple_bundle import build_simple_bundle
+    from embopt.bench.variants import export_st_onnx, st_preset
+    from embopt.training.modeling import load_sentence_model, num_layers
+    from embopt.training.student import choose_layers, make_student
 
     work = Path(opts.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    preset = opts.quantization or cpu_preset()
+    preset = opts.quantization or st_preset()
     teacher = load_sentence_model(opts.teacher)
-    n_layers = len(teacher[0].auto_model.encoder.layer)
-    keep = spaced_layers(n_layers, opts.student_layers)
+    if not 1 <= opts.student_layers <= num_layers(teacher):
+        raise EmboptError(f"--student-layers: {opts.student_layers} must be in 1..{num_layers(teacher)}")
+    keep = choose_layers(num_layers(teacher), None, opts.student_layers)
     models = {}
-    for name, make in (("teacher", lambda: teacher), ("student", lambda: cut_layers(teacher, keep))):
-        st_dir = work / f"{name}_st"
-        model = None
+    for name, make in (("teacher", lambda: teacher), ("student", lambda: make_student(teacher, keep))):
+        st_dir, bundle = work / f"{name}_st", work / f"{name}_bundle"
+        model = make()
         if not (st_dir / "modules.json").exists():
-            model = make()
             model.save(str(st_dir))
-        model = model or make()
-        files = _st_onnx_files(st_dir, preset, opts.threads)
-        bundle = _our_bundle(model, st_dir, work / f"{name}_bundle", opts.max_seq_length)
+        files = export_st_onnx(st_dir, preset)
+        if not (bundle / "manifest.json").exists():
+            build_simple_bundle(model, st_dir, bundle, opts.max_seq_length)
         models[name] = {"st_dir": st_dir, "bundle": bundle, **{f"st_{k}": v for k, v in files.items()}}
     log.info("models in %s (student keeps teacher layers %s; int8 preset %s)", work, keep, preset)
-    return models, {"student_layers": keep, "teacher_layers": n_layers, "int8_preset": preset}
+    return models, {"student_layers": keep, "teacher_layers": num_layers(teacher), "int8_preset": preset}
 
 
-# ---------------------------------------------------------------------------------------- timing
+def make_embedder(bundle: Path, opts: RuntimeBenchOptions, **kwargs):
+    from embopt.serving.runtime import Embedder
+
+    return Embedder(bundle, threads=opts.threads, batch_size=opts.batch_size,
+                    max_seq_length=opts.max_seq_length, **kwargs)
 
 
-def st_onnx_encoder(st_dir: Path, onnx_file: Path, threads: int, batch_size: int, max_seq_length: int):
-    """sentence-transformers' ONNX backend on ``onnx_file`` with ``threads``; returns (encode, timer)."""
-    import onnxruntime as ort
-    from sentence_transformers import SentenceTransformer
+def st_onnx_encoder(m: dict[str, Path], onnx_file: Path, opts: RuntimeBenchOptions):
+    """sentence-transformers' ONNX backend on ``onnx_file``; returns (encode, timer of its session runs)."""
+    from embopt.bench.variants import st_model
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    model = SentenceTransformer(
-        str(st_dir),
-        device="cpu",
-        backend="onnx",
-        model_kwargs={
-            "provider": "CPUExecutionProvider",
-            "file_name": str(onnx_file.relative_to(st_dir)),
-            "session_options": so,
-        },
-    )
-    model.max_seq_length = max_seq_length
-    timer = _wrap_session(model)
+    model = st_model(m["st_dir"], opts.threads, opts.max_seq_length, str(onnx_file.relative_to(m["st_dir"])))
 
     def encode(texts: Sequence[str]) -> np.ndarray:
-        return model.encode(
-            list(texts),
-            batch_size=batch_size,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-            normalize_embeddings=False,
-        )
+        return model.encode(list(texts), batch_size=opts.batch_size, convert_to_numpy=True,
+                            show_progress_bar=False, normalize_embeddings=False)
 
-    return encode, timer
+    return encode, _wrap_session(model)
 
 
 def _wrap_session(st_model) -> dict[str, float] | None:
@@ -212,157 +133,94 @@ def _wrap_session(st_model) -> dict[str, float] | None:
     if session is None or not hasattr(session, "run"):
         return None
     timer = {"run_s": 0.0}
-    real = session.run
-
-    def timed(*args, **kwargs):
-        t0 = time.perf_counter()
-        try:
-            return real(*args, **kwargs)
-        finally:
-            timer["run_s"] += time.perf_counter() - t0
-
-    session.run = timed
+    session.run = accumulating(session.run, timer, "run_s")
     return timer
+
+
+# ---------------------------------------------------------------------------------------- timing
 
 
 @dataclass
 class Contender:
+    """One encode path; records, per call, the seconds inside ``InferenceSession.run`` and tokenizing."""
+
     name: str
     encode: Callable[[Sequence[str]], np.ndarray]
     embedder: Any = None  # our Embedder (for its timings)
     st_timer: dict[str, float] | None = None
-    seconds: list[float] = field(default_factory=list)  # wall time per round
-    run_seconds: list[float] = field(default_factory=list)  # inside InferenceSession.run, per round
-    tokenize_seconds: list[float] = field(default_factory=list)
+    run_s: list[float] = field(default_factory=list)
+    tokenize_s: list[float] = field(default_factory=list)
 
-    def start_round(self) -> None:
-        self.seconds.append(0.0)
-        self.run_seconds.append(0.0)
-        self.tokenize_seconds.append(0.0)
-
-    def once(self, texts: Sequence[str]) -> None:
-        """Encode ``texts`` and add the wall, run and tokenize times to the current round."""
+    def __call__(self, texts: Sequence[str]) -> None:
         if self.embedder is not None:
             self.embedder.reset_timings()
         if self.st_timer is not None:
             self.st_timer["run_s"] = 0.0
-        t0 = time.perf_counter()
         self.encode(texts)
-        self.seconds[-1] += time.perf_counter() - t0
         if self.embedder is not None:
-            self.run_seconds[-1] += self.embedder.timings.run_s
-            self.tokenize_seconds[-1] += self.embedder.timings.tokenize_s
-        elif self.st_timer is not None:
-            self.run_seconds[-1] += self.st_timer["run_s"]
+            self.run_s.append(self.embedder.timings.run_s)
+            self.tokenize_s.append(self.embedder.timings.tokenize_s)
+        else:
+            self.run_s.append(self.st_timer["run_s"] if self.st_timer is not None else 0.0)
 
-    def row(self, n: int) -> dict[str, Any]:
-        med = statistics.median(self.seconds)
-        measured = self.embedder is not None or (self.st_timer is not None and sum(self.run_seconds) > 0)
-        overhead = [1 - r / w for r, w in zip(self.run_seconds, self.seconds, strict=True)]
-        tokenize = [t / w for t, w in zip(self.tokenize_seconds, self.seconds, strict=True)]
+    def row(self, seconds: np.ndarray, n: int) -> dict[str, Any]:
+        """``seconds[round, chunk]`` of this contender, ``n`` texts a round: medians over rounds."""
+        per_round = [float(x) for x in seconds.sum(axis=1)]
+        med = statistics.median(per_round)
+        run = np.asarray(self.run_s).reshape(seconds.shape).sum(axis=1)
+        ours = self.embedder is not None
+        measured = ours or (self.st_timer is not None and run.sum() > 0)
+        tokenize = np.asarray(self.tokenize_s).reshape(seconds.shape).sum(axis=1) if ours else None
         return {
             "sentences_per_s": round(n / med, 1),
             "seconds_median": round(med, 4),
-            "runs": len(self.seconds),
-            "seconds_per_round": [round(x, 4) for x in self.seconds],
-            "overhead_fraction": round(statistics.median(overhead), 4) if measured else None,
-            "tokenize_fraction": round(statistics.median(tokenize), 4) if self.embedder is not None else None,
+            "runs": len(per_round),
+            "seconds_per_round": [round(x, 4) for x in per_round],
+            "overhead_fraction": round(float(np.median(1 - run / per_round)), 4) if measured else None,
+            "tokenize_fraction": round(float(np.median(tokenize / per_round)), 4) if ours else None,
         }
 
 
-def interleaved(contenders: list[Contender], texts: Sequence[str], repeats: int, chunk: int = 512) -> dict:
-    """Warm every contender, then time ``repeats`` rounds over ``texts``.
-
-    Within a round the texts go in chunks and every contender encodes each chunk in turn
-    (order rotated per chunk), so a change in machine load hits all contenders alike
-    (the machine is shared). Each contender sorts by length within its own call.
-    """
+def timed_rows(contenders: list[Contender], texts: Sequence[str], repeats: int, chunk: int = 512) -> dict:
+    """Warm every contender, then time ``repeats`` rounds over ``texts`` in chunks, interleaved chunk by
+    chunk (:func:`embopt.bench.timing.interleaved`). Each contender sorts by length within its own call."""
     for c in contenders:
         c.encode(list(texts[:64]))
     chunks = [list(texts[i : i + chunk]) for i in range(0, len(texts), chunk)]
-    turn = 0
-    for _ in range(repeats):
-        for c in contenders:
-            c.start_round()
-        for part in chunks:
-            k = turn % len(contenders)
-            turn += 1
-            for c in contenders[k:] + contenders[:k]:
-                c.once(part)
-    return {c.name: c.row(len(texts)) for c in contenders}
+    seconds = interleaved({c.name: c for c in contenders}, chunks, repeats)
+    return {c.name: c.row(seconds[c.name], len(texts)) for c in contenders}
 
 
 # ---------------------------------------------------------------------------------------- parts
 
 
 def speed_and_overhead(models: dict, texts: list[str], opts: RuntimeBenchOptions) -> dict[str, Any]:
-    from embopt.serving.runtime import Embedder
-
     out: dict[str, Any] = {}
     for name in ("teacher", "student"):
         m = models[name]
-        st_enc, st_timer = st_onnx_encoder(
-            m["st_dir"], m["st_int8"], opts.threads, opts.batch_size, opts.max_seq_length
-        )
-        same = Embedder(
-            m["bundle"],
-            onnx_path=m["st_int8"],
-            threads=opts.threads,
-            batch_size=opts.batch_size,
-            max_seq_length=opts.max_seq_length,
-        )
-        ours = Embedder(
-            m["bundle"], threads=opts.threads, batch_size=opts.batch_size, max_seq_length=opts.max_seq_length
-        )
-        contenders = [
-            Contender("st_onnx_int8", st_enc, st_timer=st_timer),
-            Contender("embopt_same_file_int8", same.embed, embedder=same),
-            Contender("embopt_pipeline_int8", ours.embed, embedder=ours),
-        ]
-        log.info(
-            "%s: timing %d sentences x %d rounds (%s)",
-            name,
-            len(texts),
-            opts.repeats,
-            ", ".join(c.name for c in contenders),
-        )
-        rows = interleaved(contenders, texts, opts.repeats)
-        rows["speedup_same_file"] = round(
-            rows["embopt_same_file_int8"]["sentences_per_s"] / rows["st_onnx_int8"]["sentences_per_s"], 3
-        )
-        rows["speedup_pipeline_vs_st"] = round(
-            rows["embopt_pipeline_int8"]["sentences_per_s"] / rows["st_onnx_int8"]["sentences_per_s"], 3
-        )
+        st_enc, st_timer = st_onnx_encoder(m, m["st_int8"], opts)
+        same = make_embedder(m["bundle"], opts, onnx_path=m["st_int8"])
+        ours = make_embedder(m["bundle"], opts)
+        contenders = [Contender(PATHS[0], st_enc, st_timer=st_timer),
+                      Contender(PATHS[1], same.embed, embedder=same),
+                      Contender(PATHS[2], ours.embed, embedder=ours)]
+        log.info("%s: timing %d sentences x %d rounds (%s)", name, len(texts), opts.repeats, ", ".join(PATHS))
+        rows = timed_rows(contenders, texts, opts.repeats)
+        st = rows["st_onnx_int8"]["sentences_per_s"]
+        rows["speedup_same_file"] = round(rows["embopt_same_file_int8"]["sentences_per_s"] / st, 3)
+        rows["speedup_pipeline_vs_st"] = round(rows["embopt_pipeline_int8"]["sentences_per_s"] / st, 3)
         out[name] = rows
     return out
 
 
 def fidelity(models: dict, texts: list[str], opts: RuntimeBenchOptions) -> dict[str, Any]:
     """Cosine of our runtime vs sentence-transformers on the same fp32 ONNX file, every sentence."""
-    from embopt.serving.runtime import Embedder
+    from embopt.eval.sts import cosine_rows
 
     m = models["teacher"]
-    st_enc, _ = st_onnx_encoder(m["st_dir"], m["st_fp32"], opts.threads, opts.batch_size, opts.max_seq_length)
-    ref = st_enc(texts)
-    ours = Embedder(
-        m["bundle"],
-        onnx_path=m["st_fp32"],
-        threads=opts.threads,
-        batch_size=opts.batch_size,
-        max_seq_length=opts.max_seq_length,
-    ).embed(texts)
-    pipeline = Embedder(
-        m["bundle"],
-        variant="onnx_fp32",
-        threads=opts.threads,
-        batch_size=opts.batch_size,
-        max_seq_length=opts.max_seq_length,
-    ).embed(texts)
-
-    def cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-
-    same, pipe = cos(ours, ref), cos(pipeline, ref)
+    ref = st_onnx_encoder(m, m["st_fp32"], opts)[0](texts)
+    same = cosine_rows(make_embedder(m["bundle"], opts, onnx_path=m["st_fp32"]).embed(texts), ref)
+    pipe = cosine_rows(make_embedder(m["bundle"], opts, variant="onnx_fp32").embed(texts), ref)
     return {
         "sentences": len(texts),
         "same_file_cosine_min": float(same.min()),
@@ -384,38 +242,27 @@ def zipf_stream(texts: list[str], n: int, s: float, seed: int = 0) -> list[str]:
 
 def cache_bench(models: dict, texts: list[str], opts: RuntimeBenchOptions) -> dict[str, Any]:
     from embopt.serving.cache import EmbeddingCache
-    from embopt.serving.runtime import Embedder
 
     bundle = models["teacher"]["bundle"]
     stream = zipf_stream(texts, opts.zipf_queries, opts.zipf_s)
     distinct = len(set(stream))
     # One Embedder (one ORT session) serves both sides, the cache switched on and off per request:
     # two sessions would each keep their own spinning thread pool and slow each other down.
-    emb = Embedder(
-        bundle, threads=opts.threads, batch_size=opts.batch_size, max_seq_length=opts.max_seq_length
-    )
+    emb = make_embedder(bundle, opts)
     emb.embed(texts[:64])
     rounds = max(1, min(opts.repeats, 3))
     main, cache = _stream_timing(emb, stream, opts.batch_size, rounds)
     stats = cache.stats()
     single = _stream_timing(emb, stream, 1, rounds)[0] if opts.single_queries else None
-    cached = emb
-    cached.attach_cache(cache)
-
+    emb.attach_cache(cache)
     # Cost of a hit: requests made only of cached texts, through Embedder.embed (the served path).
     warm = list(dict.fromkeys(stream))
     hit_requests = [warm[i : i + opts.batch_size] for i in range(0, len(warm), opts.batch_size)]
-    mem_us = _per_hit_us(cached, hit_requests, opts.hit_probes)
+    mem_us = _per_hit_us(emb, hit_requests, opts.hit_probes)
     store = Path(opts.work_dir) / "bench_cache.sqlite"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{store}{suffix}").unlink(missing_ok=True)
-    disk = Embedder(
-        bundle,
-        threads=opts.threads,
-        batch_size=opts.batch_size,
-        max_seq_length=opts.max_seq_length,
-        cache=EmbeddingCache(max_entries=0, path=store),
-    )
+    disk = make_embedder(bundle, opts, cache=EmbeddingCache(max_entries=0, path=store))
     disk.embed(warm)
     disk_us = _per_hit_us(disk, hit_requests, max(1, opts.hit_probes // 4))
     disk.cache.close()
@@ -436,31 +283,25 @@ def cache_bench(models: dict, texts: list[str], opts: RuntimeBenchOptions) -> di
 def _stream_timing(emb, stream: list[str], request_size: int, rounds: int) -> tuple[dict[str, Any], Any]:
     """The stream in requests of ``request_size``, each served without and with the cache.
 
-    The two serve the same request back to back (order alternating), so a change of load on this
-    shared machine hits both alike; the cache starts empty every round. Returns the timings and
-    the last round's cache.
+    The two serve the same request back to back (order alternating: :func:`interleaved`), so a change
+    of load on this shared machine hits both alike; the cache starts empty every round. Returns the
+    timings and the last round's cache.
     """
     from embopt.serving.cache import EmbeddingCache
 
     requests = [stream[i : i + request_size] for i in range(0, len(stream), request_size)]
     no_cache, with_cache = [], []
-    cache = EmbeddingCache(max_entries=100_000)
     for _ in range(rounds):
         cache = EmbeddingCache(max_entries=100_000)
         emb.attach_cache(cache)
-        t_plain = t_cached = 0.0
-        for i, req in enumerate(requests):
-            for use_cache in (False, True) if i % 2 == 0 else (True, False):
-                emb.cache = cache if use_cache else None
-                t0 = time.perf_counter()
-                emb.embed(req)
-                dt = time.perf_counter() - t0
-                if use_cache:
-                    t_cached += dt
-                else:
-                    t_plain += dt
-        no_cache.append(t_plain)
-        with_cache.append(t_cached)
+
+        def serve(req: list[str], use: EmbeddingCache | None = cache) -> None:
+            emb.cache = use
+            emb.embed(req)
+
+        secs = interleaved({"without": lambda req: serve(req, None), "with": serve}, requests, 1)
+        no_cache.append(float(secs["without"].sum()))
+        with_cache.append(float(secs["with"].sum()))
     emb.cache = None
     t_without, t_with = statistics.median(no_cache), statistics.median(with_cache)
     timings = {
@@ -475,60 +316,34 @@ def _stream_timing(emb, stream: list[str], request_size: int, rounds: int) -> tu
 
 
 def _per_hit_us(embedder, requests: list[list[str]], rounds: int) -> float:
-    times = []
-    for _ in range(max(1, rounds)):
-        t0 = time.perf_counter()
-        for req in requests:
+    def hits(reqs: list[list[str]]) -> None:
+        for req in reqs:
             embedder.embed(req)
-        times.append(time.perf_counter() - t0)
-    hits = sum(map(len, requests))
-    return statistics.median(times) / hits * 1e6
+
+    runs = interleaved({"hits": hits}, [requests], max(1, rounds))
+    return statistics.median(runs["hits"][:, 0]) / sum(map(len, requests)) * 1e6
 
 
 # ---------------------------------------------------------------------------------------- report
 
 
-def check_targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def check_targets(result: dict[str, Any], t: RuntimeBenchTargets | None = None) -> dict[str, dict[str, Any]]:
+    """Each target with its value and whether it is met (``bench.runtime_targets``)."""
+    t = t or RuntimeBenchTargets()
     sp, fid, cache = result["speed"], result["fidelity"], result["cache"]
+    single = cache["single_queries"]["speedup"] if cache.get("single_queries") else None
+    overhead = {"teacher": t.max_overhead_teacher_int8, "student": t.max_overhead_student_int8}
     checks = {
-        "overhead_teacher_int8": (
-            sp["teacher"]["embopt_same_file_int8"]["overhead_fraction"],
-            "<=",
-            TARGETS["overhead_teacher_int8_max"],
-        ),
-        "overhead_teacher_int8_pipeline": (
-            sp["teacher"]["embopt_pipeline_int8"]["overhead_fraction"],
-            "<=",
-            TARGETS["overhead_teacher_int8_max"],
-        ),
-        "overhead_student_int8": (
-            sp["student"]["embopt_same_file_int8"]["overhead_fraction"],
-            "<=",
-            TARGETS["overhead_student_int8_max"],
-        ),
-        "overhead_student_int8_pipeline": (
-            sp["student"]["embopt_pipeline_int8"]["overhead_fraction"],
-            "<=",
-            TARGETS["overhead_student_int8_max"],
-        ),
-        "same_file_speedup_teacher": (
-            sp["teacher"]["speedup_same_file"],
-            ">=",
-            TARGETS["same_file_speedup_min"],
-        ),
-        "same_file_speedup_student": (
-            sp["student"]["speedup_same_file"],
-            ">=",
-            TARGETS["same_file_speedup_min"],
-        ),
-        "cache_speedup": (cache["speedup"], ">=", TARGETS["cache_speedup_min"]),
-        "cache_speedup_single_queries": (
-            cache["single_queries"]["speedup"] if cache.get("single_queries") else None,
-            ">=",
-            TARGETS["cache_speedup_min"],
-        ),
-        "cache_hit_us": (cache["hit_us_memory"], "<=", TARGETS["cache_hit_us_max"]),
-        "fidelity_cosine_min": (fid["same_file_cosine_min"], ">=", TARGETS["fidelity_cosine_min"]),
+        f"overhead_{model}_int8{suffix}": (sp[model][path]["overhead_fraction"], "<=", limit)
+        for model, limit in overhead.items()
+        for suffix, path in (("", PATHS[1]), ("_pipeline", PATHS[2]))
+    } | {
+        "same_file_speedup_teacher": (sp["teacher"]["speedup_same_file"], ">=", t.min_same_file_speedup),
+        "same_file_speedup_student": (sp["student"]["speedup_same_file"], ">=", t.min_same_file_speedup),
+        "cache_speedup": (cache["speedup"], ">=", t.min_cache_speedup),
+        "cache_speedup_single_queries": (single, ">=", t.min_cache_speedup),
+        "cache_hit_us": (cache["hit_us_memory"], "<=", t.max_cache_hit_us),
+        "fidelity_cosine_min": (fid["same_file_cosine_min"], ">=", t.min_fidelity_cosine),
     }
     out = {}
     for key, (value, op, target) in checks.items():
@@ -539,7 +354,7 @@ def check_targets(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    s = result["setup"]
+    s, f, c = result["setup"], result["fidelity"], result["cache"]
     lines = [
         f"# Runtime benchmark ({s['date']}, {s['machine']}, {s['threads']} threads, batch {s['batch_size']}, "
         f"{s['sentences']} STSb dev sentences, max_seq_length {s['max_seq_length']})",
@@ -549,23 +364,18 @@ def markdown(result: dict[str, Any]) -> str:
         f"on {os.cpu_count()} CPUs: above the CPU count, other processes shared the cores and absolute "
         "speeds are low; contenders are interleaved chunk by chunk, so ratios stay comparable.",
         "",
-    ]
-    lines += [
         "| model | path | sentences/s | overhead | tokenize | vs ST same file |",
         "|---|---|---|---|---|---|",
     ]
     for name in ("teacher", "student"):
         rows = result["speed"][name]
-        st = rows["st_onnx_int8"]["sentences_per_s"]
-        for path in ("st_onnx_int8", "embopt_same_file_int8", "embopt_pipeline_int8"):
+        for path in PATHS:
             r = rows[path]
             ov = f"{100 * r['overhead_fraction']:.1f}%" if r["overhead_fraction"] is not None else "n/a"
             tk = f"{100 * r['tokenize_fraction']:.1f}%" if r["tokenize_fraction"] is not None else "-"
-            lines.append(
-                f"| {name} | {path} | {r['sentences_per_s']:.0f} | {ov} | {tk} | "
-                f"{r['sentences_per_s'] / st:.2f}x |"
-            )
-    f, c = result["fidelity"], result["cache"]
+            vs = r["sentences_per_s"] / rows["st_onnx_int8"]["sentences_per_s"]
+            lines.append(f"| {name} | {path} | {r['sentences_per_s']:.0f} | {ov} | {tk} | {vs:.2f}x |")
+    single = c.get("single_queries")
     lines += [
         "",
         f"Fidelity (same fp32 ONNX file, {f['sentences']} sentences): min cosine "
@@ -578,42 +388,27 @@ def markdown(result: dict[str, Any]) -> str:
         f"hit {c['hit_us_memory']:.2f} us (memory), {c['hit_us_sqlite']:.2f} us (SQLite). "
         "The ideal is queries / distinct queries; misses arrive in smaller batches than without the "
         "cache, which costs some of it."
-        + (
-            f" One query per request: {c['single_queries']['seconds_without']:.2f} s without, "
-            f"{c['single_queries']['seconds_with']:.2f} s with = **{c['single_queries']['speedup']:.2f}x**."
-            if c.get("single_queries")
-            else ""
-        ),
+        + (f" One query per request: {single['seconds_without']:.2f} s without, "
+           f"{single['seconds_with']:.2f} s with = **{single['speedup']:.2f}x**." if single else ""),
         "",
         "| target | value | wanted | met |",
         "|---|---|---|---|",
     ]
     for key, t in result["targets"].items():
-        v = t["value"]
-        lines.append(
-            f"| {key} | {v if v is None else round(v, 4)} | {t['target']} | {'yes' if t['met'] else 'NO'} |"
-        )
+        v = t["value"] if t["value"] is None else round(t["value"], 4)
+        lines.append(f"| {key} | {v} | {t['target']} | {'yes' if t['met'] else 'NO'} |")
     return "\n".join(lines) + "\n"
-
-
-def load_sentences(sts_file: Path, limit: int = 0) -> list[str]:
-    from embopt.data.sts import read_sts_file, read_sts_tsv, unique_sentences
-
-    path = Path(sts_file)
-    if not path.exists():
-        raise EmboptError(f"{path}: STS file not found")
-    pairs = read_sts_tsv(path) if path.suffix == ".tsv" else read_sts_file(path)
-    texts = unique_sentences(pairs)
-    return texts[:limit] if limit else texts
 
 
 def run_runtime_bench(opts: RuntimeBenchOptions) -> dict[str, Any]:
     """Build (or reuse) the models, measure everything, write ``runtime_bench.json`` and ``.md``."""
-    from embopt.bench.timing import pin_threads
+    from embopt.bench.run import load_pairs
+    from embopt.data.sts import unique_sentences
     from embopt.pipeline.files import atomic_file, write_json
 
     pin_threads(opts.threads)
-    texts = load_sentences(opts.sts_file, opts.sentences)
+    texts = unique_sentences(load_pairs(opts.sts_file))
+    texts = texts[: opts.sentences] if opts.sentences else texts
     models, info = prepare_models(opts)
     info["load_average_start"] = [round(x, 2) for x in os.getloadavg()]  # other work on the machine
     t0 = time.perf_counter()
@@ -630,23 +425,14 @@ def run_runtime_bench(opts: RuntimeBenchOptions) -> dict[str, Any]:
             "sts_file": str(opts.sts_file),
             **info,
         },
+        "speed": speed_and_overhead(models, texts, opts),
+        "fidelity": fidelity(models, texts, opts),
+        "cache": cache_bench(models, texts, opts),
     }
-    result["speed"] = speed_and_overhead(models, texts, opts)
-    result["fidelity"] = fidelity(models, texts, opts)
-    result["cache"] = cache_bench(models, texts, opts)
-    result["targets"] = check_targets(result)
+    result["targets"] = check_targets(result, opts.targets)
     result["setup"]["bench_seconds"] = round(time.perf_counter() - t0, 1)
     result["setup"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    out = Path(opts.out_dir)
-    write_json(out / "runtime_bench.json", result)
-    with atomic_file(out / "runtime_bench.md") as fh:
+    write_json(Path(opts.out_dir) / "runtime_bench.json", result)
+    with atomic_file(Path(opts.out_dir) / "runtime_bench.md") as fh:
         fh.write(markdown(result))
     return result
-
-
-def options_dict(opts: RuntimeBenchOptions) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items() if k != "extra"}
-
-
-def dumps(result: dict[str, Any]) -> str:
-    return json.dumps(result, indent=2)

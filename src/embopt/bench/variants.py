@@ -1,9 +1,11 @@
-"""The models the benchmark compares, behind one interface.
+"""The models the benchmark compares, behind one interface, and the sentence-transformers anchors.
 
 - :class:`STVariant`: a sentence-transformers model, in torch (``backend="torch"``)
   or on its ONNX backend (``backend="st-onnx"``, what a user gets from
   ``SentenceTransformer(path, backend="onnx")`` and ``export_dynamic_quantized_onnx_model``);
-- :class:`OrtVariant`: an ONNX file of the pipeline run through embopt's runtime.
+- :class:`OrtVariant`: an ONNX file of the pipeline run through embopt's runtime;
+- :func:`export_st_onnx`: the one builder of sentence-transformers' ONNX and int8 exports
+  (``embopt bench``, ``embopt bench-runtime``, ``scripts/quant_sweep.py``).
 
 Every variant encodes at a given batch size and thread count; ONNX Runtime fixes
 its thread count per session, so ORT-based variants keep one session per thread
@@ -12,9 +14,9 @@ count (created on first use) while torch switches ``torch.set_num_threads``.
 
 from __future__ import annotations
 
-import logging
+import contextlib
+import io
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,32 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from embopt.bench.profiling import (
-    embedder_phases,
-    ort_profile,
-    ort_profile_summary,
-    pooling_nodes,
-    st_phases,
-    torch_trace,
-)
+from embopt.bench import profiling
 from embopt.bench.roofline import EncoderShape, read_model_config, shape_from_config
 from embopt.errors import EmboptError
+from embopt.export.quantize import cpu_flags, detect_isa
 from embopt.pipeline import config
 from embopt.pipeline.files import dir_size_mb, quiet_root_logger
 
-log = logging.getLogger(__name__)
-
-QUANT_OPS = (
-    "MatMulInteger",
-    "QAttention",
-    "DynamicQuantizeLinear",
-    "QLinearMatMul",
-    "QEmbedLayerNormalization",
-    "DynamicQuantizeMatMul",
-    "MatMulIntegerToFloat",
-    "QuantizeLinear",
-    "QGemm",
-)
+QUANT_OPS = {"MatMulInteger", "QAttention", "DynamicQuantizeLinear", "QLinearMatMul", "QGemm",
+             "QEmbedLayerNormalization", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QuantizeLinear"}
 
 
 def onnx_precision(path: Path) -> str:
@@ -55,8 +40,7 @@ def onnx_precision(path: Path) -> str:
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    ops = {n.op_type for n in model.graph.node}
-    if ops & set(QUANT_OPS):
+    if {n.op_type for n in model.graph.node} & QUANT_OPS:
         return "int8"
     if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
         return "fp16"
@@ -94,88 +78,66 @@ class BenchVariant:
         raise NotImplementedError
 
     def info(self) -> dict[str, Any]:
-        return {
-            "group": self.group,
-            "backend": self.backend,
-            "precision": self.precision,
-            "size_mb": round(self.size_mb, 3),
-            "max_positions": self.max_positions,
-        }
+        return {"group": self.group, "backend": self.backend, "precision": self.precision,
+                "size_mb": round(self.size_mb, 3), "max_positions": self.max_positions}
+
+
+def st_model(path: Path | str, threads: int, max_seq_length: int, onnx_file: str | None = None, modify=None):
+    """A SentenceTransformer on CPU: torch, or its ONNX backend on ``onnx_file`` with ``threads`` ORT threads.
+
+    ``modify`` edits the ORT session options (profiling).
+    """
+    from sentence_transformers import SentenceTransformer
+
+    from embopt.serving.runtime import session_options
+
+    kwargs: dict[str, Any] = {"device": "cpu"}
+    if onnx_file:
+        opts = session_options(threads)
+        kwargs["backend"] = "onnx"
+        kwargs["model_kwargs"] = {"file_name": onnx_file, "provider": "CPUExecutionProvider",
+                                  "session_options": modify(opts) if modify else opts}
+    model = SentenceTransformer(str(path), **kwargs)
+    model.eval()
+    model.max_seq_length = max_seq_length
+    return model
 
 
 class STVariant(BenchVariant):
     """A sentence-transformers model (torch or its ONNX backend)."""
 
-    def __init__(
-        self,
-        name: str,
-        group: str,
-        path: Path | str,
-        threads: int,
-        max_seq_length: int,
-        onnx_file: str | None = None,
-        size_path: Path | None = None,
-    ):
-        self.path = str(path)
-        self.onnx_file = onnx_file
+    def __init__(self, name: str, group: str, path: Path | str, threads: int, max_seq_length: int,
+                 onnx_file: str | None = None):
+        self.path, self.onnx_file = str(path), onnx_file
         self._models: dict[int, Any] = {}
-        model = self._model(threads, max_seq_length)
-        cfg = model[0].auto_model.config
-        backend = "st-onnx" if onnx_file else "torch"
+        self.max_seq_length = max_seq_length
+        cfg = self._model(threads)[0].auto_model.config
         if onnx_file:
-            precision = onnx_precision(Path(self.path) / onnx_file)
-            size = dir_size_mb(Path(self.path) / onnx_file)
+            precision, size = onnx_precision(Path(path) / onnx_file), dir_size_mb(Path(path) / onnx_file)
         else:
-            precision = "fp32"
-            size = dir_size_mb(size_path or Path(self.path), ("*.safetensors", "*.bin"))
-        super().__init__(
-            name,
-            group,
-            backend,
-            precision,
-            size,
-            shape_from_config(cfg.to_dict()),
-            getattr(cfg, "max_position_embeddings", None),
-            threads,
-            max_seq_length,
-        )
-        self.rss_spec = {"backend": backend, "path": self.path, "file_name": onnx_file}
+            precision, size = "fp32", dir_size_mb(Path(path), ("*.safetensors", "*.bin"))
+        backend = "st-onnx" if onnx_file else "torch"
+        super().__init__(name, group, backend, precision, size, shape_from_config(cfg.to_dict()),
+                         getattr(cfg, "max_position_embeddings", None), threads, max_seq_length,
+                         {"backend": backend, "path": self.path, "file_name": onnx_file})
 
-    def _model(self, threads: int, max_seq_length: int | None = None):
+    def _model(self, threads: int):
         """The loaded model for ``threads`` (ORT sessions fix their thread count at load)."""
-        from sentence_transformers import SentenceTransformer
-
         key = threads if self.onnx_file else 0
         if key not in self._models:
-            kwargs: dict[str, Any] = {"device": "cpu"}
-            if self.onnx_file:
-                kwargs.update(backend="onnx", model_kwargs=self._onnx_kwargs(threads))
-            model = SentenceTransformer(self.path, **kwargs)
-            model.eval()
-            model.max_seq_length = max_seq_length or self.max_seq_length
-            self._models[key] = model
+            self._models[key] = st_model(self.path, threads, self.max_seq_length, self.onnx_file)
         return self._models[key]
-
-    def _onnx_kwargs(self, threads: int, modify=None) -> dict[str, Any]:
-        from embopt.serving.runtime import session_options
-
-        opts = session_options(threads)
-        if modify is not None:
-            opts = modify(opts)
-        return {"file_name": self.onnx_file, "provider": "CPUExecutionProvider", "session_options": opts}
 
     def encode(self, texts: Sequence[str], batch_size: int, threads: int) -> np.ndarray:
         import torch
 
-        model = self._model(threads)
-        old = torch.get_num_threads()
-        if old != threads:
+        model, old = self._model(threads), torch.get_num_threads()
+        if old != threads:  # not on every call: it is inside the timed batch-1 calls
             torch.set_num_threads(threads)
         try:
             with torch.inference_mode():
-                return model.encode(
-                    list(texts), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False
-                )
+                return model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True,
+                                    show_progress_bar=False)
         finally:
             if old != threads:
                 torch.set_num_threads(old)
@@ -191,80 +153,50 @@ class STVariant(BenchVariant):
         return [len(x) for x in enc["input_ids"]]
 
     def phases(self, texts: Sequence[str], batch_size: int, pooling_share: float = 0.0) -> dict[str, float]:
-        return st_phases(self._model(self.threads), texts, batch_size)
+        return profiling.st_phases(self._model(self.threads), texts, batch_size)
 
     def profile(self, texts: Sequence[str], batch_size: int, out_dir: Path) -> dict[str, Any]:
         if self.onnx_file is None:
-            return {
-                "kind": "torch.profiler",
-                **torch_trace(
-                    lambda: self.encode(texts, batch_size, self.threads),
-                    out_dir / f"{self.name}.torch_trace.json",
-                    out_dir / f"{self.name}.torch_ops.txt",
-                ),
-            }
-        from sentence_transformers import SentenceTransformer
+            encode = lambda: self.encode(texts, batch_size, self.threads)  # noqa: E731
+            trace = profiling.torch_trace(encode, out_dir / f"{self.name}.torch_trace.json",
+                                out_dir / f"{self.name}.torch_ops.txt")
+            return {"kind": "torch.profiler", **trace}
+        import torch
+
+        models = []
 
         def make(modify):
-            model = SentenceTransformer(
-                self.path, device="cpu", backend="onnx", model_kwargs=self._onnx_kwargs(self.threads, modify)
-            )
-            model.max_seq_length = self.max_seq_length
-            self._profiled = model
-            return model[0].auto_model.session
+            models.append(st_model(self.path, self.threads, self.max_seq_length, self.onnx_file, modify))
+            return models[0][0].auto_model.session
 
         def run(_session):
-            import torch
-
             with torch.inference_mode():
-                self._profiled.encode(list(texts), batch_size=batch_size, show_progress_bar=False)
+                models[0].encode(list(texts), batch_size=batch_size, show_progress_bar=False)
 
-        path = ort_profile(make, run, out_dir / f"{self.name}.ort_profile")
-        del self._profiled
-        return {"kind": "onnxruntime", "trace": path.name, **ort_profile_summary(path)}
+        path = profiling.ort_profile(make, run, out_dir / f"{self.name}.ort_profile")
+        return {"kind": "onnxruntime", "trace": path.name, **profiling.ort_profile_summary(path)}
 
 
 class OrtVariant(BenchVariant):
     """An ONNX file of the pipeline, run through :class:`embopt.serving.runtime.Embedder`."""
 
-    def __init__(
-        self, name: str, bundle: Path, onnx_path: Path, threads: int, max_seq_length: int, projection: int = 0
-    ):
-        self.bundle = Path(bundle)
-        self.onnx_path = Path(onnx_path)
+    def __init__(self, name: str, bundle: Path, onnx_path: Path, threads: int, max_seq_length: int,
+                 projection: int = 0):
+        self.bundle, self.onnx_path = Path(bundle), Path(onnx_path)
         self.name, self.max_seq_length = name, max_seq_length  # the embedder needs them before __init__ below
         self._embedders: dict[int, Any] = {}
-        emb = self._embedder(threads)
-        shape, positions = _bundle_shape(emb.manifest, projection)
-        super().__init__(
-            name,
-            "ours",
-            "embopt-ort",
-            onnx_precision(self.onnx_path),
-            dir_size_mb(self.onnx_path),
-            shape,
-            positions,
-            threads,
-            max_seq_length,
-        )
-        self.rss_spec = {
-            "backend": "embopt-ort",
-            "bundle": str(self.bundle),
-            "onnx_path": str(self.onnx_path),
-        }
-        self._pooling = pooling_nodes(self.onnx_path)
+        shape, positions = _bundle_shape(self._embedder(threads).manifest, projection)
+        spec = {"backend": "embopt-ort", "bundle": str(self.bundle), "onnx_path": str(self.onnx_path)}
+        super().__init__(name, "ours", "embopt-ort", onnx_precision(self.onnx_path),
+                         dir_size_mb(self.onnx_path), shape, positions, threads, max_seq_length, spec)
+        self._pooling = profiling.pooling_nodes(self.onnx_path)
 
     def _embedder(self, threads: int):
         from embopt.serving.runtime import Embedder
 
         if threads not in self._embedders:
-            self._embedders[threads] = Embedder(
-                self.bundle,
-                variant=self.name,
-                onnx_path=self.onnx_path,
-                threads=threads,
-                max_seq_length=self.max_seq_length,
-            )
+            self._embedders[threads] = Embedder(self.bundle, variant=self.name, onnx_path=self.onnx_path,
+                                                threads=threads, max_seq_length=self.max_seq_length)
         return self._embedders[threads]
 
     def encode(self, texts: Sequence[str], batch_size: int, threads: int) -> np.ndarray:
@@ -284,7 +216,7 @@ class OrtVariant(BenchVariant):
     def phases(self, texts: Sequence[str], batch_size: int, pooling_share: float = 0.0) -> dict[str, float]:
         emb = self._embedder(self.threads)
         emb.batch_size = batch_size
-        return embedder_phases(emb, texts, pooling_share)
+        return profiling.embedder_phases(emb, texts, pooling_share)
 
     def profile(self, texts: Sequence[str], batch_size: int, out_dir: Path) -> dict[str, Any]:
         import onnxruntime as ort
@@ -295,22 +227,19 @@ class OrtVariant(BenchVariant):
         original = emb.session
 
         def make(modify):
-            return ort.InferenceSession(
-                str(self.onnx_path),
-                sess_options=modify(session_options(self.threads)),
-                providers=["CPUExecutionProvider"],
-            )
+            opts = modify(session_options(self.threads))
+            return ort.InferenceSession(str(self.onnx_path), opts, providers=["CPUExecutionProvider"])
 
         def run(session):
-            emb.session = session  # the real embed path, with a profiling session swapped in
-            emb.batch_size = batch_size
+            emb.session, emb.batch_size = session, batch_size  # the real embed path, a profiling session
             try:
                 emb.embed(list(texts))
             finally:
                 emb.session = original
 
-        path = ort_profile(make, run, out_dir / f"{self.name}.ort_profile")
-        return {"kind": "onnxruntime", "trace": path.name, **ort_profile_summary(path, self._pooling)}
+        path = profiling.ort_profile(make, run, out_dir / f"{self.name}.ort_profile")
+        summary = profiling.ort_profile_summary(path, self._pooling)
+        return {"kind": "onnxruntime", "trace": path.name, **summary}
 
 
 def _bundle_shape(manifest: dict[str, Any], projection: int) -> tuple[EncoderShape | None, int | None]:
@@ -318,92 +247,75 @@ def _bundle_shape(manifest: dict[str, Any], projection: int) -> tuple[EncoderSha
     src = manifest.get("source_model")
     cfg = read_model_config(config.resolve(src)) if isinstance(src, str) and src else None
     if cfg is not None:
-        try:
+        with contextlib.suppress(KeyError):
             return shape_from_config(cfg, projection), cfg.get("max_position_embeddings")
-        except KeyError:
-            pass
     keys = ("num_layers", "hidden_size", "intermediate_size", "num_attention_heads")
     if all(k in manifest for k in keys):
         pruned = {int(k): len(v) for k, v in (manifest.get("pruned_heads") or {}).items()}
-        return EncoderShape(
-            int(manifest["num_layers"]),
-            int(manifest["hidden_size"]),
-            int(manifest["intermediate_size"]),
-            int(manifest["num_attention_heads"]),
-            pruned,
-            projection,
-        ), manifest.get("max_position_embeddings")
+        dims = [int(manifest[k]) for k in keys]
+        return EncoderShape(*dims, pruned, projection), manifest.get("max_position_embeddings")
     return None, None
 
 
 # -------------------------------------------------------------------------- anchors
 
 
-def quantization_config_for_cpu() -> str:
-    """The ``export_dynamic_quantized_onnx_model`` preset matching this CPU (what its docs advise)."""
-    import platform
-
-    if platform.machine().lower() in ("arm64", "aarch64"):
-        return "arm64"
-    flags = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = line
-                break
-    except OSError:
-        pass
-    if "avx512_vnni" in flags:
-        return "avx512_vnni"
-    if "avx512f" in flags:
-        return "avx512"
-    return "avx2"
+def st_preset() -> str:
+    """sentence-transformers' int8 preset for this CPU: :func:`detect_isa`'s, or ``avx512`` (no VNNI)."""
+    isa = detect_isa()
+    return "avx512" if isa == "avx2" and "avx512f" in cpu_flags() else isa
 
 
-def build_st_anchors(
-    teacher_dir: Path, threads: int, max_seq_length: int, workdir: Path
-) -> tuple[list[STVariant], str | None]:
-    """sentence-transformers' ONNX backend (fp32) and its dynamic int8 export of the teacher.
+def export_st_onnx(st_dir: Path, preset: str | None = None) -> dict[str, Path]:
+    """sentence-transformers' own ONNX export and its ``export_dynamic_quantized_onnx_model`` int8 of the
+    SentenceTransformer folder ``st_dir``, written into it (reused when present).
 
-    ST writes the exported files into the model folder, so the teacher is copied
-    to ``workdir`` first (site-packages stays untouched). Returns the variants and,
-    when they cannot be built (``optimum`` missing, export failure), the reason.
+    Returns:
+        ``{"fp32": onnx/model.onnx, "int8": onnx/model_qint8_<preset>.onnx}`` (preset: :func:`st_preset`).
+    """
+    from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
+
+    preset = preset or st_preset()
+    files = {"fp32": st_dir / "onnx" / "model.onnx", "int8": st_dir / "onnx" / f"model_qint8_{preset}.onnx"}
+    model = None
+    # ORT's quantizer logs one INFO line per tensor on the root logger; its calibration prints progress.
+    with quiet_root_logger(), contextlib.redirect_stdout(io.StringIO()):
+        if not files["fp32"].exists():
+            model = SentenceTransformer(str(st_dir), device="cpu", backend="onnx",
+                                        model_kwargs={"provider": "CPUExecutionProvider"})
+            model.save_pretrained(str(st_dir))  # writes onnx/model.onnx next to the torch weights
+        if not files["int8"].exists():
+            model = model or SentenceTransformer(str(st_dir), device="cpu", backend="onnx", model_kwargs={
+                "provider": "CPUExecutionProvider", "file_name": "onnx/model.onnx"})
+            export_dynamic_quantized_onnx_model(model, preset, str(st_dir), push_to_hub=False,
+                                                create_pr=False)
+    if not files["int8"].exists():
+        raise EmboptError(f"{files['int8']}: the int8 export did not write this file")
+    return files
+
+
+def build_st_anchors(teacher_dir: Path, threads: int, max_seq_length: int, workdir: Path
+                     ) -> tuple[list[STVariant], str | None]:
+    """The teacher on sentence-transformers' ONNX backend (fp32) and as its dynamic int8 export.
+
+    ST writes the exported files into the model folder, so the teacher is copied to ``workdir``
+    first (site-packages stays untouched). Returns the variants and, when they cannot be built
+    (``optimum`` missing, export failure), the reason.
     """
     try:
         import optimum.onnxruntime  # noqa: F401
-        from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
+        import sentence_transformers  # noqa: F401
     except ImportError as exc:
-        return [], (
-            f"sentence-transformers ONNX anchors skipped: {exc} "
-            "(pip install optimum==2.1.0 optimum-onnx==0.1.0)"
-        )
+        why = f"{exc} (pip install optimum==2.1.0 optimum-onnx==0.1.0)"
+        return [], f"sentence-transformers ONNX anchors skipped: {why}"
     folder = workdir / "st_teacher"
     shutil.copytree(teacher_dir, folder, dirs_exist_ok=True)
-    qconfig = quantization_config_for_cpu()
+    preset = st_preset()
     try:
-        with quiet_root_logger():  # ORT's quantizer logs one INFO line per tensor on the root logger
-            exported = SentenceTransformer(
-                str(folder), device="cpu", backend="onnx", model_kwargs={"provider": "CPUExecutionProvider"}
-            )
-            exported.save_pretrained(str(folder))  # writes onnx/model.onnx next to the torch weights
-            export_dynamic_quantized_onnx_model(
-                exported, qconfig, str(folder), push_to_hub=False, create_pr=False
-            )
-        del exported
-        int8_file = f"onnx/model_qint8_{qconfig}.onnx"
-        if not (folder / int8_file).exists():
-            raise EmboptError(f"{folder / int8_file}: the int8 export did not write this file")
-        anchors = [
-            STVariant("st_onnx_fp32", "anchor", folder, threads, max_seq_length, onnx_file="onnx/model.onnx"),
-            STVariant(
-                f"st_onnx_int8_{qconfig}", "anchor", folder, threads, max_seq_length, onnx_file=int8_file
-            ),
-        ]
+        export_st_onnx(folder, preset)
+        return [STVariant("st_onnx_fp32", "anchor", folder, threads, max_seq_length, "onnx/model.onnx"),
+                STVariant(f"st_onnx_int8_{preset}", "anchor", folder, threads, max_seq_length,
+                          f"onnx/model_qint8_{preset}.onnx")], None
     except Exception as exc:  # optimum/ORT raise many types; the benchmark goes on without these anchors
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return [], f"sentence-transformers ONNX anchors skipped: {type(exc).__name__}: {first}"
-    return anchors, None
-
-
-def make_workdir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="embopt-bench-"))

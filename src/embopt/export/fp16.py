@@ -41,10 +41,3 @@ def convert_fp16(src: Path, dst: Path, keep_io_types: bool = True) -> Path:
         raise EmboptError(f"{src}: fp16 conversion failed: {str(exc).splitlines()[0]}") from None
     log.info("fp16 (keep_io_types=%s) -> %s", keep_io_types, dst)
     return dst
-
-
-def cuda_available() -> bool:
-    """Whether this onnxruntime build has a CUDA execution provider (and so can run fp16 variants)."""
-    import onnxruntime as ort
-
-    return "CUDAExecutionProvider" in ort.get_available_providers()

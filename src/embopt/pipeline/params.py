@@ -275,6 +275,7 @@ class Params(_Section):
     evaluate: EvaluateParams = EvaluateParams()
     promote: PromoteParams = PromoteParams()
     runtime: RuntimeParams = RuntimeParams()
+    bench: BenchParams = Field(default_factory=lambda: BenchParams())  # defined at the end of this file
 
 
 def _describe(err: ValidationError, path: Path) -> str:
@@ -318,3 +319,35 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+class BenchTargets(_Section):
+    """What ``embopt bench`` judges the final variant against (at the headline batch)."""
+
+    min_speedup_vs_teacher: float = Field(15.0, gt=0)
+    min_retention: float = Field(0.97, gt=0)
+    max_latency_p50_16tok_ms: float = Field(1.0, gt=0)
+    min_speedup_vs_st_int8: float = Field(3.0, gt=0)
+    max_retention_drop_vs_st_int8: float = Field(0.01, ge=0)
+    min_pct_of_int8_peak: float = Field(50.0, gt=0, le=100)
+
+
+class RuntimeBenchTargets(_Section):
+    """What ``embopt bench-runtime`` judges the runtime against."""
+
+    max_overhead_teacher_int8: float = Field(0.15, ge=0, le=1)
+    max_overhead_student_int8: float = Field(0.25, ge=0, le=1)
+    min_same_file_speedup: float = Field(1.3, gt=0)
+    min_cache_speedup: float = Field(5.0, gt=0)
+    max_cache_hit_us: float = Field(20.0, gt=0)
+    min_fidelity_cosine: float = Field(0.9999, ge=-1, le=1)
+
+
+class BenchParams(_Section):
+    """Targets of the two benchmark commands (reports only: no stage reads them)."""
+
+    targets: BenchTargets = BenchTargets()
+    runtime_targets: RuntimeBenchTargets = RuntimeBenchTargets()
+
+
+Params.model_rebuild()

@@ -57,15 +57,6 @@ def variant_file(bundle: Path, manifest: dict[str, Any], variant: str | None) ->
     return name, Path(bundle) / manifest["variants"][name]["file"]
 
 
-def bundle_hash(bundle: Path, variant: str | None = None) -> str:
-    """Identity of what a bundle computes: the variant's ONNX hash plus the tokenizer (cache keys)."""
-    manifest = read_manifest(bundle)
-    name, _ = variant_file(bundle, manifest, variant)
-    return hashlib.sha256(
-        (manifest["variants"][name]["sha256"] + manifest.get("tokenizer_sha256", "")).encode()
-    ).hexdigest()[:16]
-
-
 def write_manifest(
     bundle: Path, variants: dict[str, dict[str, Any]], default_variant: str, **fields: Any
 ) -> Path:
