@@ -12,14 +12,13 @@ from __future__ import annotations
 import logging
 import platform
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from embopt.bench.timing import latency_ms
+from embopt.bench.timing import interleaved, latency_ms
 from embopt.data.sts import StsPair, unique_sentences
 from embopt.eval.sts import bootstrap_spearman, cosine_rows, pair_cosines, spearman
 from embopt.pipeline.files import dir_size_mb
@@ -50,20 +49,12 @@ def onnx_variant(name: str, embedder, size_path: Path) -> Variant:
     return Variant(name, embedder.embed, embedder.embed, size_path, ("*.onnx",))
 
 
-def interleaved_throughput(
-    variants: Sequence[Variant], sentences: Sequence[str], repeats: int
-) -> dict[str, list]:
+def interleaved_throughput(variants: Sequence[Variant], sentences: Sequence[str], repeats: int) -> dict:
     """Sentences/s of each variant in each of ``repeats`` rounds (after one warm-up each)."""
     for v in variants:
         v.encode(list(sentences[:64]))
-    runs: dict[str, list[float]] = {v.name: [] for v in variants}
-    for r in range(repeats):
-        k = r % len(variants)
-        for v in [*variants[k:], *variants[:k]]:
-            t0 = time.perf_counter()
-            v.encode(list(sentences))
-            runs[v.name].append(len(sentences) / (time.perf_counter() - t0))
-    return runs
+    seconds = interleaved({v.name: v.encode for v in variants}, [list(sentences)], repeats)
+    return {name: [float(len(sentences) / s) for s in secs[:, 0]] for name, secs in seconds.items()}
 
 
 def mean_cosine(a: np.ndarray, b: np.ndarray) -> float | None:
