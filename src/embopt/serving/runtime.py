@@ -176,13 +176,18 @@ class Embedder:
             raise EmboptError(f"{self.onnx_path}: ONNX file not found")
         self.batch_size = int(batch_size)
         self.max_seq_length = int(max_seq_length or self.manifest["max_seq_length"])
+        # Cache keys hash the bytes loaded now, not the manifest's record of them: a file swapped
+        # after export must not be served the old file's vectors.
         self.tokenizer = load_tokenizer(self.bundle, self.max_seq_length)
+        self.tokenizer_sha256 = sha256(self.bundle / "tokenizer.json")
         # encode_batch_fast skips character offsets we never use (tokenizers >= 0.21).
         self._encode_batch = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
         pad = self.tokenizer.token_to_id(self.manifest.get("pad_token", "[PAD]"))
         self.pad_id = int(pad) if pad is not None else 0
         opts = session_options(threads, graph_optimization, spinning=spinning)
         self.providers = available_providers(providers)
+        self.graph_sha256 = sha256(self.onnx_path)
+        self._warn_if_not_manifest()
         model: str | bytes = str(self.onnx_path)
         try:
             self.session = ort.InferenceSession(model, sess_options=opts, providers=self.providers)
@@ -239,6 +244,7 @@ class Embedder:
     def _load_pca(self, path: Path) -> dict[str, np.ndarray]:
         if not path.exists():
             raise EmboptError(f"{path}: PCA file not found")
+        self._pca_sha256 = sha256(path)
         try:
             with np.load(path, allow_pickle=False) as z:
                 pca = {k: np.asarray(z[k], dtype=np.float32) for k in ("mean", "components")}
@@ -250,17 +256,23 @@ class Embedder:
         pca["components_t"] = np.ascontiguousarray(pca["components"].T)
         return pca
 
+    def _warn_if_not_manifest(self) -> None:
+        entry = self.manifest["variants"].get(self.variant, {})
+        recorded = entry.get("sha256")
+        own = self.bundle / str(entry.get("file", ""))
+        if not recorded or own.resolve() != self.onnx_path.resolve():
+            return
+        if recorded != self.graph_sha256:
+            log.warning("%s: file differs from the manifest's sha256 (replaced after export?); "
+                        "serving the file as it is now", self.onnx_path)
+
     @property
     def key(self) -> str:
-        """What the embeddings depend on: graph, tokenizer, truncation and PCA (cache keys)."""
+        """What the embeddings depend on (cache keys): the bytes of the graph and tokenizer files as
+        loaded (hashed at load, not taken from the manifest), truncation and PCA."""
         if self._key is None:
-            entry = self.manifest["variants"].get(self.variant, {})
-            own = entry.get("file")
-            same_file = own and (self.bundle / own).resolve() == self.onnx_path.resolve()
-            graph = entry.get("sha256") if same_file and entry.get("sha256") else sha256(self.onnx_path)
-            tok = self.manifest.get("tokenizer_sha256") or sha256(self.bundle / "tokenizer.json")
-            pca = sha256(self.pca_path) if self.pca_path is not None else ""
-            ident = f"{graph}|{tok}|{self.max_seq_length}|{pca}"
+            pca = self._pca_sha256 if self.pca_path is not None else ""
+            ident = f"{self.graph_sha256}|{self.tokenizer_sha256}|{self.max_seq_length}|{pca}"
             self._key = hashlib.sha256(ident.encode()).hexdigest()[:24]
         return self._key
 
