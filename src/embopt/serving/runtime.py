@@ -89,6 +89,39 @@ def available_providers(requested: Sequence[str] | None) -> list[str]:
     return chosen
 
 
+def _describe(value: Any) -> str:
+    """A short description of a value that is not a string, for error messages."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "null"
+    shown = repr(value)
+    if len(shown) > 40:
+        shown = shown[:37] + "..."
+    return f"{type(value).__name__} {shown}"
+
+
+def check_texts(texts: Sequence[Any], max_bytes: int | None = None) -> list[str]:
+    """``texts`` as a list of ``str``, or an :class:`EmboptError` naming the first row that is not text.
+
+    Nothing is converted: null, numbers, booleans, bytes, lists and dicts are refused, not embedded
+    as ``str(x)``. ``max_bytes`` bounds the UTF-8 size of all texts together (None: no bound).
+    """
+    texts = texts if isinstance(texts, list) else list(texts)
+    if not all(type(t) is str for t in texts):  # noqa: E721 - the fast path; subclasses checked below
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                hint = " (decode bytes to str first)" if isinstance(t, (bytes, bytearray)) else ""
+                raise EmboptError(f"row {i}: {_describe(t)} is not a string{hint}")
+        texts = [str(t) for t in texts]  # str subclasses (numpy.str_) as plain str
+    if max_bytes is not None:
+        chars = sum(map(len, texts))
+        if chars * 4 > max_bytes:  # UTF-8 takes at most 4 bytes a character: count only when it matters
+            size = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
+            if size > max_bytes:
+                raise EmboptError(f"request holds {size:,} bytes of text, over the limit of {max_bytes:,} "
+                                  "(runtime max_request_bytes); send it in smaller requests")
+    return texts
+
+
 def load_tokenizer(bundle: Path, max_seq_length: int):
     """The bundle's Rust tokenizer, truncating to ``max_seq_length`` tokens (special tokens included)."""
     from tokenizers import Tokenizer
@@ -327,7 +360,7 @@ class Embedder:
         if isinstance(texts, str):
             raise TypeError("embed() takes a list of strings, not a single string")
         t0 = time.perf_counter()
-        texts = texts if isinstance(texts, list) else list(texts)
+        texts = check_texts(texts)
         n = len(texts)
         out = np.empty((n, self.dim), dtype=np.float32)
         progress = None
@@ -341,6 +374,14 @@ class Embedder:
                     self._embed_uncached(texts, out, progress)
             else:
                 self._embed_with_cache(texts, out, progress)
+        except (UnicodeEncodeError, TypeError):  # a lone surrogate ("\ud800" in JSON): not valid Unicode
+            for i, t in enumerate(texts):
+                try:
+                    t.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    raise EmboptError(f"row {i}: not valid Unicode ({exc.reason} at character "
+                                      f"{exc.start})") from None
+            raise
         finally:
             if progress is not None:
                 progress.close()
