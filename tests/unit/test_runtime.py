@@ -164,3 +164,24 @@ def test_check_texts_bounds_bytes_and_keeps_str_subclasses():
         check_texts(["abc", "\u00e9"], max_bytes=4)
     got = check_texts(list(np.array(["a", "b"])))
     assert got == ["a", "b"] and all(type(t) is str for t in got)
+
+
+@pytest.mark.parametrize("entry,message", [
+    ("/etc/hostname", "leaves the bundle folder"),
+    ("../model.onnx", "leaves the bundle folder"),
+    ("onnx/../../model.onnx", "leaves the bundle folder"),
+    ("", "is not a relative path"),
+])
+def test_manifest_file_entries_stay_inside_the_bundle(tiny_bundle, tmp_path, entry, message):
+    import json
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    shutil.copy2(tiny_bundle / "onnx" / "model.onnx", tmp_path / "model.onnx")  # a real model outside
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["variants"]["onnx_fp32"]["file"] = entry
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EmboptError, match=f"manifest.json: variant 'onnx_fp32' file entry .*{message}"):
+        Embedder(bundle, variant="onnx_fp32")
+    Embedder(bundle, variant="onnx_int8")  # the other entries still load
