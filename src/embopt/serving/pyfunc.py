@@ -13,7 +13,9 @@ DataFrame with a column named ``text`` (other columns are ignored) or with exact
 column of any name; a dict ``{"text": [...]}``. Anything else, and any value that is not a
 string (null, numbers, booleans, bytes, nested lists, dicts), is refused with the row named:
 ``MlflowException(INVALID_PARAMETER_VALUE)``, HTTP 400 from ``mlflow models serve``.
-The texts of one request are bounded by ``max_request_bytes`` of UTF-8.
+The texts of one request are bounded by ``max_request_bytes`` of UTF-8 (checked once MLflow
+has parsed the request: ``mlflow models serve`` has no body-size limit of its own, so put
+one in the proxy in front of it for the raw HTTP body).
 
 The input schema is left open (``model_signature``): MLflow's schema enforcement for a
 string column converts every value with ``str(x)`` before the model sees it (null arrives
