@@ -324,3 +324,15 @@ def test_served_over_http_refuses_bad_input_and_survives_a_broken_cache(store, t
     warnings = [ln for ln in log.splitlines() if str(cache) in ln]
     assert len(warnings) == 1, log[-3000:]
     assert "bypassing" in warnings[0] or "in-memory cache only" in warnings[0]
+
+
+@pytest.mark.parametrize("model_input", [
+    ["a", "b"], ("a", "b"), np.array(["a", "b"]), np.array([["a"], ["b"]]),
+    np.array(["a", "b"], dtype=object), {"text": ["a", "b"]}, {"sentence": np.array(["a", "b"])},
+], ids=["list", "tuple", "array", "column-array", "object-array", "dict-text", "dict-one"])
+def test_accepted_input_shapes(model_input):
+    from embopt.serving.pyfunc import to_texts
+
+    got = to_texts(model_input)
+    assert got == ["a", "b"] and all(type(t) is str for t in got)
+    assert to_texts(np.array("one text")) == ["one text"]  # {"inputs": "one text"} arrives as a 0-d array

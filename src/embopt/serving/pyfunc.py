@@ -100,6 +100,8 @@ def to_texts(model_input: Any, max_bytes: int | None = None) -> list[str]:
     elif isinstance(model_input, str):
         values = [model_input]
     elif isinstance(model_input, np.ndarray):
+        if model_input.ndim == 0:  # {"inputs": "one text"}
+            model_input = model_input.reshape(1)
         if model_input.ndim == 2 and model_input.shape[1] == 1:
             model_input = model_input[:, 0]
         if model_input.ndim != 1:
