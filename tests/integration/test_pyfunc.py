@@ -336,3 +336,17 @@ def test_accepted_input_shapes(model_input):
     got = to_texts(model_input)
     assert got == ["a", "b"] and all(type(t) is str for t in got)
     assert to_texts(np.array("one text")) == ["one text"]  # {"inputs": "one text"} arrives as a 0-d array
+
+
+def test_cache_file_that_is_not_a_database_is_bypassed_at_load(store, tmp_path, caplog):
+    """`embopt embed --cache` refuses such a file (the user named it); the served model warns and serves."""
+    import mlflow
+
+    bad = tmp_path / "not-a-db.sqlite"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    with caplog.at_level("WARNING", logger="embopt.serving.pyfunc"):
+        model = mlflow.pyfunc.load_model(URI, model_config={"cache_path": str(bad)})
+    np.testing.assert_allclose(model.predict(TEXTS), expected(store), atol=1e-5)
+    assert [r.getMessage() for r in caplog.records if "not-a-db.sqlite" in r.getMessage()] == [
+        f"{bad}: cannot open embedding cache (file is not a database); serving with the in-memory cache only"]
+    assert model.unwrap_python_model().embedder.cache.stats()["hits"] == 0
