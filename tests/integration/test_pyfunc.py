@@ -100,6 +100,16 @@ def test_unknown_model_config_key_is_refused():
         runtime_config({"thread": 2})
 
 
+@pytest.mark.parametrize("key,value", [("max_request_bytes", "8MB"), ("max_request_bytes", 0),
+                                       ("cache_max_bytes", -1), ("cache_max_bytes", 1.5)])
+def test_byte_bounds_in_model_config_are_checked(key, value):
+    from embopt.serving.pyfunc import runtime_config
+
+    with pytest.raises(ValueError, match=f"model_config '{key}' must be an integer"):
+        runtime_config({key: value})
+    assert runtime_config({key: None})[key] is None  # null: no bound
+
+
 def _clean_env(registry) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "EMBOPT_ROOT")}
     env["MLFLOW_TRACKING_URI"] = registry["uri"]

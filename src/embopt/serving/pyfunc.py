@@ -124,6 +124,10 @@ def runtime_config(model_config: dict[str, Any] | None) -> dict[str, Any]:
         raise ValueError(f"unknown model_config key(s): {', '.join(sorted(unknown))} "
                          f"(known: {', '.join(DEFAULT_CONFIG)})")
     cfg.update(model_config or {})
+    for key, low in (("max_request_bytes", 1), ("cache_max_bytes", 0)):
+        value = cfg[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise ValueError(f"model_config '{key}' must be an integer >= {low} or null, got {value!r}")
     return cfg
 
 
