@@ -90,6 +90,19 @@ def test_cache_option_fills_a_store(tiny_bundle, reference, tmp_path):
     ("col.csv", b"id,body\n1,hello\n", "text", "col.csv:1: no column 'text' (have: id, body)"),
     ("header.csv", b"id,text\n", "text", "header.csv: no texts found (empty input)"),
     ("ragged.csv", b"id,text\n1,hello\n2,a,b\n", "text", "ragged.csv:3: 3 fields, header has 2"),
+    # An unterminated quote used to merge the following lines into one text.
+    ("unterminated.csv", b'id,text\n1,hello\n2,"a dog\n3,a cat\n', "text",
+     "unterminated.csv:3: unterminated quote"),
+    ("stray.csv", b'id,text\n1,"a dog\n2,a cat\n3,"the end"\n', "text",
+     "stray.csv:4: malformed CSV (',' expected after '\"') (row from line 2)"),
+    # Only text is embedded: nothing becomes str(x), and binary data is not text.
+    ("null.jsonl", b'{"text": "ok"}\n{"text": null}\n', "text", "null.jsonl:2: field 'text' is null"),
+    ("bool.jsonl", b'{"text": true}\n', "text", "bool.jsonl:1: field 'text' is bool, expected a string"),
+    ("list.jsonl", b'{"text": ["a", "b"]}\n', "text", "list.jsonl:1: field 'text' is list"),
+    ("bare.jsonl", b'"ok"\n3\n', "text", "bare.jsonl:2: value is int, expected a string"),
+    ("nul.txt", b"fine\nbad\x00text\n", "text", "nul.txt:2: NUL byte in the text"),
+    ("nul.csv", b"id,text\n1,fine\n2,bad\x00text\n", "text", "nul.csv:3: NUL byte in the text"),
+    ("utf16.txt", "hello\nworld\n".encode("utf-16-le"), "text", "utf16.txt:1: NUL byte"),
 ])
 def test_bad_input_is_one_clear_line(tiny_bundle, tmp_path, name, content, column, message):
     src = tmp_path / name
@@ -110,3 +123,86 @@ def test_missing_input_and_bad_output_suffix(tiny_bundle, tmp_path):
     assert res.exit_code == 1 and "o.csv: unsupported output format '.csv'" in res.output
     res = CliRunner().invoke(app, ["embed", str(src), str(tmp_path / "o.npy"), "--bundle", str(tmp_path)])
     assert res.exit_code == 1 and "manifest.json: bundle manifest not found" in res.output
+
+
+def test_quoted_multiline_text_is_kept_and_reported(tiny_bundle, tmp_path):
+    src = tmp_path / "in.csv"
+    src.write_text('id,text\n1,"A dog.\nA cat."\n2,A man.\n', encoding="utf-8")
+    out = tmp_path / "o.npy"
+    res = run(tiny_bundle, str(src), str(out))
+    assert res.exit_code == 0, res.output
+    assert "1 row(s) span several lines (quoted line breaks), first at line 2" in res.output
+    assert np.load(out).shape == (2, 32)
+
+
+def _no_embedding(monkeypatch) -> list:
+    calls: list = []
+    monkeypatch.setattr(Embedder, "embed", lambda self, texts, **kw: calls.append(texts))
+    return calls
+
+
+def test_output_checked_before_any_work(tiny_bundle, tmp_path, monkeypatch):
+    """A folder named like the output, or a file where its folder should be: one line, before reading."""
+    calls = _no_embedding(monkeypatch)
+    (tmp_path / "taken.npy").mkdir()
+    (tmp_path / "file.txt").write_text("x")
+    missing_input = str(tmp_path / "nope.txt")  # never read: the output is refused first
+    res = run(tiny_bundle, missing_input, str(tmp_path / "taken.npy"))
+    assert res.exit_code == 1 and "taken.npy: is a folder; name an output file" in res.output, res.output
+    res = run(tiny_bundle, missing_input, str(tmp_path / "file.txt" / "o.npy"))
+    assert res.exit_code == 1 and "file.txt is not a folder" in res.output, res.output
+    assert calls == [] and sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "taken.npy"]
+    assert list((tmp_path / "taken.npy").iterdir()) == []
+
+
+def test_full_disk_is_refused_before_the_embedding_work(tiny_bundle, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    calls = _no_embedding(monkeypatch)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 100, 100))
+    src, out = write_input(tmp_path, "txt"), tmp_path / "o.npy"
+    res = run(tiny_bundle, str(src), str(out))
+    assert res.exit_code == 1 and "o.npy: needs about 0.0 MB, only 0.0 MB free on its disk" in res.output
+    assert calls == [] and not out.exists() and not list(tmp_path.glob(".o.npy*"))
+
+
+@pytest.mark.parametrize("out_suffix", [".npy", ".parquet"])
+def test_disk_full_while_writing_leaves_the_old_output(tiny_bundle, tmp_path, monkeypatch, out_suffix):
+    """ENOSPC in the middle of the write: one line, the temporary removed, the previous output intact."""
+    import builtins
+    import errno
+
+    src, out = write_input(tmp_path, "txt"), tmp_path / f"o{out_suffix}"
+    out.write_bytes(b"previous output")
+    real_open = builtins.open
+
+    class FullDisk:
+        def __init__(self, fh):
+            self.fh, self.written = fh, 0
+
+        def write(self, data):
+            if self.written > 64:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.written += len(data)
+            return self.fh.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.fh.__exit__(*exc)
+
+    def open_full(file, mode="r", *args, **kwargs):
+        fh = real_open(file, mode, *args, **kwargs)
+        return FullDisk(fh) if ".tmp-" in str(file) and "w" in mode else fh
+
+    monkeypatch.setattr(builtins, "open", open_full)
+    res = run(tiny_bundle, str(src), str(out))
+    assert res.exit_code == 1, res.output
+    assert f"o{out_suffix}: cannot write (No space left on device); nothing was written" in res.output
+    assert out.read_bytes() == b"previous output" and not list(tmp_path.glob(f".o{out_suffix}.tmp-*"))

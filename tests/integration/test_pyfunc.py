@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -98,6 +100,16 @@ def test_unknown_model_config_key_is_refused():
         runtime_config({"thread": 2})
 
 
+@pytest.mark.parametrize("key,value", [("max_request_bytes", "8MB"), ("max_request_bytes", 0),
+                                       ("cache_max_bytes", -1), ("cache_max_bytes", 1.5)])
+def test_byte_bounds_in_model_config_are_checked(key, value):
+    from embopt.serving.pyfunc import runtime_config
+
+    with pytest.raises(ValueError, match=f"model_config '{key}' must be an integer"):
+        runtime_config({key: value})
+    assert runtime_config({key: None})[key] is None  # null: no bound
+
+
 def _clean_env(registry) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "EMBOPT_ROOT")}
     env["MLFLOW_TRACKING_URI"] = registry["uri"]
@@ -159,12 +171,13 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(10)
 
 
-def test_served_over_http(store, tmp_path):
+@contextlib.contextmanager
+def _serve(registry, tmp_path: Path, config: dict):
+    """``mlflow models serve`` of the champion on a free loopback port; yields the base URL."""
     port = _free_port()
     log = open(tmp_path / "serve.log", "w")
-    env = _clean_env(store)
-    cache = tmp_path / "served.sqlite"  # a runtime setting overridden for this server only
-    env["MLFLOW_PYFUNC_INFERENCE_CONFIG"] = json.dumps({"cache_path": str(cache)})
+    env = _clean_env(registry)
+    env["MLFLOW_PYFUNC_INFERENCE_CONFIG"] = json.dumps(config)  # runtime settings for this server only
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", URI, "--host", "127.0.0.1",
          "--port", str(port), "--env-manager", "local", "--workers", "1"],
@@ -186,12 +199,18 @@ def test_served_over_http(store, tmp_path):
             if time.time() > deadline:
                 pytest.fail(f"server not up after 180 s: {(tmp_path / 'serve.log').read_text()[-2000:]}")
             time.sleep(0.5)
-        frame = {"dataframe_split": {"columns": ["text"], "data": [[t] for t in TEXTS]}}
-        split = _post(f"{base}/invocations", frame)
-        plain = _post(f"{base}/invocations", {"inputs": TEXTS})
+        yield base
     finally:
         _stop(proc)
         log.close()
+
+
+def test_served_over_http(store, tmp_path):
+    cache = tmp_path / "served.sqlite"  # a runtime setting overridden for this server only
+    with _serve(store, tmp_path, {"cache_path": str(cache)}) as base:
+        frame = {"dataframe_split": {"columns": ["text"], "data": [[t] for t in TEXTS]}}
+        split = _post(f"{base}/invocations", frame)
+        plain = _post(f"{base}/invocations", {"inputs": TEXTS})
     for answer in (split, plain):
         rows = np.array(answer["predictions"], dtype=np.float32)
         assert rows.shape == (3, 32)
@@ -208,3 +227,136 @@ def test_repo_path_really_is_hidden(tmp_path):
     script = f"import sys; sys.path[:] = [p for p in sys.path if p.rstrip('/') != {src!r}]; import embopt"
     run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True)
     assert run.returncode != 0 and "No module named 'embopt'" in run.stderr
+
+
+# --------------------------------------------------------------------------- bad input: refused, row named
+
+NOT_TEXT = [
+    pytest.param(["A dog.", None], "row 1: null is not a string", id="null"),
+    pytest.param([1, 2], "row 0: int 1 is not a string", id="numbers"),
+    pytest.param(["A dog.", True], "row 1: bool True is not a string", id="bool"),
+    pytest.param([["A dog.", "A cat."]], "row 0: list", id="nested-list"),
+    pytest.param([{"text": "A dog."}], "row 0: dict", id="dict"),
+]
+
+
+@pytest.fixture(scope="module")
+def loaded(registry):
+    import mlflow
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", registry["uri"])
+        mlflow.set_tracking_uri(registry["uri"])
+        yield mlflow.pyfunc.load_model(URI, model_config={"max_request_bytes": 4096})
+
+
+@pytest.mark.parametrize("texts,message", [
+    *NOT_TEXT,
+    pytest.param(["A dog.", b"A cat."], "row 1: bytes b'A cat.' is not a string (decode bytes", id="bytes"),
+    pytest.param(np.array([["A dog.", "A cat."]]), "got an array of shape (1, 2)", id="2d-array"),
+])
+def test_in_process_refuses_values_that_are_not_text(loaded, texts, message):
+    from mlflow.exceptions import MlflowException
+
+    with pytest.raises(MlflowException) as exc:
+        loaded.predict(texts)
+    assert message in exc.value.message and exc.value.error_code == "INVALID_PARAMETER_VALUE"
+
+
+def test_in_process_column_rule(loaded, store):
+    import pandas as pd
+    from mlflow.exceptions import MlflowException
+
+    want = expected(store)
+    named = loaded.predict(pd.DataFrame({"id": [1, 2, 3], "text": TEXTS}))  # 'text' wins, ids ignored
+    single = loaded.predict(pd.DataFrame({"sentence": TEXTS}))  # one column: its name does not matter
+    np.testing.assert_allclose(named, want, atol=1e-5)
+    np.testing.assert_allclose(single, want, atol=1e-5)
+    with pytest.raises(MlflowException, match=r"one column of strings or a column named 'text', "
+                                              r"got columns \['a', 'b'\]"):
+        loaded.predict(pd.DataFrame({"a": TEXTS, "b": TEXTS}))  # was: column 'b' dropped silently
+    with pytest.raises(MlflowException, match="row 1: null"):
+        loaded.predict(pd.DataFrame({"text": ["A dog.", None]}))
+    with pytest.raises(MlflowException, match="over the limit of 4,096"):
+        loaded.predict(["a dog . " * 600])  # 4,800 bytes
+
+
+def _post_status(url: str, payload: dict) -> tuple[int, dict]:
+    try:
+        return 200, _post(url, payload)
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def test_served_over_http_refuses_bad_input_and_survives_a_broken_cache(store, tmp_path):
+    """One server: non-text values and oversized requests get 400 with the row named; a corrupted
+    cache file is bypassed with one warning while every good request is answered."""
+    import sqlite3
+
+    cache = tmp_path / "broken.sqlite"
+    with sqlite3.connect(cache) as conn:  # a real store, then its pages overwritten
+        conn.execute("CREATE TABLE embeddings (model TEXT NOT NULL, text TEXT NOT NULL, "
+                     "dim INTEGER NOT NULL, vec BLOB NOT NULL, PRIMARY KEY (model, text))")
+        conn.executemany("INSERT INTO embeddings VALUES ('m', ?, 2, ?)",
+                         [(f"filler {i}", b"\0" * 1024) for i in range(40)])
+    data = bytearray(cache.read_bytes())
+    page = int.from_bytes(data[16:18], "big")
+    data[page:] = b"\xa5" * (len(data) - page)
+    cache.write_bytes(bytes(data))
+
+    # MLflow's parser turns a list mixing strings with numbers or booleans into strings before the model
+    # sees it (module docstring of serving.pyfunc): sent as `inputs`, those lists are all non-strings here.
+    bad = [
+        ({"inputs": ["A dog.", None]}, "row 1: null is not a string"),
+        ({"inputs": [1, 2]}, "row 0: int 1 is not a string"),
+        ({"inputs": [True, False]}, "row 0: bool True is not a string"),
+        ({"inputs": [["A dog.", "A cat."]]}, "nested lists"),
+        ({"inputs": [{"text": "A dog."}]}, "row 0: dict"),
+        ({"dataframe_records": [{"text": "A dog."}, {"text": True}]}, "row 1: bool True is not a string"),
+        ({"dataframe_split": {"columns": ["text"], "data": [["A dog."], [None]]}}, "row 1: null"),
+        ({"dataframe_records": [{"text": "A dog."}, {"text": 3}]}, "row 1: int 3 is not a string"),
+        ({"dataframe_split": {"columns": ["a", "b"], "data": [["x", "y"]]}}, "got columns ['a', 'b']"),
+        ({"inputs": ["a dog . " * 600]}, "over the limit of 4,096"),
+    ]
+    with _serve(store, tmp_path, {"cache_path": str(cache), "max_request_bytes": 4096}) as base:
+        answers = [_post_status(f"{base}/invocations", payload) for payload, _ in bad]
+        good = [_post_status(f"{base}/invocations", {"inputs": TEXTS}) for _ in range(2)]
+        extra_column = _post_status(f"{base}/invocations", {"dataframe_split": {
+            "columns": ["text", "id"], "data": [[t, i] for i, t in enumerate(TEXTS)]}})
+    for (payload, message), (status, body) in zip(bad, answers, strict=True):
+        assert status == 400 and message in body.get("message", ""), (payload, status, body)
+        assert body.get("error_code") == "INVALID_PARAMETER_VALUE"
+    for status, body in [*good, extra_column]:
+        assert status == 200, body
+        rows = np.array(body["predictions"], dtype=np.float32)
+        np.testing.assert_allclose(rows, expected(store), atol=1e-5)
+    log = (tmp_path / "serve.log").read_text()
+    warnings = [ln for ln in log.splitlines() if str(cache) in ln]
+    assert len(warnings) == 1, log[-3000:]
+    assert "bypassing" in warnings[0] or "in-memory cache only" in warnings[0]
+
+
+@pytest.mark.parametrize("model_input", [
+    ["a", "b"], ("a", "b"), np.array(["a", "b"]), np.array([["a"], ["b"]]),
+    np.array(["a", "b"], dtype=object), {"text": ["a", "b"]}, {"sentence": np.array(["a", "b"])},
+], ids=["list", "tuple", "array", "column-array", "object-array", "dict-text", "dict-one"])
+def test_accepted_input_shapes(model_input):
+    from embopt.serving.pyfunc import to_texts
+
+    got = to_texts(model_input)
+    assert got == ["a", "b"] and all(type(t) is str for t in got)
+    assert to_texts(np.array("one text")) == ["one text"]  # {"inputs": "one text"} arrives as a 0-d array
+
+
+def test_cache_file_that_is_not_a_database_is_bypassed_at_load(store, tmp_path, caplog):
+    """`embopt embed --cache` refuses such a file (the user named it); the served model warns and serves."""
+    import mlflow
+
+    bad = tmp_path / "not-a-db.sqlite"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    with caplog.at_level("WARNING", logger="embopt.serving.pyfunc"):
+        model = mlflow.pyfunc.load_model(URI, model_config={"cache_path": str(bad)})
+    np.testing.assert_allclose(model.predict(TEXTS), expected(store), atol=1e-5)
+    assert [r.getMessage() for r in caplog.records if "not-a-db.sqlite" in r.getMessage()] == [
+        f"{bad}: cannot open embedding cache (file is not a database); serving with the in-memory cache only"]
+    assert model.unwrap_python_model().embedder.cache.stats()["hits"] == 0

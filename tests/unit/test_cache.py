@@ -154,3 +154,85 @@ def test_two_processes_write_the_same_store(tmp_path):
     for text, d, blob in rows:
         assert d == dim
         np.testing.assert_array_equal(np.frombuffer(blob, dtype=np.float32), _vector(text, dim))
+
+
+# --------------------------------------------------------------------------- bounds and broken stores
+
+
+def test_lru_is_bounded_in_bytes(embedder):
+    """Long texts fill memory long before the entry bound: the byte bound evicts them."""
+    texts = [f"{i} " + "a dog runs on the beach . " * 40 for i in range(12)]  # ~1 KB each
+    cache = EmbeddingCache(max_entries=1000, max_bytes=5_000)
+    embedder.attach_cache(cache)
+    embedder.embed(texts)
+    s = cache.stats()
+    assert 0 < s["entries"] < 12 and s["evictions"] == 12 - s["entries"]
+    assert s["bytes"] <= 5_000 and s["max_bytes"] == 5_000
+    assert cache.get(texts[-1]) is not None and cache.get(texts[0]) is None  # the oldest went first
+    tiny_cache = EmbeddingCache(max_bytes=10)  # one entry larger than the bound: not kept at all
+    embedder.attach_cache(tiny_cache)
+    embedder.embed(texts[:2])
+    assert len(tiny_cache) == 0 and tiny_cache.stats()["bytes"] == 0
+
+
+def test_default_byte_bound_is_sane():
+    assert EmbeddingCache().max_bytes == 256 * 1024 * 1024
+    with pytest.raises(EmboptError, match="max_bytes must be >= 0"):
+        EmbeddingCache(max_bytes=-1)
+
+
+def _corrupt_pages(path) -> None:
+    """Overwrite every page but the first (the schema) with garbage: reads then hit a malformed page."""
+    data = bytearray(path.read_bytes())
+    page = int.from_bytes(data[16:18], "big")
+    assert len(data) > 3 * page
+    data[page:] = bytes(range(256)) * ((len(data) - page) // 256) + bytes((len(data) - page) % 256)
+    path.write_bytes(bytes(data))
+
+
+def _read_only(cache: EmbeddingCache) -> None:
+    """What a read-only file or folder does to writes (chmod does not stop root, which runs CI)."""
+    cache._connect().execute("PRAGMA query_only = ON")
+
+
+@pytest.mark.parametrize("damage", ["corrupted pages", "read-only"])
+def test_broken_store_is_bypassed_with_one_warning(embedder, tmp_path, caplog, damage):
+    path = tmp_path / "cache.sqlite"
+    texts = tiny.sentences(40, seed=12)
+    ref = embedder.embed(texts)
+    filler = EmbeddingCache(path=path)
+    filler.bind("another model", 256)
+    filler.put_many([f"filler {i}" for i in range(60)], np.ones((60, 256), np.float32))  # several pages
+    filler.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    if damage == "corrupted pages":
+        _corrupt_pages(path)
+    cache = EmbeddingCache(path=path, max_entries=0)  # no memory: every call goes to the store
+    if damage == "read-only":
+        _read_only(cache)
+    embedder.attach_cache(cache)
+    with caplog.at_level("WARNING", logger="embopt.serving.cache"):
+        for _ in range(3):
+            np.testing.assert_allclose(embedder.embed(texts), ref, atol=2e-5)  # requests keep working
+    warnings = [r for r in caplog.records if str(path) in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
+    assert not cache.stats()["store_ok"]
+
+
+def test_swapped_onnx_file_is_not_served_old_vectors(tiny_bundle, tmp_path):
+    """The key hashes the ONNX bytes loaded, not the manifest's record: a replaced file misses."""
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    path = tmp_path / "cache.sqlite"
+    texts = tiny.sentences(8, seed=13)
+    old = Embedder(bundle, variant="onnx_fp32", threads=1, cache=EmbeddingCache(path=path)).embed(texts)
+    int8_ref = Embedder(bundle, variant="onnx_int8", threads=1).embed(texts)
+    shutil.copy2(bundle / "onnx" / "model_qint8.onnx", bundle / "onnx" / "model.onnx")  # manifest untouched
+    swapped = Embedder(bundle, variant="onnx_fp32", threads=1, cache=EmbeddingCache(path=path))
+    got = swapped.embed(texts)
+    assert swapped.cache.stats()["disk_hits"] == 0
+    np.testing.assert_allclose(got, int8_ref, atol=2e-5)
+    assert np.abs(got - old).max() > 1e-3

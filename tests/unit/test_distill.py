@@ -169,6 +169,36 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_model, corpus,
     assert_same_weights(weights(student), weights(ref_student))
 
 
+class _Planted:
+    """A pickle that runs code when loaded with weights_only=False."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "code ran"))
+
+
+@pytest.mark.parametrize("content", ["planted pickle", "truncated"])
+def test_unsafe_or_broken_checkpoint_is_not_loaded(tiny_model, corpus, targets, dev_pairs, tmp_path, content,
+                                                   caplog):
+    """weights_only=True: a planted checkpoint runs no code; it, or a truncated one, is not resumed."""
+    ckpt, marker = tmp_path / "ckpt", tmp_path / "marker"
+    ckpt.mkdir()
+    if content == "planted pickle":
+        torch.save({"job_id": "job", "payload": _Planted(marker)}, ckpt / CKPT_FILE)
+    else:
+        torch.save({"job_id": "job", "step": 3, "model": make_student(tiny_model, [0, 3]).state_dict()},
+                   ckpt / CKPT_FILE)
+        data = (ckpt / CKPT_FILE).read_bytes()
+        (ckpt / CKPT_FILE).write_bytes(data[: len(data) // 2])
+    cfg = cfg_for(epochs=1.0)
+    with caplog.at_level("WARNING", logger="embopt.training.distill"):
+        _, result = _run(tiny_model, corpus, targets, dev_pairs, cfg, ckpt_dir=ckpt)
+    assert not marker.exists() and result.resumed_from_step == 0 and result.steps == 6
+    assert any("is unreadable" in r.getMessage() for r in caplog.records)
+
+
 def test_resume_with_best_before_the_checkpoint_keeps_that_best(tiny_model, corpus, targets, dev_pairs,
                                                               tmp_path):
     # lr so high that later evaluations are worse: the best stays early, and must survive the resume.

@@ -137,3 +137,51 @@ def test_empty_list_and_bad_input(fp32, tiny_bundle, tmp_path):
         Embedder(tiny_bundle, onnx_path=bad)
     with pytest.raises(EmboptError, match="graph_optimization 'fast'"):
         Embedder(tiny_bundle, graph_optimization="fast")
+
+
+@pytest.mark.parametrize("bad,described", [
+    (None, "null"), (float("nan"), "null"), (3, "int 3"), (2.5, "float 2.5"), (True, "bool True"),
+    (["a", "b"], "list ['a', 'b']"), ({"text": "a"}, "dict {'text': 'a'}"), (b"a dog", "bytes b'a dog'"),
+    (np.int64(7), "int64"),
+])
+def test_values_that_are_not_text_are_refused_by_row(fp32, bad, described):
+    """Nothing is embedded as str(x): null would embed as "None", 3 as "3"."""
+    with pytest.raises(EmboptError, match=r"^row 1: ") as exc:
+        fp32.embed(["A dog.", bad, "A cat."])
+    assert described in str(exc.value) and "not a string" in str(exc.value)
+
+
+def test_lone_surrogate_is_refused_by_row(fp32):
+    with pytest.raises(EmboptError, match=r"row 2: not valid Unicode"):
+        fp32.embed(["A dog.", "ok", "bad \ud800 text"])
+
+
+def test_check_texts_bounds_bytes_and_keeps_str_subclasses():
+    from embopt.serving.runtime import check_texts
+
+    assert check_texts(["ab", "\u00e9"], max_bytes=4) == ["ab", "\u00e9"]  # 2 + 2 UTF-8 bytes
+    with pytest.raises(EmboptError, match="5 bytes of text, over the limit of 4"):
+        check_texts(["abc", "\u00e9"], max_bytes=4)
+    got = check_texts(list(np.array(["a", "b"])))
+    assert got == ["a", "b"] and all(type(t) is str for t in got)
+
+
+@pytest.mark.parametrize("entry,message", [
+    ("/etc/hostname", "leaves the bundle folder"),
+    ("../model.onnx", "leaves the bundle folder"),
+    ("onnx/../../model.onnx", "leaves the bundle folder"),
+    ("", "is not a relative path"),
+])
+def test_manifest_file_entries_stay_inside_the_bundle(tiny_bundle, tmp_path, entry, message):
+    import json
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    shutil.copy2(tiny_bundle / "onnx" / "model.onnx", tmp_path / "model.onnx")  # a real model outside
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["variants"]["onnx_fp32"]["file"] = entry
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EmboptError, match=f"manifest.json: variant 'onnx_fp32' file entry .*{message}"):
+        Embedder(bundle, variant="onnx_fp32")
+    Embedder(bundle, variant="onnx_int8")  # the other entries still load

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -36,15 +37,20 @@ def embed(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
 ) -> None:
     """Embed every text of INPUT and write the float32 embeddings to OUTPUT, in input order."""
+    from embopt.pipeline.files import exit_on_sigterm
     from embopt.pipeline.stage import setup_logging
 
     setup_logging()
+    previous = exit_on_sigterm()  # a SIGTERM unwinds like Ctrl-C: the temporary output file is removed
     try:
         n, dim, seconds = run_embed(input, output, bundle, variant, column, batch_size, threads,
                                     max_seq_length, pca, cache, progress)
     except EmboptError as exc:
         print(f"embopt embed: error: {exc}", file=sys.stderr)
         raise typer.Exit(1) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     log.info("wrote %d x %d float32 embeddings to %s (%.1f s, %.0f texts/s)", n, dim, output, seconds,
              n / seconds if seconds else 0.0)
 
@@ -57,11 +63,18 @@ def run_embed(
     """Read, embed, write. Returns (texts, dim, seconds)."""
     import numpy as np
 
-    from embopt.cli.embed_io import check_output, input_format, read_texts, write_embeddings
+    from embopt.cli.embed_io import (
+        check_output,
+        check_space,
+        input_format,
+        output_bytes,
+        read_texts,
+        write_embeddings,
+    )
     from embopt.serving.cache import EmbeddingCache
     from embopt.serving.runtime import Embedder
 
-    check_output(output)
+    check_output(output)  # a folder in the way, an unwritable place: before reading or embedding anything
     texts = read_texts(input, column)
     log.info("%d texts from %s (%s)", len(texts), input, input_format(input))
     embedder = Embedder(bundle, variant=variant, threads=threads, batch_size=batch_size,
@@ -69,6 +82,7 @@ def run_embed(
                         cache=EmbeddingCache(max_entries=0, path=cache) if cache is not None else None)
     log.info("model %s (%s), dim %d, max_seq_length %d, batch %d", embedder.onnx_path, embedder.variant,
              embedder.dim, embedder.max_seq_length, batch_size)
+    check_space(output, output_bytes(output, len(texts), embedder.dim, texts))
     out = np.empty((len(texts), embedder.dim), dtype=np.float32)
     t0 = time.perf_counter()
     bar = None

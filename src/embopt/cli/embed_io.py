@@ -5,6 +5,11 @@ with a text field, or a bare JSON string) and CSV/TSV (a named column; every row
 kept, so row i of the output is row i of the table). Outputs: ``.npy`` (float32
 (n, dim)) or Parquet (``text`` and a fixed-size float32 ``embedding`` column).
 Every problem is one line naming the file and line; outputs appear whole or not at all.
+Only text is embedded: a JSON value that is not a string, or a text holding NUL bytes
+(binary data, UTF-16 read as UTF-8), is refused with its line. CSV is parsed strictly, so a
+stray or unterminated quote that would swallow the following lines into one text is an
+error naming the line where the quote opened; a legitimately quoted multi-line text is
+kept and reported in the log.
 """
 
 from __future__ import annotations
@@ -12,12 +17,18 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from embopt.errors import DataError
 from embopt.pipeline.files import atomic_file
+
+log = logging.getLogger("embopt.embed")
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 CSV_SUFFIXES = {".csv": ",", ".tsv": "\t"}
@@ -34,9 +45,42 @@ def input_format(path: Path) -> str:
 
 
 def check_output(path: Path) -> None:
-    """Fail before any work when the output format is unknown."""
-    if Path(path).suffix.lower() not in OUTPUT_SUFFIXES:
-        raise DataError(f"{path}: unsupported output format '{Path(path).suffix}' (use .npy or .parquet)")
+    """Fail before any work when the output cannot be written: unknown format, a folder in the way,
+    a parent that is a file, a folder we cannot create files in."""
+    path = Path(path)
+    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise DataError(f"{path}: unsupported output format '{path.suffix}' (use .npy or .parquet)")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; name an output file")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise DataError(f"{path}: {parent} is not a folder") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot create folder {parent} ({exc.strerror or exc})") from None
+    try:  # the write itself goes through a temporary sibling: check that one can be made
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot write in {parent} ({exc.strerror or exc})") from None
+
+
+def output_bytes(path: Path, n: int, dim: int, texts: list[str] | None = None) -> int:
+    """A generous estimate of the output's size on disk."""
+    size = n * dim * 4 + 4096
+    if Path(path).suffix.lower() == ".parquet":
+        size += sum(len(t.encode("utf-8")) for t in texts or []) + 64 * n
+    return size
+
+
+def check_space(path: Path, nbytes: int) -> None:
+    """Fail before the embedding work when the output's disk has less than ``nbytes`` free."""
+    free = shutil.disk_usage(Path(path).parent).free
+    if free < nbytes:
+        raise DataError(f"{path}: needs about {nbytes / 1e6:,.1f} MB, only {free / 1e6:,.1f} MB free "
+                        "on its disk")
 
 
 def _decode(path: Path) -> str:
@@ -54,6 +98,12 @@ def _decode(path: Path) -> str:
                         "convert the file to UTF-8") from None
 
 
+def _check_text(path: Path, lineno: int, text: str) -> str:
+    if "\x00" in text:
+        raise DataError(f"{path}:{lineno}: NUL byte in the text (binary data, or UTF-16 read as UTF-8?)")
+    return text
+
+
 def read_texts(path: Path, column: str = "text") -> list[str]:
     """Texts of ``path`` in file order (format from the suffix, see the module docstring).
 
@@ -64,7 +114,8 @@ def read_texts(path: Path, column: str = "text") -> list[str]:
     content = _decode(path)
     fmt = input_format(path)
     if fmt == "lines":
-        texts = [line for line in content.splitlines() if line.strip()]
+        texts = [_check_text(path, i, line) for i, line in enumerate(content.splitlines(), start=1)
+                 if line.strip()]
     elif fmt == "jsonl":
         texts = _read_jsonl(path, content, column)
     else:
@@ -83,18 +134,22 @@ def _read_jsonl(path: Path, content: str, column: str) -> list[str]:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
+        what = "value"
         if isinstance(obj, dict):
             if column not in obj:
                 raise DataError(f"{path}:{lineno}: no field '{column}' (have: {', '.join(obj) or 'none'})")
-            obj = obj[column]
+            obj, what = obj[column], f"field '{column}'"
         if not isinstance(obj, str):
-            raise DataError(f"{path}:{lineno}: field '{column}' is {type(obj).__name__}, expected a string")
-        texts.append(obj)
+            kind = "null" if obj is None else type(obj).__name__
+            raise DataError(f"{path}:{lineno}: {what} is {kind}, expected a string")
+        texts.append(_check_text(path, lineno, obj))
     return texts
 
 
 def _read_csv(path: Path, content: str, column: str, delimiter: str) -> list[str]:
-    reader = csv.reader(io.StringIO(content, newline=""), delimiter=delimiter)
+    # strict: a quote must close right before a delimiter or the line end, so a stray quote that
+    # would swallow the next lines into one field is an error instead of a merged text.
+    reader = csv.reader(io.StringIO(content, newline=""), delimiter=delimiter, strict=True)
     try:
         header = next(reader)
     except StopIteration:
@@ -105,15 +160,31 @@ def _read_csv(path: Path, content: str, column: str, delimiter: str) -> list[str
         raise DataError(f"{path}:1: no column '{column}' (have: {', '.join(header) or 'none'})")
     col = header.index(column)
     texts = []
-    try:
-        for row in reader:
-            if not row:
-                continue  # a blank line is not a row
-            if len(row) != len(header):
-                raise DataError(f"{path}:{reader.line_num}: {len(row)} fields, header has {len(header)}")
-            texts.append(row[col])
-    except csv.Error as exc:
-        raise DataError(f"{path}:{reader.line_num}: malformed CSV ({exc})") from None
+    multiline: list[int] = []
+    while True:
+        start = reader.line_num + 1  # the line this row begins on
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            if "unexpected end of data" in str(exc):
+                raise DataError(f"{path}:{start}: unterminated quote: the quoted field opened on this row "
+                                "runs to the end of the file") from None
+            spans = f" (row from line {start})" if reader.line_num > start else ""
+            raise DataError(f"{path}:{reader.line_num}: malformed CSV ({exc}){spans}; "
+                            "look for an unbalanced quote") from None
+        if not row:
+            continue  # a blank line is not a row
+        if len(row) != len(header):
+            raise DataError(f"{path}:{start}: {len(row)} fields, header has {len(header)}")
+        if reader.line_num > start:
+            multiline.append(start)
+        texts.append(_check_text(path, start, row[col]))
+    if multiline:
+        log.warning("%s: %d row(s) span several lines (quoted line breaks), first at line %d; "
+                    "if that is not intended, look for an unbalanced quote there", path, len(multiline),
+                    multiline[0])
     return texts
 
 
@@ -122,6 +193,13 @@ def write_embeddings(path: Path, embeddings: np.ndarray, texts: list[str]) -> No
     path = Path(path)
     check_output(path)
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    try:
+        _write(path, embeddings, texts)
+    except OSError as exc:  # a full disk, a vanished folder: the temporary file is already removed
+        raise DataError(f"{path}: cannot write ({exc.strerror or exc}); nothing was written") from None
+
+
+def _write(path: Path, embeddings: np.ndarray, texts: list[str]) -> None:
     if path.suffix.lower() == ".npy":
         with atomic_file(path, "wb") as fh:
             np.save(fh, embeddings)

@@ -1,7 +1,11 @@
 """Atomic writes: outputs appear complete or not at all.
 
-Every stage writes into a temporary sibling and renames it into place, so a crash
-or a failed check never leaves a half-written model folder or metrics file behind.
+Every stage writes into a temporary sibling (``.<name>.tmp-*``) and renames it into
+place, so a crash or a failed check never leaves a half-written model folder or metrics
+file behind. The temporary is removed on any exception, KeyboardInterrupt included; a
+SIGTERM does the same once :func:`exit_on_sigterm` turned it into an exception. Outputs get
+the permissions of a normally created file or folder (0644/0755 under umask 022), not the
+private 0600/0700 of ``mkstemp``/``mkdtemp``, so a shared model folder stays readable.
 """
 
 from __future__ import annotations
@@ -10,10 +14,40 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux allows (/proc), else set and restored."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def exit_on_sigterm() -> Any:
+    """Turn SIGTERM into ``SystemExit(143)`` so ``finally`` and ``except`` blocks run: temporary
+    outputs are removed and runs can be closed, as on Ctrl-C. Only from the main thread.
+
+    Returns:
+        The previous handler (for ``signal.signal(signal.SIGTERM, previous)``), or None off the main thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def _raise(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, _raise)
 
 
 @contextlib.contextmanager
@@ -22,18 +56,26 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    old = None
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())
         yield tmp
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+        try:
+            os.replace(tmp, target)
+        except BaseException:
+            if old is not None and not target.exists():
+                os.replace(old, target)  # put the previous output back
+                old = None
+            raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -42,12 +84,16 @@ def atomic_file(target: Path, mode: str = "w") -> Iterator[Any]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
-    os.close(fd)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+        os.close(fd)
+        fd = -1
         with open(tmp_name, mode, encoding=None if "b" in mode else "utf-8") as fh:
             yield fh
         os.replace(tmp_name, target)
     except BaseException:
+        if fd >= 0:
+            os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise

@@ -246,6 +246,7 @@ class RuntimeCacheParams(_Section):
     # In the served model only: evaluate and the benchmark never cache (repeats would fake speed).
     enabled: bool = True
     max_entries: int = Field(100_000, ge=0)
+    max_bytes: int | None = Field(268_435_456, ge=0)  # memory bound of the LRU (256 MiB); null: entries only
     # SQLite file shared by processes (relative to the serving process's folder); null: memory only.
     path: str | None = None
     max_rows: int | None = Field(None, ge=1)
@@ -260,6 +261,8 @@ class RuntimeParams(_Section):
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     providers: list[str] = ["CPUExecutionProvider"]
     batch_size: int = Field(32, ge=1)  # served model's batch size (evaluate uses evaluate.batch_size)
+    # UTF-8 bytes of text in one request to the served model (8 MiB); over it: HTTP 400. null: no bound.
+    max_request_bytes: int | None = Field(8_388_608, ge=1)
     cache: RuntimeCacheParams = RuntimeCacheParams()
 
 

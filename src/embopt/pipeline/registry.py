@@ -37,20 +37,13 @@ def log_and_register_embedder(
     """
     import importlib.metadata as md
 
-    import numpy as np
     import pandas as pd
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema, TensorSpec
 
-    from embopt.serving.pyfunc import EmbedderModel, runtime_config
+    from embopt.serving.pyfunc import EmbedderModel, model_signature, runtime_config
 
     mlflow = _mlflow()
-    # An unnamed string column: MLflow then accepts both a list of strings and a
-    # DataFrame with one string column (named ``text`` in the input example).
-    signature = ModelSignature(
-        inputs=Schema([ColSpec("string")]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, dim))]),
-    )
+    # The model checks its own input (strings only, row named); see serving.pyfunc.model_signature.
+    signature = model_signature(dim)
     reqs = [f"{pkg}=={md.version(pkg)}" for pkg in ("mlflow", "onnxruntime", "tokenizers", "numpy", "pandas")]
     code_dir = Path(tempfile.mkdtemp(prefix="embopt-code-"))
     info = mlflow.pyfunc.log_model(

@@ -48,13 +48,34 @@ def read_manifest(bundle: Path) -> dict[str, Any]:
     return manifest
 
 
+def member_path(bundle: Path, rel: Any, what: str = "file") -> Path:
+    """``bundle / rel`` for a path named in the manifest, refused unless it stays inside the bundle.
+
+    A manifest is data: an absolute path or a ``..`` step would make a served model read (and
+    hash, and serve) any file on the machine. Symlinks inside the bundle are followed: DVC's
+    ``symlink`` cache type links every output file into ``.dvc/cache``.
+    """
+    bundle = Path(bundle)
+    where = bundle / MANIFEST
+    if not isinstance(rel, str) or not rel.strip():
+        raise EmboptError(f"{where}: {what} entry {rel!r} is not a relative path")
+    parts = Path(rel).parts
+    if Path(rel).is_absolute() or "\\" in rel or ".." in parts:
+        raise EmboptError(f"{where}: {what} entry '{rel}' leaves the bundle folder "
+                          "(absolute paths and '..' are refused)")
+    return bundle / rel
+
+
 def variant_file(bundle: Path, manifest: dict[str, Any], variant: str | None) -> tuple[str, Path]:
     name = variant or manifest["default_variant"]
     if name not in manifest["variants"]:
         raise EmboptError(
             f"{Path(bundle) / MANIFEST}: no variant '{name}' (have: {', '.join(manifest['variants'])})"
         )
-    return name, Path(bundle) / manifest["variants"][name]["file"]
+    entry = manifest["variants"][name]
+    if not isinstance(entry, dict) or "file" not in entry:
+        raise EmboptError(f"{Path(bundle) / MANIFEST}: variant '{name}' has no 'file'")
+    return name, member_path(bundle, entry["file"], f"variant '{name}' file")
 
 
 def write_manifest(
@@ -62,8 +83,8 @@ def write_manifest(
 ) -> Path:
     """Write ``manifest.json``; each variant's sha256 is computed from its file."""
     bundle = Path(bundle)
-    for v in variants.values():
-        v["sha256"] = sha256(bundle / v["file"])
+    for name, v in variants.items():
+        v["sha256"] = sha256(member_path(bundle, v["file"], f"variant '{name}' file"))
     tok = bundle / "tokenizer.json"
     manifest = {
         "format": FORMAT,

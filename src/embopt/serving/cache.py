@@ -9,6 +9,11 @@ The SQLite store is safe for several processes sharing one file: WAL journal, a
 busy timeout, one transaction per batch of writes, and ``INSERT OR IGNORE`` (the
 same key always maps to the same vector, so the first writer wins and no row is
 half-written or lost). Only the standard library and numpy are used.
+
+A store that breaks while serving (a corrupted page, a read-only file or folder, a full
+disk) never fails a request: the failing half (reads or writes) is bypassed for the rest of
+the process with one warning, and the in-memory LRU keeps working. The LRU is bounded both
+in entries and in bytes (vectors plus texts).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -38,6 +44,8 @@ CREATE TABLE IF NOT EXISTS embeddings (
 )
 """
 _CHUNK = 500  # SQLite host-parameter limit is 999 on old builds
+_ENTRY_OVERHEAD = 100  # bytes per LRU entry beyond the text and the vector (dict slot, array header)
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 
 
 class EmbeddingCache:
@@ -45,16 +53,23 @@ class EmbeddingCache:
 
     Args:
         max_entries: in-memory bound (least recently used entries are evicted).
+        max_bytes: in-memory bound in bytes (texts, vectors and a per-entry overhead; None: no bound).
         path: SQLite file shared across runs and processes (None: memory only).
         max_rows: bound on the store's rows per file (oldest inserted evicted first; None: unbounded).
         timeout: seconds a writer waits for another process's lock before giving up on that batch.
     """
 
     def __init__(self, max_entries: int = 100_000, path: Path | str | None = None,
-                 max_rows: int | None = None, timeout: float = 30.0):
+                 max_rows: int | None = None, timeout: float = 30.0,
+                 max_bytes: int | None = DEFAULT_MAX_BYTES):
         if max_entries < 0:
             raise EmboptError(f"cache max_entries must be >= 0, got {max_entries}")
+        if max_bytes is not None and max_bytes < 0:
+            raise EmboptError(f"cache max_bytes must be >= 0, got {max_bytes}")
         self.max_entries = int(max_entries)
+        self.max_bytes = int(max_bytes) if max_bytes is not None else None
+        self._mem_bytes = 0
+        self._reads_off = self._writes_off = False  # set once when the store fails (see _bypass)
         self.path = Path(path) if path is not None else None
         self.max_rows = max_rows
         self.timeout = timeout
@@ -68,6 +83,23 @@ class EmbeddingCache:
         self.hits = self.disk_hits = self.misses = self.evictions = self.writes = 0
         if self.path is not None:
             self._connect()
+
+    def _bypass(self, what: str, exc: BaseException) -> None:
+        """Stop using the store for ``what`` (reads, writes or both) in this process; warn once."""
+        if what in ("reads", "both") and not self._reads_off:
+            self._reads_off = True
+            log.warning("%s: embedding cache store unreadable (%s); bypassing it, serving without it",
+                        self.path, exc)
+        if what in ("writes", "both") and not self._writes_off:
+            self._writes_off = True
+            if what == "writes":
+                log.warning("%s: embedding cache store not writable (%s); no more writes to it",
+                            self.path, exc)
+
+    @property
+    def store_ok(self) -> bool:
+        """True while the SQLite store is used for both reads and writes."""
+        return self.path is not None and not (self._reads_off or self._writes_off)
 
     # ------------------------------------------------------------------ store
 
@@ -93,6 +125,7 @@ class EmbeddingCache:
         with self._lock:
             if model != self.model:
                 self._mem.clear()
+                self._mem_bytes = 0
             self.model, self.dim = model, int(dim)
 
     def _check_bound(self) -> None:
@@ -120,7 +153,7 @@ class EmbeddingCache:
                     out[i] = vec
             n_missing = sum(map(len, missing.values())) if missing else 0
             self.hits += len(texts) - n_missing
-            if missing and self.path is not None:
+            if missing and self.path is not None and not self._reads_off:
                 found = self._load(list(missing))
                 for text, vec in found.items():
                     rows = missing.pop(text)
@@ -138,8 +171,12 @@ class EmbeddingCache:
         return None if self.get_many([text], out) else out[0]
 
     def _load(self, texts: list[str]) -> dict[str, np.ndarray]:
-        conn = self._connect()
         found: dict[str, np.ndarray] = {}
+        try:
+            conn = self._connect()
+        except EmboptError as exc:
+            self._bypass("both", exc)
+            return found
         nbytes = self.dim * 4
         for start in range(0, len(texts), _CHUNK):
             chunk = texts[start: start + _CHUNK]
@@ -149,8 +186,14 @@ class EmbeddingCache:
                     f"SELECT text, dim, vec FROM embeddings WHERE model = ? AND text IN ({marks})",
                     [self.model, *chunk],
                 ).fetchall()
-            except sqlite3.OperationalError as exc:  # locked past the timeout: treat as misses
-                log.warning("%s: cache read skipped (%s)", self.path, exc)
+            except sqlite3.OperationalError as exc:
+                if "locked" in str(exc) or "busy" in str(exc):  # locked past the timeout: treat as misses
+                    log.warning("%s: cache read skipped (%s)", self.path, exc)
+                else:
+                    self._bypass("both", exc)
+                return found
+            except sqlite3.Error as exc:  # corrupted page ("database disk image is malformed") and the like
+                self._bypass("both", exc)
                 return found
             for text, dim, blob in rows:
                 if dim == self.dim and len(blob) == nbytes:
@@ -159,14 +202,26 @@ class EmbeddingCache:
 
     # ------------------------------------------------------------------ writes
 
+    @staticmethod
+    def _entry_bytes(text: str, vec: np.ndarray) -> int:
+        return sys.getsizeof(text) + vec.nbytes + _ENTRY_OVERHEAD
+
     def _remember(self, text: str, vec: np.ndarray) -> None:
         if self.max_entries == 0:
             return
+        size = self._entry_bytes(text, vec)
+        if self.max_bytes is not None and size > self.max_bytes:
+            return  # one entry larger than the whole bound is not kept
         mem = self._mem
+        old = mem.pop(text, None)
+        if old is not None:
+            self._mem_bytes -= self._entry_bytes(text, old)
         mem[text] = vec
-        mem.move_to_end(text)
-        while len(mem) > self.max_entries:
-            mem.popitem(last=False)
+        self._mem_bytes += size
+        limit = self.max_bytes if self.max_bytes is not None else float("inf")
+        while len(mem) > self.max_entries or self._mem_bytes > limit:
+            t, v = mem.popitem(last=False)
+            self._mem_bytes -= self._entry_bytes(t, v)
             self.evictions += 1
 
     def put_many(self, texts: Sequence[str], vectors: np.ndarray) -> None:
@@ -178,8 +233,11 @@ class EmbeddingCache:
         with self._lock:
             for text, vec in zip(texts, vectors, strict=True):
                 self._remember(text, vec.copy())
-            if self.path is not None:
-                self._store(texts, vectors)
+            if self.path is not None and not self._writes_off:
+                try:
+                    self._store(texts, vectors)
+                except (sqlite3.Error, EmboptError) as exc:  # read-only file, corrupted page, full disk
+                    self._bypass("writes", exc)
 
     def _store(self, texts: Sequence[str], vectors: np.ndarray) -> None:
         conn = self._connect()
@@ -243,12 +301,14 @@ class EmbeddingCache:
             total = served + self.misses
             return {"hits": self.hits, "disk_hits": self.disk_hits, "misses": self.misses,
                     "hit_rate": served / total if total else 0.0, "entries": len(self._mem),
-                    "max_entries": self.max_entries, "evictions": self.evictions, "writes": self.writes}
+                    "max_entries": self.max_entries, "bytes": self._mem_bytes, "max_bytes": self.max_bytes,
+                    "evictions": self.evictions, "writes": self.writes, "store_ok": self.store_ok}
 
     def clear(self) -> None:
         """Empty the in-memory LRU and reset statistics (the store is kept)."""
         with self._lock:
             self._mem.clear()
+            self._mem_bytes = 0
             self.hits = self.disk_hits = self.misses = self.evictions = self.writes = 0
 
     def close(self) -> None:

@@ -7,14 +7,35 @@ settings travel as the model's ``model_config`` (written by promote from the
 
     mlflow.pyfunc.load_model("models:/embopt-encoder@champion",
                              model_config={"threads": 4, "cache_path": "/var/cache/embopt.sqlite"})
+
+Input rule (see :func:`to_texts`): strings only. A list, Series or 1-D array of strings; a
+DataFrame with a column named ``text`` (other columns are ignored) or with exactly one
+column of any name; a dict ``{"text": [...]}``. Anything else, and any value that is not a
+string (null, numbers, booleans, bytes, nested lists, dicts), is refused with the row named:
+``MlflowException(INVALID_PARAMETER_VALUE)``, HTTP 400 from ``mlflow models serve``.
+The texts of one request are bounded by ``max_request_bytes`` of UTF-8 (checked once MLflow
+has parsed the request: ``mlflow models serve`` has no body-size limit of its own, so put
+one in the proxy in front of it for the raw HTTP body).
+
+The input schema is left open (``model_signature``): MLflow's schema enforcement for a
+string column converts every value with ``str(x)`` before the model sees it (null arrives
+as ``"None"``) and keeps only the first column of a DataFrame, so it cannot be what refuses
+bad input. One limit remains in MLflow's JSON parser: a number mixed into a list of
+strings sent as ``{"inputs": [...]}`` becomes a string there (numpy's array conversion);
+``dataframe_split``/``dataframe_records`` keep every value's JSON type.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
+
+from embopt.errors import EmboptError
+
+log = logging.getLogger(__name__)
 
 # model_config keys the model understands, with their defaults.
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -22,35 +43,77 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "batch_size": 32,
     "graph_optimization": "all",
     "providers": ["CPUExecutionProvider"],
+    "max_request_bytes": 8 * 1024 * 1024,  # UTF-8 bytes of text per request; None: no bound
     "cache": True,  # in-memory LRU for repeated texts
     "cache_max_entries": 100_000,
+    "cache_max_bytes": 256 * 1024 * 1024,  # memory bound of the LRU (vectors and texts)
     "cache_path": None,  # SQLite file shared by processes; None: memory only
     "cache_max_rows": None,
 }
 
 
-def to_texts(model_input: Any) -> list[str]:
-    """Texts from a DataFrame with a ``text`` column (or one column), a Series, a list or an array."""
+def model_signature(dim: int):
+    """The registered model's signature: float32 (n, dim) out; the input schema left open on purpose.
+
+    MLflow enforces a ``ColSpec("string")`` input by converting values with ``str(x)`` and by
+    dropping extra DataFrame columns, before :meth:`EmbedderModel.predict` can refuse them.
+    """
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    return ModelSignature(inputs=None, outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, dim))]))
+
+
+def _column(frame) -> Any:
+    if "text" in frame.columns:
+        return frame["text"]
+    if frame.shape[1] == 1:
+        return frame.iloc[:, 0]
+    raise EmboptError(f"expected one column of strings or a column named 'text', got columns "
+                      f"{[str(c) for c in frame.columns]}")
+
+
+def to_texts(model_input: Any, max_bytes: int | None = None) -> list[str]:
+    """Texts from the accepted input shapes (module docstring); non-strings are refused by row.
+
+    Raises:
+        EmboptError: an input shape or value that is not text, or more than ``max_bytes`` of text.
+    """
     import pandas as pd
 
-    if isinstance(model_input, pd.DataFrame):
-        if "text" in model_input.columns:
-            col = model_input["text"]
-        elif model_input.shape[1] == 1:
-            col = model_input.iloc[:, 0]
+    from embopt.serving.runtime import check_texts
+
+    if isinstance(model_input, dict):
+        keys = list(model_input)
+        if "text" in model_input:
+            model_input = model_input["text"]
+        elif len(keys) == 1:
+            model_input = model_input[keys[0]]
         else:
-            raise ValueError(f"expected a 'text' column, got columns {list(model_input.columns)}")
-        return [str(x) for x in col.tolist()]
-    if isinstance(model_input, pd.Series):
-        return [str(x) for x in model_input.tolist()]
-    if isinstance(model_input, str):
-        return [model_input]
-    if isinstance(model_input, np.ndarray):
-        return [str(x) for x in model_input.reshape(-1).tolist()]
-    if isinstance(model_input, (list, tuple)):
-        return [x if isinstance(x, str) else str(x) for x in model_input]
-    raise TypeError(f"unsupported input type {type(model_input).__name__}; "
-                    "pass a DataFrame with a 'text' column")
+            raise EmboptError(f"expected one input or an input named 'text', got {[str(k) for k in keys]}")
+        if isinstance(model_input, str):
+            model_input = [model_input]
+    if isinstance(model_input, pd.DataFrame):
+        values = _column(model_input).tolist()
+    elif isinstance(model_input, pd.Series):
+        values = model_input.tolist()
+    elif isinstance(model_input, str):
+        values = [model_input]
+    elif isinstance(model_input, np.ndarray):
+        if model_input.ndim == 0:  # {"inputs": "one text"}
+            model_input = model_input.reshape(1)
+        if model_input.ndim == 2 and model_input.shape[1] == 1:
+            model_input = model_input[:, 0]
+        if model_input.ndim != 1:
+            raise EmboptError(f"expected a flat list of strings, got an array of shape {model_input.shape} "
+                              "(nested lists?)")
+        values = model_input.tolist()
+    elif isinstance(model_input, (list, tuple)):
+        values = list(model_input)
+    else:
+        raise EmboptError(f"unsupported input type {type(model_input).__name__}; "
+                          "pass a list of strings or a DataFrame with a 'text' column")
+    return check_texts(values, max_bytes=max_bytes)
 
 
 def runtime_config(model_config: dict[str, Any] | None) -> dict[str, Any]:
@@ -61,25 +124,47 @@ def runtime_config(model_config: dict[str, Any] | None) -> dict[str, Any]:
         raise ValueError(f"unknown model_config key(s): {', '.join(sorted(unknown))} "
                          f"(known: {', '.join(DEFAULT_CONFIG)})")
     cfg.update(model_config or {})
+    for key, low in (("max_request_bytes", 1), ("cache_max_bytes", 0)):
+        value = cfg[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise ValueError(f"model_config '{key}' must be an integer >= {low} or null, got {value!r}")
     return cfg
+
+
+def _open_cache(cfg: dict[str, Any]):
+    """The configured cache; a store that cannot be opened is bypassed (memory only) with a warning."""
+    from embopt.serving.cache import EmbeddingCache
+
+    kwargs = {"max_entries": int(cfg["cache_max_entries"]), "max_rows": cfg["cache_max_rows"],
+              "max_bytes": cfg["cache_max_bytes"]}
+    try:
+        return EmbeddingCache(path=cfg["cache_path"], **kwargs)
+    except EmboptError as exc:
+        if cfg["cache_path"] is None:
+            raise
+        log.warning("%s; serving with the in-memory cache only", exc)
+        return EmbeddingCache(path=None, **kwargs)
 
 
 class EmbedderModel(mlflow.pyfunc.PythonModel):
     """pyfunc wrapper: strings in, float32 (n, dim) unit vectors out."""
 
     def load_context(self, context) -> None:
-        from embopt.serving.cache import EmbeddingCache
         from embopt.serving.runtime import Embedder
 
         cfg = runtime_config(getattr(context, "model_config", None))
-        cache = None
-        if cfg["cache"]:
-            cache = EmbeddingCache(max_entries=int(cfg["cache_max_entries"]), path=cfg["cache_path"],
-                                   max_rows=cfg["cache_max_rows"])
+        self.max_request_bytes = cfg["max_request_bytes"]
+        cache = _open_cache(cfg) if cfg["cache"] else None
         self.embedder = Embedder(
             context.artifacts["bundle"], threads=cfg["threads"], batch_size=int(cfg["batch_size"]),
             graph_optimization=cfg["graph_optimization"], providers=cfg["providers"], cache=cache,
         )
 
     def predict(self, context, model_input, params=None) -> np.ndarray:
-        return self.embedder.embed(to_texts(model_input))
+        from mlflow.exceptions import MlflowException
+        from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+        try:
+            return self.embedder.embed(to_texts(model_input, getattr(self, "max_request_bytes", None)))
+        except EmboptError as exc:  # bad input: HTTP 400 with this message, not a 500 or a vector of str(x)
+            raise MlflowException(f"embopt: {exc}", error_code=INVALID_PARAMETER_VALUE) from None

@@ -89,6 +89,39 @@ def available_providers(requested: Sequence[str] | None) -> list[str]:
     return chosen
 
 
+def _describe(value: Any) -> str:
+    """A short description of a value that is not a string, for error messages."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "null"
+    shown = repr(value)
+    if len(shown) > 40:
+        shown = shown[:37] + "..."
+    return f"{type(value).__name__} {shown}"
+
+
+def check_texts(texts: Sequence[Any], max_bytes: int | None = None) -> list[str]:
+    """``texts`` as a list of ``str``, or an :class:`EmboptError` naming the first row that is not text.
+
+    Nothing is converted: null, numbers, booleans, bytes, lists and dicts are refused, not embedded
+    as ``str(x)``. ``max_bytes`` bounds the UTF-8 size of all texts together (None: no bound).
+    """
+    texts = texts if isinstance(texts, list) else list(texts)
+    if not all(type(t) is str for t in texts):  # noqa: E721 - the fast path; subclasses checked below
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                hint = " (decode bytes to str first)" if isinstance(t, (bytes, bytearray)) else ""
+                raise EmboptError(f"row {i}: {_describe(t)} is not a string{hint}")
+        texts = [str(t) for t in texts]  # str subclasses (numpy.str_) as plain str
+    if max_bytes is not None:
+        chars = sum(map(len, texts))
+        if chars * 4 > max_bytes:  # UTF-8 takes at most 4 bytes a character: count only when it matters
+            size = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
+            if size > max_bytes:
+                raise EmboptError(f"request holds {size:,} bytes of text, over the limit of {max_bytes:,} "
+                                  "(runtime max_request_bytes); send it in smaller requests")
+    return texts
+
+
 def load_tokenizer(bundle: Path, max_seq_length: int):
     """The bundle's Rust tokenizer, truncating to ``max_seq_length`` tokens (special tokens included)."""
     from tokenizers import Tokenizer
@@ -176,13 +209,18 @@ class Embedder:
             raise EmboptError(f"{self.onnx_path}: ONNX file not found")
         self.batch_size = int(batch_size)
         self.max_seq_length = int(max_seq_length or self.manifest["max_seq_length"])
+        # Cache keys hash the bytes loaded now, not the manifest's record of them: a file swapped
+        # after export must not be served the old file's vectors.
         self.tokenizer = load_tokenizer(self.bundle, self.max_seq_length)
+        self.tokenizer_sha256 = sha256(self.bundle / "tokenizer.json")
         # encode_batch_fast skips character offsets we never use (tokenizers >= 0.21).
         self._encode_batch = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
         pad = self.tokenizer.token_to_id(self.manifest.get("pad_token", "[PAD]"))
         self.pad_id = int(pad) if pad is not None else 0
         opts = session_options(threads, graph_optimization, spinning=spinning)
         self.providers = available_providers(providers)
+        self.graph_sha256 = sha256(self.onnx_path)
+        self._warn_if_not_manifest()
         model: str | bytes = str(self.onnx_path)
         try:
             self.session = ort.InferenceSession(model, sess_options=opts, providers=self.providers)
@@ -239,6 +277,7 @@ class Embedder:
     def _load_pca(self, path: Path) -> dict[str, np.ndarray]:
         if not path.exists():
             raise EmboptError(f"{path}: PCA file not found")
+        self._pca_sha256 = sha256(path)
         try:
             with np.load(path, allow_pickle=False) as z:
                 pca = {k: np.asarray(z[k], dtype=np.float32) for k in ("mean", "components")}
@@ -250,17 +289,23 @@ class Embedder:
         pca["components_t"] = np.ascontiguousarray(pca["components"].T)
         return pca
 
+    def _warn_if_not_manifest(self) -> None:
+        entry = self.manifest["variants"].get(self.variant, {})
+        recorded = entry.get("sha256")
+        own = self.bundle / str(entry.get("file", ""))
+        if not recorded or own.resolve() != self.onnx_path.resolve():
+            return
+        if recorded != self.graph_sha256:
+            log.warning("%s: file differs from the manifest's sha256 (replaced after export?); "
+                        "serving the file as it is now", self.onnx_path)
+
     @property
     def key(self) -> str:
-        """What the embeddings depend on: graph, tokenizer, truncation and PCA (cache keys)."""
+        """What the embeddings depend on (cache keys): the bytes of the graph and tokenizer files as
+        loaded (hashed at load, not taken from the manifest), truncation and PCA."""
         if self._key is None:
-            entry = self.manifest["variants"].get(self.variant, {})
-            own = entry.get("file")
-            same_file = own and (self.bundle / own).resolve() == self.onnx_path.resolve()
-            graph = entry.get("sha256") if same_file and entry.get("sha256") else sha256(self.onnx_path)
-            tok = self.manifest.get("tokenizer_sha256") or sha256(self.bundle / "tokenizer.json")
-            pca = sha256(self.pca_path) if self.pca_path is not None else ""
-            ident = f"{graph}|{tok}|{self.max_seq_length}|{pca}"
+            pca = self._pca_sha256 if self.pca_path is not None else ""
+            ident = f"{self.graph_sha256}|{self.tokenizer_sha256}|{self.max_seq_length}|{pca}"
             self._key = hashlib.sha256(ident.encode()).hexdigest()[:24]
         return self._key
 
@@ -315,7 +360,7 @@ class Embedder:
         if isinstance(texts, str):
             raise TypeError("embed() takes a list of strings, not a single string")
         t0 = time.perf_counter()
-        texts = texts if isinstance(texts, list) else list(texts)
+        texts = check_texts(texts)
         n = len(texts)
         out = np.empty((n, self.dim), dtype=np.float32)
         progress = None
@@ -329,6 +374,14 @@ class Embedder:
                     self._embed_uncached(texts, out, progress)
             else:
                 self._embed_with_cache(texts, out, progress)
+        except (UnicodeEncodeError, TypeError):  # a lone surrogate ("\ud800" in JSON): not valid Unicode
+            for i, t in enumerate(texts):
+                try:
+                    t.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    raise EmboptError(f"row {i}: not valid Unicode ({exc.reason} at character "
+                                      f"{exc.start})") from None
+            raise
         finally:
             if progress is not None:
                 progress.close()

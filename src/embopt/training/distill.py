@@ -318,9 +318,17 @@ def train_student(
     if ckpt_dir is not None:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         ckpt_path = ckpt_dir / CKPT_FILE
+        state = None
         if ckpt_path.exists():
-            state = torch.load(ckpt_path, map_location=device, weights_only=False)
-            if state.get("job_id") == job_id:
+            # weights_only: the checkpoint holds tensors and plain values only, so unpickling can
+            # never run code from a planted or tampered file. An unreadable one is not resumed.
+            try:
+                state = torch.load(ckpt_path, map_location=device, weights_only=True)
+            except Exception as exc:  # truncated file, foreign pickle: start over, as for other settings
+                log.warning("checkpoint %s is unreadable (%s); starting over", ckpt_path,
+                            str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        if state is not None:
+            if isinstance(state, dict) and state.get("job_id") == job_id:
                 student.load_state_dict(state["model"])
                 heads.load_state_dict(state.get("heads", {}))
                 optimizer.load_state_dict(state["optimizer"])
