@@ -21,7 +21,7 @@ from embopt.pipeline.files import atomic_dir, dir_size_mb
 from embopt.pipeline.params import load_params
 from embopt.pipeline.stage import report, run_stage
 from embopt.pipeline.tracking import stage_run
-from embopt.serving.bundle import MANIFEST, read_manifest
+from embopt.serving.bundle import MANIFEST, member_path, read_manifest
 
 log = logging.getLogger("stages.export")
 
@@ -33,7 +33,7 @@ def main() -> None:
         src = config.QUANTIZE_DIR
         manifest = read_manifest(src)
         for v in manifest["variants"].values():
-            check_onnx(src / v["file"])  # a corrupt or truncated file fails here, before anything is written
+            check_onnx(member_path(src, v["file"]))  # corrupt/truncated/outside the bundle: fails here
         t = p.triton
         served = list(manifest["variants"]) if t.variants is None else t.variants
         missing = [v for v in served if v not in manifest["variants"]]

@@ -51,6 +51,8 @@ def served_config(rt: RuntimeParams) -> dict:
         "cache_max_entries": rt.cache.max_entries,
         "cache_path": rt.cache.path,
         "cache_max_rows": rt.cache.max_rows,
+        "cache_max_bytes": rt.cache.max_bytes,
+        "max_request_bytes": rt.max_request_bytes,
     }
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from embopt.errors import EmboptError
 from embopt.pipeline import config
-from embopt.serving.bundle import FORMAT, MANIFEST, read_manifest, sha256
+from embopt.serving.bundle import FORMAT, MANIFEST, member_path, read_manifest, sha256
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,8 @@ def onnx_variants(export_dir: Path = config.EXPORT_DIR, pca_dir: Path = config.P
     skip = unavailable_variants(export_dir)
     for name, why in skip.items():
         log.info("skipping variant %s: %s", name, why)
-    out = {name: export_dir / v["file"] for name, v in manifest["variants"].items() if name not in skip}
+    variants = manifest["variants"].items()
+    out = {name: member_path(export_dir, v["file"]) for name, v in variants if name not in skip}
     info_path = pca_dir / PCA_INFO
     if info_path.exists():
         info = json.loads(info_path.read_text(encoding="utf-8"))

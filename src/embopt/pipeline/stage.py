@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 from collections.abc import Callable
 
 from embopt.errors import EmboptError, GateFailed
+from embopt.pipeline.files import exit_on_sigterm
 
 EXIT_ERROR = 1
 EXIT_GATE = 2
@@ -36,7 +36,7 @@ def run_stage(name: str, fn: Callable[[], None]) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # SIGTERM (dvc killed, a CI timeout) unwinds like Ctrl-C: temp outputs are removed and the
     # MLflow run ends KILLED instead of staying RUNNING forever.
-    signal.signal(signal.SIGTERM, _terminated)
+    exit_on_sigterm()
     try:
         fn()
     except GateFailed as exc:
@@ -45,10 +45,6 @@ def run_stage(name: str, fn: Callable[[], None]) -> None:
     except EmboptError as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_ERROR)
-
-
-def _terminated(signum, frame) -> None:
-    raise SystemExit(128 + signum)
 
 
 def report(run, stage: str, metrics: dict, gate=None, details: dict | None = None) -> None:
