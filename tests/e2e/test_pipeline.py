@@ -148,8 +148,8 @@ def test_rerun_measures_the_incumbent_and_promotes_the_same_variant(pipeline):
     client = mlflow.MlflowClient(pipeline["uri"])
     challenger = client.get_model_version_by_alias("embopt-tiny", "challenger")
     champion = client.get_model_version_by_alias("embopt-tiny", "champion")
-    assert challenger.version == second["registered_version"]
-    assert champion.version == second["champion_version"]
+    assert str(challenger.version) == second["registered_version"]
+    assert str(champion.version) == second["champion_version"]
     assert challenger.tags["decision"] == second["decision"]
     assert "validation retention" in challenger.description and second["decision"] in challenger.description
     for key in (
