@@ -5,10 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help env repro test test-fast lint bench ui clean
+.PHONY: help env repro push pull test test-fast lint bench ui tracking-server tracking-server-stop clean
 
 help: ## List targets with a one-line description
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-20s %s\n", $$1, $$2}'
 
 $(STAMP): requirements/lock.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,11 +24,17 @@ repro: $(STAMP) ## Run the whole pipeline (dvc repro) on the offline defaults
 	@test -d .dvc || $(BIN)/dvc init --quiet
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
+push: $(STAMP) ## Send every DVC output (data/raw imports included) to the default remote (../embopt-dvc-remote)
+	$(BIN)/dvc push
+
+pull: $(STAMP) ## In a fresh clone: fetch every DVC output from the remote; `make repro` is then a no-op
+	$(BIN)/dvc pull
+
 test: $(STAMP) ## Run the test suite (unit tests + the end-to-end dvc repro on a tiny profile)
 	$(BIN)/python -m pytest -q tests
 
-test-fast: $(STAMP) ## Unit tests only (skips the end-to-end pipeline tests)
-	$(BIN)/python -m pytest -q -m "not slow" tests
+test-fast: $(STAMP) ## Skips the end-to-end pipeline tests and those starting services (PostgreSQL, S3)
+	$(BIN)/python -m pytest -q -m "not slow and not services" tests
 
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check src stages tests
@@ -38,6 +44,12 @@ bench: $(STAMP) ## Benchmark every variant against the anchors (prints a table)
 
 ui: $(STAMP) ## Open the MLflow UI on the local store (http://127.0.0.1:5000)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+tracking-server: $(STAMP) ## Start the team MLflow server on 127.0.0.1:5000 (PostgreSQL store, proxied artifacts; idempotent)
+	$(BIN)/python scripts/tracking_server.py start
+
+tracking-server-stop: ## Stop the team MLflow server and its PostgreSQL
+	$(PYTHON) scripts/tracking_server.py stop
 
 clean: ## Remove the virtual environment and caches (not models/ or mlflow.db)
 	rm -rf $(VENV) .pytest_cache .ruff_cache
