@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import sys
 import textwrap
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -159,15 +161,17 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(10)
 
 
-def test_served_over_http(store, tmp_path):
+@contextlib.contextmanager
+def _serving(registry, tmp_path: Path, workers: int, inference_config: dict) -> Iterator[tuple[str, int]]:
+    """``mlflow models serve`` of the champion on a free loopback port; (base URL, server pid)."""
     port = _free_port()
-    log = open(tmp_path / "serve.log", "w")
-    env = _clean_env(store)
-    cache = tmp_path / "served.sqlite"  # a runtime setting overridden for this server only
-    env["MLFLOW_PYFUNC_INFERENCE_CONFIG"] = json.dumps({"cache_path": str(cache)})
+    log_path = tmp_path / f"serve-{workers}.log"
+    log = open(log_path, "w")
+    env = _clean_env(registry)
+    env["MLFLOW_PYFUNC_INFERENCE_CONFIG"] = json.dumps(inference_config)  # for this server only
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", URI, "--host", "127.0.0.1",
-         "--port", str(port), "--env-manager", "local", "--workers", "1"],
+         "--port", str(port), "--env-manager", "local", "--workers", str(workers)],
         cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
@@ -176,7 +180,7 @@ def test_served_over_http(store, tmp_path):
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"mlflow models serve exited with {proc.returncode}: "
-                            f"{(tmp_path / 'serve.log').read_text()[-2000:]}")
+                            f"{log_path.read_text()[-2000:]}")
             try:
                 with urllib.request.urlopen(f"{base}/ping", timeout=2) as resp:
                     if resp.status == 200:
@@ -184,14 +188,20 @@ def test_served_over_http(store, tmp_path):
             except OSError:
                 pass
             if time.time() > deadline:
-                pytest.fail(f"server not up after 180 s: {(tmp_path / 'serve.log').read_text()[-2000:]}")
+                pytest.fail(f"server not up after 180 s: {log_path.read_text()[-2000:]}")
             time.sleep(0.5)
-        frame = {"dataframe_split": {"columns": ["text"], "data": [[t] for t in TEXTS]}}
-        split = _post(f"{base}/invocations", frame)
-        plain = _post(f"{base}/invocations", {"inputs": TEXTS})
+        yield base, proc.pid
     finally:
         _stop(proc)
         log.close()
+
+
+def test_served_over_http(store, tmp_path):
+    cache = tmp_path / "served.sqlite"  # a runtime setting overridden for this server only
+    with _serving(store, tmp_path, 1, {"cache_path": str(cache)}) as (base, _):
+        frame = {"dataframe_split": {"columns": ["text"], "data": [[t] for t in TEXTS]}}
+        split = _post(f"{base}/invocations", frame)
+        plain = _post(f"{base}/invocations", {"inputs": TEXTS})
     for answer in (split, plain):
         rows = np.array(answer["predictions"], dtype=np.float32)
         assert rows.shape == (3, 32)
@@ -200,6 +210,51 @@ def test_served_over_http(store, tmp_path):
 
     with sqlite3.connect(cache) as conn:  # the second request was served from the cache the first filled
         assert conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0] == len(TEXTS)
+
+
+def _processes_with_file_open(pid: int, path: Path) -> set[int]:
+    import psutil
+
+    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    found = set()
+    for proc in procs:
+        try:
+            if any(Path(f.path) == path for f in proc.open_files()):
+                found.add(proc.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_two_workers_share_one_sqlite_cache(store, tmp_path):
+    """`mlflow models serve --workers 2`: both worker processes use one cache file, and answer from it.
+
+    The in-memory LRU is switched off (``cache_max_entries: 0``) so every look-up reads the
+    shared file; a row rewritten in the file behind the server's back is then what every
+    request gets, whichever worker answers it.
+    """
+    import sqlite3
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = tmp_path / "shared.sqlite"
+    with _serving(store, tmp_path, 2, {"cache_path": str(cache), "cache_max_entries": 0}) as (base, pid):
+        with ThreadPoolExecutor(4) as pool:  # concurrent first requests: both workers write
+            firsts = list(pool.map(lambda t: _post(f"{base}/invocations", {"inputs": [t]}), TEXTS * 4))
+        got = np.array([a["predictions"][0] for a in firsts[: len(TEXTS)]], dtype=np.float32)
+        one_by_one = Embedder(store["bundle"], threads=1, batch_size=2)  # int8 scales per batch
+        np.testing.assert_allclose(got, np.concatenate([one_by_one.embed([t]) for t in TEXTS]), atol=1e-5)
+        workers = _processes_with_file_open(pid, cache)
+        assert len(workers) >= 2, f"cache file open in {workers}, expected both workers"
+        with sqlite3.connect(cache) as conn:
+            assert conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0] == len(TEXTS)
+            marker = np.zeros(32, dtype=np.float32)
+            marker[0] = 1.0
+            conn.execute("UPDATE embeddings SET vec = ? WHERE text = ?", (marker.tobytes(), TEXTS[0]))
+        with ThreadPoolExecutor(4) as pool:
+            one = {"inputs": [TEXTS[0]]}
+            answers = list(pool.map(lambda _: _post(f"{base}/invocations", one), range(16)))
+    for answer in answers:
+        np.testing.assert_array_equal(np.array(answer["predictions"][0], dtype=np.float32), marker)
 
 
 def test_repo_path_really_is_hidden(tmp_path):
