@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help env repro push pull test test-fast lint bench ui tracking-server tracking-server-stop clean
+.PHONY: help env repro push pull test test-fast lint bench ui tracking-server tracking-server-stop triton-env serve-triton clean
 
 help: ## List targets with a one-line description
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-20s %s\n", $$1, $$2}'
@@ -37,7 +37,7 @@ test-fast: $(STAMP) ## Skips the end-to-end pipeline tests and those starting se
 	$(BIN)/python -m pytest -q -m "not slow and not services" tests
 
 lint: $(STAMP) ## ruff
-	$(BIN)/ruff check src stages tests
+	$(BIN)/ruff check src stages tests scripts
 
 bench: $(STAMP) ## Benchmark every variant against the anchors (prints a table)
 	$(BIN)/embopt bench
@@ -51,5 +51,16 @@ tracking-server: $(STAMP) ## Start the team MLflow server on 127.0.0.1:5000 (Pos
 tracking-server-stop: ## Stop the team MLflow server and its PostgreSQL
 	$(PYTHON) scripts/tracking_server.py stop
 
+TRITON_VENV := .venv-triton
+$(TRITON_VENV)/.installed: requirements/triton.txt
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install --quiet -r requirements/triton.txt
+	touch $@
+
+triton-env: $(TRITON_VENV)/.installed ## Create .venv-triton for PyTriton (its own venv: it needs numpy<2)
+
+serve-triton: $(STAMP) $(TRITON_VENV)/.installed ## Serve models:/embopt-encoder@champion through Triton (dynamic batching) on 127.0.0.1:8000/8001
+	$(BIN)/python scripts/triton_serve.py --model-uri models:/embopt-encoder@champion
+
 clean: ## Remove the virtual environment and caches (not models/ or mlflow.db)
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TRITON_VENV) .pytest_cache .ruff_cache

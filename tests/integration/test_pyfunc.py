@@ -263,3 +263,71 @@ def test_repo_path_really_is_hidden(tmp_path):
     script = f"import sys; sys.path[:] = [p for p in sys.path if p.rstrip('/') != {src!r}]; import embopt"
     run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True)
     assert run.returncode != 0 and "No module named 'embopt'" in run.stderr
+
+
+@pytest.mark.services
+def test_served_by_triton_with_dynamic_batching(store, tmp_path):
+    """PyTriton (its own venv, see scripts/triton_serve.py) serves the champion over loopback gRPC.
+
+    Concurrent one-sentence requests come back right, and Triton's own metrics show its
+    dynamic batcher merged them (fewer model executions than inferences).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from scripts import triton_serve
+
+    reason = triton_serve.missing_triton_reason()
+    if reason:
+        pytest.skip(reason)
+    grpcclient = pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is not installed")
+    http_port, grpc_port, metrics_port = _free_port(), _free_port(), _free_port()
+    log_path = tmp_path / "triton.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(triton_serve.__file__)), "--model-uri", URI, "--http-port", str(http_port),
+         "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port), "--max-batch-size", "16",
+         "--queue-delay-us", "50000", "--threads", "1", "--work", str(tmp_path / "model")],
+        cwd=tmp_path, env=_clean_env(store), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"127.0.0.1:{grpc_port}"
+    name = triton_serve.MODEL_NAME
+
+    def embed_one(text: str) -> np.ndarray:
+        client = grpcclient.InferenceServerClient(url)
+        inp = grpcclient.InferInput("text", [1, 1], "BYTES")
+        inp.set_data_from_numpy(np.array([[text.encode()]], dtype=object))
+        return client.infer(name, [inp]).as_numpy("embedding")[0]
+
+    try:
+        deadline = time.time() + 240
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"triton_serve exited with {proc.returncode}: {log_path.read_text()[-3000:]}")
+            try:
+                if grpcclient.InferenceServerClient(url).is_model_ready(name):
+                    break
+            except Exception:  # not listening yet
+                pass
+            if time.time() > deadline:
+                pytest.fail(f"triton not ready after 240 s: {log_path.read_text()[-3000:]}")
+            time.sleep(1)
+        texts = TEXTS * 8
+        with ThreadPoolExecutor(8) as pool:
+            got = np.stack(list(pool.map(embed_one, texts)))
+        # PyTriton restricts the statistics API to its own token; Triton's Prometheus metrics are open.
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
+            metrics = resp.read().decode()
+    finally:
+        _stop(proc)
+        log.close()
+    one_by_one = Embedder(store["bundle"], threads=1, batch_size=2)
+    want = np.concatenate([one_by_one.embed([t]) for t in texts])
+    assert got.shape == (len(texts), 32) and got.dtype == np.float32
+    # int8 activations are scaled per batch, so batched rows differ from one-by-one ones in float noise.
+    assert np.min(np.sum(got * want, axis=1)) > 0.999
+    counts = {}
+    for line in metrics.splitlines():
+        if line.startswith(("nv_inference_count{", "nv_inference_exec_count{")) and f'model="{name}"' in line:
+            counts[line.split("{")[0]] = float(line.split()[-1])
+    inferences, executions = counts["nv_inference_count"], counts["nv_inference_exec_count"]
+    assert inferences == len(texts) and executions < inferences, counts
