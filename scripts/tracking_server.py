@@ -242,6 +242,15 @@ def healthy(url: str, timeout: float = 2.0) -> bool:
 
 
 def _pid_alive(pid: int) -> bool:
+    """The process exists and, where /proc tells, is an ``mlflow`` process (not a reused pid)."""
+    if Path("/proc/self").exists():
+        try:
+            if b"mlflow" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return False
+        except FileNotFoundError:
+            return False
+        except OSError:
+            pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -272,7 +281,9 @@ def start(root: Path = DEFAULT_ROOT, host: str = "127.0.0.1", port: int = DEFAUL
     root = root.resolve()
     url = f"http://{host}:{port}"
     pid = _read_pid(root)
-    if pid and _pid_alive(pid) and healthy(url):
+    if pid and _pid_alive(pid):
+        # Ours, running or still starting (another call launched it): wait for it, never start a second.
+        _wait_healthy(url, root, pid, timeout)
         Postgres(root, ensure_bindir()).start()  # no-op when running; restarts it if it was stopped alone
         print(f"tracking server already running at {url} (pid {pid}, {root})")
         return url
@@ -291,17 +302,26 @@ def start(root: Path = DEFAULT_ROOT, host: str = "127.0.0.1", port: int = DEFAUL
                             start_new_session=True)
     log.close()
     (root / "mlflow.pid").write_text(f"{proc.pid}\n")
-    deadline = time.monotonic() + timeout
-    while not healthy(url):
-        if proc.poll() is not None:
-            raise ServerError(f"mlflow server exited with {proc.returncode}: "
-                              f"{(root / 'mlflow.log').read_text()[-1500:]}")
-        if time.monotonic() > deadline:
-            _stop_group(proc.pid)
-            raise ServerError(f"mlflow server not healthy after {timeout:.0f} s; see {root / 'mlflow.log'}")
-        time.sleep(0.5)
+    try:
+        _wait_healthy(url, root, proc.pid, timeout, proc)
+    except ServerError:
+        _stop_group(proc.pid)
+        raise
     print(f"tracking server at {url} (pid {proc.pid}): backend {pg.uri}, artifacts {artifacts}")
     return url
+
+
+def _wait_healthy(url: str, root: Path, pid: int, timeout: float,
+                  proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not healthy(url):
+        exited = proc.poll() is not None if proc is not None else not _pid_alive(pid)
+        if exited:
+            tail = (root / "mlflow.log").read_text()[-1500:]
+            raise ServerError(f"mlflow server (pid {pid}) exited: {tail}")
+        if time.monotonic() > deadline:
+            raise ServerError(f"mlflow server not healthy after {timeout:.0f} s; see {root / 'mlflow.log'}")
+        time.sleep(0.5)
 
 
 def ensure_bindir() -> Path:
