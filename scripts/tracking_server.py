@@ -153,7 +153,14 @@ class Postgres:
         self.log = self.dir / "postgres.log"
         self.bindir = bindir
         self.port = port
-        self.user = PgUser.for_current_process()
+        self._user: PgUser | None = None
+
+    @property
+    def user(self) -> PgUser:
+        """Looked up on first use: as root, this needs the ``postgres`` system user."""
+        if self._user is None:
+            self._user = PgUser.for_current_process()
+        return self._user
 
     def _tool(self, name: str) -> str:
         return str(self.bindir / name)
