@@ -5,10 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help env data repro test test-unit test-fast lint bench ui clean
+.PHONY: help env data repro push pull test test-unit test-fast lint bench ui tracking-server tracking-server-stop triton-env serve-triton clean
 
 help: ## List targets with a one-line description
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-20s %s\n", $$1, $$2}'
 
 $(STAMP): requirements/lock.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,17 +30,23 @@ data: $(STAMP) ## Bring the raw data (STSb, Wikipedia corpus) into data/raw
 repro: data ## Run the whole pipeline (dvc repro) on the offline defaults
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc repro
 
+push: $(STAMP) ## Send every DVC output (data/raw imports included) to the default remote (../embopt-dvc-remote)
+	$(BIN)/dvc push
+
+pull: $(STAMP) ## In a fresh clone: fetch every DVC output from the remote; `make repro` is then a no-op
+	$(BIN)/dvc pull
+
 test: $(STAMP) ## Run every test tier (unit, integration, e2e: the real dvc repro on a tiny profile)
 	$(BIN)/python -m pytest -q tests
 
 test-unit: $(STAMP) ## Unit tests only (tests/unit)
 	$(BIN)/python -m pytest -q tests/unit
 
-test-fast: $(STAMP) ## Everything but the slow tests (no dvc repro / queued experiments)
-	$(BIN)/python -m pytest -q -m "not slow" tests
+test-fast: $(STAMP) ## Everything but the slow tests and those starting services (PostgreSQL, S3, Triton)
+	$(BIN)/python -m pytest -q -m "not slow and not services" tests
 
 lint: $(STAMP) ## ruff
-	$(BIN)/ruff check src stages tests
+	$(BIN)/ruff check src stages tests scripts
 
 bench: $(STAMP) ## Benchmark every variant against the anchors (prints a table)
 	$(BIN)/embopt bench
@@ -48,5 +54,22 @@ bench: $(STAMP) ## Benchmark every variant against the anchors (prints a table)
 ui: $(STAMP) ## Open the MLflow UI on the local store (http://127.0.0.1:5000)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
+tracking-server: $(STAMP) ## Start the team MLflow server on 127.0.0.1:5000 (PostgreSQL store, proxied artifacts; idempotent)
+	$(BIN)/python scripts/tracking_server.py start
+
+tracking-server-stop: ## Stop the team MLflow server and its PostgreSQL
+	$(PYTHON) scripts/tracking_server.py stop
+
+TRITON_VENV := .venv-triton
+$(TRITON_VENV)/.installed: requirements/triton.txt
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install --quiet -r requirements/triton.txt
+	touch $@
+
+triton-env: $(TRITON_VENV)/.installed ## Create .venv-triton for PyTriton (its own venv: it needs numpy<2)
+
+serve-triton: $(STAMP) $(TRITON_VENV)/.installed ## Serve models:/embopt-encoder@champion through Triton (dynamic batching) on 127.0.0.1:8000/8001
+	$(BIN)/python scripts/triton_serve.py --model-uri models:/embopt-encoder@champion
+
 clean: ## Remove the virtual environment and caches (not models/ or mlflow.db)
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(TRITON_VENV) .pytest_cache .ruff_cache

@@ -172,15 +172,15 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def _serve(registry, tmp_path: Path, config: dict):
-    """``mlflow models serve`` of the champion on a free loopback port; yields the base URL."""
+def _serve(registry, tmp_path: Path, config: dict, workers: int = 1):
+    """``mlflow models serve --workers N`` of the champion on a free loopback port; yields the base URL."""
     port = _free_port()
     log = open(tmp_path / "serve.log", "w")
     env = _clean_env(registry)
     env["MLFLOW_PYFUNC_INFERENCE_CONFIG"] = json.dumps(config)  # runtime settings for this server only
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", URI, "--host", "127.0.0.1",
-         "--port", str(port), "--env-manager", "local", "--workers", "1"],
+         "--port", str(port), "--env-manager", "local", "--workers", str(workers)],
         cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
@@ -360,3 +360,115 @@ def test_cache_file_that_is_not_a_database_is_bypassed_at_load(store, tmp_path, 
     assert [r.getMessage() for r in caplog.records if "not-a-db.sqlite" in r.getMessage()] == [
         f"{bad}: cannot open embedding cache (file is not a database); serving with the in-memory cache only"]
     assert model.unwrap_python_model().embedder.cache.stats()["hits"] == 0
+
+
+def _processes_with_file_open(path: Path) -> set[int]:
+    import psutil
+
+    found = set()
+    for proc in psutil.process_iter():
+        try:
+            if any(Path(f.path) == path for f in proc.open_files()):
+                found.add(proc.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_two_workers_share_one_sqlite_cache(store, tmp_path):
+    """`mlflow models serve --workers 2`: both worker processes use one cache file, and answer from it.
+
+    The in-memory LRU is switched off (``cache_max_entries: 0``) so every look-up reads the
+    shared file; a row rewritten in the file behind the server's back is then what every
+    request gets, whichever worker answers it.
+    """
+    import sqlite3
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache = tmp_path / "shared.sqlite"
+    with _serve(store, tmp_path, {"cache_path": str(cache), "cache_max_entries": 0}, workers=2) as base:
+        with ThreadPoolExecutor(4) as pool:  # concurrent first requests: both workers write
+            firsts = list(pool.map(lambda t: _post(f"{base}/invocations", {"inputs": [t]}), TEXTS * 4))
+        got = np.array([a["predictions"][0] for a in firsts[: len(TEXTS)]], dtype=np.float32)
+        one_by_one = Embedder(store["bundle"], threads=1, batch_size=2)  # int8 scales per batch
+        np.testing.assert_allclose(got, np.concatenate([one_by_one.embed([t]) for t in TEXTS]), atol=1e-5)
+        workers = _processes_with_file_open(cache)
+        assert len(workers) >= 2, f"cache file open in {workers}, expected both workers"
+        with sqlite3.connect(cache) as conn:
+            assert conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0] == len(TEXTS)
+            marker = np.zeros(32, dtype=np.float32)
+            marker[0] = 1.0
+            conn.execute("UPDATE embeddings SET vec = ? WHERE text = ?", (marker.tobytes(), TEXTS[0]))
+        with ThreadPoolExecutor(4) as pool:
+            one = {"inputs": [TEXTS[0]]}
+            answers = list(pool.map(lambda _: _post(f"{base}/invocations", one), range(16)))
+    for answer in answers:
+        np.testing.assert_array_equal(np.array(answer["predictions"][0], dtype=np.float32), marker)
+
+
+@pytest.mark.services
+def test_served_by_triton_with_dynamic_batching(store, tmp_path):
+    """PyTriton (its own venv, see scripts/triton_serve.py) serves the champion over loopback gRPC.
+
+    Concurrent one-sentence requests come back right, and Triton's own metrics show its
+    dynamic batcher merged them (fewer model executions than inferences).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from scripts import triton_serve
+
+    reason = triton_serve.missing_triton_reason()
+    if reason:
+        pytest.skip(reason)
+    grpcclient = pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is not installed")
+    http_port, grpc_port, metrics_port = _free_port(), _free_port(), _free_port()
+    log_path = tmp_path / "triton.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(triton_serve.__file__)), "--model-uri", URI, "--http-port", str(http_port),
+         "--grpc-port", str(grpc_port), "--metrics-port", str(metrics_port), "--max-batch-size", "16",
+         "--queue-delay-us", "50000", "--threads", "1", "--work", str(tmp_path / "model")],
+        cwd=tmp_path, env=_clean_env(store), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"127.0.0.1:{grpc_port}"
+    name = triton_serve.MODEL_NAME
+
+    def embed_one(text: str) -> np.ndarray:
+        client = grpcclient.InferenceServerClient(url)
+        inp = grpcclient.InferInput("text", [1, 1], "BYTES")
+        inp.set_data_from_numpy(np.array([[text.encode()]], dtype=object))
+        return client.infer(name, [inp]).as_numpy("embedding")[0]
+
+    try:
+        deadline = time.time() + 240
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"triton_serve exited with {proc.returncode}: {log_path.read_text()[-3000:]}")
+            try:
+                if grpcclient.InferenceServerClient(url).is_model_ready(name):
+                    break
+            except Exception:  # not listening yet
+                pass
+            if time.time() > deadline:
+                pytest.fail(f"triton not ready after 240 s: {log_path.read_text()[-3000:]}")
+            time.sleep(1)
+        texts = TEXTS * 8
+        with ThreadPoolExecutor(8) as pool:
+            got = np.stack(list(pool.map(embed_one, texts)))
+        # PyTriton restricts the statistics API to its own token; Triton's Prometheus metrics are open.
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
+            metrics = resp.read().decode()
+    finally:
+        _stop(proc)
+        log.close()
+    one_by_one = Embedder(store["bundle"], threads=1, batch_size=2)
+    want = np.concatenate([one_by_one.embed([t]) for t in texts])
+    assert got.shape == (len(texts), 32) and got.dtype == np.float32
+    # int8 activations are scaled per batch, so batched rows differ from one-by-one ones in float noise.
+    assert np.min(np.sum(got * want, axis=1)) > 0.999
+    counts = {}
+    for line in metrics.splitlines():
+        if line.startswith(("nv_inference_count{", "nv_inference_exec_count{")) and f'model="{name}"' in line:
+            counts[line.split("{")[0]] = float(line.split()[-1])
+    inferences, executions = counts["nv_inference_count"], counts["nv_inference_exec_count"]
+    assert inferences == len(texts) and executions < inferences, counts
