@@ -22,6 +22,7 @@ from embopt.pipeline.params import load_params
 from embopt.pipeline.stage import report, run_stage
 from embopt.pipeline.tracking import stage_run
 from embopt.training.modeling import load_sentence_model, pick_device
+from embopt.training.teacher_encode import resolve_backend, teacher_encoder
 
 log = logging.getLogger("stages.teacher_embed")
 
@@ -35,19 +36,17 @@ def main() -> None:
         sentences = read_lines(corpus_file)
         device = pick_device()
         teacher = load_sentence_model(params.base.teacher, device=device, max_seq_length=p.max_seq_length)
-        log.info("encoding %d sentences with %s on %s", len(sentences), params.base.teacher, device)
+        backend = resolve_backend(p.backend, device)
+        log.info("encoding %d sentences with %s on %s (backend %s)", len(sentences), params.base.teacher,
+                 device, backend)
+        encode = teacher_encoder(teacher, backend, p.batch_size, p.max_seq_length,
+                                 threads=params.base.threads, show_progress=True)
         t0 = time.perf_counter()
-        emb = teacher.encode(
-            sentences,
-            batch_size=p.batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=True,
-        ).astype(np.float32)
+        emb = encode(sentences)
         seconds = time.perf_counter() - t0
         dev = read_sts_tsv(config.PREPARED_DIR / "sts_dev.tsv")
         teacher_dev = sts_spearman(
-            lambda s: teacher.encode(list(s), batch_size=64, convert_to_numpy=True), dev
+            encode, dev
         )
         digest = hashlib.sha256(corpus_file.read_bytes()).hexdigest()
         with atomic_dir(config.TEACHER_EMBED_DIR) as tmp:
@@ -63,6 +62,7 @@ def main() -> None:
                     "teacher": params.base.teacher,
                     "max_seq_length": p.max_seq_length,
                     "normalized": True,
+                    "backend": backend,
                 },
             )
         log.info("wrote %s (%s)", config.TEACHER_EMBED_DIR, emb.shape)
@@ -74,6 +74,7 @@ def main() -> None:
                 "dim": int(emb.shape[1]),
                 "encode_seconds": round(seconds, 2),
                 "sentences_per_second": round(len(sentences) / seconds, 1),
+                "backend": backend,
                 "teacher_dev_spearman": round(teacher_dev, 4),
             },
         )

@@ -50,6 +50,8 @@ class DataParams(_Section):
 
 
 class TeacherEmbedParams(_Section):
+    # auto: fp32 ONNX through embopt's runtime on CPU (faster, same embeddings), torch on a GPU.
+    backend: Literal["auto", "onnx", "torch"] = "auto"
     batch_size: int = Field(64, ge=1)
     max_seq_length: int = Field(128, ge=8)
 
