@@ -17,6 +17,7 @@ import torch
 
 from embopt.training.distill import (
     CKPT_FILE,
+    LOSSES,
     TrainConfig,
     distill_loss,
     epoch_batches,
@@ -87,7 +88,7 @@ def assert_same_weights(a: dict, b: dict, atol: float = 1e-6) -> None:
 # --------------------------------------------------------------------------- learning
 
 
-@pytest.mark.parametrize("loss", ["mse", "cosine"])
+@pytest.mark.parametrize("loss", ["mse", "cosine", "sim", "mse+sim", "kl", "mse+kl"])
 def test_loss_decreases(tiny_model, corpus, targets, dev_pairs, loss):
     student = scrambled_student(tiny_model, [0, 3])
     before = corpus_loss(student, corpus, targets, loss)
@@ -104,6 +105,42 @@ def test_loss_decreases(tiny_model, corpus, targets, dev_pairs, loss):
     assert after < 0.7 * before, (before, after)
     assert np.mean(seen[-6:]) < np.mean(seen[:6])
     assert not student.training and student.max_seq_length == tiny_model.max_seq_length
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_each_loss_is_zero_when_student_equals_teacher(tiny_model, corpus, targets, loss):
+    same = torch.from_numpy(targets)
+    # Zero up to float rounding (cosine's 1 - <s, t> rounds to about 1e-8).
+    assert abs(float(distill_loss(same, same.clone(), loss))) < 1e-6
+    # A student of every teacher layer is the teacher.
+    student = make_student(tiny_model, [0, 1, 2, 3])
+    assert abs(corpus_loss(student, corpus, targets, loss)) < 1e-6
+    other = torch.from_numpy(targets[::-1].copy())
+    assert float(distill_loss(same, other, loss)) > 0.0
+
+
+def test_structure_losses_ignore_a_rotation_that_mse_sees():
+    # Relational losses compare how sentences relate; a rotation of the whole space keeps that intact.
+    gen = torch.Generator().manual_seed(0)
+    t = torch.nn.functional.normalize(torch.randn(16, 8, generator=gen), dim=1)
+    q, _ = torch.linalg.qr(torch.randn(8, 8, generator=gen))
+    s = t @ q
+    assert float(distill_loss(s, t, "mse")) > 1e-3
+    assert float(distill_loss(s, t, "sim")) < 1e-10 and float(distill_loss(s, t, "kl")) < 1e-6
+
+
+def test_kl_loss_ranks_neighbours_at_the_temperature():
+    t = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
+    swapped = torch.tensor([[0.0, 1.0], [0.8, 0.6], [1.0, 0.0]])  # nearest neighbours swapped
+    sharp = float(distill_loss(swapped, t, "kl", temperature=0.05))
+    soft = float(distill_loss(swapped, t, "kl", temperature=1.0))
+    assert sharp > soft > 0.0
+
+
+def test_unknown_loss_names_the_options():
+    x = torch.ones(2, 3)
+    with pytest.raises(ValueError, match="one of mse, cosine, mse\\+cosine, sim"):
+        distill_loss(x, x, "huber")
 
 
 def test_best_dev_weights_are_kept(tiny_model, corpus, targets, dev_pairs):

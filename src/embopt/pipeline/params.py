@@ -71,7 +71,12 @@ class DistillParams(_Section):
     weight_decay: float = Field(0.01, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     max_seq_length: int = Field(64, ge=8)
-    loss: Literal["mse", "cosine", "mse+cosine"] = "mse"
+    # mse | cosine on each embedding; sim (in-batch cosine matrix MSE) | kl (in-batch neighbour
+    # softmax KL at `temperature`) on the similarity structure; mse+sim | mse+kl add
+    # structure_weight x the structure term to MSE.
+    loss: Literal["mse", "cosine", "mse+cosine", "sim", "mse+sim", "kl", "mse+kl"] = "mse"
+    temperature: float = Field(0.05, gt=0)
+    structure_weight: float = Field(1.0, ge=0)
     # Intermediate hidden-state matching (MiniLM/TinyBERT): weight of the masked MSE between each
     # student layer and the teacher layer it came from. 0 = off (fast: the teacher does not run).
     hidden_weight: float = Field(0.0, ge=0)
