@@ -133,6 +133,7 @@ def test_mpnet_teacher_through_the_stages(mpnet, corpus, dev_pairs, tmp_path):
         proc = stage(name, "")
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((root / "metrics" / "teacher_embed.json").read_text())["backend"] == "onnx"
+    assert not list((root / "models" / "teacher_embed_ckpt").glob("chunk_*"))  # cleared once written
     assert json.loads((root / "metrics" / "distill.json").read_text())["layers"] == [0, 3]
 
     proc = stage("prune", "  heads_to_prune: 1\n")

@@ -54,6 +54,8 @@ class TeacherEmbedParams(_Section):
     backend: Literal["auto", "onnx", "torch"] = "auto"
     batch_size: int = Field(64, ge=1)
     max_seq_length: int = Field(128, ge=8)
+    # Saved one by one as they finish: a killed run resumes at the first missing chunk.
+    chunk_sentences: int = Field(10000, ge=1)
 
 
 class DistillGate(_Section):

@@ -6,12 +6,20 @@ The ONNX path exports the teacher with pooling and L2 normalisation inside the g
 pad only to their own longest sentence, one session call per batch. The embeddings are
 the torch teacher's up to float rounding (cosine >= 0.9999, tested); the ONNX files live in
 a temporary folder and are not a stage output.
+
+:func:`encode_in_chunks` makes the stage resumable: the corpus is encoded in fixed chunks,
+each saved as it finishes, so a killed run starts again at the first missing chunk and
+ends with the same rows as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -117,3 +125,75 @@ def teacher_encoder(st_model, backend: str, batch_size: int, max_seq_length: int
         return embedder.embed(list(sentences), show_progress=show_progress)
 
     return encode
+
+
+def chunk_job_id(**settings) -> str:
+    """Identify an encoding job (corpus hash, teacher, backend, ...): another job's chunks are dropped."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _chunk_file(ckpt_dir: Path, i: int) -> Path:
+    return ckpt_dir / f"chunk_{i:05d}.npy"
+
+
+def clear_chunks(ckpt_dir: Path) -> None:
+    """Drop the chunks and the job file once the stage wrote its output."""
+    if not ckpt_dir.exists():
+        return
+    for f in ckpt_dir.glob("chunk_*.npy"):
+        f.unlink()
+    (ckpt_dir / "job.json").unlink(missing_ok=True)
+
+
+def encode_in_chunks(encode: Encoder, sentences: Sequence[str], chunk_sentences: int,
+                     ckpt_dir: Path | None = None, job_id: str = "") -> tuple[np.ndarray, int]:
+    """Encode ``sentences`` chunk by chunk, saving each finished chunk under ``ckpt_dir``.
+
+    Args:
+        encode: sentences -> float32 rows (length-sorted batches form within a chunk).
+        sentences: all sentences, in output row order.
+        chunk_sentences: sentences per chunk; the boundaries are fixed, so a resumed run
+            encodes exactly the batches an uninterrupted one would.
+        ckpt_dir: where chunks go (None: nothing saved); chunks of the same ``job_id`` are reused.
+        job_id: :func:`chunk_job_id` of the settings; a different one discards the old chunks.
+
+    Returns:
+        (embeddings, number of sentences taken from saved chunks).
+    """
+    if chunk_sentences < 1:
+        raise ValueError(f"chunk_sentences must be >= 1, got {chunk_sentences}")
+    if ckpt_dir is not None:
+        ckpt_dir = Path(ckpt_dir)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        job_file = ckpt_dir / "job.json"
+        old = json.loads(job_file.read_text()).get("job_id") if job_file.exists() else None
+        if old != job_id:
+            if old is not None:
+                log.info("teacher chunks in %s are from other settings; starting over", ckpt_dir)
+            clear_chunks(ckpt_dir)
+            job_file.write_text(json.dumps({"job_id": job_id}) + "\n")
+    n = len(sentences)
+    parts, resumed = [], 0
+    t0 = time.perf_counter()
+    done_new = 0
+    for i, start in enumerate(range(0, n, chunk_sentences)):
+        rows = min(chunk_sentences, n - start)
+        path = _chunk_file(ckpt_dir, i) if ckpt_dir is not None else None
+        if path is not None and path.exists():
+            emb = np.load(path)
+            if emb.shape[0] == rows:
+                parts.append(emb)
+                resumed += rows
+                continue
+        emb = np.ascontiguousarray(encode(sentences[start:start + rows]), dtype=np.float32)
+        if path is not None:
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npy")
+            np.save(tmp, emb)
+            os.replace(tmp, path)
+        parts.append(emb)
+        done_new += rows
+        rate = done_new / max(time.perf_counter() - t0, 1e-9)
+        log.info("teacher chunk %d: rows %d-%d of %d (%.0f sentences/s)", i, start, start + rows, n, rate)
+    if resumed:
+        log.info("resumed: %d of %d sentences from saved chunks in %s", resumed, n, ckpt_dir)
+    return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32), resumed
