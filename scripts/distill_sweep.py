@@ -3,7 +3,9 @@
 Queues one ``dvc exp run --queue`` per grid point (``-S distill.num_layers=N`` or an explicit
 ``-S distill.layers=[...]``), runs the queue with ``dvc exp run --run-all``, then prints one
 markdown table from ``dvc exp show --json``: layers, dev Spearman, retention, torch and ONNX
-throughput (from the evaluate stage), training time and corpus size. The teacher embeddings are
+throughput (from the experiment's own evaluate stage: an experiment that stopped before
+``evaluate`` still carries its parent commit's evaluate.json, so it shows ``-`` there and
+``(no evaluate)`` after its name), training time and corpus size. The teacher embeddings are
 a stage output of their own, so every experiment restores them from the DVC cache instead of
 re-encoding the corpus.
 
@@ -60,6 +62,11 @@ GRID: dict[str, list[str]] = {
     "n2-msecos": ["distill.layers=null", "distill.num_layers=2", "distill.loss=mse+cosine"],
     "n2-hid01": ["distill.layers=null", "distill.num_layers=2", "distill.hidden_weight=0.01"],
     "n2-hid03": ["distill.layers=null", "distill.num_layers=2", "distill.hidden_weight=0.03"],
+    # in-batch similarity-structure losses (alone and added to MSE)
+    "n2-sim": ["distill.layers=null", "distill.num_layers=2", "distill.loss=sim"],
+    "n2-msesim": ["distill.layers=null", "distill.num_layers=2", "distill.loss=mse+sim"],
+    "n2-kl": ["distill.layers=null", "distill.num_layers=2", "distill.loss=kl"],
+    "n2-msekl": ["distill.layers=null", "distill.num_layers=2", "distill.loss=mse+kl"],
 }
 
 COLUMNS = ["experiment", "layers", "loss", "hidden w", "sentences", "train seq", "epochs", "dev Spearman",
@@ -111,8 +118,37 @@ def _fmt(value, digits: int = 2) -> str:
     return str(value)
 
 
+def own_evaluate(metrics: dict) -> bool:
+    """Whether ``metrics/evaluate.json`` of an experiment measured that experiment's own student.
+
+    An experiment run only up to ``distill`` (``--target distill``) or whose evaluate failed still
+    carries the evaluate.json of the commit it started from (a git-tracked file), so its throughput
+    would be the workspace's. The evaluate stage scores the distilled student on the whole STSb dev
+    split, as the distill stage does: the two scores agree only when they saw the same student.
+    """
+    student = _metric(metrics, "metrics/distill.json", "student_dev_spearman")
+    evaluated = _metric(metrics, "metrics/evaluate.json", "variants", "student_torch", "sts_spearman")
+    if student is None or evaluated is None:
+        return False
+    return abs(float(student) - float(evaluated)) < 0.01
+
+
+def _loss_label(d: dict) -> str:
+    loss = str(d.get("loss", "-"))
+    if loss in ("sim", "mse+sim", "kl", "mse+kl"):
+        w = d.get("structure_weight", 1.0)
+        loss += f" w{w:g}" if loss.startswith("mse+") and isinstance(w, (int, float)) else ""
+        t = d.get("temperature", 0.05)
+        loss += f" T{t:g}" if loss.startswith(("kl", "mse+kl")) and isinstance(t, (int, float)) else ""
+    return loss
+
+
 def rows_from_exp_show(entries: list, names: set[str] | None) -> list[list[str]]:
-    """One table row per experiment in ``dvc exp show --json`` (dvc 3.x layout)."""
+    """One table row per experiment in ``dvc exp show --json`` (dvc 3.x layout).
+
+    The throughput columns come from the experiment's own ``metrics/evaluate.json`` and are ``-``
+    (with ``no evaluate`` in the name) where that file was inherited, not measured (:func:`own_evaluate`).
+    """
     rows = []
 
     def visit(rev: dict, label: str) -> None:
@@ -129,17 +165,24 @@ def rows_from_exp_show(entries: list, names: set[str] | None) -> list[list[str]]
         layers = _fmt(d["layers"]) if d.get("layers") else f"{d.get('num_layers', '?')} even"
         if rev.get("error"):
             name += " (failed)"
+        own = own_evaluate(metrics)
+        if not own and not rev.get("error") and _metric(metrics, distill, "student_dev_spearman") is not None:
+            name += " (no evaluate)"
+
+        def ev(*path: str):
+            return _metric(metrics, evaluate, "variants", *path) if own else None
+
         retention = _metric(metrics, distill, "retention")
         rows.append([
-            name, layers, str(d.get("loss", "-")),
+            name, layers, _loss_label(d),
             _fmt(d.get("hidden_weight")), _fmt(_metric(metrics, distill, "train_sentences")),
             _fmt(d.get("max_seq_length")), _fmt(d.get("epochs")),
             _fmt(_metric(metrics, distill, "student_dev_spearman")),
             f"{100 * retention:.1f}%" if retention is not None else "-",
             _fmt(_metric(metrics, distill, "train_seconds"), 0),
-            _fmt(_metric(metrics, evaluate, "variants", "student_torch", "throughput_sps"), 0),
-            _fmt(_metric(metrics, evaluate, "variants", "onnx_int8", "throughput_sps"), 0),
-            _fmt(_metric(metrics, evaluate, "variants", "onnx_int8", "speedup_vs_teacher")),
+            _fmt(ev("student_torch", "throughput_sps"), 0),
+            _fmt(ev("onnx_int8", "throughput_sps"), 0),
+            _fmt(ev("onnx_int8", "speedup_vs_teacher")),
         ])
 
     for entry in entries:

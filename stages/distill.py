@@ -65,6 +65,7 @@ def main() -> None:
             loss=p.loss, eval_every=p.eval_every, checkpoint_every=p.checkpoint_every,
             early_stopping_patience=p.early_stopping_patience, seed=params.base.seed,
             hidden_weight=p.hidden_weight, group_by_length=p.group_by_length,
+            temperature=p.temperature, structure_weight=p.structure_weight,
         )
         device = pick_device()
         job = fingerprint(cfg, len(sentences), {
@@ -91,6 +92,7 @@ def main() -> None:
             "train_seconds": round(result.train_seconds, 1),
             "resumed_from_step": result.resumed_from_step, "stopped_early": result.stopped_early,
             "train_sentences": len(sentences), "loss": p.loss, "hidden_weight": p.hidden_weight,
+            "structure_weight": p.structure_weight, "temperature": p.temperature,
             "student_dim": int(targets.shape[1] if result.projection is None else result.projection.shape[1]),
             "projection": result.projection is not None, "device": device,
         }

@@ -17,7 +17,7 @@ from embopt.pipeline.stage import report, run_stage
 from embopt.pipeline.tracking import stage_run
 from embopt.training.distill import TrainConfig, train_student
 from embopt.training.modeling import load_sentence_model
-from embopt.training.prune import prune_model
+from embopt.training.prune import prune_model, unpruned_report
 
 log = logging.getLogger("stages.prune")
 
@@ -33,12 +33,16 @@ def main() -> None:
         teacher_val = read_json(config.METRICS_DIR / "teacher_embed.json")["teacher_val_spearman"]
         model = load_sentence_model(config.DISTILL_DIR)
         before_val = sts_spearman(lambda s: model.encode(list(s), batch_size=64), val)
-        # Importance is measured on corpus sentences, never on val.
-        rep = prune_model(model, sentences[: p.importance_sentences], p.ffn_keep_ratio, p.heads_to_prune)
+        if p.enabled:
+            # Importance is measured on corpus sentences, never on val.
+            rep = prune_model(model, sentences[: p.importance_sentences], p.ffn_keep_ratio, p.heads_to_prune)
+        else:
+            log.info("prune.enabled is false: the distilled student passes through unchanged")
+            rep = unpruned_report(model)
         pruned_val = sts_spearman(lambda s: model.encode(list(s), batch_size=64), val)
         n = min(len(sentences), p.recovery_max_sentences)
         rec = None
-        if p.recovery_epochs > 0 and rep.params_after < rep.params_before:
+        if p.enabled and p.recovery_epochs > 0 and rep.params_after < rep.params_before:
             cfg = TrainConfig(
                 epochs=p.recovery_epochs,
                 batch_size=p.batch_size,
@@ -64,6 +68,7 @@ def main() -> None:
             )
         final_val = sts_spearman(lambda s: model.encode(list(s), batch_size=64), val)
         metrics = {
+            "enabled": p.enabled,
             "ffn_before": rep.ffn_before,
             "ffn_after": rep.ffn_after,
             "heads_before": rep.heads_before,

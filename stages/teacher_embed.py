@@ -22,6 +22,13 @@ from embopt.pipeline.params import load_params
 from embopt.pipeline.stage import report, run_stage
 from embopt.pipeline.tracking import stage_run
 from embopt.training.modeling import load_sentence_model, pick_device
+from embopt.training.teacher_encode import (
+    chunk_job_id,
+    clear_chunks,
+    encode_in_chunks,
+    resolve_backend,
+    teacher_encoder,
+)
 
 log = logging.getLogger("stages.teacher_embed")
 
@@ -35,21 +42,24 @@ def main() -> None:
         sentences = read_lines(corpus_file)
         device = pick_device()
         teacher = load_sentence_model(params.base.teacher, device=device, max_seq_length=p.max_seq_length)
-        log.info("encoding %d sentences with %s on %s", len(sentences), params.base.teacher, device)
+        backend = resolve_backend(p.backend, device)
+        log.info("encoding %d sentences with %s on %s (backend %s)", len(sentences), params.base.teacher,
+                 device, backend)
+        encode = teacher_encoder(teacher, backend, p.batch_size, p.max_seq_length,
+                                 threads=params.base.threads)
+        digest = hashlib.sha256(corpus_file.read_bytes()).hexdigest()
+        # Finished chunks survive a killed run (persist: true in dvc.yaml): `dvc repro` resumes there.
+        job = chunk_job_id(corpus_sha256=digest, teacher=params.base.teacher, backend=backend,
+                           batch_size=p.batch_size, max_seq_length=p.max_seq_length,
+                           chunk_sentences=p.chunk_sentences)
         t0 = time.perf_counter()
-        emb = teacher.encode(
-            sentences,
-            batch_size=p.batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=True,
-        ).astype(np.float32)
+        emb, resumed = encode_in_chunks(encode, sentences, p.chunk_sentences, config.TEACHER_EMBED_CKPT_DIR,
+                                        job)
         seconds = time.perf_counter() - t0
         val = read_sts_tsv(config.PREPARED_DIR / "sts_val.tsv")
         teacher_val = sts_spearman(
-            lambda s: teacher.encode(list(s), batch_size=64, convert_to_numpy=True), val
+            encode, val
         )
-        digest = hashlib.sha256(corpus_file.read_bytes()).hexdigest()
         with atomic_dir(config.TEACHER_EMBED_DIR) as tmp:
             np.save(tmp / "embeddings.npy", emb)
             # Row i of embeddings.npy is line i of corpus.txt; the hash pins that file.
@@ -63,8 +73,10 @@ def main() -> None:
                     "teacher": params.base.teacher,
                     "max_seq_length": p.max_seq_length,
                     "normalized": True,
+                    "backend": backend,
                 },
             )
+        clear_chunks(config.TEACHER_EMBED_CKPT_DIR)
         log.info("wrote %s (%s)", config.TEACHER_EMBED_DIR, emb.shape)
         report(
             run,
@@ -73,7 +85,10 @@ def main() -> None:
                 "sentences": len(sentences),
                 "dim": int(emb.shape[1]),
                 "encode_seconds": round(seconds, 2),
-                "sentences_per_second": round(len(sentences) / seconds, 1),
+                # Over the sentences this run encoded (resumed chunks were only read back).
+                "sentences_per_second": round((len(sentences) - resumed) / seconds, 1),
+                "resumed_sentences": resumed,
+                "backend": backend,
                 "teacher_val_spearman": round(teacher_val, 4),
             },
         )

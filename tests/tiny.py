@@ -128,6 +128,44 @@ def build_tiny_model(
     return folder
 
 
+MPNET_SPECIAL = ["<s>", "<pad>", "</s>", "[UNK]", "<mask>"]  # ids 0..4: bos, pad (MPNet's padding_idx 1), eos
+
+
+def build_tiny_mpnet(
+    folder: Path, layers: int = 4, hidden: int = 32, heads: int = 4, intermediate: int = 64
+) -> Path:
+    """A SentenceTransformer (MPNet -> mean pooling -> normalize), all-mpnet-base-v2's shape at toy size."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import MPNetConfig, MPNetModel, MPNetTokenizerFast
+
+    folder = Path(folder)
+    hf_dir = folder.parent / f"{folder.name}_hf"
+    hf_dir.mkdir(parents=True, exist_ok=True)
+    words = MPNET_SPECIAL + vocab()[len(SPECIAL):]
+    (hf_dir / "vocab.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
+    tok = MPNetTokenizerFast(vocab_file=str(hf_dir / "vocab.txt"), do_lower_case=False, model_max_length=64)
+    tok.save_pretrained(str(hf_dir))
+    torch.manual_seed(0)
+    cfg = MPNetConfig(
+        vocab_size=len(words),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
+        max_position_embeddings=66,  # positions start after padding_idx (1), as in all-mpnet-base-v2 (514)
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+    )
+    MPNetModel(cfg).save_pretrained(str(hf_dir))
+    transformer = models.Transformer(str(hf_dir), max_seq_length=32)
+    pooling = models.Pooling(transformer.get_word_embedding_dimension(), pooling_mode="mean")
+    st = SentenceTransformer(modules=[transformer, pooling, models.Normalize()], device="cpu")
+    st.save(str(folder))
+    return folder
+
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -17,6 +17,7 @@ import torch
 
 from embopt.training.distill import (
     CKPT_FILE,
+    LOSSES,
     TrainConfig,
     distill_loss,
     epoch_batches,
@@ -87,7 +88,7 @@ def assert_same_weights(a: dict, b: dict, atol: float = 1e-6) -> None:
 # --------------------------------------------------------------------------- learning
 
 
-@pytest.mark.parametrize("loss", ["mse", "cosine"])
+@pytest.mark.parametrize("loss", ["mse", "cosine", "sim", "mse+sim", "kl", "mse+kl"])
 def test_loss_decreases(tiny_model, corpus, targets, dev_pairs, loss):
     student = scrambled_student(tiny_model, [0, 3])
     before = corpus_loss(student, corpus, targets, loss)
@@ -106,6 +107,42 @@ def test_loss_decreases(tiny_model, corpus, targets, dev_pairs, loss):
     assert not student.training and student.max_seq_length == tiny_model.max_seq_length
 
 
+@pytest.mark.parametrize("loss", LOSSES)
+def test_each_loss_is_zero_when_student_equals_teacher(tiny_model, corpus, targets, loss):
+    same = torch.from_numpy(targets)
+    # Zero up to float rounding (cosine's 1 - <s, t> rounds to about 1e-8).
+    assert abs(float(distill_loss(same, same.clone(), loss))) < 1e-6
+    # A student of every teacher layer is the teacher.
+    student = make_student(tiny_model, [0, 1, 2, 3])
+    assert abs(corpus_loss(student, corpus, targets, loss)) < 1e-6
+    other = torch.from_numpy(targets[::-1].copy())
+    assert float(distill_loss(same, other, loss)) > 0.0
+
+
+def test_structure_losses_ignore_a_rotation_that_mse_sees():
+    # Relational losses compare how sentences relate; a rotation of the whole space keeps that intact.
+    gen = torch.Generator().manual_seed(0)
+    t = torch.nn.functional.normalize(torch.randn(16, 8, generator=gen), dim=1)
+    q, _ = torch.linalg.qr(torch.randn(8, 8, generator=gen))
+    s = t @ q
+    assert float(distill_loss(s, t, "mse")) > 1e-3
+    assert float(distill_loss(s, t, "sim")) < 1e-10 and float(distill_loss(s, t, "kl")) < 1e-6
+
+
+def test_kl_loss_ranks_neighbours_at_the_temperature():
+    t = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
+    swapped = torch.tensor([[0.0, 1.0], [0.8, 0.6], [1.0, 0.0]])  # nearest neighbours swapped
+    sharp = float(distill_loss(swapped, t, "kl", temperature=0.05))
+    soft = float(distill_loss(swapped, t, "kl", temperature=1.0))
+    assert sharp > soft > 0.0
+
+
+def test_unknown_loss_names_the_options():
+    x = torch.ones(2, 3)
+    with pytest.raises(ValueError, match="one of mse, cosine, mse\\+cosine, sim"):
+        distill_loss(x, x, "huber")
+
+
 def test_best_dev_weights_are_kept(tiny_model, corpus, targets, dev_pairs):
     student = make_student(tiny_model, [0, 3])
     scores: dict[int, float] = {}
@@ -115,12 +152,12 @@ def test_best_dev_weights_are_kept(tiny_model, corpus, targets, dev_pairs):
     assert sorted(scores) == [3, 6, 9, 12, 15, 18]
     best_step = max(scores, key=lambda s: scores[s])
     assert result.best_step == best_step
-    assert result.best_dev_spearman == pytest.approx(scores[best_step])
+    assert result.best_val_spearman == pytest.approx(scores[best_step])
     from embopt.eval.sts import sts_spearman
 
     # The returned student carries the best weights: re-scoring it gives the best score.
     rescored = sts_spearman(lambda s: student.encode(list(s), show_progress_bar=False), dev_pairs)
-    assert rescored == pytest.approx(result.best_dev_spearman, abs=1e-6)
+    assert rescored == pytest.approx(result.best_val_spearman, abs=1e-6)
 
 
 # --------------------------------------------------------------------------- resume
@@ -164,7 +201,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(tiny_model, corpus,
     assert seen == list(range(11, 19)), "the resumed run must continue after the checkpoint, not start over"
     assert result.steps == 18
     assert result.best_step == ref.best_step
-    assert result.best_dev_spearman == pytest.approx(ref.best_dev_spearman, abs=1e-6)
+    assert result.best_val_spearman == pytest.approx(ref.best_val_spearman, abs=1e-6)
     assert result.final_loss == pytest.approx(ref.final_loss, rel=1e-4, abs=1e-9)
     assert_same_weights(weights(student), weights(ref_student))
 
@@ -211,7 +248,7 @@ def test_resume_with_best_before_the_checkpoint_keeps_that_best(tiny_model, corp
     student, result = _run(tiny_model, corpus, targets, dev_pairs, cfg, ckpt_dir=ckpt)
     assert result.resumed_from_step == 14
     assert result.best_step == ref.best_step
-    assert result.best_dev_spearman == pytest.approx(ref.best_dev_spearman)
+    assert result.best_val_spearman == pytest.approx(ref.best_val_spearman)
     assert_same_weights(weights(student), weights(ref_student))
 
 
@@ -502,8 +539,19 @@ def test_sweep_table_reads_dvc_exp_show_json():
             "metrics/distill.json": {"data": {"student_dev_spearman": 84.5, "retention": 0.9744,
                                               "train_seconds": 812.3, "train_sentences": 60000}},
             "metrics/evaluate.json": {"data": {"variants": {
-                "student_torch": {"throughput_sps": 301.4},
+                "student_torch": {"throughput_sps": 301.4, "sts_spearman": 84.5},
                 "onnx_int8": {"throughput_sps": 905.0, "speedup_vs_teacher": 4.2}}}},
+        }}}
+    # Run only up to distill: its evaluate.json is the one of the commit it started from (sweep-n2's here).
+    inherited = {"rev": "aaa1111", "name": "sweep-n2-msekl", "error": None, "data": {
+        "params": {"params.yaml": {"data": {"distill": {"layers": None, "num_layers": 2, "loss": "mse+kl",
+                                                        "structure_weight": 0.5, "temperature": 0.05,
+                                                        "hidden_weight": 0.0, "max_seq_length": 64,
+                                                        "epochs": 1.0}}}},
+        "metrics": {
+            "metrics/distill.json": {"data": {"student_dev_spearman": 85.1, "retention": 0.981,
+                                              "train_seconds": 820.0, "train_sentences": 60000}},
+            "metrics/evaluate.json": ok["data"]["metrics"]["metrics/evaluate.json"],
         }}}
     failed = {"rev": "def5678", "name": "sweep-l0-5", "error": {"msg": "Experiment run failed"}, "data": {
         "params": {"params.yaml": {"data": {"distill": {"layers": [0, 5]}}}},
@@ -511,9 +559,12 @@ def test_sweep_table_reads_dvc_exp_show_json():
     other = {"rev": "0000000", "name": "unrelated", "data": {}}
     entries = [{"rev": "workspace", "name": None, "data": {}, "experiments": None},
                {"rev": "main", "name": "main", "data": {}, "experiments": [
-                   {"revs": [ok]}, {"revs": [failed]}, {"revs": [other]}]}]
-    rows = sweep.rows_from_exp_show(entries, {"sweep-n2", "sweep-l0-5"})
+                   {"revs": [ok]}, {"revs": [failed]}, {"revs": [inherited]}, {"revs": [other]}]}]
+    rows = sweep.rows_from_exp_show(entries, {"sweep-n2", "sweep-l0-5", "sweep-n2-msekl"})
     assert rows[0] == ["sweep-n2", "2 even", "mse", "0.00", "60000", "64", "1.00", "84.50", "97.4%", "812",
                        "301", "905", "4.20"]
     assert rows[1][:2] == ["sweep-l0-5 (failed)", "0,5"] and rows[1][7:] == ["-"] * 6
-    assert len(rows) == 2
+    # Its own training columns, and no throughput borrowed from another student.
+    assert rows[2] == ["sweep-n2-msekl (no evaluate)", "2 even", "mse+kl w0.5 T0.05", "0.00", "60000", "64",
+                       "1.00", "85.10", "98.1%", "820", "-", "-", "-"]
+    assert len(rows) == 3

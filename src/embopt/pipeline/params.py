@@ -53,8 +53,12 @@ class DataParams(_Section):
 
 
 class TeacherEmbedParams(_Section):
+    # auto: fp32 ONNX through embopt's runtime on CPU (faster, same embeddings), torch on a GPU.
+    backend: Literal["auto", "onnx", "torch"] = "auto"
     batch_size: int = Field(64, ge=1)
     max_seq_length: int = Field(128, ge=8)
+    # Saved one by one as they finish: a killed run resumes at the first missing chunk.
+    chunk_sentences: int = Field(10000, ge=1)
 
 
 class DistillGate(_Section):
@@ -72,7 +76,12 @@ class DistillParams(_Section):
     weight_decay: float = Field(0.01, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     max_seq_length: int = Field(64, ge=8)
-    loss: Literal["mse", "cosine", "mse+cosine"] = "mse"
+    # mse | cosine on each embedding; sim (in-batch cosine matrix MSE) | kl (in-batch neighbour
+    # softmax KL at `temperature`) on the similarity structure; mse+sim | mse+kl add
+    # structure_weight x the structure term to MSE.
+    loss: Literal["mse", "cosine", "mse+cosine", "sim", "mse+sim", "kl", "mse+kl"] = "mse"
+    temperature: float = Field(0.05, gt=0)
+    structure_weight: float = Field(1.0, ge=0)
     # Intermediate hidden-state matching (MiniLM/TinyBERT): weight of the masked MSE between each
     # student layer and the teacher layer it came from. 0 = off (fast: the teacher does not run).
     hidden_weight: float = Field(0.0, ge=0)
@@ -113,6 +122,8 @@ class PruneGate(_Section):
 
 
 class PruneParams(_Section):
+    # false: the distilled student passes through unchanged (architectures prune does not support).
+    enabled: bool = True
     ffn_keep_ratio: float = Field(0.75, gt=0, le=1)
     heads_to_prune: int = Field(0, ge=0)
     importance_sentences: int = Field(512, ge=1)

@@ -6,9 +6,15 @@ weights, optional early stopping, and checkpoints that make an interrupted run
 resume where it stopped with the same result as an uninterrupted one (the data
 order is a pure function of seed and epoch; RNG state is saved with the weights).
 
-Losses: MSE (default) or cosine on the L2-normalised sentence embedding, against
-teacher embeddings computed once by the teacher_embed stage, so by default the
-teacher never runs here. Opt-in: intermediate hidden-state matching (MiniLM /
+Losses (:data:`LOSSES`), against teacher embeddings computed once by the teacher_embed
+stage, so by default the teacher never runs here: MSE (default) or cosine on the
+L2-normalised sentence embedding, and two in-batch similarity-structure losses, which
+train what STS Spearman measures (how sentences rank against each other) rather than
+each embedding alone: ``sim`` (MSE between the student's and the teacher's pairwise
+cosine matrices, relational distillation) and ``kl`` (KL divergence between each
+sentence's softmax over its in-batch neighbours, teacher vs student, at a temperature:
+contrastive distillation); ``mse+sim`` and ``mse+kl`` add ``structure_weight`` times
+the structure term to MSE. Opt-in: intermediate hidden-state matching (MiniLM /
 TinyBERT style, ``hidden_weight > 0``: the frozen teacher then runs on every batch,
 roughly doubling the step cost of a 2-layer student of a 6-layer teacher), and
 learned linear projections, created automatically only when the student is
@@ -66,6 +72,10 @@ class TrainConfig:
     # Batches of sentences of similar token length (shuffled in chunks, then batch order shuffled):
     # far fewer padded tokens per step on a corpus of mixed lengths.
     group_by_length: bool = False
+    # Softmax temperature of the ``kl`` structure loss (over in-batch cosine similarities).
+    temperature: float = 0.05
+    # Weight of the structure term in ``mse+sim`` / ``mse+kl``.
+    structure_weight: float = 1.0
 
 
 # Sentences are sorted by length within chunks of this many batches: batches stay varied in content.
@@ -76,7 +86,7 @@ BUCKET_BATCHES = 50
 class TrainResult:
     steps: int
     best_step: int
-    best_dev_spearman: float
+    best_val_spearman: float
     final_loss: float
     train_seconds: float
     resumed_from_step: int
@@ -86,21 +96,66 @@ class TrainResult:
     projection: np.ndarray | None = None
 
 
-def distill_loss(student_emb, target_emb, kind: str):
-    """Loss between L2-normalised embeddings: ``mse``, ``cosine`` or their sum."""
+LOSSES = ("mse", "cosine", "mse+cosine", "sim", "mse+sim", "kl", "mse+kl")
+
+
+def similarity_matrix_loss(s, t):
+    """MSE between the in-batch cosine matrices of L2-normalised ``s`` and ``t`` (relational distillation).
+
+    The diagonal is 1 on both sides, so only how sentences relate to each other counts.
+    """
+    return ((s @ s.T - t @ t.T) ** 2).mean()
+
+
+def neighbour_kl_loss(s, t, temperature: float):
+    """Mean over the batch of KL(teacher || student) between softmaxes over in-batch neighbours.
+
+    Row i is sentence i's cosine similarity to every other sentence of the batch (itself
+    left out), divided by ``temperature``: the student learns which neighbours the teacher
+    ranks closest, the quantity a Spearman correlation over pairs rewards.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    eye = torch.eye(s.shape[0], dtype=torch.bool, device=s.device)
+    log_ps = F.log_softmax((s @ s.T / temperature).masked_fill(eye, -1e4), dim=1)
+    log_pt = F.log_softmax((t @ t.T / temperature).masked_fill(eye, -1e4), dim=1)
+    return (log_pt.exp() * (log_pt - log_ps)).sum(dim=1).mean()
+
+
+def distill_loss(student_emb, target_emb, kind: str, temperature: float = 0.05,
+                 structure_weight: float = 1.0):
+    """Loss between L2-normalised embeddings, one of :data:`LOSSES`.
+
+    Args:
+        student_emb: (batch, dim) student embeddings (normalised here).
+        target_emb: (batch, dim) teacher embeddings (normalised here).
+        kind: ``mse``, ``cosine``, ``mse+cosine``, ``sim``, ``mse+sim``, ``kl`` or ``mse+kl``.
+        temperature: softmax temperature of ``kl``.
+        structure_weight: weight of the structure term in ``mse+sim`` and ``mse+kl``.
+
+    Returns:
+        A scalar tensor; 0 when the student's embeddings equal the teacher's.
+    """
     import torch.nn.functional as F
 
     s = F.normalize(student_emb, p=2, dim=1)
     t = F.normalize(target_emb, p=2, dim=1)
-    mse = F.mse_loss(s, t)
-    cos = (1.0 - (s * t).sum(dim=1)).mean()
     if kind == "mse":
-        return mse
+        return F.mse_loss(s, t)
     if kind == "cosine":
-        return cos
+        return (1.0 - (s * t).sum(dim=1)).mean()
     if kind == "mse+cosine":
-        return mse + cos
-    raise ValueError(f"unknown distill loss: {kind}")
+        return F.mse_loss(s, t) + (1.0 - (s * t).sum(dim=1)).mean()
+    if kind == "sim":
+        return similarity_matrix_loss(s, t)
+    if kind == "mse+sim":
+        return F.mse_loss(s, t) + structure_weight * similarity_matrix_loss(s, t)
+    if kind == "kl":
+        return neighbour_kl_loss(s, t, temperature)
+    if kind == "mse+kl":
+        return F.mse_loss(s, t) + structure_weight * neighbour_kl_loss(s, t, temperature)
+    raise ValueError(f"unknown distill loss: {kind} (one of {', '.join(LOSSES)})")
 
 
 def masked_hidden_mse(student_hidden, teacher_hidden, attention_mask):
@@ -405,7 +460,8 @@ def train_student(
             out = student(features)["sentence_embedding"]
             if "sentence" in heads:
                 out = heads["sentence"](out)
-            loss = emb_loss = distill_loss(out, target_t[idx].to(device), cfg.loss)
+            loss = emb_loss = distill_loss(out, target_t[idx].to(device), cfg.loss, cfg.temperature,
+                                           cfg.structure_weight)
             hid_val = None
             if hidden_on:
                 with torch.no_grad():
@@ -465,7 +521,7 @@ def train_student(
     student.max_seq_length = original_max_len
     projection = heads["sentence"].weight.detach().cpu().numpy().copy() if "sentence" in heads else None
     return TrainResult(
-        steps=step, best_step=best_step, best_dev_spearman=float(best_score), final_loss=loss_val,
+        steps=step, best_step=best_step, best_val_spearman=float(best_score), final_loss=loss_val,
         train_seconds=time.perf_counter() - t0, resumed_from_step=resumed_from, stopped_early=stopped_early,
         projection=projection,
     )

@@ -11,6 +11,12 @@ of its slice of the attention output projection, and removed with the model's ow
 ``prune_heads`` (which slices Q/K/V/O and records ``config.pruned_heads`` so that
 ``from_pretrained`` rebuilds the smaller shapes).
 
+Architectures: BERT-style blocks (BERT, MiniLM: ``attention.self`` and
+``attention.output.dense``) and MPNet (``attention.attn`` with its ``o`` projection;
+FFN only: its relative position bias is one table shared by every layer's full set of
+heads, so a layer with fewer heads no longer matches it); anything else fails in one
+line that names ``prune.enabled: false``.
+
 Unlike ``torch.nn.utils.prune`` (masks, same matrix sizes), the result has fewer
 FLOPs and fewer parameters, and still loads with ``SentenceTransformer(path)``.
 """
@@ -37,18 +43,46 @@ class PruneReport:
     params_after: int
 
 
+SKIP_HINT = "set prune.enabled: false to skip pruning"
+
+
+def attention_parts(layer):
+    """(self-attention module, attention output projection) of one block: BERT-style or MPNet.
+
+    The self-attention module carries ``num_attention_heads`` and ``attention_head_size``; the
+    output projection's input is the concatenated per-head context.
+    """
+    att = getattr(layer, "attention", None)
+    if att is not None and hasattr(att, "self") and hasattr(getattr(att, "output", None), "dense"):
+        return att.self, att.output.dense  # BERT, MiniLM
+    if att is not None and hasattr(getattr(att, "attn", None), "o"):
+        return att.attn, att.attn.o  # MPNet
+    raise EmboptError(f"prune: attention type {type(att).__name__} is not supported "
+                      f"(BERT or MPNet blocks); {SKIP_HINT}")
+
+
 def _bert_layers(hf):
     if not (hasattr(hf, "encoder") and hasattr(hf.encoder, "layer")):
         raise EmboptError(
-            f"prune: unsupported architecture {type(hf).__name__} (BERT-style encoder.layer expected)"
+            f"prune: unsupported architecture {type(hf).__name__} (BERT-style encoder.layer expected); "
+            f"{SKIP_HINT}"
         )
     layers = list(hf.encoder.layer)
     for layer in layers:
         if not (hasattr(layer, "intermediate") and hasattr(layer, "output") and hasattr(layer, "attention")):
             raise EmboptError(
-                f"prune: layer type {type(layer).__name__} has no intermediate/output/attention"
+                f"prune: layer type {type(layer).__name__} has no intermediate/output/attention; {SKIP_HINT}"
             )
+        attention_parts(layer)
     return layers
+
+
+def check_head_pruning(hf) -> None:
+    """Refuse head pruning where heads share a cross-layer table (MPNet's relative position bias)."""
+    if getattr(getattr(hf, "encoder", None), "relative_attention_bias", None) is not None:
+        raise EmboptError(f"prune.heads_to_prune: {type(hf).__name__} adds one relative position bias, "
+                          "shared by all layers, to every head: head pruning is not supported; set "
+                          "prune.heads_to_prune: 0 (FFN pruning works)")
 
 
 def count_params(module) -> int:
@@ -80,8 +114,9 @@ def collect_importance(st_model, sentences: Sequence[str], batch_size: int = 32)
         return fn
 
     def head_hook(i, n_heads):
-        def fn(_module, _inp, out):
-            ctx = out[0] if isinstance(out, tuple) else out  # (B, T, heads*d)
+        # A pre-hook on the output projection: its input is the per-head context (B, T, heads*d).
+        def fn(_module, inp):
+            ctx = inp[0]
             b, t, hd = ctx.shape
             norms = ctx.view(b, t, n_heads, hd // n_heads).norm(dim=-1)  # (B, T, heads)
             m = mask_holder["mask"].unsqueeze(-1).to(norms.dtype)
@@ -92,8 +127,8 @@ def collect_importance(st_model, sentences: Sequence[str], batch_size: int = 32)
 
     for i, layer in enumerate(layers):
         hooks.append(layer.intermediate.register_forward_hook(ffn_hook(i)))
-        n_heads = layer.attention.self.num_attention_heads
-        hooks.append(layer.attention.self.register_forward_hook(head_hook(i, n_heads)))
+        self_attn, out_proj = attention_parts(layer)
+        hooks.append(out_proj.register_forward_pre_hook(head_hook(i, self_attn.num_attention_heads)))
     st_model.eval()
     prep = st_model.preprocess if hasattr(st_model, "preprocess") else st_model.tokenize
     try:
@@ -152,14 +187,16 @@ def prune_heads(st_model, head_activation: list, n_prune: int) -> tuple[int, int
     """Remove the ``n_prune`` globally least important heads (at least one head stays per layer)."""
     hf = hf_model(st_model)
     layers = _bert_layers(hf)
-    total = sum(layer.attention.self.num_attention_heads for layer in layers)
+    total = sum(attention_parts(layer)[0].num_attention_heads for layer in layers)
     if n_prune <= 0:
         return total, total
+    check_head_pruning(hf)
     scored = []
     for li, (layer, act) in enumerate(zip(layers, head_activation, strict=True)):
         att = layer.attention
-        n_heads, d = att.self.num_attention_heads, att.self.attention_head_size
-        w_o = att.output.dense.weight  # (hidden, heads*d)
+        self_attn, out_proj = attention_parts(layer)
+        n_heads, d = self_attn.num_attention_heads, self_attn.attention_head_size
+        w_o = out_proj.weight  # (hidden, heads*d)
         o_norm = w_o.view(w_o.shape[0], n_heads, d).norm(dim=(0, 2))
         score = act.to(w_o.dtype) * o_norm
         score = score / score.sum()  # per-layer normalisation: layers differ in scale
@@ -168,7 +205,7 @@ def prune_heads(st_model, head_activation: list, n_prune: int) -> tuple[int, int
             scored.append((s, li, remaining[local]))
     scored.sort()
     chosen: dict[int, list[int]] = {}
-    left = {li: layer.attention.self.num_attention_heads for li, layer in enumerate(layers)}
+    left = {li: attention_parts(layer)[0].num_attention_heads for li, layer in enumerate(layers)}
     for _s, li, head in scored:
         if sum(len(v) for v in chosen.values()) >= n_prune:
             break
@@ -177,7 +214,7 @@ def prune_heads(st_model, head_activation: list, n_prune: int) -> tuple[int, int
         chosen.setdefault(li, []).append(head)
         left[li] -= 1
     hf.prune_heads(chosen)
-    after = sum(layer.attention.self.num_attention_heads for layer in layers)
+    after = sum(attention_parts(layer)[0].num_attention_heads for layer in layers)
     log.info("pruned heads %s", chosen)
     return total, after
 
@@ -188,8 +225,10 @@ def prune_model(
     """Score with real activations, then remove heads and FFN neurons in place."""
     hf = hf_model(st_model)
     layers = _bert_layers(hf)
+    if heads_to_prune > 0:
+        check_head_pruning(hf)
     params_before = count_params(st_model)
-    heads_before = sum(layer.attention.self.num_attention_heads for layer in layers)
+    heads_before = sum(attention_parts(layer)[0].num_attention_heads for layer in layers)
     ffn_act, head_act = collect_importance(st_model, sentences)
     _, heads_after = prune_heads(st_model, head_act, heads_to_prune)
     ffn_before, ffn_after = prune_ffn(st_model, ffn_act, ffn_keep_ratio)
@@ -206,3 +245,13 @@ def prune_model(
         report.params_after,
     )
     return report
+
+
+def unpruned_report(st_model) -> PruneReport:
+    """The :class:`PruneReport` of a model left as it is (``prune.enabled: false``), for any architecture."""
+    cfg = hf_model(st_model).config
+    ffn = int(getattr(cfg, "intermediate_size", 0) or getattr(cfg, "hidden_dim", 0) or 0)
+    heads = int(getattr(cfg, "num_attention_heads", 0) or getattr(cfg, "n_heads", 0) or 0)
+    layers = int(getattr(cfg, "num_hidden_layers", 0) or getattr(cfg, "n_layers", 0) or 0)
+    n = count_params(st_model)
+    return PruneReport(ffn, ffn, heads * layers, heads * layers, n, n)

@@ -1,0 +1,199 @@
+"""Encoding the corpus with the teacher: sentence-transformers (torch) or fp32 ONNX through embopt's runtime.
+
+The ONNX path exports the teacher with pooling and L2 normalisation inside the graph
+(:func:`embopt.export.onnx.export_onnx`), applies ORT's fp32 fusions, and runs it with
+:class:`embopt.serving.runtime.Embedder`: the Rust tokenizer, length-sorted batches that
+pad only to their own longest sentence, one session call per batch. The embeddings are
+the torch teacher's up to float rounding (cosine >= 0.9999, tested); the ONNX files live in
+a temporary folder and are not a stage output.
+
+:func:`encode_in_chunks` makes the stage resumable: the corpus is encoded in fixed chunks,
+each saved as it finishes, so a killed run starts again at the first missing chunk and
+ends with the same rows as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from embopt.errors import EmboptError
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "onnx", "torch")
+Encoder = Callable[[Sequence[str]], np.ndarray]
+
+
+def torch_encoder(st_model, batch_size: int, show_progress: bool = False) -> Encoder:
+    """L2-normalised float32 embeddings from the SentenceTransformer itself."""
+
+    def encode(sentences: Sequence[str]) -> np.ndarray:
+        return st_model.encode(list(sentences), batch_size=batch_size, convert_to_numpy=True,
+                               normalize_embeddings=True, show_progress_bar=show_progress).astype(np.float32)
+
+    return encode
+
+
+def build_teacher_bundle(st_model, bundle: Path, max_seq_length: int, optimize: bool = True) -> Path:
+    """An fp32 bundle of ``st_model`` at ``bundle`` (tokenizer, ``onnx/model.onnx``, manifest).
+
+    Args:
+        st_model: the teacher SentenceTransformer (Transformer -> Pooling [-> Normalize]).
+        bundle: folder to create.
+        max_seq_length: truncation in tokens, written to the manifest.
+        optimize: apply ORT's fp32 transformer fusions (exact up to float rounding).
+
+    Returns:
+        The bundle folder.
+    """
+    from embopt.export.onnx import export_onnx, optimize_onnx
+    from embopt.serving.bundle import write_manifest
+    from embopt.training.modeling import pooling_mode
+
+    bundle = Path(bundle)
+    (bundle / "onnx").mkdir(parents=True, exist_ok=True)
+    tok = st_model.tokenizer
+    if not getattr(tok, "is_fast", False):
+        raise EmboptError("teacher_embed.backend onnx: the teacher has no fast tokenizer; "
+                          "use teacher_embed.backend: torch")
+    tok.save_pretrained(str(bundle))  # tokenizer.json: what the runtime's Rust tokenizer reads
+    raw = export_onnx(st_model, bundle / "onnx" / "model_raw.onnx")
+    model = bundle / "onnx" / "model.onnx"
+    if optimize:
+        optimize_onnx(raw, model)
+        raw.unlink()
+    else:
+        raw.rename(model)
+    get_dim = getattr(st_model, "get_embedding_dimension", None) or st_model.get_sentence_embedding_dimension
+    write_manifest(
+        bundle,
+        {"onnx_fp32": {"file": "onnx/model.onnx", "precision": "fp32"}},
+        "onnx_fp32",
+        dim=int(get_dim()),
+        max_seq_length=int(max_seq_length),
+        pooling=pooling_mode(st_model),
+        normalize=True,
+        pad_token=tok.pad_token or "[PAD]",
+        source_model="teacher",
+    )
+    return bundle
+
+
+def resolve_backend(backend: str, device: str) -> str:
+    """``auto``: ONNX on CPU (faster there, see the README), torch where the teacher sits on a GPU."""
+    if backend not in BACKENDS:
+        raise EmboptError(f"teacher_embed.backend: '{backend}' is not one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "torch" if device.startswith("cuda") else "onnx"
+    return backend
+
+
+def teacher_encoder(st_model, backend: str, batch_size: int, max_seq_length: int, threads: int | None = None,
+                    show_progress: bool = False) -> Encoder:
+    """An encoder for ``backend``: a function from sentences to L2-normalised float32 rows.
+
+    Args:
+        st_model: the teacher, its ``max_seq_length`` already set for the torch path.
+        backend: ``auto`` (see :func:`resolve_backend`), ``onnx`` (fp32 graph through
+            :class:`~embopt.serving.runtime.Embedder`) or ``torch``.
+        batch_size: sentences per forward pass.
+        max_seq_length: truncation in tokens (the ONNX path's tokenizer).
+        threads: ORT intra-op threads (torch threads are pinned by the caller).
+        show_progress: a progress bar over sentences.
+    """
+    backend = resolve_backend(backend, str(st_model.device))
+    if backend == "torch":
+        return torch_encoder(st_model, batch_size, show_progress)
+    from embopt.serving.runtime import Embedder
+
+    # The session holds the graph in memory once created: the exported files are not kept.
+    with tempfile.TemporaryDirectory(prefix="embopt_teacher_onnx_") as tmp:
+        bundle = build_teacher_bundle(st_model.to("cpu"), Path(tmp) / "bundle", max_seq_length)
+        embedder = Embedder(bundle, variant="onnx_fp32", threads=threads, batch_size=batch_size)
+    log.info("teacher as fp32 ONNX (%s), %s threads, batch %d", embedder.providers[0], threads, batch_size)
+
+    def encode(sentences: Sequence[str]) -> np.ndarray:
+        return embedder.embed(list(sentences), show_progress=show_progress)
+
+    return encode
+
+
+def chunk_job_id(**settings) -> str:
+    """Identify an encoding job (corpus hash, teacher, backend, ...): another job's chunks are dropped."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _chunk_file(ckpt_dir: Path, i: int) -> Path:
+    return ckpt_dir / f"chunk_{i:05d}.npy"
+
+
+def clear_chunks(ckpt_dir: Path) -> None:
+    """Drop the chunks and the job file once the stage wrote its output."""
+    if not ckpt_dir.exists():
+        return
+    for f in ckpt_dir.glob("chunk_*.npy"):
+        f.unlink()
+    (ckpt_dir / "job.json").unlink(missing_ok=True)
+
+
+def encode_in_chunks(encode: Encoder, sentences: Sequence[str], chunk_sentences: int,
+                     ckpt_dir: Path | None = None, job_id: str = "") -> tuple[np.ndarray, int]:
+    """Encode ``sentences`` chunk by chunk, saving each finished chunk under ``ckpt_dir``.
+
+    Args:
+        encode: sentences -> float32 rows (length-sorted batches form within a chunk).
+        sentences: all sentences, in output row order.
+        chunk_sentences: sentences per chunk; the boundaries are fixed, so a resumed run
+            encodes exactly the batches an uninterrupted one would.
+        ckpt_dir: where chunks go (None: nothing saved); chunks of the same ``job_id`` are reused.
+        job_id: :func:`chunk_job_id` of the settings; a different one discards the old chunks.
+
+    Returns:
+        (embeddings, number of sentences taken from saved chunks).
+    """
+    if chunk_sentences < 1:
+        raise ValueError(f"chunk_sentences must be >= 1, got {chunk_sentences}")
+    if ckpt_dir is not None:
+        ckpt_dir = Path(ckpt_dir)
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        job_file = ckpt_dir / "job.json"
+        old = json.loads(job_file.read_text()).get("job_id") if job_file.exists() else None
+        if old != job_id:
+            if old is not None:
+                log.info("teacher chunks in %s are from other settings; starting over", ckpt_dir)
+            clear_chunks(ckpt_dir)
+            job_file.write_text(json.dumps({"job_id": job_id}) + "\n")
+    n = len(sentences)
+    parts, resumed = [], 0
+    t0 = time.perf_counter()
+    done_new = 0
+    for i, start in enumerate(range(0, n, chunk_sentences)):
+        rows = min(chunk_sentences, n - start)
+        path = _chunk_file(ckpt_dir, i) if ckpt_dir is not None else None
+        if path is not None and path.exists():
+            emb = np.load(path)
+            if emb.shape[0] == rows:
+                parts.append(emb)
+                resumed += rows
+                continue
+        emb = np.ascontiguousarray(encode(sentences[start:start + rows]), dtype=np.float32)
+        if path is not None:
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npy")
+            np.save(tmp, emb)
+            os.replace(tmp, path)
+        parts.append(emb)
+        done_new += rows
+        rate = done_new / max(time.perf_counter() - t0, 1e-9)
+        log.info("teacher chunk %d: rows %d-%d of %d (%.0f sentences/s)", i, start, start + rows, n, rate)
+    if resumed:
+        log.info("resumed: %d of %d sentences from saved chunks in %s", resumed, n, ckpt_dir)
+    return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32), resumed
