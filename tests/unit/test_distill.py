@@ -436,7 +436,7 @@ def test_stage_rejects_layers_the_teacher_lacks_in_one_line(tmp_path, tiny_model
     (root / "models" / "teacher_embed").mkdir(parents=True)
     (root / "metrics").mkdir()
     write_lines(root / "data" / "prepared" / "corpus.txt", corpus)
-    write_sts_tsv(root / "data" / "prepared" / "sts_dev.tsv", dev_pairs)
+    write_sts_tsv(root / "data" / "prepared" / "sts_val.tsv", dev_pairs)  # the selection split
     np.save(root / "models" / "teacher_embed" / "embeddings.npy", targets)
     (root / "models" / "teacher_embed" / "index.json").write_text(json.dumps({"rows": len(corpus)}))
     (root / "metrics" / "teacher_embed.json").write_text(json.dumps({"teacher_dev_spearman": 50.0}))

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from embopt.pipeline.files import atomic_dir, atomic_file, read_json, write_json
@@ -102,7 +104,10 @@ def test_sigterm_mid_write_leaves_nothing_once_turned_into_an_exception(tmp_path
 
     out = tmp_path / "out"
     out.mkdir()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    # The checkout's src/ explicitly: the test process's sys.path can hold a served model's
+    # serving-only copy of embopt (mlflow.pyfunc.load_model prepends its code/ folder).
+    src = Path(__file__).resolve().parents[2] / "src"
+    env = {**os.environ, "PYTHONPATH": str(src)}
     run = subprocess.run([sys.executable, "-c", SIGTERM_MID_WRITE, mode, str(out)], env=env,
                          capture_output=True, text=True, timeout=60)
     left = sorted(p.name for p in out.iterdir())
