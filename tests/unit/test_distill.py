@@ -439,7 +439,7 @@ def test_stage_rejects_layers_the_teacher_lacks_in_one_line(tmp_path, tiny_model
     write_sts_tsv(root / "data" / "prepared" / "sts_val.tsv", dev_pairs)  # the selection split
     np.save(root / "models" / "teacher_embed" / "embeddings.npy", targets)
     (root / "models" / "teacher_embed" / "index.json").write_text(json.dumps({"rows": len(corpus)}))
-    (root / "metrics" / "teacher_embed.json").write_text(json.dumps({"teacher_dev_spearman": 50.0}))
+    (root / "metrics" / "teacher_embed.json").write_text(json.dumps({"teacher_val_spearman": 50.0}))
     (root / "params.yaml").write_text(
         f"base:\n  teacher: '{tiny_model_dir}'\n  threads: 1\ndistill:\n  layers: [0, 9]\n")
     proc = subprocess.run([sys.executable, "-m", "stages.distill"], cwd=REPO, env=_stage_env(root),
