@@ -13,23 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
 
+from embopt.eval.evaluate import _cpu_name  # the CPU name evaluate records
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def corpus_sentences(corpus: Path, n: int, seed: int) -> list[str]:
@@ -88,7 +79,7 @@ def main() -> None:
     cos = (emb["onnx"] * emb["torch"]).sum(axis=1)
     result = {
         "teacher": args.teacher, "sentences": len(sentences), "threads": args.threads,
-        "batch_size": args.batch_size, "max_seq_length": args.max_seq_length, "cpu": cpu_name(),
+        "batch_size": args.batch_size, "max_seq_length": args.max_seq_length, "cpu": _cpu_name(),
         "torch_sps": round(len(sentences) / best["torch"], 1),
         "onnx_sps": round(len(sentences) / best["onnx"], 1),
         "speedup": round(best["torch"] / best["onnx"], 2), "onnx_export_s": round(export_s, 1),
