@@ -21,7 +21,6 @@ PLOTS_DIR = PROJ_ROOT / "plots"
 REPORTS_DIR = PROJ_ROOT / "reports"
 
 # Stage outputs. Each stage owns exactly one folder (example-get-started-experiments).
-RAW_DIR = DATA_DIR / "raw"
 PREPARED_DIR = DATA_DIR / "prepared"
 TEACHER_EMBED_DIR = MODELS_DIR / "teacher_embed"
 TEACHER_EMBED_CKPT_DIR = MODELS_DIR / "teacher_embed_ckpt"
