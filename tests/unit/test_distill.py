@@ -568,3 +568,53 @@ def test_sweep_table_reads_dvc_exp_show_json():
     assert rows[2] == ["sweep-n2-msekl (no evaluate)", "2 even", "mse+kl w0.5 T0.05", "0.00", "60000", "64",
                        "1.00", "85.10", "98.1%", "820", "-", "-", "-"]
     assert len(rows) == 3
+
+
+# --------------------------------------------------------------------------- data parallel
+
+
+def _no_dropout(model):
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        if hasattr(m, "dropout_prob"):  # BERT's SDPA attention takes its dropout as a float
+            m.dropout_prob = 0.0
+    return model
+
+
+def test_two_gloo_processes_train_like_one_on_the_same_batches(tiny_model, corpus, targets, dev_pairs,
+                                                               tmp_path):
+    """2 ranks (gloo, CPU) split every batch and all-reduce the gradients: for a row-averaged loss without
+    dropout that is the one-process update, so both runs end with the same weights. 96 rows in batches of
+    19: shards of 10 and 9 rows (weighted by their share), and a last batch of one row that leaves rank 1
+    without any. Rank 0 alone logs and checkpoints; a second call resumes from that checkpoint."""
+    from embopt.training.ddp import train_data_parallel
+
+    cfg = cfg_for(epochs=1.0, batch_size=19, eval_every=2, checkpoint_every=3)  # 6 steps
+    one = _no_dropout(scrambled_student(tiny_model, [0, 3]))
+    two = copy.deepcopy(one)
+    start = weights(one)
+    ref = train_student(one, corpus, targets, cfg, dev_pairs, device="cpu")
+    logged: list[int] = []
+    def on_metrics(m: dict, step: int) -> None:
+        if "train_loss" in m:
+            logged.append(step)
+
+    result = train_data_parallel(2, two, corpus, targets, cfg, dev_pairs, ckpt_dir=tmp_path, job_id="ddp",
+                                 on_metrics=on_metrics, device="cpu", threads=1)
+    assert result.steps == ref.steps == 6
+    assert logged == list(range(1, 7))
+    assert result.final_loss == pytest.approx(ref.final_loss, rel=1e-4)
+    assert result.best_step == ref.best_step
+    assert result.best_val_spearman == pytest.approx(ref.best_val_spearman, abs=0.05)  # ranks of near ties
+    # Adam divides each gradient by its own size, so float noise in a gradient that is ~0 (attention
+    # key biases) moves that weight by up to ~lr x noise/eps: 2e-4, against lr x steps = 6e-3.
+    assert_same_weights(weights(two), weights(one), atol=2e-4)
+    assert not torch.allclose(weights(two)["0.model.encoder.layer.0.attention.self.query.weight"],
+                              start["0.model.encoder.layer.0.attention.self.query.weight"])
+    state = torch.load(tmp_path / CKPT_FILE, weights_only=True)
+    assert state["step"] == 6 and len(state["rng_ranks"]) == 2
+
+    again = train_data_parallel(2, copy.deepcopy(two), corpus, targets, cfg, dev_pairs, ckpt_dir=tmp_path,
+                                job_id="ddp", device="cpu", threads=1)
+    assert again.resumed_from_step == 6 and again.best_step == result.best_step
