@@ -17,9 +17,13 @@ pytest.importorskip("pyspark", reason="pyspark not installed (see requirements/l
 if not shutil.which("java"):
     pytest.skip("Spark needs Java 17+ (apt-get install openjdk-17-jre-headless)", allow_module_level=True)
 
+import test_pyfunc  # noqa: E402
+
 from embopt.errors import DataError  # noqa: E402
 from embopt.serving.runtime import Embedder  # noqa: E402
 from embopt.serving.spark_embed import embed_files, spark_session  # noqa: E402
+
+registry = test_pyfunc.registry  # the fixture: the tiny bundle registered as @champion in a throwaway store
 
 pytestmark = pytest.mark.services
 TEXTS = tiny.sentences(300, seed=5)
@@ -123,3 +127,17 @@ def test_cli_engine_spark(spark, tiny_bundle, reference, tmp_path):
     assert cosines(np.asarray(got["embedding"], dtype=np.float32), reference).min() >= 0.9999
     res = CliRunner().invoke(app, [*args[:2], str(tmp_path / "o.npy"), *args[3:]])
     assert res.exit_code == 1 and "name it *.parquet" in res.output
+
+
+def test_registered_model_uri(spark, registry, tmp_path, monkeypatch):
+    """``--bundle models:/<name>@champion``: the registered bundle is downloaded once, on the driver."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", registry["uri"])
+    mlflow.set_tracking_uri(registry["uri"])
+    src, out = tmp_path / "in.txt", tmp_path / "reg.parquet"
+    src.write_text("\n".join(TEXTS[:50]) + "\n", encoding="utf-8")
+    embed_files(src, out, test_pyfunc.URI, spark=spark)
+    expected = Embedder(registry["bundle"], threads=1).embed(TEXTS[:50])
+    got = np.asarray(read_output(out)["embedding"], dtype=np.float32)
+    assert cosines(got, expected).min() >= 0.9999

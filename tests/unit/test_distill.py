@@ -426,12 +426,11 @@ def _stage_env(root: Path) -> dict[str, str]:
             "TOKENIZERS_PARALLELISM": "false"}
 
 
-def test_stage_rejects_layers_the_teacher_lacks_in_one_line(tmp_path, tiny_model_dir, tiny_model, corpus,
-                                                            targets, dev_pairs):
+def _run_distill_stage(root: Path, teacher: Path, corpus, targets, dev_pairs, distill_yaml: str):
+    """The distill stage as DVC runs it, on a project holding only its inputs."""
     from embopt.data.corpus import write_lines
     from embopt.data.sts import write_sts_tsv
 
-    root = tmp_path / "proj"
     (root / "data" / "prepared").mkdir(parents=True)
     (root / "models" / "teacher_embed").mkdir(parents=True)
     (root / "metrics").mkdir()
@@ -440,14 +439,37 @@ def test_stage_rejects_layers_the_teacher_lacks_in_one_line(tmp_path, tiny_model
     np.save(root / "models" / "teacher_embed" / "embeddings.npy", targets)
     (root / "models" / "teacher_embed" / "index.json").write_text(json.dumps({"rows": len(corpus)}))
     (root / "metrics" / "teacher_embed.json").write_text(json.dumps({"teacher_val_spearman": 50.0}))
-    (root / "params.yaml").write_text(
-        f"base:\n  teacher: '{tiny_model_dir}'\n  threads: 1\ndistill:\n  layers: [0, 9]\n")
-    proc = subprocess.run([sys.executable, "-m", "stages.distill"], cwd=REPO, env=_stage_env(root),
+    base = f"base:\n  teacher: '{teacher}'\n  threads: 2\n"
+    (root / "params.yaml").write_text(f"{base}distill:\n{distill_yaml}")
+    return subprocess.run([sys.executable, "-m", "stages.distill"], cwd=REPO, env=_stage_env(root),
                           capture_output=True, text=True, timeout=300)
+
+
+def test_stage_rejects_layers_the_teacher_lacks_in_one_line(tmp_path, tiny_model_dir, tiny_model, corpus,
+                                                            targets, dev_pairs):
+    root = tmp_path / "proj"
+    proc = _run_distill_stage(root, tiny_model_dir, corpus, targets, dev_pairs, "  layers: [0, 9]\n")
     assert proc.returncode == 1, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last == "distill: error: distill.layers: 9 is not a layer of the teacher (it has 4 layers: 0..3)"
     assert not (root / "models" / "distill").exists()
+
+
+@pytest.mark.slow
+def test_stage_with_two_processes_writes_the_student(tmp_path, tiny_model_dir, tiny_model, corpus, targets,
+                                                     dev_pairs):
+    """``distill.processes: 2`` from the stage's fixed command: rank 0 saves, reports, clears checkpoints."""
+    root = tmp_path / "proj"
+    proc = _run_distill_stage(root, tiny_model_dir, corpus, targets, dev_pairs,
+                              "  layers: [0, 3]\n  epochs: 1.0\n  batch_size: 16\n  eval_every: 3\n"
+                              "  eval_pairs: 10\n  checkpoint_every: 2\n  processes: 2\n  gate:\n"
+                              "    min_retention: 0.0\n")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((root / "metrics" / "distill.json").read_text())
+    assert metrics["processes"] == 2 and metrics["steps"] == 6 and metrics["num_layers"] == 2
+    assert (root / "models" / "distill" / "config.json").exists()
+    assert not list((root / "models" / "distill_ckpt").iterdir())
+    assert "data-parallel distillation: 2 processes" in proc.stderr
 
 
 # --------------------------------------------------------------------------- DVC cache (slow)

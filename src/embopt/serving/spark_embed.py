@@ -75,16 +75,11 @@ def spark_session(master: str = "local[*]", app_name: str = "embopt-embed"):
 
 def resolve_bundle(bundle: str | Path) -> Path:
     """A local bundle folder; a model URI (``models:/name@alias``, ``runs:/...``) is downloaded first."""
-    text = str(bundle)
-    if ":/" not in text:
+    if ":/" not in str(bundle):
         return Path(bundle).resolve()
-    import mlflow
+    from embopt.pipeline.registry import model_bundle
 
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=text))
-    found = sorted(p.parent for p in (local / "artifacts").glob("*/manifest.json"))
-    if len(found) != 1:
-        raise EmboptError(f"{text}: expected one embopt bundle in the model's artifacts, found {len(found)}")
-    return found[0]
+    return model_bundle(str(bundle))
 
 
 def _worker_embedder(spec: tuple):
