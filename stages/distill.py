@@ -16,12 +16,12 @@ from embopt.pipeline.files import atomic_dir, read_json
 from embopt.pipeline.params import load_params
 from embopt.pipeline.stage import report, run_stage
 from embopt.pipeline.tracking import stage_run
+from embopt.training.ddp import train_data_parallel
 from embopt.training.distill import (
     TrainConfig,
     clear_checkpoints,
     fingerprint,
     layer_modules,
-    train_student,
 )
 from embopt.training.modeling import load_sentence_model, pick_device
 from embopt.training.student import choose_layers, make_student, uniform_layer_map
@@ -71,13 +71,17 @@ def main() -> None:
         job = fingerprint(cfg, len(sentences), {
             "layers": keep, "layer_map": layer_map, "teacher": params.base.teacher, "student": p.student,
             "eval_pairs": p.eval_pairs, "corpus_sha256": index.get("corpus_sha256"),
+            # N ranks draw other dropout masks than one process: their checkpoints are not interchangeable.
+            **({"processes": p.processes} if p.processes > 1 else {}),
         })
         log.info("distilling %d sentences into layers %s on %s (checkpoints: %s)", len(sentences), keep,
                  device, config.DISTILL_CKPT_DIR)
-        result = train_student(
-            student, sentences, targets, cfg, val[: p.eval_pairs], ckpt_dir=config.DISTILL_CKPT_DIR,
-            job_id=job, on_metrics=lambda m, step: run.log_metrics(m, step=step), device=device,
-            teacher=teacher, layer_map=layer_map,
+        # processes 1: train_student here; N: this process is rank 0 (logs, checkpoints) of N.
+        result = train_data_parallel(
+            p.processes, student, sentences, targets, cfg, val[: p.eval_pairs],
+            ckpt_dir=config.DISTILL_CKPT_DIR, job_id=job,
+            on_metrics=lambda m, step: run.log_metrics(m, step=step), device=device, teacher=teacher,
+            layer_map=layer_map, threads=max(1, params.base.threads // p.processes),
         )
         del teacher
         # Selection used val[:eval_pairs]; the reported score is on the whole val split.
@@ -95,6 +99,7 @@ def main() -> None:
             "structure_weight": p.structure_weight, "temperature": p.temperature,
             "student_dim": int(targets.shape[1] if result.projection is None else result.projection.shape[1]),
             "projection": result.projection is not None, "device": device,
+            **({"processes": p.processes} if p.processes > 1 else {}),
         }
         with atomic_dir(config.DISTILL_DIR) as tmp:
             student.save(str(tmp))

@@ -426,12 +426,11 @@ def _stage_env(root: Path) -> dict[str, str]:
             "TOKENIZERS_PARALLELISM": "false"}
 
 
-def test_stage_rejects_layers_the_teacher_lacks_in_one_line(tmp_path, tiny_model_dir, tiny_model, corpus,
-                                                            targets, dev_pairs):
+def _run_distill_stage(root: Path, teacher: Path, corpus, targets, dev_pairs, distill_yaml: str):
+    """The distill stage as DVC runs it, on a project holding only its inputs."""
     from embopt.data.corpus import write_lines
     from embopt.data.sts import write_sts_tsv
 
-    root = tmp_path / "proj"
     (root / "data" / "prepared").mkdir(parents=True)
     (root / "models" / "teacher_embed").mkdir(parents=True)
     (root / "metrics").mkdir()
@@ -440,14 +439,37 @@ def test_stage_rejects_layers_the_teacher_lacks_in_one_line(tmp_path, tiny_model
     np.save(root / "models" / "teacher_embed" / "embeddings.npy", targets)
     (root / "models" / "teacher_embed" / "index.json").write_text(json.dumps({"rows": len(corpus)}))
     (root / "metrics" / "teacher_embed.json").write_text(json.dumps({"teacher_val_spearman": 50.0}))
-    (root / "params.yaml").write_text(
-        f"base:\n  teacher: '{tiny_model_dir}'\n  threads: 1\ndistill:\n  layers: [0, 9]\n")
-    proc = subprocess.run([sys.executable, "-m", "stages.distill"], cwd=REPO, env=_stage_env(root),
+    base = f"base:\n  teacher: '{teacher}'\n  threads: 2\n"
+    (root / "params.yaml").write_text(f"{base}distill:\n{distill_yaml}")
+    return subprocess.run([sys.executable, "-m", "stages.distill"], cwd=REPO, env=_stage_env(root),
                           capture_output=True, text=True, timeout=300)
+
+
+def test_stage_rejects_layers_the_teacher_lacks_in_one_line(tmp_path, tiny_model_dir, tiny_model, corpus,
+                                                            targets, dev_pairs):
+    root = tmp_path / "proj"
+    proc = _run_distill_stage(root, tiny_model_dir, corpus, targets, dev_pairs, "  layers: [0, 9]\n")
     assert proc.returncode == 1, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last == "distill: error: distill.layers: 9 is not a layer of the teacher (it has 4 layers: 0..3)"
     assert not (root / "models" / "distill").exists()
+
+
+@pytest.mark.slow
+def test_stage_with_two_processes_writes_the_student(tmp_path, tiny_model_dir, tiny_model, corpus, targets,
+                                                     dev_pairs):
+    """``distill.processes: 2`` from the stage's fixed command: rank 0 saves, reports, clears checkpoints."""
+    root = tmp_path / "proj"
+    proc = _run_distill_stage(root, tiny_model_dir, corpus, targets, dev_pairs,
+                              "  layers: [0, 3]\n  epochs: 1.0\n  batch_size: 16\n  eval_every: 3\n"
+                              "  eval_pairs: 10\n  checkpoint_every: 2\n  processes: 2\n  gate:\n"
+                              "    min_retention: 0.0\n")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((root / "metrics" / "distill.json").read_text())
+    assert metrics["processes"] == 2 and metrics["steps"] == 6 and metrics["num_layers"] == 2
+    assert (root / "models" / "distill" / "config.json").exists()
+    assert not list((root / "models" / "distill_ckpt").iterdir())
+    assert "data-parallel distillation: 2 processes" in proc.stderr
 
 
 # --------------------------------------------------------------------------- DVC cache (slow)
@@ -568,3 +590,53 @@ def test_sweep_table_reads_dvc_exp_show_json():
     assert rows[2] == ["sweep-n2-msekl (no evaluate)", "2 even", "mse+kl w0.5 T0.05", "0.00", "60000", "64",
                        "1.00", "85.10", "98.1%", "820", "-", "-", "-"]
     assert len(rows) == 3
+
+
+# --------------------------------------------------------------------------- data parallel
+
+
+def _no_dropout(model):
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        if hasattr(m, "dropout_prob"):  # BERT's SDPA attention takes its dropout as a float
+            m.dropout_prob = 0.0
+    return model
+
+
+def test_two_gloo_processes_train_like_one_on_the_same_batches(tiny_model, corpus, targets, dev_pairs,
+                                                               tmp_path):
+    """2 ranks (gloo, CPU) split every batch and all-reduce the gradients: for a row-averaged loss without
+    dropout that is the one-process update, so both runs end with the same weights. 96 rows in batches of
+    19: shards of 10 and 9 rows (weighted by their share), and a last batch of one row that leaves rank 1
+    without any. Rank 0 alone logs and checkpoints; a second call resumes from that checkpoint."""
+    from embopt.training.ddp import train_data_parallel
+
+    cfg = cfg_for(epochs=1.0, batch_size=19, eval_every=2, checkpoint_every=3)  # 6 steps
+    one = _no_dropout(scrambled_student(tiny_model, [0, 3]))
+    two = copy.deepcopy(one)
+    start = weights(one)
+    ref = train_student(one, corpus, targets, cfg, dev_pairs, device="cpu")
+    logged: list[int] = []
+    def on_metrics(m: dict, step: int) -> None:
+        if "train_loss" in m:
+            logged.append(step)
+
+    result = train_data_parallel(2, two, corpus, targets, cfg, dev_pairs, ckpt_dir=tmp_path, job_id="ddp",
+                                 on_metrics=on_metrics, device="cpu", threads=1)
+    assert result.steps == ref.steps == 6
+    assert logged == list(range(1, 7))
+    assert result.final_loss == pytest.approx(ref.final_loss, rel=1e-4)
+    assert result.best_step == ref.best_step
+    assert result.best_val_spearman == pytest.approx(ref.best_val_spearman, abs=0.05)  # ranks of near ties
+    # Adam divides each gradient by its own size, so float noise in a gradient that is ~0 (attention
+    # key biases) moves that weight by up to ~lr x noise/eps: 2e-4, against lr x steps = 6e-3.
+    assert_same_weights(weights(two), weights(one), atol=2e-4)
+    assert not torch.allclose(weights(two)["0.model.encoder.layer.0.attention.self.query.weight"],
+                              start["0.model.encoder.layer.0.attention.self.query.weight"])
+    state = torch.load(tmp_path / CKPT_FILE, weights_only=True)
+    assert state["step"] == 6 and len(state["rng_ranks"]) == 2
+
+    again = train_data_parallel(2, copy.deepcopy(two), corpus, targets, cfg, dev_pairs, ckpt_dir=tmp_path,
+                                job_id="ddp", device="cpu", threads=1)
+    assert again.resumed_from_step == 6 and again.best_step == result.best_step

@@ -22,7 +22,8 @@ def embed(
     input: Path = typer.Argument(..., help="Texts: .txt (one a line, blank lines skipped), .jsonl/.ndjson "
                                  "(objects with --column, or JSON strings) or .csv/.tsv (column --column)."),
     output: Path = typer.Argument(..., help="Embeddings: .npy (float32, one row per text) or .parquet "
-                                  "(text, embedding)."),
+                                  "(text, embedding); with --engine spark a Parquet folder (row, [id], "
+                                  "text, embedding)."),
     bundle: Path = typer.Option(config.EXPORT_DIR, "--bundle", "-b",
                                 help="Exported bundle folder (manifest.json, tokenizer, onnx/)."),
     variant: str = typer.Option(None, "--variant", help="Manifest variant (default: the bundle's default)."),
@@ -35,6 +36,10 @@ def embed(
     pca: Path = typer.Option(None, "--pca", help="PCA .npz (mean, components) to project the embeddings."),
     cache: Path = typer.Option(None, "--cache", help="SQLite embedding cache shared across runs (optional)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    engine: str = typer.Option("local", "--engine", help="local: this process; spark: a PySpark job "
+                               "(INPUT may also be Parquet; --bundle may be a model URI such as "
+                               "models:/embopt-encoder@champion; --pca and --cache are local only)."),
+    master: str = typer.Option("local[*]", "--master", help="Spark master URL (--engine spark)."),
 ) -> None:
     """Embed every text of INPUT and write the float32 embeddings to OUTPUT, in input order."""
     from embopt.pipeline.files import exit_on_sigterm
@@ -43,8 +48,14 @@ def embed(
     setup_logging()
     previous = exit_on_sigterm()  # a SIGTERM unwinds like Ctrl-C: the temporary output file is removed
     try:
-        n, dim, seconds = run_embed(input, output, bundle, variant, column, batch_size, threads,
-                                    max_seq_length, pca, cache, progress)
+        if engine == "spark":
+            n, dim, seconds = run_spark(input, output, bundle, master, variant, column, batch_size, threads,
+                                        max_seq_length, pca, cache)
+        elif engine == "local":
+            n, dim, seconds = run_embed(input, output, bundle, variant, column, batch_size, threads,
+                                        max_seq_length, pca, cache, progress)
+        else:
+            raise EmboptError(f"--engine '{engine}' is not one of local, spark")
     except EmboptError as exc:
         print(f"embopt embed: error: {exc}", file=sys.stderr)
         raise typer.Exit(1) from None
@@ -53,6 +64,23 @@ def embed(
             signal.signal(signal.SIGTERM, previous)
     log.info("wrote %d x %d float32 embeddings to %s (%.1f s, %.0f texts/s)", n, dim, output, seconds,
              n / seconds if seconds else 0.0)
+
+
+def run_spark(
+    input: Path, output: Path, bundle: str, master: str, variant: str | None = None, column: str = "text",
+    batch_size: int = 32, threads: int | None = None, max_seq_length: int | None = None,
+    pca: Path | None = None, cache: Path | None = None,
+) -> tuple[int, int, float]:
+    """``embopt embed --engine spark`` (see :mod:`embopt.serving.spark_embed`): (texts, dim, seconds)."""
+    from embopt.serving.spark_embed import embed_files
+
+    if pca is not None or cache is not None:
+        raise EmboptError("--pca and --cache work with --engine local only")
+    t0 = time.perf_counter()
+    # One ORT thread per task by default: Spark already runs one task per core.
+    n, dim = embed_files(input, output, bundle, master, variant, column, batch_size, threads or 1,
+                         max_seq_length)
+    return n, dim, time.perf_counter() - t0
 
 
 def run_embed(

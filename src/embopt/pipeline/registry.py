@@ -107,6 +107,17 @@ def describe_version(model_name: str, version: str, description: str, tags: Mapp
         client.set_model_version_tag(model_name, version, key, str(value))
 
 
+def model_bundle(uri: str) -> Path:
+    """The bundle folder of a logged or registered embopt model (``models:/name@alias``, ``runs:/...``),
+    downloaded into MLflow's temporary folder."""
+    from embopt.errors import EmboptError
+
+    bundle = Path(_mlflow().artifacts.download_artifacts(artifact_uri=uri)) / "artifacts" / "bundle"
+    if not (bundle / "manifest.json").exists():
+        raise EmboptError(f"{uri}: not an embopt model (no artifacts/bundle/manifest.json)")
+    return bundle
+
+
 def alias_bundle(model_name: str, alias: str, dst: Path) -> dict[str, Any] | None:
     """Download the bundle of ``models:/<name>@<alias>`` into ``dst``; None when the alias is unset.
 

@@ -40,6 +40,7 @@ import numpy as np
 from embopt.data.sts import StsPair
 from embopt.errors import EmboptError
 from embopt.eval.sts import sts_spearman
+from embopt.training.ddp import all_reduce_gradients, broadcast_flag, gather_rng_states, rank_world
 from embopt.training.modeling import hf_model, layer_list, pick_device
 
 if TYPE_CHECKING:  # torch is heavy; import it where it is used
@@ -309,6 +310,10 @@ def train_student(
             (it then runs on every batch, frozen, to give the hidden states to match).
         layer_map: for hidden-state matching, the teacher layer matched to each student layer
             (the layer it was copied from; :func:`embopt.training.student.uniform_layer_map` otherwise).
+
+    Under an initialised ``torch.distributed`` process group (see :mod:`embopt.training.ddp`) each
+    rank trains on its share of every batch with gradients all-reduced; rank 0 alone evaluates,
+    checkpoints and calls ``on_metrics``, and only its returned student holds the best weights.
     """
     import torch
     from tqdm.auto import tqdm
@@ -326,7 +331,9 @@ def train_student(
             raise ValueError(f"layer_map {list(layer_map)} must give one teacher layer (0..{n_teacher - 1}) "
                              f"for each of the {n_student} student layers")
     device = device or pick_device()
-    torch.manual_seed(cfg.seed)
+    rank, world = rank_world()
+    lead = rank == 0
+    torch.manual_seed(cfg.seed + rank)  # rank 0 draws as one process does; other ranks their own dropout
     student.to(device)
     original_max_len = student.max_seq_length
     student.max_seq_length = cfg.max_seq_length
@@ -388,7 +395,9 @@ def train_student(
                 heads.load_state_dict(state.get("heads", {}))
                 optimizer.load_state_dict(state["optimizer"])
                 scheduler.load_state_dict(state["scheduler"])
-                torch.set_rng_state(state["rng"])
+                ranks_rng = state.get("rng_ranks")
+                torch.set_rng_state(ranks_rng[rank] if world > 1 and ranks_rng and len(ranks_rng) == world
+                                    else state["rng"])
                 if state.get("cuda_rng") is not None and torch.cuda.is_available():
                     torch.cuda.set_rng_state_all(state["cuda_rng"])
                 step, best_score = state["step"], state["best_score"]
@@ -414,6 +423,9 @@ def train_student(
     def checkpoint() -> None:
         if ckpt_path is None:
             return
+        rng_ranks = gather_rng_states() if world > 1 else None  # a collective: every rank calls it
+        if not lead:
+            return
         _save_atomic({
             "job_id": job_id, "model": student.state_dict(), "heads": heads.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -424,6 +436,7 @@ def train_student(
             # The best weights so far travel with the checkpoint: a separate file could be newer than
             # the checkpoint (an improvement after it), and the resumed run would keep the wrong best.
             "best": best_state,
+            **({"rng_ranks": rng_ranks} if rng_ranks is not None else {}),
         }, ckpt_path)
 
     captured: list = []
@@ -439,7 +452,7 @@ def train_student(
     student.train()
     t0 = time.perf_counter()
     loss_val = float("nan")
-    bar = tqdm(total=total, initial=step, desc="distill", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=total, initial=step, desc="distill", unit="step", dynamic_ncols=True, disable=not lead)
     lengths = token_lengths(student, sentences, cfg.max_seq_length) if cfg.group_by_length else None
     batches, batches_epoch = [], -1
     try:
@@ -449,48 +462,54 @@ def train_student(
                 # The order depends only on (seed, epoch): a resumed run sees the same batches.
                 batches, batches_epoch = epoch_batches(n, cfg.batch_size, cfg.seed, epoch, lengths), epoch
             idx = batches[step % steps_per_epoch]
-            batch_texts = [sentences[j] for j in idx.tolist()]
-            # sentence-transformers 5.x renamed tokenize() to preprocess(); keep both working.
-            tokenize = student.preprocess if hasattr(student, "preprocess") else student.tokenize
-            features = tokenize(batch_texts)
-            features = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in features.items()}
-            model_inputs = {k: features[k] for k in ("input_ids", "attention_mask", "token_type_ids")
-                            if k in features}
-            captured.clear()
-            out = student(features)["sentence_embedding"]
-            if "sentence" in heads:
-                out = heads["sentence"](out)
-            loss = emb_loss = distill_loss(out, target_t[idx].to(device), cfg.loss, cfg.temperature,
-                                           cfg.structure_weight)
-            hid_val = None
-            if hidden_on:
-                with torch.no_grad():
-                    t_hidden = teacher_hf(**model_inputs, output_hidden_states=True).hidden_states
-                terms = []
-                for li, (s_h, t_layer) in enumerate(zip(captured, layer_map, strict=True)):
-                    if f"hidden_{li}" in heads:
-                        s_h = heads[f"hidden_{li}"](s_h)
-                    # hidden_states[0] is the embedding output; block j's output is hidden_states[j + 1].
-                    t_h = t_hidden[t_layer + 1]
-                    terms.append(masked_hidden_mse(s_h, t_h, model_inputs["attention_mask"]))
-                hid = torch.stack(terms).mean()
-                loss = emb_loss + cfg.hidden_weight * hid
-                hid_val = float(hid.detach())
-            loss.backward()
+            share = 1.0
+            if world > 1:  # this rank's rows of the step's batch, and their share of it
+                share, idx = len(idx[rank::world]) / len(idx), idx[rank::world]
+            loss_val, hid_val = 0.0, None
+            if len(idx):  # a last batch smaller than the world leaves some ranks without rows
+                batch_texts = [sentences[j] for j in idx.tolist()]
+                # sentence-transformers 5.x renamed tokenize() to preprocess(); keep both working.
+                tokenize = student.preprocess if hasattr(student, "preprocess") else student.tokenize
+                features = tokenize(batch_texts)
+                features = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in features.items()}
+                model_inputs = {k: features[k] for k in ("input_ids", "attention_mask", "token_type_ids")
+                                if k in features}
+                captured.clear()
+                out = student(features)["sentence_embedding"]
+                if "sentence" in heads:
+                    out = heads["sentence"](out)
+                loss = emb_loss = distill_loss(out, target_t[idx].to(device), cfg.loss, cfg.temperature,
+                                               cfg.structure_weight)
+                if hidden_on:
+                    with torch.no_grad():
+                        t_hidden = teacher_hf(**model_inputs, output_hidden_states=True).hidden_states
+                    terms = []
+                    for li, (s_h, t_layer) in enumerate(zip(captured, layer_map, strict=True)):
+                        if f"hidden_{li}" in heads:
+                            s_h = heads[f"hidden_{li}"](s_h)
+                        # hidden_states[0] is the embedding output; block j's output is hidden_states[j + 1].
+                        t_h = t_hidden[t_layer + 1]
+                        terms.append(masked_hidden_mse(s_h, t_h, model_inputs["attention_mask"]))
+                    hid = torch.stack(terms).mean()
+                    loss = emb_loss + cfg.hidden_weight * hid
+                    hid_val = float(hid.detach())
+                loss.backward()
+                loss_val = float(loss.detach())
+            if world > 1:  # every rank now holds the whole batch's gradient and loss
+                loss_val = all_reduce_gradients(trainable, share, loss_val)
             torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            loss_val = float(loss.detach())
             bar.update(1)
             bar.set_postfix(loss=f"{loss_val:.2e}", best=f"{best_score:.2f}")
-            if on_metrics is not None and (step % cfg.log_every == 0 or step == total):
+            if lead and on_metrics is not None and (step % cfg.log_every == 0 or step == total):
                 m = {"train_loss": loss_val, "lr": scheduler.get_last_lr()[0]}
                 if hid_val is not None:
                     m.update(train_loss_embedding=float(emb_loss.detach()), train_loss_hidden=hid_val)
                 on_metrics(m, step)
-            if step % cfg.eval_every == 0 or step == total:
+            if (step % cfg.eval_every == 0 or step == total) and lead:
                 score = evaluate()
                 if on_metrics is not None:
                     on_metrics({"val_spearman": score}, step)
@@ -504,8 +523,11 @@ def train_student(
                 if cfg.early_stopping_patience and stale >= cfg.early_stopping_patience:
                     log.info("early stopping: no improvement in %d evaluations", stale)
                     stopped_early = True
-                    checkpoint()
-                    break
+            if world > 1 and (step % cfg.eval_every == 0 or step == total):
+                stopped_early = broadcast_flag(stopped_early)  # rank 0 decided; every rank stops together
+            if stopped_early:
+                checkpoint()
+                break
             if step % cfg.checkpoint_every == 0:
                 checkpoint()
     finally:

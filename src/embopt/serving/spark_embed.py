@@ -1,0 +1,248 @@
+"""Bulk embedding on Spark: the same :class:`Embedder` in every executor's Python workers.
+
+Python API::
+
+    from embopt.serving.spark_embed import spark_session, embed_dataframe, embed_files
+    embed_files("texts.csv", "vectors.parquet", bundle="models/export", master="local[*]")
+    # or, inside an existing Spark job (``df`` has a string column ``text``):
+    vectors = embed_dataframe(df, "models/export")   # adds ``embedding`` (array<float>)
+
+How it runs: ``mapInPandas`` hands each task an iterator of Arrow batches; the task gets its
+Embedder from a per-process cache (:func:`_worker_embedder`), so with Spark's default worker reuse
+the ONNX session is built once per Python worker, not once per batch or per task. Only the
+bundle's *path* travels in the task closure: every executor must see that path (a local
+folder in local mode; a shared filesystem or the same install on a cluster). A registered
+model (``models:/embopt-encoder@champion``) is downloaded once on the driver.
+
+Output: a Parquet folder (Spark's part files in input order: part k holds the rows after part
+k-1's) with ``row`` (0-based position in the input; row i is row i of ``embopt embed``'s
+output for the same file), the input's ``id`` column when it has one, ``text`` and ``embedding``.
+It replaces OUTPUT only once complete.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from embopt.errors import DataError, EmboptError
+
+log = logging.getLogger("embopt.embed")
+
+INPUT_READERS = ("txt", "csv", "tsv", "jsonl", "parquet")
+# One Embedder per Python worker process, kept across tasks (spark.python.worker.reuse is on).
+_EMBEDDERS: dict[tuple, Any] = {}
+
+
+def spark_session(master: str = "local[*]", app_name: str = "embopt-embed"):
+    """A SparkSession for embedding: UI off, few shuffle partitions, workers on this Python.
+
+    Raises:
+        EmboptError: pyspark or Java missing (one line saying what to install).
+    """
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise EmboptError("the spark engine needs pyspark: pip install pyspark (see requirements/lock.txt)") \
+            from None
+    if not (os.environ.get("JAVA_HOME") or shutil.which("java")):
+        raise EmboptError("the spark engine needs Java 17+: apt-get install openjdk-17-jre-headless, "
+                          "or set JAVA_HOME")
+    # Python workers are started by the JVM with its environment: make them run this interpreter
+    # (PySpark reads PYSPARK_PYTHON, not spark.pyspark.python, outside spark-submit) and import this embopt.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    src = str(Path(__file__).resolve().parents[2])
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if src not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([src, *filter(None, paths)])
+    builder = (SparkSession.builder.master(master).appName(app_name)
+               .config("spark.ui.enabled", "false")
+               .config("spark.sql.shuffle.partitions", "4"))
+    if master.startswith("local"):  # loopback only: nothing listens on the network interfaces
+        builder = (builder.config("spark.driver.bindAddress", "127.0.0.1")
+                   .config("spark.driver.host", "127.0.0.1"))
+    try:
+        return builder.getOrCreate()
+    except Exception as exc:  # the JVM did not start: Py4J raises a bare Exception/RuntimeError
+        raise EmboptError(f"cannot start Spark ({master}): {str(exc).splitlines()[0]}") from None
+
+
+def resolve_bundle(bundle: str | Path) -> Path:
+    """A local bundle folder; a model URI (``models:/name@alias``, ``runs:/...``) is downloaded first."""
+    if ":/" not in str(bundle):
+        return Path(bundle).resolve()
+    from embopt.pipeline.registry import model_bundle
+
+    return model_bundle(str(bundle))
+
+
+def _worker_embedder(spec: tuple):
+    if spec not in _EMBEDDERS:
+        from embopt.serving.runtime import Embedder
+
+        bundle, variant, threads, batch_size, max_seq_length = spec
+        _EMBEDDERS[spec] = Embedder(bundle, variant=variant, threads=threads, batch_size=batch_size,
+                                    max_seq_length=max_seq_length)
+    return _EMBEDDERS[spec]
+
+
+def _embed_partition(spec: tuple, text_col: str, batches: Iterator) -> Iterator:
+    """mapInPandas body (module level: pickled by reference, so ``_EMBEDDERS`` is the worker's own)."""
+    embedder = _worker_embedder(spec)
+    for frame in batches:
+        try:
+            vectors = embedder.embed(frame[text_col].tolist())
+        except EmboptError as exc:  # name the input row, not the row within this Arrow batch
+            msg = str(exc)
+            if "row" in frame.columns and msg.startswith("row "):
+                local, rest = msg[4:].split(":", 1)
+                msg = f"row {int(frame['row'].iloc[int(local)])}:{rest}"
+            raise EmboptError(msg) from None
+        yield frame.assign(embedding=list(vectors))
+
+
+def embed_dataframe(df, bundle: str | Path, text_col: str = "text", variant: str | None = None,
+                    threads: int | None = 1, batch_size: int = 32, max_seq_length: int | None = None):
+    """``df`` with a float32 ``embedding`` column (``array<float>``), rows and partitions unchanged.
+
+    Args:
+        df: a Spark DataFrame with a string column ``text_col``.
+        bundle: exported bundle folder seen by every executor, or a model URI (downloaded here).
+        variant: manifest variant (default: the bundle's default).
+        threads: ORT intra-op threads per task (1: Spark runs one task per core).
+        batch_size: sentences per ONNX Runtime call.
+        max_seq_length: truncation in tokens (default: the bundle's).
+    """
+    from pyspark.sql.types import ArrayType, FloatType, StructField, StructType
+
+    if text_col not in df.columns:
+        raise DataError(f"no column '{text_col}' (have: {', '.join(df.columns) or 'none'})")
+    spec = (str(resolve_bundle(bundle)), variant, threads, batch_size, max_seq_length)
+    _worker_embedder(spec)  # fail here, on the driver, for a bad bundle or variant: one clear line
+    schema = StructType([*df.schema.fields, StructField("embedding", ArrayType(FloatType(), False), False)])
+    return df.mapInPandas(functools.partial(_embed_partition, spec, text_col), schema)
+
+
+def read_input(spark, path: Path, column: str = "text"):
+    """INPUT as (DataFrame ``row`` (0-based position), [``id``], ``text`` sorted by ``row``, row count).
+
+    ``.txt``: one text a line, blank lines skipped; ``.csv``/``.tsv``: header, RFC 4180 quoting
+    (quoted line breaks kept); ``.jsonl``/``.ndjson``: one object a line; ``.parquet``: a file or a
+    folder of files. Input order: files in name order, rows in file order.
+    """
+    from pyspark.sql import functions as F
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    read = spark.read
+    if suffix == ".parquet":
+        df = read.parquet(str(path))
+    elif suffix in (".csv", ".tsv"):
+        df = read.options(header=True, multiLine=True, escape='"', mode="FAILFAST",
+                          sep="\t" if suffix == ".tsv" else ",").csv(str(path))
+    elif suffix in (".jsonl", ".ndjson"):
+        df = read.options(mode="FAILFAST").json(str(path))
+    else:
+        df = read.text(str(path)).withColumnRenamed("value", column)
+    if column not in df.columns:
+        raise DataError(f"{path}: no column '{column}' (have: {', '.join(df.columns) or 'none'})")
+    keep = [c for c in ("id",) if c in df.columns and c != column]
+    # Where each row comes from (file, split), taken at the scan: Spark packs files into partitions
+    # by size, not by name, so partition order is not input order.
+    df = df.select(*keep, F.col(column).alias("text"), F.col("_metadata.file_path").alias("_file"),
+                   F.col("_metadata.file_block_start").alias("_block"))
+    if suffix not in (".parquet", ".csv", ".tsv", ".jsonl", ".ndjson"):
+        df = df.filter(F.col("text").rlike(r"\S"))
+    return _with_row_number(df)
+
+
+def _with_row_number(df):
+    """Add ``row``, the consecutive 0-based input position, and sort by it (a shuffle of the texts only).
+
+    Each file split is read by one task in order, so ``monotonically_increasing_id`` minus its
+    smallest value in the split is the row's place there; one small aggregate per split gives
+    each split's first row number.
+    """
+    from pyspark.sql import functions as F
+
+    df = df.withColumn("_mid", F.monotonically_increasing_id())
+    splits = (df.groupBy("_file", "_block").agg(F.count("*").alias("n"), F.min("_mid").alias("_first"))
+              .collect())
+    if not splits:
+        return df.select(F.lit(0).cast("long").alias("row"), "*").drop("_file", "_block", "_mid"), 0
+    start, rows = 0, []
+    for s in sorted(splits, key=lambda r: (r["_file"], r["_block"])):
+        rows.append((s["_file"], s["_block"], start - s["_first"]))
+        start += s["n"]
+    offsets = df.sparkSession.createDataFrame(rows, "_file string, _block long, _shift long")
+    cols = [c for c in df.columns if c not in ("_file", "_block", "_mid")]
+    numbered = (df.join(F.broadcast(offsets), ["_file", "_block"])
+                .select((F.col("_mid") + F.col("_shift")).alias("row"), *cols))
+    parts = max(1, df.rdd.getNumPartitions())
+    return numbered.repartitionByRange(parts, "row").sortWithinPartitions("row"), start
+
+
+def embed_files(input: Path, output: Path, bundle: str | Path, master: str = "local[*]",
+                variant: str | None = None, column: str = "text", batch_size: int = 32,
+                threads: int | None = 1, max_seq_length: int | None = None, spark=None) -> tuple[int, int]:
+    """Embed INPUT into the Parquet folder OUTPUT with Spark. Returns (rows, dim).
+
+    ``spark``: a session to use (default: the active one); ``master`` is used only when there is none,
+    and then the session started here is stopped at the end.
+    """
+    from embopt.pipeline.files import atomic_dir
+
+    output = Path(output)
+    if output.suffix.lower() != ".parquet":
+        raise DataError(f"{output}: the spark engine writes a Parquet folder; name it *.parquet")
+    if output.exists() and not output.is_dir():
+        raise DataError(f"{output}: is a file; the spark engine writes a folder")
+    if spark is None:  # inside a Spark application (a notebook, a test): use its session, leave it running
+        spark = _active_session()
+    own = spark is None
+    spark = spark or spark_session(master)
+    try:
+        from pyspark.errors import PySparkException
+
+        try:
+            df, n = read_input(spark, Path(input), column)
+            if n == 0:
+                raise DataError(f"{input}: no texts found (empty input)")
+            out = embed_dataframe(df, bundle, "text", variant, threads, batch_size, max_seq_length)
+            with atomic_dir(output) as tmp:
+                out.write.mode("overwrite").parquet(str(tmp))
+        except PySparkException as exc:
+            raise DataError(f"{input}: {_spark_error(exc)}") from None
+        dim = len(spark.read.parquet(str(output)).select("embedding").first()[0])
+        return n, dim
+    finally:
+        if own:
+            spark.stop()
+
+
+def _active_session():
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        return None
+    return SparkSession.getActiveSession()
+
+
+def _spark_error(exc: Exception) -> str:
+    """The one line of a Spark failure that says what went wrong (a worker's EmboptError, or Spark's)."""
+    lines = str(exc).splitlines()
+    for line in lines:
+        if "EmboptError: " in line:
+            return line.split("EmboptError: ", 1)[1]
+    for line in lines:
+        if "Exception:" in line or "Error:" in line:
+            return line.strip()
+    return lines[0] if lines else type(exc).__name__
