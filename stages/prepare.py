@@ -26,16 +26,18 @@ def main() -> None:
         held_out = set()
         for split in ("val", "dev", "test"):
             held_out.update(unique_sentences(sts.get(split, [])))
-        head = unique_sentences(sts["train"]) if p.include_sts_train else []
         log.info("building corpus from %s", p.corpus_path)
         corpus, stats = build_corpus(
             [config.resolve(p.corpus_path)],
             held_out,
-            head,
+            unique_sentences(sts["train"]),
             p.corpus_max_sentences,
             p.min_words,
             p.max_words,
             params.base.seed,
+            head_share=p.sts_train_share,
+            fmt=p.corpus_format,
+            column=p.text_column,
         )
         with atomic_dir(config.PREPARED_DIR) as tmp:
             for split, pairs in sts.items():

@@ -35,13 +35,19 @@ class DataParams(_Section):
     source: Literal["auto", "local", "hub"] = "auto"
     sts_dir: str = "data/raw/stsbenchmark"
     sts_hub_id: str = "sentence-transformers/stsb"
-    # A text file (one sentence a line), a WikiExtractor file, or a folder of either.
+    # A file or a folder of files: WikiExtractor, text (a paragraph or sentence a line), .jsonl,
+    # .csv, .parquet (the text_column of each row).
     corpus_path: str = "data/raw/corpus"
+    # auto: by suffix, WikiExtractor when a <doc line opens the file, else paragraphs (split).
+    corpus_format: Literal["auto", "wiki", "lines", "paragraphs", "jsonl", "csv", "parquet"] = "auto"
+    text_column: str = Field("text", min_length=1)
     corpus_max_sentences: int = Field(100000, ge=1)
     # STSb-train pairs carved out (seeded) as the validation split every selection uses;
     # their sentences never enter the corpus. STSb dev is the report split only.
     val_pairs: int = Field(1500, ge=1)
-    include_sts_train: bool = True
+    # Share of the cap the other STSb-train sentences may take (0: none); the corpus files fill
+    # the rest, and either source fills what the other lacks.
+    sts_train_share: float = Field(0.1, ge=0, le=1)
     min_words: int = Field(5, ge=1)
     max_words: int = Field(60, ge=1)
 
