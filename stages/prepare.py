@@ -16,7 +16,7 @@ log = logging.getLogger("stages.prepare")
 
 
 def main() -> None:
-    params = load_params()
+    params = load_params(sections=("base", "data"))
     p = params.data
     with stage_run("prepare", params, ["data"]) as run:
         sts, source = load_sts(p.source, config.resolve(p.sts_dir), p.sts_hub_id)

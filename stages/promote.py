@@ -91,7 +91,7 @@ def describe(row: dict, name: str, decision: str, reason: str, reindex: bool) ->
 
 
 def main() -> None:
-    params = load_params()
+    params = load_params(sections=("base", "promote", "runtime"))
     p = params.promote
     with stage_run("promote", params, ["promote", "runtime"]) as run:
         result = read_json(config.REPORTS_DIR / "pipeline" / "evaluate.json")

@@ -34,7 +34,7 @@ log = logging.getLogger("stages.teacher_embed")
 
 
 def main() -> None:
-    params = load_params()
+    params = load_params(sections=("base", "teacher_embed"))
     p = params.teacher_embed
     pin_threads(params.base.threads)
     with stage_run("teacher_embed", params, ["teacher_embed"]) as run:

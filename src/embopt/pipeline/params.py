@@ -306,23 +306,36 @@ def _describe(err: ValidationError, path: Path) -> str:
     return f"{path}: key '{key}': {first['msg']} (got {first.get('input')!r})"
 
 
-def load_params(path: Path | str | None = None) -> Params:
+def load_params(path: Path | str | None = None, sections: tuple[str, ...] | list[str] = ()) -> Params:
     """Load and validate params.yaml.
 
+    Args:
+        path: the file (default: the project's params.yaml).
+        sections: top-level sections the caller reads; each must be in the file, so a deleted
+            or empty section fails instead of running on built-in defaults. Keys left out of a
+            present section take the defaults, which agree with the shipped params.yaml.
+
     Raises:
-        ParamsError: one line naming the file and the offending key.
+        ParamsError: one line naming the file and the offending or missing key.
     """
     path = Path(path) if path is not None else config.PARAMS_FILE
     if not path.exists():
         raise ParamsError(f"{path}: file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
         raise ParamsError(f"{path}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if raw is None and sections:
+        raise ParamsError(f"{path}: empty file (missing section '{sections[0]}')")
+    raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: top level must be a mapping of sections")
+    for name in sections:
+        if not isinstance(raw.get(name), dict) or not raw[name]:
+            state = "empty" if name in raw else "missing"
+            raise ParamsError(f"{path}: {state} section '{name}' (built-in defaults are not used)")
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
