@@ -155,54 +155,59 @@ def test_output_checked_before_any_work(tiny_bundle, tmp_path, monkeypatch):
     assert list((tmp_path / "taken.npy").iterdir()) == []
 
 
-def test_full_disk_is_refused_before_the_embedding_work(tiny_bundle, tmp_path, monkeypatch):
-    import shutil
-    from collections import namedtuple
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 16 KiB tmpfs (mounting needs root; skipped where it is refused)."""
+    import subprocess
 
-    calls = _no_embedding(monkeypatch)
-    usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 100, 100))
-    src, out = write_input(tmp_path, "txt"), tmp_path / "o.npy"
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(disk)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_full_disk_is_refused_before_the_embedding_work(tiny_bundle, tmp_path, small_disk, monkeypatch):
+    calls = _no_embedding(monkeypatch)  # records that no text reached the model
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(f"{t} ({i})" for i in range(200) for t in TEXTS[:1]) + "\n", encoding="utf-8")
+    out = small_disk / "o.npy"
     res = run(tiny_bundle, str(src), str(out))
-    assert res.exit_code == 1 and "o.npy: needs about 0.0 MB, only 0.0 MB free on its disk" in res.output
-    assert calls == [] and not out.exists() and not list(tmp_path.glob(".o.npy*"))
+    assert res.exit_code == 1, res.output
+    lines = [ln for ln in res.output.splitlines() if "error:" in ln]
+    # 200 rows x 32 floats + the header margin, on a 16 KiB disk.
+    assert len(lines) == 1, res.output
+    assert "o.npy: needs about 29.7 kB, only 16.4 kB free on its disk" in lines[0]
+    assert calls == [] and list(small_disk.iterdir()) == []
 
 
 @pytest.mark.parametrize("out_suffix", [".npy", ".parquet"])
-def test_disk_full_while_writing_leaves_the_old_output(tiny_bundle, tmp_path, monkeypatch, out_suffix):
-    """ENOSPC in the middle of the write: one line, the temporary removed, the previous output intact."""
-    import builtins
-    import errno
+def test_disk_full_while_writing_leaves_the_old_output(tiny_bundle, tmp_path, out_suffix):
+    """A write that fails midway (RLIMIT_FSIZE: EFBIG, as a quota would): one line, the temporary removed,
+    the previous output intact."""
+    import os
+    import resource
+    import subprocess
+    import sys
+    from pathlib import Path
 
     src, out = write_input(tmp_path, "txt"), tmp_path / f"o{out_suffix}"
     out.write_bytes(b"previous output")
-    real_open = builtins.open
-
-    class FullDisk:
-        def __init__(self, fh):
-            self.fh, self.written = fh, 0
-
-        def write(self, data):
-            if self.written > 64:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            self.written += len(data)
-            return self.fh.write(data)
-
-        def __getattr__(self, name):
-            return getattr(self.fh, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return self.fh.__exit__(*exc)
-
-    def open_full(file, mode="r", *args, **kwargs):
-        fh = real_open(file, mode, *args, **kwargs)
-        return FullDisk(fh) if ".tmp-" in str(file) and "w" in mode else fh
-
-    monkeypatch.setattr(builtins, "open", open_full)
-    res = run(tiny_bundle, str(src), str(out))
-    assert res.exit_code == 1, res.output
-    assert f"o{out_suffix}: cannot write (No space left on device); nothing was written" in res.output
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo / "src")}
+    proc = subprocess.run(
+        [sys.executable, "-c", "from embopt.cli.main import app; app()", "embed", str(src), str(out),
+         "--bundle", str(tiny_bundle), "--variant", "onnx_fp32", "--threads", "1", "--no-progress"],
+        env=env, capture_output=True, text=True, timeout=300,
+        # Python ignores SIGXFSZ, so a write past the limit fails with EFBIG instead of killing it.
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64)))
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"embopt embed: error: {out}: cannot write (File too large); nothing was written")
+    assert "Traceback" not in proc.stderr
     assert out.read_bytes() == b"previous output" and not list(tmp_path.glob(f".o{out_suffix}.tmp-*"))

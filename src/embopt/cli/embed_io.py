@@ -79,8 +79,11 @@ def check_space(path: Path, nbytes: int) -> None:
     """Fail before the embedding work when the output's disk has less than ``nbytes`` free."""
     free = shutil.disk_usage(Path(path).parent).free
     if free < nbytes:
-        raise DataError(f"{path}: needs about {nbytes / 1e6:,.1f} MB, only {free / 1e6:,.1f} MB free "
-                        "on its disk")
+        raise DataError(f"{path}: needs about {_size(nbytes)}, only {_size(free)} free on its disk")
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 1e6:,.1f} MB" if nbytes >= 1e5 else f"{nbytes / 1e3:,.1f} kB"
 
 
 def _decode(path: Path) -> str:
