@@ -47,8 +47,10 @@ def registry(tiny_bundle, tmp_path_factory):
                                  tmp / "bundle")
         with mlflow.start_run(experiment_id=exp) as run:
             reg = log_and_register_embedder(StageRun("promote", run.info.run_id), bundle, MODEL, "champion",
-                                            dim=32, example=TEXTS[:2], tags={"variant": "onnx_int8"},
-                                            model_config={"threads": 1, "batch_size": 2})
+                                            dim=32, example=TEXTS[:2],
+                                            tags={"variant": "onnx_int8", "decision": "promoted to champion"},
+                                            model_config={"threads": 1, "batch_size": 2},
+                                            description="why it was promoted")
     return {"uri": uri, "dir": tmp, "bundle": bundle, "version": reg["version"]}
 
 
@@ -64,6 +66,16 @@ def store(registry, monkeypatch):
 def expected(registry) -> np.ndarray:
     # Dynamic int8 scales activations per batch, so compare with the same batch size as the model's config.
     return Embedder(registry["bundle"], threads=1, batch_size=2).embed(TEXTS)
+
+
+def test_version_is_created_with_its_tags_and_description(store):
+    """One registry call: a promote killed after registration leaves no version without them."""
+    import mlflow
+
+    mv = mlflow.MlflowClient().get_model_version(MODEL, store["version"])
+    assert mv.tags == {"variant": "onnx_int8", "decision": "promoted to champion"}
+    assert mv.description == "why it was promoted" and mv.aliases == ["champion"]
+    assert mlflow.artifacts.download_artifacts(f"models:/{MODEL}/{store['version']}/MLmodel")
 
 
 def test_pyfunc_round_trip(store):
