@@ -103,6 +103,9 @@ def test_cache_option_fills_a_store(tiny_bundle, reference, tmp_path):
     ("nul.txt", b"fine\nbad\x00text\n", "text", "nul.txt:2: NUL byte in the text"),
     ("nul.csv", b"id,text\n1,fine\n2,bad\x00text\n", "text", "nul.csv:3: NUL byte in the text"),
     ("utf16.txt", "hello\nworld\n".encode("utf-16-le"), "text", "utf16.txt:1: NUL byte"),
+    ("binary.txt", bytes(range(256)) * 4, "text", "binary.txt:2: not valid UTF-8 (byte 0x80)"),
+    ("latin1.jsonl", '{"text": "caf\u00e9"}\n'.encode("latin-1"), "text", "latin1.jsonl:1: not valid UTF-8"),
+    ("nested.jsonl", b'{"text": {"a": "b"}}\n', "text", "nested.jsonl:1: field 'text' is dict"),
 ])
 def test_bad_input_is_one_clear_line(tiny_bundle, tmp_path, name, content, column, message):
     src = tmp_path / name
@@ -113,6 +116,19 @@ def test_bad_input_is_one_clear_line(tiny_bundle, tmp_path, name, content, colum
     lines = [ln for ln in res.output.splitlines() if "error:" in ln]
     assert len(lines) == 1 and message in lines[0], res.output
     assert not out.exists() and not list(tmp_path.glob(".out.npy*"))
+
+
+@pytest.mark.parametrize("fmt", ["txt", "csv"])
+def test_huge_texts_are_embedded_truncated(tiny_bundle, tmp_path, fmt):
+    """A 4 MB text (over csv's default 128 kB field limit) is one text, cut at max_seq_length tokens."""
+    huge = "a dog runs . " * 320_000
+    src = tmp_path / f"in.{fmt}"
+    content = f"id,text\n1,{huge}\n2,A dog.\n" if fmt == "csv" else f"{huge}\nA dog.\n"
+    src.write_text(content, encoding="utf-8")
+    out = tmp_path / "o.npy"
+    res = run(tiny_bundle, str(src), str(out))
+    assert res.exit_code == 0, res.output
+    assert np.load(out).shape == (2, 32)
 
 
 def test_missing_input_and_bad_output_suffix(tiny_bundle, tmp_path):

@@ -163,9 +163,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _post(url: str, payload: dict) -> dict:
-    req = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
+def _post(url: str, payload: dict | bytes) -> dict:
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=60) as resp:
         return json.loads(resp.read())
 
@@ -265,6 +265,9 @@ def loaded(registry):
 @pytest.mark.parametrize("texts,message", [
     *NOT_TEXT,
     pytest.param(["A dog.", b"A cat."], "row 1: bytes b'A cat.' is not a string (decode bytes", id="bytes"),
+    pytest.param(["caf\u00e9".encode("latin-1")], "row 0: bytes b'caf\\xe9' is not a string", id="latin-1"),
+    pytest.param(["a dog . "] * 600, "over the limit of 4,096", id="huge-many"),
+    pytest.param(["a dog . " * 600], "over the limit of 4,096", id="huge-one"),
     pytest.param(np.array([["A dog.", "A cat."]]), "got an array of shape (1, 2)", id="2d-array"),
 ])
 def test_in_process_refuses_values_that_are_not_text(loaded, texts, message):
@@ -289,11 +292,10 @@ def test_in_process_column_rule(loaded, store):
         loaded.predict(pd.DataFrame({"a": TEXTS, "b": TEXTS}))  # was: column 'b' dropped silently
     with pytest.raises(MlflowException, match="row 1: null"):
         loaded.predict(pd.DataFrame({"text": ["A dog.", None]}))
-    with pytest.raises(MlflowException, match="over the limit of 4,096"):
-        loaded.predict(["a dog . " * 600])  # 4,800 bytes
+    assert loaded.predict([]).shape == (0, 32)  # nothing asked, nothing answered: not an error
 
 
-def _post_status(url: str, payload: dict) -> tuple[int, dict]:
+def _post_status(url: str, payload: dict | bytes) -> tuple[int, dict]:
     try:
         return 200, _post(url, payload)
     except urllib.error.HTTPError as err:
@@ -329,15 +331,23 @@ def test_served_over_http_refuses_bad_input_and_survives_a_broken_cache(store, t
         ({"dataframe_records": [{"text": "A dog."}, {"text": 3}]}, "row 1: int 3 is not a string"),
         ({"dataframe_split": {"columns": ["a", "b"], "data": [["x", "y"]]}}, "got columns ['a', 'b']"),
         ({"inputs": ["a dog . " * 600]}, "over the limit of 4,096"),
+        ({"inputs": ["a dog . "] * 600}, "over the limit of 4,096"),  # many small texts, same bound
+        # Not JSON, a body in Latin-1 (not UTF-8), binary: refused by MLflow's parser, never embedded.
+        (b"A dog. A cat.", "Invalid input"),
+        ('{"inputs": ["caf\u00e9"]}'.encode("latin-1"), ""),
+        (bytes(range(256)), ""),
     ]
     with _serve(store, tmp_path, {"cache_path": str(cache), "max_request_bytes": 4096}) as base:
         answers = [_post_status(f"{base}/invocations", payload) for payload, _ in bad]
         good = [_post_status(f"{base}/invocations", {"inputs": TEXTS}) for _ in range(2)]
+        empty = _post_status(f"{base}/invocations", {"inputs": []})
         extra_column = _post_status(f"{base}/invocations", {"dataframe_split": {
             "columns": ["text", "id"], "data": [[t, i] for i, t in enumerate(TEXTS)]}})
     for (payload, message), (status, body) in zip(bad, answers, strict=True):
         assert status == 400 and message in body.get("message", ""), (payload, status, body)
-        assert body.get("error_code") == "INVALID_PARAMETER_VALUE"
+        assert body.get("error_code") in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST"), (payload, body)
+        assert "Traceback" not in body.get("message", "") and "predictions" not in body
+    assert empty == (200, {"predictions": []})  # nothing asked, nothing answered: not an error
     for status, body in [*good, extra_column]:
         assert status == 200, body
         rows = np.array(body["predictions"], dtype=np.float32)

@@ -175,6 +175,16 @@ def test_paragraph_per_line_text_is_split_and_declared_lines_are_not(tmp_path):
     assert list(iter_file_sentences(f, "lines")) == [PARAGRAPH, "A single sentence line."]
 
 
+def test_long_paragraphs_split_in_windows_as_pysbd_splits_them_whole():
+    import pysbd
+
+    from embopt.data.corpus import split_paragraph
+
+    text = " ".join([PARAGRAPH] * 30)  # 2.8 kB: pysbd alone takes ~0.2 s, its time grows quadratically
+    whole = [s.strip() for s in pysbd.Segmenter(language="en", clean=False).segment(text)]
+    assert split_paragraph(text) == whole == SPLIT * 30
+
+
 def test_sts_train_share_leaves_room_for_corpus_files_and_counts_every_drop(corpus_dir, dev_pairs):
     head = [f"Train sentence number {i} of the benchmark." for i in range(200)]
     head.append(head[0])
@@ -253,3 +263,28 @@ def test_prepare_keeps_val_and_dev_sentences_out_of_the_corpus(
     assert metrics["sts_pairs"] == {k: len(v) for k, v in splits.items()}
     hashes = metrics["sts_sha256"]
     assert set(hashes) == {"train", "val", "dev"} and len(set(hashes.values())) == 3
+
+
+def test_prepare_on_own_paragraph_text_with_a_small_cap(tmp_path, sts_dir, monkeypatch, capsys):
+    """The issue's case: a small cap used to be filled by STSb-train sentences (0 from the user's file)."""
+    import json
+
+    import stage_project
+    import tiny
+
+    from embopt.data.corpus import read_lines
+
+    own = tmp_path / "own.txt"
+    sents = tiny.sentences(120, seed=21)
+    own.write_text("\n".join(" ".join(sents[i:i + 3]) for i in range(0, 120, 3)) + "\n", encoding="utf-8")
+    stage_project.write_params(tmp_path, {"data": {
+        "source": "local", "sts_dir": str(sts_dir), "corpus_path": str(own), "val_pairs": 30,
+        "corpus_max_sentences": 50, "sts_train_share": 0.2, "min_words": 1, "max_words": 80}})
+    code, err = stage_project.run("prepare", monkeypatch, tmp_path, capsys)
+    assert code == 0, err
+    corpus = read_lines(tmp_path / "data" / "prepared" / "corpus.txt")
+    stats = json.loads((tmp_path / "metrics" / "prepare.json").read_text())["corpus"]
+    assert len(corpus) == 50 == stats["total"]
+    assert stats["sts_train"]["kept"] == 10 and stats["corpus_files"]["kept"] == 40
+    assert stats["corpus_files"]["raw"] == 120  # 40 lines of 3 sentences, split
+    assert "corpus: 50 sentences; from STSb train" in err

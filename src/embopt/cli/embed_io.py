@@ -152,6 +152,8 @@ def _read_jsonl(path: Path, content: str, column: str) -> list[str]:
 def _read_csv(path: Path, content: str, column: str, delimiter: str) -> list[str]:
     # strict: a quote must close right before a delimiter or the line end, so a stray quote that
     # would swallow the next lines into one field is an error instead of a merged text.
+    # csv's default 128 kB field limit would refuse a legitimate long text; no field outgrows its file.
+    csv.field_size_limit(max(csv.field_size_limit(), len(content)))
     reader = csv.reader(io.StringIO(content, newline=""), delimiter=delimiter, strict=True)
     try:
         header = next(reader)
