@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from embopt.errors import EmboptError
+from embopt.pipeline.files import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -206,9 +206,8 @@ def encode_in_chunks(encode: Encoder, sentences: Sequence[str], chunk_sentences:
                 continue
         emb = np.ascontiguousarray(encode(sentences[start:start + rows]), dtype=np.float32)
         if path is not None:
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npy")
-            np.save(tmp, emb)
-            os.replace(tmp, path)
+            with atomic_file(path, "wb") as fh:  # a kill mid-save leaves no half chunk to resume from
+                np.save(fh, emb)
         parts.append(emb)
         done_new += rows
         rate = done_new / max(time.perf_counter() - t0, 1e-9)
