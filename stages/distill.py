@@ -30,7 +30,7 @@ log = logging.getLogger("stages.distill")
 
 
 def main() -> None:
-    params = load_params()
+    params = load_params(sections=("base", "distill"))
     p = params.distill
     pin_threads(params.base.threads)
     with stage_run("distill", params, ["distill"]) as run:

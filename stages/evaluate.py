@@ -44,7 +44,7 @@ def embedder(params: Params, bundle: Path, variant: str | None, onnx_path: Path 
 
 
 def main() -> None:
-    params = load_params()
+    params = load_params(sections=("base", "evaluate", "promote", "runtime"))
     p = params.evaluate
     pin_threads(params.base.threads)
     with stage_run("evaluate", params, ["evaluate"]) as run, tempfile.TemporaryDirectory() as tmp:

@@ -27,7 +27,7 @@ log = logging.getLogger("stages.export")
 
 
 def main() -> None:
-    params = load_params()
+    params = load_params(sections=("base", "export"))
     p = params.export
     with stage_run("export", params, ["export"]) as run:
         src = config.QUANTIZE_DIR

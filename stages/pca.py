@@ -22,7 +22,7 @@ PARENT = "onnx_int8"
 
 
 def main() -> None:
-    params = load_params()
+    params = load_params(sections=("base", "pca"))
     p = params.pca
     with stage_run("pca", params, ["pca"]) as run:
         parent = Embedder(config.EXPORT_DIR, variant=PARENT, threads=params.base.threads)

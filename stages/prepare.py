@@ -16,7 +16,7 @@ log = logging.getLogger("stages.prepare")
 
 
 def main() -> None:
-    params = load_params()
+    params = load_params(sections=("base", "data"))
     p = params.data
     with stage_run("prepare", params, ["data"]) as run:
         sts, source = load_sts(p.source, config.resolve(p.sts_dir), p.sts_hub_id)
@@ -26,16 +26,18 @@ def main() -> None:
         held_out = set()
         for split in ("val", "dev", "test"):
             held_out.update(unique_sentences(sts.get(split, [])))
-        head = unique_sentences(sts["train"]) if p.include_sts_train else []
         log.info("building corpus from %s", p.corpus_path)
         corpus, stats = build_corpus(
             [config.resolve(p.corpus_path)],
             held_out,
-            head,
+            unique_sentences(sts["train"]),
             p.corpus_max_sentences,
             p.min_words,
             p.max_words,
             params.base.seed,
+            head_share=p.sts_train_share,
+            fmt=p.corpus_format,
+            column=p.text_column,
         )
         with atomic_dir(config.PREPARED_DIR) as tmp:
             for split, pairs in sts.items():

@@ -23,7 +23,7 @@ from embopt.pipeline.files import read_json, write_json
 from embopt.pipeline.gates import evaluate_gates
 from embopt.pipeline.params import Params, RuntimeParams, load_params
 from embopt.pipeline.promotion import Contender, best, decide, eligible
-from embopt.pipeline.registry import describe_version, log_and_register_embedder, set_alias
+from embopt.pipeline.registry import log_and_register_embedder, set_alias
 from embopt.pipeline.stage import run_stage
 from embopt.pipeline.tracking import git_commit, pipeline_id, stage_run
 
@@ -91,7 +91,7 @@ def describe(row: dict, name: str, decision: str, reason: str, reindex: bool) ->
 
 
 def main() -> None:
-    params = load_params()
+    params = load_params(sections=("base", "promote", "runtime"))
     p = params.promote
     with stage_run("promote", params, ["promote", "runtime"]) as run:
         result = read_json(config.REPORTS_DIR / "pipeline" / "evaluate.json")
@@ -129,19 +129,6 @@ def main() -> None:
         decision = "promoted to champion" if promoted else "kept incumbent"
         log.info("best %s: %s (%s)", p.objective, chosen.name, reason)
         run.set_tags({"gate.status": "passed", "promote.variant": chosen.name, "promote.decision": decision})
-        example = unique_sentences(read_sts_tsv(config.PREPARED_DIR / "sts_val.tsv"))[:2]
-        with tempfile.TemporaryDirectory() as tmp:
-            bundle = package_variant(config.EXPORT_DIR, chosen.name, onnx[chosen.name], Path(tmp) / "bundle")
-            reg = log_and_register_embedder(
-                run,
-                bundle,
-                p.model_name,
-                p.challenger_alias,
-                row["dim"],
-                example,
-                tags={"variant": chosen.name},
-                model_config=served_config(params.runtime),
-            )
         tags = {
             "variant": chosen.name,
             "retention_dev": row["retention"],
@@ -157,9 +144,20 @@ def main() -> None:
             "cos_to_incumbent": cos,
             "incumbent.version": (result.get("incumbent") or {}).get("version"),
         }
-        describe_version(
-            p.model_name, reg["version"], describe(row, chosen.name, decision, reason, reindex), tags
-        )
+        example = unique_sentences(read_sts_tsv(config.PREPARED_DIR / "sts_val.tsv"))[:2]
+        with tempfile.TemporaryDirectory() as tmp:
+            bundle = package_variant(config.EXPORT_DIR, chosen.name, onnx[chosen.name], Path(tmp) / "bundle")
+            reg = log_and_register_embedder(
+                run,
+                bundle,
+                p.model_name,
+                p.challenger_alias,
+                row["dim"],
+                example,
+                tags=tags,
+                model_config=served_config(params.runtime),
+                description=describe(row, chosen.name, decision, reason, reindex),
+            )
         if promoted:
             set_alias(p.model_name, p.alias, reg["version"])
         if reindex:

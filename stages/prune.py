@@ -23,7 +23,7 @@ log = logging.getLogger("stages.prune")
 
 
 def main() -> None:
-    params = load_params()
+    params = load_params(sections=("base", "prune"))
     p = params.prune
     pin_threads(params.base.threads)
     with stage_run("prune", params, ["prune"]) as run:

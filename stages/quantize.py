@@ -35,7 +35,7 @@ log = logging.getLogger("stages.quantize")
 
 
 def main() -> None:
-    params = load_params()
+    params = load_params(sections=("base", "quantize"))
     p = params.quantize
     threshold = p.gate.min_retention_vs_fp32
     with stage_run("quantize", params, ["quantize"]) as run:

@@ -26,6 +26,7 @@ from embopt.training.teacher_encode import (
     chunk_job_id,
     clear_chunks,
     encode_in_chunks,
+    logged_encoder,
     resolve_backend,
     teacher_encoder,
 )
@@ -34,7 +35,7 @@ log = logging.getLogger("stages.teacher_embed")
 
 
 def main() -> None:
-    params = load_params()
+    params = load_params(sections=("base", "teacher_embed"))
     p = params.teacher_embed
     pin_threads(params.base.threads)
     with stage_run("teacher_embed", params, ["teacher_embed"]) as run:
@@ -57,9 +58,8 @@ def main() -> None:
                                         job)
         seconds = time.perf_counter() - t0
         val = read_sts_tsv(config.PREPARED_DIR / "sts_val.tsv")
-        teacher_val = sts_spearman(
-            encode, val
-        )
+        # A few thousand sentences in one call: minutes with a big teacher on CPU, so log progress.
+        teacher_val = sts_spearman(logged_encoder(encode, "teacher val STS", 8 * p.batch_size), val)
         with atomic_dir(config.TEACHER_EMBED_DIR) as tmp:
             np.save(tmp / "embeddings.npy", emb)
             # Row i of embeddings.npy is line i of corpus.txt; the hash pins that file.

@@ -51,7 +51,10 @@ def make_project(root: Path, model_dir: Path, dev_pairs, corpus_lines: int = 200
 
 
 def write_params(root: Path, overrides: dict) -> None:
-    """params.yaml = :data:`PARAMS` deep-merged with ``overrides``."""
+    """params.yaml = the repository's params.yaml, :data:`PARAMS` and ``overrides``, deep-merged.
+
+    Every section is written: stages refuse a params.yaml without the sections they read.
+    """
 
     def merge(a: dict, b: dict) -> dict:
         out = dict(a)
@@ -59,7 +62,8 @@ def write_params(root: Path, overrides: dict) -> None:
             out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
         return out
 
-    (root / "params.yaml").write_text(yaml.safe_dump(merge(PARAMS, overrides)), encoding="utf-8")
+    full = merge(yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8")), PARAMS)
+    (root / "params.yaml").write_text(yaml.safe_dump(merge(full, overrides)), encoding="utf-8")
 
 
 def point_config_at(monkeypatch, root: Path) -> None:

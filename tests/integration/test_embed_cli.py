@@ -103,6 +103,9 @@ def test_cache_option_fills_a_store(tiny_bundle, reference, tmp_path):
     ("nul.txt", b"fine\nbad\x00text\n", "text", "nul.txt:2: NUL byte in the text"),
     ("nul.csv", b"id,text\n1,fine\n2,bad\x00text\n", "text", "nul.csv:3: NUL byte in the text"),
     ("utf16.txt", "hello\nworld\n".encode("utf-16-le"), "text", "utf16.txt:1: NUL byte"),
+    ("binary.txt", bytes(range(256)) * 4, "text", "binary.txt:2: not valid UTF-8 (byte 0x80)"),
+    ("latin1.jsonl", '{"text": "caf\u00e9"}\n'.encode("latin-1"), "text", "latin1.jsonl:1: not valid UTF-8"),
+    ("nested.jsonl", b'{"text": {"a": "b"}}\n', "text", "nested.jsonl:1: field 'text' is dict"),
 ])
 def test_bad_input_is_one_clear_line(tiny_bundle, tmp_path, name, content, column, message):
     src = tmp_path / name
@@ -113,6 +116,19 @@ def test_bad_input_is_one_clear_line(tiny_bundle, tmp_path, name, content, colum
     lines = [ln for ln in res.output.splitlines() if "error:" in ln]
     assert len(lines) == 1 and message in lines[0], res.output
     assert not out.exists() and not list(tmp_path.glob(".out.npy*"))
+
+
+@pytest.mark.parametrize("fmt", ["txt", "csv"])
+def test_huge_texts_are_embedded_truncated(tiny_bundle, tmp_path, fmt):
+    """A 4 MB text (over csv's default 128 kB field limit) is one text, cut at max_seq_length tokens."""
+    huge = "a dog runs . " * 320_000
+    src = tmp_path / f"in.{fmt}"
+    content = f"id,text\n1,{huge}\n2,A dog.\n" if fmt == "csv" else f"{huge}\nA dog.\n"
+    src.write_text(content, encoding="utf-8")
+    out = tmp_path / "o.npy"
+    res = run(tiny_bundle, str(src), str(out))
+    assert res.exit_code == 0, res.output
+    assert np.load(out).shape == (2, 32)
 
 
 def test_missing_input_and_bad_output_suffix(tiny_bundle, tmp_path):
@@ -155,54 +171,59 @@ def test_output_checked_before_any_work(tiny_bundle, tmp_path, monkeypatch):
     assert list((tmp_path / "taken.npy").iterdir()) == []
 
 
-def test_full_disk_is_refused_before_the_embedding_work(tiny_bundle, tmp_path, monkeypatch):
-    import shutil
-    from collections import namedtuple
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 16 KiB tmpfs (mounting needs root; skipped where it is refused)."""
+    import subprocess
 
-    calls = _no_embedding(monkeypatch)
-    usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 100, 100))
-    src, out = write_input(tmp_path, "txt"), tmp_path / "o.npy"
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(disk)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_full_disk_is_refused_before_the_embedding_work(tiny_bundle, tmp_path, small_disk, monkeypatch):
+    calls = _no_embedding(monkeypatch)  # records that no text reached the model
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(f"{t} ({i})" for i in range(200) for t in TEXTS[:1]) + "\n", encoding="utf-8")
+    out = small_disk / "o.npy"
     res = run(tiny_bundle, str(src), str(out))
-    assert res.exit_code == 1 and "o.npy: needs about 0.0 MB, only 0.0 MB free on its disk" in res.output
-    assert calls == [] and not out.exists() and not list(tmp_path.glob(".o.npy*"))
+    assert res.exit_code == 1, res.output
+    lines = [ln for ln in res.output.splitlines() if "error:" in ln]
+    # 200 rows x 32 floats + the header margin, on a 16 KiB disk.
+    assert len(lines) == 1, res.output
+    assert "o.npy: needs about 29.7 kB, only 16.4 kB free on its disk" in lines[0]
+    assert calls == [] and list(small_disk.iterdir()) == []
 
 
 @pytest.mark.parametrize("out_suffix", [".npy", ".parquet"])
-def test_disk_full_while_writing_leaves_the_old_output(tiny_bundle, tmp_path, monkeypatch, out_suffix):
-    """ENOSPC in the middle of the write: one line, the temporary removed, the previous output intact."""
-    import builtins
-    import errno
+def test_disk_full_while_writing_leaves_the_old_output(tiny_bundle, tmp_path, out_suffix):
+    """A write that fails midway (RLIMIT_FSIZE: EFBIG, as a quota would): one line, the temporary removed,
+    the previous output intact."""
+    import os
+    import resource
+    import subprocess
+    import sys
+    from pathlib import Path
 
     src, out = write_input(tmp_path, "txt"), tmp_path / f"o{out_suffix}"
     out.write_bytes(b"previous output")
-    real_open = builtins.open
-
-    class FullDisk:
-        def __init__(self, fh):
-            self.fh, self.written = fh, 0
-
-        def write(self, data):
-            if self.written > 64:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            self.written += len(data)
-            return self.fh.write(data)
-
-        def __getattr__(self, name):
-            return getattr(self.fh, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return self.fh.__exit__(*exc)
-
-    def open_full(file, mode="r", *args, **kwargs):
-        fh = real_open(file, mode, *args, **kwargs)
-        return FullDisk(fh) if ".tmp-" in str(file) and "w" in mode else fh
-
-    monkeypatch.setattr(builtins, "open", open_full)
-    res = run(tiny_bundle, str(src), str(out))
-    assert res.exit_code == 1, res.output
-    assert f"o{out_suffix}: cannot write (No space left on device); nothing was written" in res.output
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo / "src")}
+    proc = subprocess.run(
+        [sys.executable, "-c", "from embopt.cli.main import app; app()", "embed", str(src), str(out),
+         "--bundle", str(tiny_bundle), "--variant", "onnx_fp32", "--threads", "1", "--no-progress"],
+        env=env, capture_output=True, text=True, timeout=300,
+        # Python ignores SIGXFSZ, so a write past the limit fails with EFBIG instead of killing it.
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (64, 64)))
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"embopt embed: error: {out}: cannot write (File too large); nothing was written")
+    assert "Traceback" not in proc.stderr
     assert out.read_bytes() == b"previous output" and not list(tmp_path.glob(f".o{out_suffix}.tmp-*"))

@@ -47,8 +47,10 @@ def registry(tiny_bundle, tmp_path_factory):
                                  tmp / "bundle")
         with mlflow.start_run(experiment_id=exp) as run:
             reg = log_and_register_embedder(StageRun("promote", run.info.run_id), bundle, MODEL, "champion",
-                                            dim=32, example=TEXTS[:2], tags={"variant": "onnx_int8"},
-                                            model_config={"threads": 1, "batch_size": 2})
+                                            dim=32, example=TEXTS[:2],
+                                            tags={"variant": "onnx_int8", "decision": "promoted to champion"},
+                                            model_config={"threads": 1, "batch_size": 2},
+                                            description="why it was promoted")
     return {"uri": uri, "dir": tmp, "bundle": bundle, "version": reg["version"]}
 
 
@@ -64,6 +66,16 @@ def store(registry, monkeypatch):
 def expected(registry) -> np.ndarray:
     # Dynamic int8 scales activations per batch, so compare with the same batch size as the model's config.
     return Embedder(registry["bundle"], threads=1, batch_size=2).embed(TEXTS)
+
+
+def test_version_is_created_with_its_tags_and_description(store):
+    """One registry call: a promote killed after registration leaves no version without them."""
+    import mlflow
+
+    mv = mlflow.MlflowClient().get_model_version(MODEL, store["version"])
+    assert mv.tags == {"variant": "onnx_int8", "decision": "promoted to champion"}
+    assert mv.description == "why it was promoted" and mv.aliases == ["champion"]
+    assert mlflow.artifacts.download_artifacts(f"models:/{MODEL}/{store['version']}/MLmodel")
 
 
 def test_pyfunc_round_trip(store):
@@ -151,9 +163,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _post(url: str, payload: dict) -> dict:
-    req = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
+def _post(url: str, payload: dict | bytes) -> dict:
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=60) as resp:
         return json.loads(resp.read())
 
@@ -253,6 +265,9 @@ def loaded(registry):
 @pytest.mark.parametrize("texts,message", [
     *NOT_TEXT,
     pytest.param(["A dog.", b"A cat."], "row 1: bytes b'A cat.' is not a string (decode bytes", id="bytes"),
+    pytest.param(["caf\u00e9".encode("latin-1")], "row 0: bytes b'caf\\xe9' is not a string", id="latin-1"),
+    pytest.param(["a dog . "] * 600, "over the limit of 4,096", id="huge-many"),
+    pytest.param(["a dog . " * 600], "over the limit of 4,096", id="huge-one"),
     pytest.param(np.array([["A dog.", "A cat."]]), "got an array of shape (1, 2)", id="2d-array"),
 ])
 def test_in_process_refuses_values_that_are_not_text(loaded, texts, message):
@@ -277,11 +292,10 @@ def test_in_process_column_rule(loaded, store):
         loaded.predict(pd.DataFrame({"a": TEXTS, "b": TEXTS}))  # was: column 'b' dropped silently
     with pytest.raises(MlflowException, match="row 1: null"):
         loaded.predict(pd.DataFrame({"text": ["A dog.", None]}))
-    with pytest.raises(MlflowException, match="over the limit of 4,096"):
-        loaded.predict(["a dog . " * 600])  # 4,800 bytes
+    assert loaded.predict([]).shape == (0, 32)  # nothing asked, nothing answered: not an error
 
 
-def _post_status(url: str, payload: dict) -> tuple[int, dict]:
+def _post_status(url: str, payload: dict | bytes) -> tuple[int, dict]:
     try:
         return 200, _post(url, payload)
     except urllib.error.HTTPError as err:
@@ -317,15 +331,23 @@ def test_served_over_http_refuses_bad_input_and_survives_a_broken_cache(store, t
         ({"dataframe_records": [{"text": "A dog."}, {"text": 3}]}, "row 1: int 3 is not a string"),
         ({"dataframe_split": {"columns": ["a", "b"], "data": [["x", "y"]]}}, "got columns ['a', 'b']"),
         ({"inputs": ["a dog . " * 600]}, "over the limit of 4,096"),
+        ({"inputs": ["a dog . "] * 600}, "over the limit of 4,096"),  # many small texts, same bound
+        # Not JSON, a body in Latin-1 (not UTF-8), binary: refused by MLflow's parser, never embedded.
+        (b"A dog. A cat.", "Invalid input"),
+        ('{"inputs": ["caf\u00e9"]}'.encode("latin-1"), ""),
+        (bytes(range(256)), ""),
     ]
     with _serve(store, tmp_path, {"cache_path": str(cache), "max_request_bytes": 4096}) as base:
         answers = [_post_status(f"{base}/invocations", payload) for payload, _ in bad]
         good = [_post_status(f"{base}/invocations", {"inputs": TEXTS}) for _ in range(2)]
+        empty = _post_status(f"{base}/invocations", {"inputs": []})
         extra_column = _post_status(f"{base}/invocations", {"dataframe_split": {
             "columns": ["text", "id"], "data": [[t, i] for i, t in enumerate(TEXTS)]}})
     for (payload, message), (status, body) in zip(bad, answers, strict=True):
         assert status == 400 and message in body.get("message", ""), (payload, status, body)
-        assert body.get("error_code") == "INVALID_PARAMETER_VALUE"
+        assert body.get("error_code") in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST"), (payload, body)
+        assert "Traceback" not in body.get("message", "") and "predictions" not in body
+    assert empty == (200, {"predictions": []})  # nothing asked, nothing answered: not an error
     for status, body in [*good, extra_column]:
         assert status == 200, body
         rows = np.array(body["predictions"], dtype=np.float32)

@@ -117,3 +117,29 @@ def test_sigterm_mid_write_leaves_nothing_once_turned_into_an_exception(tmp_path
     else:
         assert run.returncode == -signal.SIGTERM
         assert any(name.startswith(".model.tmp-") for name in left)
+        assert any(name.startswith(".metrics.json.tmp-") for name in left)
+        # The next write of each target removes what the dead writer left (a killed quantize's 58 MB).
+        with atomic_dir(out / "model") as tmp:
+            (tmp / "weights.bin").write_bytes(b"y")
+        with atomic_file(out / "metrics.json") as fh:
+            fh.write("{}")
+        assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model"]
+
+
+def test_a_live_writers_temporary_is_left_alone(tmp_path):
+    import subprocess
+    import sys
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        busy = tmp_path / f".model.tmp-{live.pid}-abc"
+        busy.mkdir()
+        with atomic_dir(tmp_path / "model") as tmp:
+            (tmp / "w.bin").write_bytes(b"x")
+        assert busy.is_dir()
+    finally:
+        live.kill()
+        live.wait()
+    with atomic_dir(tmp_path / "model"):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]

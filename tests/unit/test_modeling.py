@@ -108,3 +108,19 @@ def test_student_of_all_layers_embeds_like_the_teacher(tiny_model):
     fewer = make_student(teacher, [0, 3])
     assert not torch.allclose(torch.from_numpy(fewer.encode(sents)), torch.from_numpy(teacher.encode(sents)),
                               atol=1e-3)
+
+
+@pytest.mark.parametrize("keep", [4, 0.5])
+def test_truncated_safetensors_is_a_one_line_error_naming_the_file(tmp_path, tiny_model_dir, keep):
+    import shutil
+
+    from embopt.training.modeling import load_sentence_model
+
+    model = shutil.copytree(tiny_model_dir, tmp_path / "teacher")
+    weights = model / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: keep if isinstance(keep, int) else int(len(data) * keep)])
+    with pytest.raises(EmboptError) as exc:
+        load_sentence_model(str(model))
+    msg = str(exc.value)
+    assert msg.startswith(f"cannot load model '{model}': {weights}: ") and "\n" not in msg

@@ -48,6 +48,37 @@ def test_invalid_yaml_names_line(tmp_path):
         load_params(f)
 
 
+@pytest.mark.parametrize(
+    "yaml_text, fragment",
+    [
+        ("", "empty file (missing section 'base')"),
+        ("# only a comment\n", "empty file (missing section 'base')"),
+        ("base:\n  seed: 1\n", "missing section 'promote' (built-in defaults are not used)"),
+        ("base:\n  seed: 1\npromote:\n", "empty section 'promote' (built-in defaults are not used)"),
+        ("base:\n  seed: 1\npromote: {}\n", "empty section 'promote' (built-in defaults are not used)"),
+    ],
+)
+def test_a_section_the_caller_reads_must_be_in_the_file(tmp_path, yaml_text, fragment):
+    f = tmp_path / "params.yaml"
+    f.write_text(yaml_text)
+    with pytest.raises(ParamsError) as exc:
+        load_params(f, sections=("base", "promote"))
+    assert str(exc.value) == f"{f}: {fragment}"
+    f.write_text("base:\n  seed: 1\npromote:\n  alias: best\n")
+    assert load_params(f, sections=("base", "promote")).promote.alias == "best"
+
+
+def test_empty_params_stop_promote_before_the_registry(tmp_path, monkeypatch, capsys):
+    import stage_project
+
+    (tmp_path / "params.yaml").write_text("")
+    code, err = stage_project.run("promote", monkeypatch, tmp_path, capsys)
+    assert code == 1
+    expected = f"promote: error: {tmp_path / 'params.yaml'}: empty file (missing section 'base')"
+    assert err.strip().splitlines()[-1] == expected
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "metrics").exists()
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(ParamsError, match="file not found"):
         load_params(tmp_path / "nope.yaml")

@@ -83,3 +83,19 @@ def test_chunked_onnx_teacher_matches_one_pass(tiny_model):
     encode = teacher_encoder(tiny_model, "onnx", batch_size=8, max_seq_length=32, threads=1)
     chunked, _ = encode_in_chunks(encode, sentences, 16)
     np.testing.assert_allclose(chunked, encode(sentences), atol=1e-5)
+
+
+def test_logged_encoder_reports_progress_and_returns_the_same_rows(tiny_model, caplog):
+    import logging
+
+    from embopt.training.teacher_encode import logged_encoder
+
+    encode = teacher_encoder(tiny_model, "torch", batch_size=8, max_seq_length=32)
+    sentences = tiny.sentences(50, seed=4)
+    with caplog.at_level(logging.INFO, logger="embopt.training.teacher_encode"):
+        got = logged_encoder(encode, "teacher val STS", 16)(sentences)
+    np.testing.assert_allclose(got, encode(sentences), atol=1e-5)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("teacher val STS:")]
+    assert [line.split(" (")[0] for line in lines] == [
+        f"teacher val STS: {n} of 50 sentences" for n in (16, 32, 48, 50)]
+    assert all(line.endswith("sentences/s)") for line in lines)

@@ -79,8 +79,11 @@ def check_space(path: Path, nbytes: int) -> None:
     """Fail before the embedding work when the output's disk has less than ``nbytes`` free."""
     free = shutil.disk_usage(Path(path).parent).free
     if free < nbytes:
-        raise DataError(f"{path}: needs about {nbytes / 1e6:,.1f} MB, only {free / 1e6:,.1f} MB free "
-                        "on its disk")
+        raise DataError(f"{path}: needs about {_size(nbytes)}, only {_size(free)} free on its disk")
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 1e6:,.1f} MB" if nbytes >= 1e5 else f"{nbytes / 1e3:,.1f} kB"
 
 
 def _decode(path: Path) -> str:
@@ -149,6 +152,8 @@ def _read_jsonl(path: Path, content: str, column: str) -> list[str]:
 def _read_csv(path: Path, content: str, column: str, delimiter: str) -> list[str]:
     # strict: a quote must close right before a delimiter or the line end, so a stray quote that
     # would swallow the next lines into one field is an error instead of a merged text.
+    # csv's default 128 kB field limit would refuse a legitimate long text; no field outgrows its file.
+    csv.field_size_limit(max(csv.field_size_limit(), len(content)))
     reader = csv.reader(io.StringIO(content, newline=""), delimiter=delimiter, strict=True)
     try:
         header = next(reader)

@@ -1,10 +1,14 @@
-"""The unlabeled distillation corpus: WikiExtractor or plain text, split, filtered, capped."""
+"""The unlabeled distillation corpus: WikiExtractor, text, JSONL/CSV/Parquet; split, filtered, capped."""
 
 from __future__ import annotations
 
+import csv
+import functools
+import json
 import logging
 import random
 import re
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -90,28 +94,101 @@ def iter_corpus_files(paths: Iterable[Path]) -> Iterator[Path]:
         if p.is_file():
             yield p
         elif p.is_dir():
+            found = False
             for f in sorted(p.rglob("*")):
                 if (
                     f.is_file()
                     and not f.name.startswith(".")
                     and f.name.lower() not in ("readme.md", "license")
                 ):
+                    found = True
                     yield f
+            if not found:
+                raise DataError(f"data.corpus_path: no corpus files in {p}")
         else:
             raise DataError(f"data.corpus_path: not found: {p}")
 
 
-def iter_file_sentences(path: Path) -> Iterator[str]:
-    """Sentences of one corpus file, WikiExtractor or plain text (detected from content)."""
+# Formats by file suffix under data.corpus_format: auto; any other text file is WikiExtractor
+# output when a <doc ...> line opens it, else one paragraph (or sentence) a line.
+_SUFFIX_FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+# A possible sentence end inside a line: only such lines go through the (slower) splitter.
+_INNER_END = re.compile(r"[.!?][\"')\]]*\s+\S")
+
+
+def split_paragraph(text: str) -> list[str]:
+    """Sentences of a paragraph by pysbd's rules (a one-sentence line stays whole).
+
+    WikiExtractor files keep :func:`split_sentences`, so the default corpus is unchanged.
+    """
+    text = text.strip()
+    if not _INNER_END.search(text):
+        return [text] if text else []
+    return [s.strip() for window in _windows(text) for s in _segmenter().segment(window) if s.strip()]
+
+
+# pysbd's time grows with the square of its input (72 kB: a minute here): long paragraphs go to it in
+# windows of whole sentences by the rule splitter, so the cost stays linear (~20 ms a kB).
+_WINDOW = 600
+
+
+def _windows(text: str) -> Iterator[str]:
+    if len(text) <= _WINDOW:
+        yield text
+        return
+    buf = ""
+    for s in split_sentences(text):
+        if buf and len(buf) + len(s) >= _WINDOW:
+            yield buf
+            buf = s
+        else:
+            buf = f"{buf} {s}" if buf else s
+    if buf:
+        yield buf
+
+
+@functools.cache
+def _segmenter():
+    import pysbd
+
+    return pysbd.Segmenter(language="en", clean=False)
+
+
+def file_format(path: Path, declared: str = "auto") -> str:
+    """The format a corpus file is read as: declared, or guessed from suffix and first lines."""
+    if declared != "auto":
+        return declared
+    if Path(path).suffix.lower() in _SUFFIX_FORMATS:
+        return _SUFFIX_FORMATS[Path(path).suffix.lower()]
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        head = [fh.readline() for _ in range(50)]
+    return "wiki" if any(line.startswith("<doc ") for line in head) else "paragraphs"
+
+
+def iter_file_sentences(path: Path, fmt: str = "auto", column: str = "text") -> Iterator[str]:
+    """Sentences of one corpus file.
+
+    Args:
+        path: the file.
+        fmt: wiki | lines (one sentence a line, not split) | paragraphs (split) | jsonl | csv |
+            parquet (the ``column`` of each row, split), or auto (see :func:`file_format`).
+        column: the text field of jsonl/csv/parquet rows.
+    """
+    fmt = file_format(path, fmt)
+    if fmt in ("jsonl", "csv", "parquet"):
+        for text in read_text_column(path, fmt, column):
+            for s in split_paragraph(text):
+                yield _clean(s)
+        return
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    wiki = any(line.startswith("<doc ") for line in lines[:50])
-    if not wiki:
+    if fmt != "wiki":
         for line in lines:
-            if line.strip():
-                yield _clean(line)
+            for s in split_paragraph(line) if fmt == "paragraphs" else [line]:
+                if s.strip():
+                    yield _clean(s)
         return
     expect_title = False
     for line in lines:
@@ -127,6 +204,81 @@ def iter_file_sentences(path: Path) -> Iterator[str]:
             yield _clean(s)
 
 
+def read_text_column(path: Path, fmt: str, column: str) -> Iterator[str]:
+    """The ``column`` of every row of a JSONL, CSV or Parquet file; empty cells skipped.
+
+    ``datasets`` would read these too, but no release resolves with the lock (each caps fsspec
+    below the pinned 2026.9.0, or needs huggingface_hub >= 1.x), so: json, csv and pyarrow.
+
+    Raises:
+        DataError: naming the file and row of a malformed row, a missing column or a non-text cell.
+    """
+    if fmt == "parquet":
+        yield from _parquet_column(path, column)
+        return
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            if fmt == "jsonl":
+                rows = ((n, _json_row(path, n, line)) for n, line in enumerate(fh, 1) if line.strip())
+            else:
+                # csv's default 128 kB field limit would refuse a long document; none outgrows its file.
+                csv.field_size_limit(max(csv.field_size_limit(), Path(path).stat().st_size))
+                reader = csv.DictReader(fh, strict=True)
+                if column not in (reader.fieldnames or []):
+                    has = reader.fieldnames
+                    raise DataError(f"{path}:1: no column '{column}' (data.text_column); has {has}")
+                rows = ((reader.line_num, row) for row in _csv_rows(path, reader))
+            for n, row in rows:
+                if column not in row:
+                    raise DataError(f"{path}:{n}: no '{column}' field (data.text_column)")
+                yield from _cell(path, n, row[column])
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def _json_row(path: Path, n: int, line: str) -> dict:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{n}: invalid JSON ({exc.msg})") from None
+    if not isinstance(row, dict):
+        raise DataError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+    return row
+
+
+def _csv_rows(path: Path, reader: csv.DictReader) -> Iterator[dict]:
+    try:
+        yield from reader
+    except csv.Error as exc:  # e.g. an unterminated quote: never merge lines silently
+        raise DataError(f"{path}:{reader.line_num}: malformed CSV ({exc})") from None
+
+
+def _cell(path: Path, n: int, value: object) -> Iterator[str]:
+    if value is None or value == "":
+        return
+    if not isinstance(value, str):
+        raise DataError(f"{path}:{n}: text is {type(value).__name__}, not a string")
+    yield value
+
+
+def _parquet_column(path: Path, column: str) -> Iterator[str]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid/OSError for a file that is not Parquet
+        raise DataError(f"{path}: not a Parquet file ({str(exc).splitlines()[0]})") from None
+    if column not in pf.schema_arrow.names:
+        raise DataError(f"{path}: no column '{column}' (data.text_column); has {pf.schema_arrow.names}")
+    n = 0
+    for batch in pf.iter_batches(columns=[column]):
+        for value in batch.column(0).to_pylist():
+            n += 1
+            yield from _cell(path, n, value)
+
+
 def build_corpus(
     paths: list[Path],
     exclude: set[str],
@@ -135,65 +287,88 @@ def build_corpus(
     min_words: int,
     max_words: int,
     seed: int,
-) -> tuple[list[str], dict[str, int]]:
+    head_share: float = 1.0,
+    fmt: str = "auto",
+    column: str = "text",
+) -> tuple[list[str], dict]:
     """Collect, filter, deduplicate and shuffle the distillation corpus.
 
     Args:
         paths: corpus files or folders.
-        exclude: sentences that must never appear (STS dev/test).
-        head: in-domain sentences kept first (STS train), not length-filtered.
+        exclude: sentences that must never appear (STS val/dev/test).
+        head: in-domain sentences (STS train), not length-filtered.
         max_sentences: cap on the total.
         min_words, max_words: length filter for the corpus files' sentences.
         seed: shuffle seed.
+        head_share: the share of the cap ``head`` may take; either source fills what the
+            other lacks, so a small cap still gets corpus sentences.
+        fmt, column: how corpus files are read (:func:`iter_file_sentences`).
 
     Returns:
-        The sentences and counts of what was kept and dropped, for metrics.
+        The sentences, and per source how many were read, kept and dropped (and why).
+
+    Raises:
+        DataError: no corpus file, or none of their sentences survives the filters.
     """
     excl = {s.strip().lower() for s in exclude}
     seen: set[str] = set()
-    stats = {"raw": 0, "too_short": 0, "too_long": 0, "duplicate": 0, "excluded_sts_eval": 0}
+    sts = {"offered": len(head), "excluded_sts_eval": 0, "duplicate": 0}
     kept_head: list[str] = []
     for s in head:
         key = s.strip().lower()
         if key in excl:
-            stats["excluded_sts_eval"] += 1
-        elif key not in seen:
+            sts["excluded_sts_eval"] += 1
+        elif key in seen:
+            sts["duplicate"] += 1
+        else:
             seen.add(key)
             kept_head.append(s.strip())
+    files = {"files": 0, "raw": 0, "too_short": 0, "too_long": 0, "excluded_sts_eval": 0, "duplicate": 0}
     pool: list[str] = []
+    t0 = time.perf_counter()
     for f in iter_corpus_files(paths):
-        for s in iter_file_sentences(f):
-            stats["raw"] += 1
+        files["files"] += 1
+        if files["files"] % 10 == 1:  # pysbd takes ~20 ms a kB: say where a long read is
+            log.info("corpus file %d: %s (%d sentences read, %.0f s)", files["files"], f, files["raw"],
+                     time.perf_counter() - t0)
+        for s in iter_file_sentences(f, fmt, column):
+            files["raw"] += 1
             n = len(s.split())
             if n < min_words:
-                stats["too_short"] += 1
+                files["too_short"] += 1
                 continue
             if n > max_words:
-                stats["too_long"] += 1
+                files["too_long"] += 1
                 continue
             key = s.lower()
             if key in excl:
-                stats["excluded_sts_eval"] += 1
+                files["excluded_sts_eval"] += 1
                 continue
             if key in seen:
-                stats["duplicate"] += 1
+                files["duplicate"] += 1
                 continue
             seen.add(key)
             pool.append(s)
+    if not pool:
+        raise DataError(
+            f"data.corpus_path: no corpus sentence kept from {files['files']} file(s) in "
+            f"{', '.join(map(str, paths))} (read {files['raw']}: too short {files['too_short']}, "
+            f"too long {files['too_long']}, duplicate {files['duplicate']}, "
+            f"in STS val/dev/test {files['excluded_sts_eval']}); STSb train alone is too small to distil on"
+        )
     rng = random.Random(seed)
     rng.shuffle(pool)
-    kept_head = kept_head[:max_sentences]
-    sentences = kept_head + pool[: max(0, max_sentences - len(kept_head))]
+    n_head = min(len(kept_head), max(round(max_sentences * head_share), max_sentences - len(pool)))
+    n_head = n_head if head_share > 0 else 0  # 0: no STSb-train sentence at all
+    n_pool = min(len(pool), max_sentences - n_head)
+    if n_head < len(kept_head):  # a seeded sample, not the first train pairs' sentences
+        kept_head = random.Random(seed + 1).sample(kept_head, n_head)
+    sentences = kept_head + pool[:n_pool]
     rng.shuffle(sentences)
-    if not sentences:
-        raise DataError(f"corpus is empty after filtering ({', '.join(map(str, paths))})")
-    stats.update(
-        {
-            "from_sts_train": len(kept_head),
-            "from_corpus_files": len(sentences) - len(kept_head),
-            "total": len(sentences),
-        }
-    )
+    sts.update(over_share=sts["offered"] - sts["excluded_sts_eval"] - sts["duplicate"] - n_head, kept=n_head)
+    files.update(over_cap=len(pool) - n_pool, kept=n_pool)
+    stats = {"sts_train": sts, "corpus_files": files, "total": len(sentences)}
+    log.info("corpus: %d sentences; from STSb train %s; from corpus files %s", len(sentences), sts, files)
     return sentences, stats
 
 

@@ -75,19 +75,52 @@ def load_sts_local(sts_dir: Path) -> dict[str, list[StsPair]]:
     return out
 
 
-def load_sts_hub(dataset_id: str) -> dict[str, list[StsPair]]:  # pragma: no cover - needs network
-    """Load STS from the hub (scores there are 0..1; rescaled to 0..5)."""
+def load_sts_hub(dataset_id: str) -> dict[str, list[StsPair]]:
+    """Load STS from the hub's Parquet export of a dataset (scores there are 0..1; rescaled to 0..5).
+
+    Reads the ``refs/convert/parquet`` branch the hub builds for every dataset with
+    huggingface_hub and pyarrow: ``datasets`` has no release that resolves with the lock.
+
+    Raises:
+        DataError: one line when the hub cannot be reached (offline) or the dataset lacks a split.
+    """
+    from huggingface_hub import snapshot_download
+
     try:
-        from datasets import load_dataset
-    except ImportError as exc:
+        root = Path(
+            snapshot_download(
+                dataset_id, repo_type="dataset", revision="refs/convert/parquet", allow_patterns=["*.parquet"]
+            )
+        )
+    except Exception as exc:  # offline, unknown id, no network: all end the same way for the user
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DataError(
-            "loading STS from the hub needs `pip install datasets` (or set data.source: local)"
-        ) from exc
+            f"data.sts_hub_id={dataset_id}: cannot load from the hub ({type(exc).__name__}: {reason}); "
+            "go online (HF_HUB_OFFLINE unset) or set data.source: local with data.sts_dir"
+        ) from None
     out: dict[str, list[StsPair]] = {}
     for split, hub_split in (("train", "train"), ("dev", "validation"), ("test", "test")):
-        ds = load_dataset(dataset_id, split=hub_split)
-        out[split] = [StsPair(r["sentence1"], r["sentence2"], float(r["score"]) * 5.0) for r in ds]
+        files = sorted(root.glob(f"*/{hub_split}/*.parquet"))
+        if not files:
+            if split == "test":
+                continue
+            raise DataError(f"data.sts_hub_id={dataset_id}: no '{hub_split}' split on the hub")
+        out[split] = _hub_pairs(files)
     return out
+
+
+def _hub_pairs(files: list[Path]) -> list[StsPair]:
+    import pyarrow.parquet as pq
+
+    pairs = []
+    for f in files:
+        table = pq.read_table(f)
+        missing = {"sentence1", "sentence2", "score"} - set(table.column_names)
+        if missing:
+            raise DataError(f"{f}: no column(s) {sorted(missing)} (expected sentence1, sentence2, score)")
+        for r in table.select(["sentence1", "sentence2", "score"]).to_pylist():
+            pairs.append(StsPair(r["sentence1"], r["sentence2"], float(r["score"]) * 5.0))
+    return pairs
 
 
 def load_sts(source: str, sts_dir: Path, hub_id: str) -> tuple[dict[str, list[StsPair]], str]:

@@ -6,12 +6,16 @@ file behind. The temporary is removed on any exception, KeyboardInterrupt includ
 SIGTERM does the same once :func:`exit_on_sigterm` turned it into an exception. Outputs get
 the permissions of a normally created file or folder (0644/0755 under umask 022), not the
 private 0600/0700 of ``mkstemp``/``mkdtemp``, so a shared model folder stays readable.
+A SIGKILL leaves the temporary behind; its name carries the writer's pid, and the next write
+of the same target removes the temporaries of writers no longer alive.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
+import logging
 import os
 import shutil
 import signal
@@ -20,6 +24,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def current_umask() -> int:
@@ -50,12 +56,39 @@ def exit_on_sigterm() -> Any:
     return signal.signal(signal.SIGTERM, _raise)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(target: Path) -> None:
+    """Remove ``.<name>.tmp-<pid>-*`` / ``.<name>.old-<pid>`` left next to ``target`` by killed writers."""
+    target = Path(target)
+    pattern = glob.escape(str(target.parent / f".{target.name}."))
+    for path in glob.glob(pattern + "tmp-*") + glob.glob(pattern + "old-*"):
+        pid = Path(path).name[len(target.name) + 6:].split("-")[0]
+        if pid.isdigit() and _pid_alive(int(pid)):
+            continue  # a writer still at work (or a reused pid: removed by a later write)
+        log.warning("removing %s, left by a killed run", path)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
 @contextlib.contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``target`` when the block succeeds."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    remove_stale_temporaries(target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
     old = None
     try:
         os.chmod(tmp, 0o777 & ~current_umask())
@@ -83,7 +116,8 @@ def atomic_file(target: Path, mode: str = "w") -> Iterator[Any]:
     """Open a temporary file next to ``target``; rename it over ``target`` on success."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    remove_stale_temporaries(target)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent)
     try:
         os.fchmod(fd, 0o666 & ~current_umask())
         os.close(fd)

@@ -35,13 +35,19 @@ class DataParams(_Section):
     source: Literal["auto", "local", "hub"] = "auto"
     sts_dir: str = "data/raw/stsbenchmark"
     sts_hub_id: str = "sentence-transformers/stsb"
-    # A text file (one sentence a line), a WikiExtractor file, or a folder of either.
+    # A file or a folder of files: WikiExtractor, text (a paragraph or sentence a line), .jsonl,
+    # .csv, .parquet (the text_column of each row).
     corpus_path: str = "data/raw/corpus"
+    # auto: by suffix, WikiExtractor when a <doc line opens the file, else paragraphs (split).
+    corpus_format: Literal["auto", "wiki", "lines", "paragraphs", "jsonl", "csv", "parquet"] = "auto"
+    text_column: str = Field("text", min_length=1)
     corpus_max_sentences: int = Field(100000, ge=1)
     # STSb-train pairs carved out (seeded) as the validation split every selection uses;
     # their sentences never enter the corpus. STSb dev is the report split only.
     val_pairs: int = Field(1500, ge=1)
-    include_sts_train: bool = True
+    # Share of the cap the other STSb-train sentences may take (0: none); the corpus files fill
+    # the rest, and either source fills what the other lacks.
+    sts_train_share: float = Field(0.1, ge=0, le=1)
     min_words: int = Field(5, ge=1)
     max_words: int = Field(60, ge=1)
 
@@ -303,23 +309,36 @@ def _describe(err: ValidationError, path: Path) -> str:
     return f"{path}: key '{key}': {first['msg']} (got {first.get('input')!r})"
 
 
-def load_params(path: Path | str | None = None) -> Params:
+def load_params(path: Path | str | None = None, sections: tuple[str, ...] | list[str] = ()) -> Params:
     """Load and validate params.yaml.
 
+    Args:
+        path: the file (default: the project's params.yaml).
+        sections: top-level sections the caller reads; each must be in the file, so a deleted
+            or empty section fails instead of running on built-in defaults. Keys left out of a
+            present section take the defaults, which agree with the shipped params.yaml.
+
     Raises:
-        ParamsError: one line naming the file and the offending key.
+        ParamsError: one line naming the file and the offending or missing key.
     """
     path = Path(path) if path is not None else config.PARAMS_FILE
     if not path.exists():
         raise ParamsError(f"{path}: file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
         raise ParamsError(f"{path}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if raw is None and sections:
+        raise ParamsError(f"{path}: empty file (missing section '{sections[0]}')")
+    raw = {} if raw is None else raw
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: top level must be a mapping of sections")
+    for name in sections:
+        if not isinstance(raw.get(name), dict) or not raw[name]:
+            state = "empty" if name in raw else "missing"
+            raise ParamsError(f"{path}: {state} section '{name}' (built-in defaults are not used)")
     try:
         return Params.model_validate(raw)
     except ValidationError as err:

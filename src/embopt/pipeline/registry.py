@@ -27,11 +27,14 @@ def log_and_register_embedder(
     example: list[str],
     tags: Mapping[str, Any],
     model_config: Mapping[str, Any] | None = None,
+    description: str | None = None,
 ) -> dict[str, Any]:
     """Log the bundle as a pyfunc model with a signature, register it and point ``alias`` at it.
 
     ``model_config`` carries the runtime settings (threads, providers, cache; see
     ``embopt.serving.pyfunc.DEFAULT_CONFIG``); a consumer may override them at load time.
+    The version is created with its ``tags`` and ``description`` in one registry call, so a
+    run killed after registration leaves no version without them.
 
     Call only after every gate passed: this is the pipeline's one registry write.
     """
@@ -56,13 +59,15 @@ def log_and_register_embedder(
         pip_requirements=reqs,
         # Every key is logged (defaults filled in): MLflow lets a consumer override only logged keys.
         model_config=runtime_config(dict(model_config or {})),
-        registered_model_name=model_name,
     )
     shutil.rmtree(code_dir, ignore_errors=True)
-    version = str(info.registered_model_version)
     client = mlflow.MlflowClient()
-    for key, value in tags.items():
-        client.set_model_version_tag(model_name, version, key, str(value))
+    _ensure_registered_model(client, model_name)
+    mv = client.create_model_version(
+        model_name, info.model_uri, run_id=run.run_id, tags={k: str(v) for k, v in tags.items()},
+        description=description, model_id=info.model_id,
+    )
+    version = str(mv.version)
     client.set_registered_model_alias(model_name, alias, version)
     log.info("registered %s version %s as @%s (%s)", model_name, version, alias, info.model_uri)
     return {
@@ -72,6 +77,16 @@ def log_and_register_embedder(
         "model_uri": info.model_uri,
         "run_id": run.run_id,
     }
+
+
+def _ensure_registered_model(client, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            raise
 
 
 def _serving_package(dst: Path) -> Path:
@@ -97,14 +112,6 @@ def current_alias_version(model_name: str, alias: str) -> str | None:
 def set_alias(model_name: str, alias: str, version: str) -> None:
     _mlflow().MlflowClient().set_registered_model_alias(model_name, alias, version)
     log.info("models:/%s@%s -> version %s", model_name, alias, version)
-
-
-def describe_version(model_name: str, version: str, description: str, tags: Mapping[str, Any]) -> None:
-    """Add the promotion decision to a registered version: what a reviewer reads in the UI."""
-    client = _mlflow().MlflowClient()
-    client.update_model_version(model_name, version, description=description)
-    for key, value in tags.items():
-        client.set_model_version_tag(model_name, version, key, str(value))
 
 
 def model_bundle(uri: str) -> Path:

@@ -28,7 +28,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -40,6 +39,7 @@ import numpy as np
 from embopt.data.sts import StsPair
 from embopt.errors import EmboptError
 from embopt.eval.sts import sts_spearman
+from embopt.pipeline.files import atomic_file
 from embopt.training.ddp import all_reduce_gradients, broadcast_flag, gather_rng_states, rank_world
 from embopt.training.modeling import hf_model, layer_list, pick_device
 
@@ -175,9 +175,8 @@ def fingerprint(cfg: TrainConfig, n_sentences: int, extra: dict) -> str:
 def _save_atomic(obj, path: Path) -> None:
     import torch
 
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path, "wb") as fh:  # removed on SIGTERM; a SIGKILL's is removed by the next save
+        torch.save(obj, fh)
 
 
 def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:

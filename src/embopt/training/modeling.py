@@ -46,6 +46,7 @@ def resolve_model_source(spec: str) -> str:
 
 def load_sentence_model(spec: str | Path, device: str = "cpu", max_seq_length: int | None = None):
     """Load a SentenceTransformer from a folder, a model package or a hub id."""
+    from safetensors import SafetensorError
     from sentence_transformers import SentenceTransformer
 
     source = resolve_model_source(str(spec))
@@ -53,9 +54,24 @@ def load_sentence_model(spec: str | Path, device: str = "cpu", max_seq_length: i
         model = SentenceTransformer(source, device=device)
     except OSError as exc:
         raise EmboptError(f"cannot load model '{spec}' ({source}): {str(exc).splitlines()[0]}") from None
+    except SafetensorError as exc:  # a truncated or corrupt weights file: its message names no file
+        raise EmboptError(f"cannot load model '{spec}': {_broken_safetensors(source)}: {exc}") from None
     if max_seq_length is not None:
         model.max_seq_length = max_seq_length
     return model
+
+
+def _broken_safetensors(source: str) -> str:
+    """The first ``*.safetensors`` file under ``source`` whose header does not read (else the folder)."""
+    from safetensors import SafetensorError, safe_open
+
+    for f in sorted(Path(source).rglob("*.safetensors")) if Path(source).is_dir() else []:
+        try:
+            with safe_open(str(f), framework="pt"):
+                pass
+        except (SafetensorError, OSError):
+            return str(f)
+    return source
 
 
 def hf_model(st_model: SentenceTransformer):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from embopt.errors import EmboptError
+from embopt.pipeline.files import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,25 @@ def clear_chunks(ckpt_dir: Path) -> None:
     (ckpt_dir / "job.json").unlink(missing_ok=True)
 
 
+def logged_encoder(encode: Encoder, what: str, every: int) -> Encoder:
+    """``encode`` in slices of ``every`` sentences, logging sentences done and the rate after each.
+
+    For steps that encode a few thousand sentences at once (the teacher's STS validation),
+    which with a big teacher on CPU run for minutes.
+    """
+
+    def run(sentences: Sequence[str]) -> np.ndarray:
+        n, parts, t0 = len(sentences), [], time.perf_counter()
+        for start in range(0, n, every):
+            parts.append(np.asarray(encode(sentences[start:start + every]), dtype=np.float32))
+            done = min(start + every, n)
+            rate = done / max(time.perf_counter() - t0, 1e-9)
+            log.info("%s: %d of %d sentences (%.0f sentences/s)", what, done, n, rate)
+        return np.concatenate(parts) if parts else np.asarray(encode(sentences), dtype=np.float32)
+
+    return run
+
+
 def encode_in_chunks(encode: Encoder, sentences: Sequence[str], chunk_sentences: int,
                      ckpt_dir: Path | None = None, job_id: str = "") -> tuple[np.ndarray, int]:
     """Encode ``sentences`` chunk by chunk, saving each finished chunk under ``ckpt_dir``.
@@ -187,9 +206,8 @@ def encode_in_chunks(encode: Encoder, sentences: Sequence[str], chunk_sentences:
                 continue
         emb = np.ascontiguousarray(encode(sentences[start:start + rows]), dtype=np.float32)
         if path is not None:
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npy")
-            np.save(tmp, emb)
-            os.replace(tmp, path)
+            with atomic_file(path, "wb") as fh:  # a kill mid-save leaves no half chunk to resume from
+                np.save(fh, emb)
         parts.append(emb)
         done_new += rows
         rate = done_new / max(time.perf_counter() - t0, 1e-9)
