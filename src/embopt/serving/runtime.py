@@ -406,9 +406,10 @@ class Embedder:
         return seconds
 
     def _embed_one(self, text: str, out: np.ndarray) -> None:
-        """Batch 1 (the latency path): one ``encode`` call, no sort, no padding."""
+        """Batch 1 (the latency path): no sort, no padding; ``encode_batch_fast`` (no offsets) takes a
+        third less time than ``encode`` on one 16-token query."""
         t0 = time.perf_counter()
-        input_ids = np.array([self.tokenizer.encode(text).ids], dtype=np.int64)
+        input_ids = np.array([self._encode_batch([text])[0].ids], dtype=np.int64)
         self.timings.tokenize_s += time.perf_counter() - t0
         self.timings.run_s += self._write(self.session, (_FIRST, input_ids, np.ones_like(input_ids)), out)
 
