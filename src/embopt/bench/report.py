@@ -111,8 +111,33 @@ def targets(result: dict[str, Any], t: BenchTargets | None = None) -> list[str]:
         x = result.get("targets", {}).get(key)
         ok = isinstance(x, dict)
         rows.append([label, measured[key](x) if ok else "not measured",
-                     ("**met**" if x["met"] else "not met") if ok else "–"])
-    return ["\n## Targets\n", _table(["target", "measured", "status"], rows)]
+                     ("**met**" if x["met"] else "not met") if ok else "–",
+                     limits(result, key, x) if ok and not x["met"] else ""])
+    return ["\n## Targets\n", _table(["target", "measured", "status", "what limits it (this run)"], rows)]
+
+
+INT8_MATMULS = ("DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulInteger", "QLinearMatMul")
+
+
+def limits(result: dict[str, Any], key: str, x: dict[str, Any]) -> str:
+    """Where the time of a missed target goes, from this run's phase split and ORT profile."""
+    rows = result["variants"]
+    name = x.get("int8") or result["final"]
+    r = rows[name]
+    ops = (r.get("profile") or {}).get("by_op_pct", {})
+    int8_mm = sum(ops.get(op, 0.0) for op in INT8_MATMULS)
+    other = [f"{op} {pct:.0f}%" for op, pct in ops.items() if op not in INT8_MATMULS][:4]
+    kernels = (f"int8 matmuls are {int8_mm:.0f}% of `{name}`'s kernel time, the rest other ops "
+               f"({', '.join(other)}, ...)" if ops else "no ORT profile")
+    ph = r["phases_s"].get("b1" if key == "latency_p50_16tok" else f"b{result['setup']['headline_batch']}")
+    if not ph:
+        return kernels
+    pct = {k: 100 * v / (ph["total"] or 1e-12) for k, v in ph.items()}
+    split = (f"session run {pct['model_run'] + pct['pooling_normalize']:.0f}% of a call, tokenize "
+             f"{pct['tokenize']:.0f}%, rest {pct['build_tensors'] + pct['other']:.0f}%")
+    if key == "latency_p50_16tok":
+        return f"{split} ({1e3 * ph['total']:.2f} ms a call); {kernels}"
+    return f"{split}; {kernels}"
 
 
 def time_split(result: dict[str, Any]) -> list[str]:
