@@ -37,6 +37,8 @@ def header(result: dict[str, Any]) -> list[str]:
         f"# embopt benchmark ({'QUICK run: numbers not meaningful' if s['quick'] else 'full run'})\n",
         f"- date: {result['date']}; wall time {s.get('wall_s', '?')} s",
         f"- machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {m['memory_gb']} GB RAM; {m['platform']}",
+        "- int8 ISA: " + (", ".join(f"{f} {'yes' if on else 'no'}" for f, on in m["int8_isa"].items())
+                          if "int8_isa" in m else "not recorded"),
         f"- threads: {s['threads']} for every backend (torch.set_num_threads={thr['torch_num_threads']}, "
         f"interop={thr['torch_interop_threads']}; ORT intra_op={thr['ort_intra_op_num_threads']}, "
         f"inter_op={thr['ort_inter_op_num_threads']}; env "

@@ -164,6 +164,14 @@ def _cpu_seconds() -> float:
     return t.user + t.system
 
 
+def int8_isa() -> dict[str, bool]:
+    """Which of the CPU features that speed int8 (and bf16) matrix products this CPU has."""
+    from embopt.export.quantize import cpu_flags
+
+    flags = cpu_flags()
+    return {f: f in flags for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")}
+
+
 def machine_info(threads: int) -> dict[str, Any]:
     """CPU, memory, library versions and the thread settings every backend runs with."""
     import importlib.metadata as md
@@ -195,6 +203,7 @@ def machine_info(threads: int) -> dict[str, Any]:
         "memory_gb": mem_gb,
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "int8_isa": int8_isa(),
         "versions": versions,
         "threads": {
             "benchmark_threads": threads,
