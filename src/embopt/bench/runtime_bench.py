@@ -383,8 +383,8 @@ def modes_markdown(m: dict[str, Any], setup: dict[str, Any]) -> str:
         lines.append(f"| {name} | {args} | {r['sentences_per_s']:.0f} | {r['vs_plain']:.2f}x | "
                      f"{100 * r['tokenize_fraction']:.1f}% | {r['cosine_min_vs_plain']:.6f} |")
     lat = m["latency_16tok_1thread"]
-    lines += ["", f"Batch 1, {lat['tokens']}-token queries ({lat['queries']}), 1 thread, latency mode: `embed` p50 "
-              f"{lat['embed']['p50_ms']:.3f} ms (p95 {lat['embed']['p95_ms']:.3f}); the bare "
+    lines += ["", f"Batch 1, {lat['tokens']}-token queries ({lat['queries']}), 1 thread, latency mode: "
+              f"`embed` p50 {lat['embed']['p50_ms']:.3f} ms (p95 {lat['embed']['p95_ms']:.3f}); the bare "
               f"`InferenceSession.run` p50 {lat['session_run']['p50_ms']:.3f} ms.",
               "", "Dynamic int8 quantizes activations with one scale per batch: a mode that forms other "
               "batches (chunks, token budget) moves int8 vectors slightly; on fp32 all modes agree."]
