@@ -81,7 +81,8 @@ def serve(model_dir: Path, host: str, http_port: int, grpc_port: int, metrics_po
 
     cfg = model_config(model_dir)
     embedder = Embedder(model_dir / "artifacts" / "bundle", threads=threads or cfg.get("threads"),
-                        batch_size=max_batch_size, graph_optimization=cfg.get("graph_optimization", "all"))
+                        batch_size=max_batch_size, graph_optimization=cfg.get("graph_optimization", "all"),
+                        mode="latency")  # serving: each request on all threads
     dim = int(embedder.embed(["warm-up"]).shape[1])
 
     @batch

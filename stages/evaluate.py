@@ -29,7 +29,8 @@ log = logging.getLogger("stages.evaluate")
 INCUMBENT = "incumbent"
 
 
-def embedder(params: Params, bundle: Path, variant: str | None, onnx_path: Path | None) -> Embedder:
+def embedder(params: Params, bundle: Path, variant: str | None, onnx_path: Path | None,
+             mode: str = "bulk") -> Embedder:
     # No cache here: throughput repeats the same sentences, so a cache would fake the speed.
     return Embedder(
         bundle,
@@ -40,7 +41,15 @@ def embedder(params: Params, bundle: Path, variant: str | None, onnx_path: Path 
         max_seq_length=params.base.max_seq_length,
         graph_optimization=params.runtime.graph_optimization,
         providers=params.runtime.providers,
+        mode=mode,
     )
+
+
+def ort_variant(params: Params, name: str, bundle: Path, variant: str | None, onnx_path: Path | None,
+                size_path: Path):
+    """Throughput in the bulk mode (files, batch jobs), batch-1 latency in the latency mode (serving)."""
+    return onnx_variant(name, embedder(params, bundle, variant, onnx_path), size_path,
+                        embedder(params, bundle, variant, onnx_path, mode="latency"))
 
 
 def main() -> None:
@@ -62,7 +71,7 @@ def main() -> None:
             )
         onnx = onnx_variants()
         for name, path in onnx.items():
-            variants.append(onnx_variant(name, embedder(params, config.EXPORT_DIR, name, path), path))
+            variants.append(ort_variant(params, name, config.EXPORT_DIR, name, path, path))
         champion = alias_bundle(params.promote.model_name, params.promote.alias, Path(tmp))
         if champion is not None:
             log.info(
@@ -72,9 +81,8 @@ def main() -> None:
                 champion["version"],
                 champion["variant"],
             )
-            variants.append(
-                onnx_variant(INCUMBENT, embedder(params, champion["bundle"], None, None), champion["bundle"])
-            )
+            bundle = champion["bundle"]
+            variants.append(ort_variant(params, INCUMBENT, bundle, None, None, bundle))
         result = evaluate_all(
             variants,
             val,

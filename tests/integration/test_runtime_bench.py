@@ -7,7 +7,7 @@ import json
 import numpy as np
 from typer.testing import CliRunner
 
-from embopt.bench.runtime_bench import check_targets, zipf_stream
+from embopt.bench.runtime_bench import MODES, check_targets, zipf_stream
 from embopt.cli.main import app
 from embopt.training.student import choose_layers
 
@@ -50,9 +50,28 @@ def test_quick_run_writes_results(tiny_model_dir, sts_dir, tmp_path, monkeypatch
     md = (out / "runtime_bench.md").read_text()
     assert "| teacher | st_onnx_int8 |" in md and "Cache (Zipf" in md
     assert "| target | value | wanted | met |" in res.output
+    modes = result["modes"]["throughput"]
+    assert set(modes) == set(MODES) and all(r["sentences_per_s"] > 0 for r in modes.values())
+    assert modes["sessions"]["cosine_min_vs_plain"] >= 0.9999  # same batches as plain: same vectors
+    assert result["modes"]["latency_16tok_1thread"]["embed"]["p50_ms"] > 0
+    assert "| sessions | mode=bulk |" in md
 
     import mlflow
 
     runs = mlflow.search_runs(search_all_experiments=True,
                               filter_string="tags.`embopt.kind` = 'bench-runtime'")
     assert len(runs) == 1 and runs["metrics.cache.speedup"].iloc[0] > 0
+
+
+def test_modes_only_on_a_bundle(tiny_bundle, sts_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, [
+        "bench-runtime", "--modes-only", "--quick", "--bundle", str(tiny_bundle), "--variant", "onnx_fp32",
+        "--sts-file", str(sts_dir / "sts-dev.csv"), "--out", str(tmp_path), "--threads", "2",
+    ])
+    assert res.exit_code == 0, res.output
+    result = json.loads((tmp_path / "runtime_modes.json").read_text())["modes"]
+    assert result["variant"] == "onnx_fp32" and set(result["throughput"]) == set(MODES)
+    # fp32: every mode, whatever batches it forms, gives the plain vectors
+    assert min(r["cosine_min_vs_plain"] for r in result["throughput"].values()) >= 0.9999
+    assert "| sessions+overlap | mode=bulk, tokenize_chunk=512 |" in res.output

@@ -185,3 +185,52 @@ def test_manifest_file_entries_stay_inside_the_bundle(tiny_bundle, tmp_path, ent
     with pytest.raises(EmboptError, match=f"manifest.json: variant 'onnx_fp32' file entry .*{message}"):
         Embedder(bundle, variant="onnx_fp32")
     Embedder(bundle, variant="onnx_int8")  # the other entries still load
+
+
+MODES = [
+    {"mode": "bulk", "threads": 2},  # two 1-thread sessions pulling batches in parallel
+    {"mode": "bulk", "threads": 2, "tokenize_chunk": 7},  # + tokenization ahead in a thread
+    {"mode": "latency", "threads": 2, "tokenize_chunk": 7},
+    {"mode": "bulk", "threads": 2, "token_budget": 40},
+    {"mode": "latency", "threads": 2, "token_budget": 40},
+]
+
+
+@pytest.mark.parametrize("kwargs", MODES, ids=lambda k: ",".join(f"{a}={b}" for a, b in k.items()))
+def test_modes_return_the_plain_vectors_in_input_order(tiny_bundle, kwargs):
+    plain = Embedder(tiny_bundle, variant="onnx_fp32", threads=1, batch_size=4, mode="latency")
+    emb = Embedder(tiny_bundle, variant="onnx_fp32", batch_size=4, **kwargs)
+    assert len(emb.sessions) == (2 if kwargs["mode"] == "bulk" else 1)
+    texts = MIXED * 3 + tiny.sentences(40, seed=12)
+    ref, got = plain.embed(texts), emb.embed(texts)
+    assert got.shape == ref.shape and got.dtype == np.float32
+    cos = np.sum(ref * got, axis=1) / np.linalg.norm(ref, axis=1) / np.linalg.norm(got, axis=1)
+    assert cos.min() >= 0.9999
+    assert np.abs(got[0] - got[1]).max() > 1e-3  # rows differ: a permutation would have been caught
+    assert emb.timings.batches > 2 and emb.timings.run_s > 0
+    assert emb.embed([]).shape == (0, emb.dim)
+    one = emb.embed([texts[1]])
+    assert one.shape == (1, emb.dim) and float(one[0] @ ref[1]) >= 0.9999
+
+
+@pytest.mark.parametrize("kwargs", MODES[1:3], ids=["bulk", "latency"])
+def test_modes_name_a_bad_row_raised_in_the_tokenizing_thread(tiny_bundle, kwargs):
+    emb = Embedder(tiny_bundle, variant="onnx_fp32", batch_size=4, **kwargs)
+    texts = tiny.sentences(30, seed=13)
+    texts[20] = "bad \ud800 text"  # a lone surrogate: the tokenizer refuses it
+    with pytest.raises(EmboptError, match="row 20: not valid Unicode"):
+        emb.embed(texts)
+    assert emb.embed(texts[:3]).shape == (3, emb.dim)  # still serves after the failure
+
+
+def test_token_budget_batches(tiny_bundle):
+    emb = Embedder(tiny_bundle, variant="onnx_fp32", threads=1, token_budget=40)
+    lens = np.array([3, 30, 12, 12, 5, 50, 7, 12, 12, 12, 4])
+    order = np.argsort(lens, kind="stable")
+    groups = emb._groups(order, lens)
+    assert np.array_equal(np.concatenate(groups), order)
+    for g in groups:  # within the budget, or a single row longer than it
+        assert len(g) * lens[g].max() <= 40 or len(g) == 1
+    assert [len(g) for g in groups] == [4, 3, 2, 1, 1]  # 3,4,5,7 | 12x3 | 12x2 | 30 | 50
+    with pytest.raises(EmboptError, match="mode 'fast'"):
+        Embedder(tiny_bundle, mode="fast")

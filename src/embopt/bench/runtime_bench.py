@@ -10,7 +10,10 @@ What it measures (one process, same sentences, same threads, interleaved repeats
 - **fidelity**: cosine between sentence-transformers and our runtime on the same fp32 ONNX file
   for every STSb dev sentence;
 - **cache**: a Zipf-distributed stream of queries with and without the cache, and the cost of a hit
-  (in-memory and SQLite).
+  (in-memory and SQLite);
+- **modes** (also alone: ``--modes-only`` on an exported bundle): the Embedder's ways of using the
+  cores for bulk work (:data:`MODES`, same threads in all), their cosine to the plain path, and the
+  batch-1 latency of 16-token queries on one thread against the bare ``InferenceSession.run``.
 
 Models are built once into a work folder (ONNX exports of the teacher and of a student cut
 to ``student_layers`` of its layers: speed does not depend on training, so no training here).
@@ -26,7 +29,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +42,17 @@ from embopt.pipeline.params import RuntimeBenchTargets
 
 log = logging.getLogger(__name__)
 PATHS = ("st_onnx_int8", "embopt_same_file_int8", "embopt_pipeline_int8")
+# Embedder keyword arguments of each way to spend the threads on bulk work; "plain" is one session
+# with every thread, the path before the bulk mode (and the latency mode of serving today).
+MODES: dict[str, dict[str, Any]] = {
+    "plain": {"mode": "latency"},
+    "sessions": {"mode": "bulk"},
+    "overlap": {"mode": "latency", "tokenize_chunk": 512},
+    "sessions+overlap": {"mode": "bulk", "tokenize_chunk": 512},
+    "plain+budget512": {"mode": "latency", "token_budget": 512},
+    "sessions+budget512": {"mode": "bulk", "token_budget": 512},
+    "sessions+budget2048": {"mode": "bulk", "token_budget": 2048},
+}
 
 
 @dataclass
@@ -324,6 +338,79 @@ def _per_hit_us(embedder, requests: list[list[str]], rounds: int) -> float:
     return statistics.median(runs["hits"][:, 0]) / sum(map(len, requests)) * 1e6
 
 
+def mode_bench(bundle: Path, texts: list[str], opts: RuntimeBenchOptions, variant: str | None = None,
+               call_size: int = 4096) -> dict[str, Any]:
+    """Throughput of every :data:`MODES` entry in calls of ``call_size`` texts (``embopt embed``'s), ratio
+    and min cosine to ``plain``; batch-1 p50 of 16-token queries on 1 thread, embed vs session.run."""
+    from embopt.bench.timing import percentiles
+    from embopt.eval.sts import cosine_rows
+
+    embedders = {name: make_embedder(bundle, opts, variant=variant, **kw) for name, kw in MODES.items()}
+    contenders = [Contender(name, e.embed, embedder=e) for name, e in embedders.items()]
+    log.info("modes: %d sentences x %d rounds (%s)", len(texts), opts.repeats, ", ".join(MODES))
+    rows = timed_rows(contenders, texts, opts.repeats, chunk=call_size)
+    ref = embedders["plain"].embed(texts)
+    for name, e in embedders.items():
+        rows[name]["vs_plain"] = round(rows[name]["sentences_per_s"] / rows["plain"]["sentences_per_s"], 3)
+        rows[name]["cosine_min_vs_plain"] = round(float(cosine_rows(e.embed(texts), ref).min()), 6)
+    one = make_embedder(bundle, replace(opts, threads=1), variant=variant, mode="latency")
+    counts = [len(ids) for ids in one.tokenize(texts)]
+    tokens = min(counts, key=lambda c: (abs(c - 16), c))  # 16, else the closest length there is
+    queries = [t for t, c in zip(texts, counts, strict=True) if c == tokens][:100]
+    ids = np.array([one.tokenize(queries[:1])[0]], dtype=np.int64)
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    calls = {"embed": lambda q: one.embed([q]),
+             "session_run": lambda q: one.session.run([one.output_name], feeds)}  # the floor
+    for q in queries[:10]:
+        for call in calls.values():
+            call(q)
+    secs = interleaved(calls, queries, max(opts.repeats, 5))
+    latency = {k: {m: round(v, 4) for m, v in percentiles(1e3 * s.ravel(), suffix="_ms").items()}
+               for k, s in secs.items()}
+    return {"bundle": str(bundle), "variant": one.variant, "call_size": call_size, "throughput": rows,
+            "latency_16tok_1thread": {"queries": len(queries), "tokens": tokens, **latency}}
+
+
+def modes_markdown(m: dict[str, Any], setup: dict[str, Any]) -> str:
+    lines = [f"# Runtime modes ({setup['date']}, {setup['cpu']}, {setup['threads']} threads in every mode, "
+             f"`{m['variant']}` of `{m['bundle']}`, {setup['sentences']} STSb sentences in calls of "
+             f"{m['call_size']}, {setup['repeats']} interleaved rounds; load average "
+             f"{setup['load_average']})",
+             "", "| mode | Embedder arguments | sentences/s | vs plain | tokenize | min cosine vs plain |",
+             "|---|---|---|---|---|---|"]
+    for name, r in m["throughput"].items():
+        args = ", ".join(f"{k}={v}" for k, v in MODES[name].items())
+        lines.append(f"| {name} | {args} | {r['sentences_per_s']:.0f} | {r['vs_plain']:.2f}x | "
+                     f"{100 * r['tokenize_fraction']:.1f}% | {r['cosine_min_vs_plain']:.6f} |")
+    lat = m["latency_16tok_1thread"]
+    lines += ["", f"Batch 1, {lat['tokens']}-token queries ({lat['queries']}), 1 thread, latency mode: "
+              f"`embed` p50 {lat['embed']['p50_ms']:.3f} ms (p95 {lat['embed']['p95_ms']:.3f}); the bare "
+              f"`InferenceSession.run` p50 {lat['session_run']['p50_ms']:.3f} ms.",
+              "", "Dynamic int8 quantizes activations with one scale per batch: a mode that forms other "
+              "batches (chunks, token budget) moves int8 vectors slightly; on fp32 all modes agree."]
+    return "\n".join(lines) + "\n"
+
+
+def run_mode_bench(bundle: Path, texts: list[str], opts: RuntimeBenchOptions, variant: str | None = None
+                   ) -> dict[str, Any]:
+    """:func:`mode_bench` alone, written to ``runtime_modes.json`` and ``.md`` in ``opts.out_dir``."""
+    from embopt.eval.evaluate import _cpu_name
+    from embopt.pipeline.files import atomic_file, write_json
+
+    pin_threads(opts.threads, exclusive=True)
+    load_start = os.getloadavg()[0]
+    m = mode_bench(bundle, texts, opts, variant)
+    setup = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "cpu": _cpu_name(), "threads": opts.threads,
+             "sentences": len(texts), "repeats": opts.repeats,
+             "load_average": f"{load_start:.1f} at start, {os.getloadavg()[0]:.1f} at end on "
+                             f"{os.cpu_count()} CPUs"}
+    result = {"setup": setup, "modes": m}
+    write_json(Path(opts.out_dir) / "runtime_modes.json", result)
+    with atomic_file(Path(opts.out_dir) / "runtime_modes.md") as fh:
+        fh.write(modes_markdown(m, setup))
+    return result
+
+
 # ---------------------------------------------------------------------------------------- report
 
 
@@ -397,7 +484,9 @@ def markdown(result: dict[str, Any]) -> str:
     for key, t in result["targets"].items():
         v = t["value"] if t["value"] is None else round(t["value"], 4)
         lines.append(f"| {key} | {v} | {t['target']} | {'yes' if t['met'] else 'NO'} |")
-    return "\n".join(lines) + "\n"
+    setup = {"date": s["date"], "cpu": s["machine"], "threads": s["threads"], "sentences": s["sentences"],
+             "repeats": s["repeats"], "load_average": s.get("load_average_start")}
+    return "\n".join(lines) + "\n\n" + modes_markdown(result["modes"], setup).replace("# ", "## ", 1)
 
 
 def run_runtime_bench(opts: RuntimeBenchOptions) -> dict[str, Any]:
@@ -428,6 +517,7 @@ def run_runtime_bench(opts: RuntimeBenchOptions) -> dict[str, Any]:
         "speed": speed_and_overhead(models, texts, opts),
         "fidelity": fidelity(models, texts, opts),
         "cache": cache_bench(models, texts, opts),
+        "modes": mode_bench(models["student"]["bundle"], texts, opts),
     }
     result["targets"] = check_targets(result, opts.targets)
     result["setup"]["bench_seconds"] = round(time.perf_counter() - t0, 1)

@@ -30,8 +30,8 @@ def build_simple_bundle(st_model, st_dir: Path, bundle: Path, max_seq_length: in
     write_manifest(
         tmp,
         {
-            "onnx_fp32": {"file": "onnx/model.onnx", "precision": "fp32"},
-            "onnx_int8": {"file": "onnx/model_qint8.onnx", "precision": "int8-dynamic"},
+            "onnx_fp32": {"file": "onnx/model.onnx", "precision": "fp32", "graph": "fused"},
+            "onnx_int8": {"file": "onnx/model_qint8.onnx", "precision": "int8-dynamic", "parent": "fused"},
         },
         "onnx_int8",
         dim=int(get_dim()),

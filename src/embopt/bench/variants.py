@@ -224,18 +224,19 @@ class OrtVariant(BenchVariant):
         from embopt.serving.runtime import session_options
 
         emb = self._embedder(self.threads)
-        original = emb.session
+        original = emb.session, emb.sessions
 
         def make(modify):
             opts = modify(session_options(self.threads))
             return ort.InferenceSession(str(self.onnx_path), opts, providers=["CPUExecutionProvider"])
 
         def run(session):
-            emb.session, emb.batch_size = session, batch_size  # the real embed path, a profiling session
+            # The real embed path on one profiling session.
+            emb.session, emb.sessions, emb.batch_size = session, [session], batch_size
             try:
                 emb.embed(list(texts))
             finally:
-                emb.session = original
+                emb.session, emb.sessions = original
 
         path = profiling.ort_profile(make, run, out_dir / f"{self.name}.ort_profile")
         summary = profiling.ort_profile_summary(path, self._pooling)

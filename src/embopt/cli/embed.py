@@ -30,7 +30,9 @@ def embed(
     column: str = typer.Option("text", "--column", "-c", help="CSV column or JSONL field holding the text."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Sentences per ONNX Runtime call."),
     threads: int = typer.Option(None, "--threads", min=1,
-                                help="ONNX Runtime intra-op threads (default: one per physical core)."),
+                                help="Threads in all (default: one per CPU)."),
+    mode: str = typer.Option("bulk", "--mode", help="bulk: one 1-thread ONNX Runtime session per thread, "
+                             "batches in parallel (fastest for files); latency: one session on all threads."),
     max_seq_length: int = typer.Option(None, "--max-seq-length", min=2,
                                        help="Truncation in tokens (default: the bundle's)."),
     pca: Path = typer.Option(None, "--pca", help="PCA .npz (mean, components) to project the embeddings."),
@@ -53,7 +55,7 @@ def embed(
                                         max_seq_length, pca, cache)
         elif engine == "local":
             n, dim, seconds = run_embed(input, output, bundle, variant, column, batch_size, threads,
-                                        max_seq_length, pca, cache, progress)
+                                        max_seq_length, pca, cache, progress, mode)
         else:
             raise EmboptError(f"--engine '{engine}' is not one of local, spark")
     except EmboptError as exc:
@@ -86,7 +88,7 @@ def run_spark(
 def run_embed(
     input: Path, output: Path, bundle: Path, variant: str | None = None, column: str = "text",
     batch_size: int = 32, threads: int | None = None, max_seq_length: int | None = None,
-    pca: Path | None = None, cache: Path | None = None, progress: bool = True,
+    pca: Path | None = None, cache: Path | None = None, progress: bool = True, mode: str = "bulk",
 ) -> tuple[int, int, float]:
     """Read, embed, write. Returns (texts, dim, seconds)."""
     import numpy as np
@@ -106,10 +108,11 @@ def run_embed(
     texts = read_texts(input, column)
     log.info("%d texts from %s (%s)", len(texts), input, input_format(input))
     embedder = Embedder(bundle, variant=variant, threads=threads, batch_size=batch_size,
-                        max_seq_length=max_seq_length, pca=pca,
+                        max_seq_length=max_seq_length, pca=pca, mode=mode,
                         cache=EmbeddingCache(max_entries=0, path=cache) if cache is not None else None)
-    log.info("model %s (%s), dim %d, max_seq_length %d, batch %d", embedder.onnx_path, embedder.variant,
-             embedder.dim, embedder.max_seq_length, batch_size)
+    log.info("model %s (%s), dim %d, max_seq_length %d, batch %d, %s mode on %d session(s)",
+             embedder.onnx_path, embedder.variant, embedder.dim, embedder.max_seq_length, batch_size, mode,
+             len(embedder.sessions))
     check_space(output, output_bytes(output, len(texts), embedder.dim, texts))
     out = np.empty((len(texts), embedder.dim), dtype=np.float32)
     t0 = time.perf_counter()

@@ -41,6 +41,12 @@ class RuntimeBenchArgs:
                                        "teacher (evenly spaced, last kept).")] = 2
     zipf_s: Annotated[float, Opt("--zipf-s", min=0.0, help="Zipf exponent of the cached query stream.")] = 1.0
     zipf_queries: Annotated[int, Opt("--zipf-queries", min=1, help="Queries in the cached stream.")] = 10_000
+    modes_only: Annotated[bool, Opt("--modes-only", help="Only the Embedder's modes (bulk sessions, overlap, "
+                                    "token budget) and batch-1 latency, on --bundle; writes "
+                                    "runtime_modes.json/.md.")] = False
+    bundle: Annotated[Path, Opt("--bundle", help="Exported bundle for --modes-only.")] = config.EXPORT_DIR
+    variant: Annotated[str, Opt("--variant", help="Variant of --bundle for --modes-only (default: the "
+                                "bundle's).")] = ""
     quick: Annotated[bool, Opt("--quick", help="Tiny run that checks the command works (numbers are not "
                                "meaningful).")] = False
     mlflow: Annotated[bool, Opt("--mlflow/--no-mlflow", help="Log the results to the MLflow store.")] = True
@@ -71,6 +77,9 @@ def bench_runtime(args: RuntimeBenchArgs) -> None:
         )
         if args.quick:
             opts.quick_mode()
+        if args.modes_only:
+            _modes_only(opts, args)
+            return
         result = run_runtime_bench(opts)
         if args.mlflow:
             _log_mlflow(result, args.out, opts.params(), base.experiment)
@@ -79,6 +88,18 @@ def bench_runtime(args: RuntimeBenchArgs) -> None:
         raise typer.Exit(1) from None
     print(markdown(result))
     log.info("results -> %s", args.out / "runtime_bench.json")
+
+
+def _modes_only(opts, args: RuntimeBenchArgs) -> None:
+    from embopt.bench.run import load_pairs
+    from embopt.bench.runtime_bench import modes_markdown, run_mode_bench
+    from embopt.data.sts import unique_sentences
+
+    texts = unique_sentences(load_pairs(opts.sts_file))
+    texts = texts[: opts.sentences] if opts.sentences else texts
+    result = run_mode_bench(args.bundle, texts, opts, args.variant or None)
+    print(modes_markdown(result["modes"], result["setup"]))
+    log.info("results -> %s", args.out / "runtime_modes.json")
 
 
 def _log_mlflow(result: dict, out: Path, params: dict, experiment: str) -> None:

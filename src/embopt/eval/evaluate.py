@@ -45,8 +45,9 @@ def torch_variant(name: str, model, batch_size: int, size_path: Path) -> Variant
     return Variant(name, enc, lambda t: enc(t, 1), size_path, ("*.safetensors", "*.bin"))
 
 
-def onnx_variant(name: str, embedder, size_path: Path) -> Variant:
-    return Variant(name, embedder.embed, embedder.embed, size_path, ("*.onnx",))
+def onnx_variant(name: str, embedder, size_path: Path, latency_embedder=None) -> Variant:
+    """Batched encode through ``embedder``; batch-1 latency through ``latency_embedder`` if given."""
+    return Variant(name, embedder.embed, (latency_embedder or embedder).embed, size_path, ("*.onnx",))
 
 
 def interleaved_throughput(variants: Sequence[Variant], sentences: Sequence[str], repeats: int) -> dict:

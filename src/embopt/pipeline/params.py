@@ -362,10 +362,11 @@ class BenchTargets(_Section):
 
     min_speedup_vs_teacher: float = Field(15.0, gt=0)
     min_retention: float = Field(0.97, gt=0)
-    max_latency_p50_16tok_ms: float = Field(1.0, gt=0)
-    min_speedup_vs_st_int8: float = Field(3.0, gt=0)
+    max_latency_p50_16tok_ms: float = Field(0.5, gt=0)
+    min_speedup_vs_st_int8: float = Field(5.0, gt=0)
     max_retention_drop_vs_st_int8: float = Field(0.01, ge=0)
     min_pct_of_int8_peak: float = Field(50.0, gt=0, le=100)
+    min_int8_vs_fp32_parent: float = Field(2.0, gt=0)
 
 
 class RuntimeBenchTargets(_Section):

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 # model_config keys the model understands, with their defaults.
 DEFAULT_CONFIG: dict[str, Any] = {
     "threads": None,  # ORT intra-op threads; None: ORT's default (one per physical core)
+    "mode": "latency",  # a request at a time on all threads (Embedder's "bulk": batch scoring, spark_udf)
     "batch_size": 32,
     "graph_optimization": "all",
     "providers": ["CPUExecutionProvider"],
@@ -156,7 +157,8 @@ class EmbedderModel(mlflow.pyfunc.PythonModel):
         self.max_request_bytes = cfg["max_request_bytes"]
         cache = _open_cache(cfg) if cfg["cache"] else None
         self.embedder = Embedder(
-            context.artifacts["bundle"], threads=cfg["threads"], batch_size=int(cfg["batch_size"]),
+            context.artifacts["bundle"], threads=cfg["threads"], mode=cfg["mode"],
+            batch_size=int(cfg["batch_size"]),
             graph_optimization=cfg["graph_optimization"], providers=cfg["providers"], cache=cache,
         )
 
