@@ -232,6 +232,39 @@ def test_tracking_server_down_fails_the_stage_in_one_line(tmp_path, monkeypatch,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
+@pytest.mark.services
+def test_tracking_server_dying_mid_stage_fails_in_one_line(tmp_path, monkeypatch, capsys):
+    """A real `mlflow server`, stopped while the stage runs: one line and exit 1, no traceback."""
+    import contextlib
+
+    import stage_project
+
+    from embopt.pipeline.stage import run_stage
+    from scripts import ui_check
+
+    stage_project.write_params(tmp_path, {})
+    stage_project.point_config_at(monkeypatch, tmp_path)
+    server = contextlib.ExitStack()
+    store = f"sqlite:///{tmp_path}/server.db"
+    url = server.enter_context(ui_check.mlflow_server(store, tmp_path / "server.log"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+
+    def stage():
+        with tracking.stage_run("pca", Params(), ["pca"]) as run:
+            server.close()  # the server dies mid-stage
+            run.log_metrics({"retention": 0.9})
+
+    try:
+        with pytest.raises(SystemExit) as info:
+            run_stage("pca", stage)
+    finally:
+        server.close()
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"pca: error: tracking server {url} failed during the stage: "), last
+
+
 def test_sigterm_becomes_systemexit_in_a_stage(monkeypatch):
     import os
     import signal

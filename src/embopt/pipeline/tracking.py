@@ -61,7 +61,7 @@ def default_tracking_uri() -> str:
 
 def masked(uri: str, replacement: str = "***@") -> str:
     """``uri`` with any ``user:password@`` shown as ``***@``: safe to log."""
-    return re.sub(r"(?<=://)[^/@]*@", replacement, uri)
+    return re.sub(r"(?<=://)[^/@\s]*@", replacement, uri)
 
 
 def check_reachable(uri: str | None = None, seconds: float | None = None) -> None:
@@ -272,9 +272,30 @@ def stage_run(stage: str, params: Params, sections: list[str]) -> Iterator[Stage
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
         error = f"{stage}: {type(exc).__name__}: {exc}"[:5000]
+        if _server_lost(exc):  # the server died mid-stage: one line, not a chain of tracebacks
+            first = masked(str(exc).strip().splitlines()[0][:300])
+            uri = masked(tracking_uri())
+            raise EmboptError(f"tracking server {uri} failed during the stage: {first}") from exc
         raise
     finally:
-        _close_parent(client, parent, stage, status, error)
+        _best_effort(_close_parent, client, parent, stage, status, error)
+
+
+def _server_lost(exc: BaseException) -> bool:
+    """A tracking-server request that failed (after the bounded retries) on an http(s) store."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    lost = (MlflowException, requests.RequestException)
+    return tracking_uri().startswith(("http://", "https://")) and isinstance(exc, lost)
+
+
+def _best_effort(fn, *args) -> None:
+    # Recording how a run ended must not hide why it ended (a dead server fails these calls too).
+    try:
+        fn(*args)
+    except Exception as exc:  # noqa: BLE001
+        log.warning("could not record the run's end in MLflow: %s", str(exc).splitlines()[0][:300])
 
 
 def _open_parent(client, exp_id: str, pid: str, commit: str, stage: str, params: Mapping[str, Any]) -> str:
@@ -364,11 +385,11 @@ def _run(exp_id: str, tags: Mapping[str, Any], params: Mapping[str, Any], name: 
             yield StageRun(name, run.info.run_id)
         except (KeyboardInterrupt, SystemExit) as exc:
             # Ctrl-C, or SIGTERM (run_stage turns it into SystemExit): the run was stopped, not broken.
-            mlflow.set_tag("error", f"{type(exc).__name__}: {exc}"[:5000])
-            mlflow.end_run(status="KILLED")
+            _best_effort(mlflow.set_tag, "error", f"{type(exc).__name__}: {exc}"[:5000])
+            _best_effort(mlflow.end_run, "KILLED")
             raise
         except BaseException as exc:  # start_run's exit marks the run FAILED
-            mlflow.set_tag("error", f"{type(exc).__name__}: {exc}"[:5000])
+            _best_effort(mlflow.set_tag, "error", f"{type(exc).__name__}: {exc}"[:5000])
             raise
 
 
