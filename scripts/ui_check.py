@@ -147,7 +147,7 @@ def check(chromium: str, url: str, experiment: str, model: str, out_dir: Path) -
     expected = {
         "runs": [a.info.run_name, b.info.run_name],
         "compare": [a.info.run_name, b.info.run_name, *differing[:3], *retention[:2]],
-        "model": [model, "champion", f"Version {champion.version}"],
+        "model": [model, "@&nbsp;champion", f"Version {champion.version}"],  # the alias chip
     }
     missing = []
     for name, page in pages(url, exp.experiment_id, [a.info.run_id, b.info.run_id], model).items():

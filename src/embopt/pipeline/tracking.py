@@ -2,7 +2,7 @@
 
 Every stage execution is one MLflow run, tagged with the DVC stage and the git commit,
 and the child of one parent run per pipeline run (``dvc repro`` or one ``dvc exp run``,
-found by the pipeline id its stages share). The parent holds every stage's params, the
+found by the pipeline id its stages share). The parent holds the whole params.yaml, the
 headline metrics of evaluate and promote, and a ``stage.<name>`` tag per stage (``ran``,
 ``failed``, ``killed``, or ``skipped (cached)`` for an upstream stage DVC did not run), so
 two pipeline runs compare side by side in the UI. Stages run as separate processes: each
@@ -252,7 +252,9 @@ def stage_run(stage: str, params: Params, sections: list[str]) -> Iterator[Stage
     logged = flatten({s: dumped[s] for s in ["base", *sections] if s in dumped})
     commit = git_commit()
     client = _mlflow().MlflowClient()
-    parent = _open_parent(client, exp_id, pid, commit, stage, logged)
+    # The parent gets the whole params.yaml: DVC skips a stage only when its params are unchanged,
+    # so the file describes every output of this pipeline run, and two runs compare key by key.
+    parent = _open_parent(client, exp_id, pid, commit, stage, flatten(dumped))
     tags = {
         "dvc.stage": stage,
         "git.commit": commit,
@@ -299,7 +301,7 @@ def _best_effort(fn, *args) -> None:
 
 
 def _open_parent(client, exp_id: str, pid: str, commit: str, stage: str, params: Mapping[str, Any]) -> str:
-    """Find (or create) the pipeline's parent run, mark it RUNNING and add this stage's params."""
+    """Find (or create) the pipeline's parent run, mark it RUNNING and log the params it lacks."""
     found = client.search_runs(
         [exp_id], f"tags.`pipeline.id` = '{pid}' and tags.`embopt.kind` = '{PIPELINE_KIND}'", max_results=1
     )
