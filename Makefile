@@ -52,7 +52,7 @@ bench: $(STAMP) ## Benchmark every variant against the anchors (prints a table)
 	$(BIN)/embopt bench
 
 ui: $(STAMP) ## Open the MLflow UI on the local store (http://127.0.0.1:5000)
-	@echo "runs (model-training view): http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
+	@echo "runs, model-training view: http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning (1: the first experiment of a fresh store)"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 ui-check: $(STAMP) ## Tiny pipeline twice, then the MLflow UI in headless Chromium: runs, compare, model; PNGs in reports/ui

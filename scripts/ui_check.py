@@ -50,20 +50,10 @@ def missing_chromium_reason() -> str:
 
 def ensure_chromium() -> str:
     """Chromium's path; installs Debian's ``chromium`` when missing and allowed (root, apt)."""
-    found = find_chromium()
-    if found:
-        return found
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise RuntimeError(missing_chromium_reason() + " (not root or no apt-get: not installing)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"]
-    if subprocess.run(cmd, env=env, check=False).returncode != 0:  # stale package lists: update once
-        subprocess.run(["apt-get", "update", "-q"], env=env, check=True)
-        subprocess.run(cmd, env=env, check=True)
-    found = find_chromium()
-    if not found:
-        raise RuntimeError(missing_chromium_reason() + " (apt-get install chromium did not provide it)")
-    return found
+    sys.path.insert(0, str(REPO / "scripts"))
+    from tracking_server import apt_install
+
+    return apt_install("chromium", find_chromium, missing_chromium_reason())
 
 
 def free_port() -> int:
