@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help env data repro push pull test test-unit test-fast lint bench ui tracking-server tracking-server-stop triton-env serve-triton clean
+.PHONY: help env data repro push pull test test-unit test-fast lint bench ui ui-check tracking-server tracking-server-stop triton-env serve-triton clean
 
 help: ## List targets with a one-line description
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-20s %s\n", $$1, $$2}'
@@ -52,7 +52,11 @@ bench: $(STAMP) ## Benchmark every variant against the anchors (prints a table)
 	$(BIN)/embopt bench
 
 ui: $(STAMP) ## Open the MLflow UI on the local store (http://127.0.0.1:5000)
+	@echo "runs, model-training view: http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning (1: the first experiment of a fresh store)"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+ui-check: $(STAMP) ## Tiny pipeline twice, then the MLflow UI in headless Chromium: runs, compare, model; PNGs in reports/ui
+	$(BIN)/python scripts/ui_check.py
 
 tracking-server: $(STAMP) ## Start the team MLflow server on 127.0.0.1:5000 (PostgreSQL store, proxied artifacts; idempotent)
 	$(BIN)/python scripts/tracking_server.py start

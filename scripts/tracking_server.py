@@ -80,11 +80,27 @@ def missing_postgres_reason() -> str:
             "`apt-get install -y postgresql` or set EMBOPT_PG_BINDIR")
 
 
-def ensure_postgres() -> Path:
-    """The PostgreSQL bin folder; installs Debian's ``postgresql`` when missing and allowed (root, apt)."""
-    found = find_pg_bindir()
+def apt_install(package: str, find, reason: str, error=RuntimeError):
+    """``find()``, first installing Debian's ``package`` when it finds nothing and may (root, apt)."""
+    found = find()
     if found:
         return found
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise error(reason + " (not root or no apt-get: not installing)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", package]
+    if subprocess.run(cmd, env=env, check=False).returncode != 0:  # stale package lists: update once
+        subprocess.run(["apt-get", "update", "-q"], env=env, check=True)
+        subprocess.run(cmd, env=env, check=True)
+    found = find()
+    if not found:
+        raise error(reason + f" (apt-get install {package} did not provide it)")
+    return found
+
+
+def ensure_postgres() -> Path:
+    """The PostgreSQL bin folder; installs Debian's ``postgresql`` when missing and allowed (root, apt)."""
+    return apt_install("postgresql", find_pg_bindir, missing_postgres_reason(), ServerError)
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         raise ServerError(missing_postgres_reason() + " (not root or no apt-get: not installing)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}

@@ -50,6 +50,10 @@ def main() -> None:
         keep = choose_layers(len(layer_modules(base)), p.layers, p.num_layers)
         student = make_student(base, keep)
         n_teacher = len(layer_modules(teacher))
+        # Which teacher layers the student kept, readable on the run (and its pipeline's parent).
+        kept = {"distill.layers_kept": ",".join(map(str, keep)), "distill.teacher_layers": n_teacher}
+        run.set_tags(kept)
+        run.log_to_pipeline(tags=kept)
         # Hidden-state matching pairs each student layer with the teacher layer it was copied from.
         layer_map = keep if not p.student else uniform_layer_map(len(keep), n_teacher)
         if p.hidden_weight > 0 and p.student and (

@@ -27,6 +27,8 @@ from embopt.training.modeling import load_sentence_model, resolve_model_source
 
 log = logging.getLogger("stages.evaluate")
 INCUMBENT = "incumbent"
+# Per variant, what the pipeline's parent run shows for comparing two pipeline runs.
+PIPELINE_METRICS = ("retention", "val_retention", "throughput_sps", "speedup_vs_teacher", "size_mb", "dim")
 
 
 def embedder(params: Params, bundle: Path, variant: str | None, onnx_path: Path | None,
@@ -125,6 +127,9 @@ def main() -> None:
         run.log_artifact(config.PLOTS_DIR / "evaluate_table.md")
         for name, row in result["variants"].items():
             run.log_metrics(row, prefix=f"{name}.")
+        run.log_to_pipeline(
+            {f"{n}.{k}": r[k] for n, r in result["variants"].items() for k in PIPELINE_METRICS}
+        )
         metrics = headline(result)
         # The gate (like every choice) reads the validation split, never the reported dev numbers.
         metrics["final_val_retention"] = result["variants"][list(onnx)[-1]]["val_retention"]  # int8 + PCA

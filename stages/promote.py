@@ -25,7 +25,7 @@ from embopt.pipeline.params import Params, RuntimeParams, load_params
 from embopt.pipeline.promotion import Contender, best, decide, eligible
 from embopt.pipeline.registry import log_and_register_embedder, set_alias
 from embopt.pipeline.stage import run_stage
-from embopt.pipeline.tracking import git_commit, pipeline_id, stage_run
+from embopt.pipeline.tracking import git_commit, stage_run
 
 log = logging.getLogger("stages.promote")
 
@@ -135,7 +135,7 @@ def main() -> None:
             "retention_dev_ci95": f"[{row['retention_lo']}, {row['retention_hi']}]",
             "retention_val": row["val_retention"],
             "speedup_vs_teacher": row["speedup_vs_teacher"],
-            "pipeline.id": pipeline_id(),
+            "pipeline.id": run.pipeline_id,
             "git.commit": git_commit(),
             "params.sha256": params_digest(params),
             "decision": decision,
@@ -160,6 +160,10 @@ def main() -> None:
             )
         if promoted:
             set_alias(p.model_name, p.alias, reg["version"])
+        run.log_to_pipeline(
+            {"promote.registered_version": int(reg["version"])},
+            {"promote.decision": decision, "promote.variant": chosen.name, "promote.version": reg["version"]},
+        )
         if reindex:
             log.warning(
                 "version %s: mean cosine to the incumbent's vectors %s < %s: tagged requires_reindex=true",

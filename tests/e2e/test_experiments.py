@@ -62,7 +62,9 @@ def test_queued_experiments_use_their_own_params_and_the_workspace_store(tmp_pat
     assert not (repo / "metrics" / "distill.json").exists()  # the workspace was not written to
     client = mlflow.MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("embopt-tiny").experiment_id])
-    by_exp = {(r.data.tags.get("dvc.exp_name"), r.data.tags["dvc.stage"]) for r in runs}
+    by_exp = {(r.data.tags.get("dvc.exp_name"), r.data.tags.get("dvc.stage", "pipeline")) for r in runs}
     assert {("layers-1", "distill"), ("layers-3", "distill")} <= by_exp
+    # One parent run per experiment, named after it.
+    assert {("layers-1", "pipeline"), ("layers-3", "pipeline")} <= by_exp
     assert all(r.info.status == "FINISHED" for r in runs)
     assert os.path.exists(repo / "mlartifacts")  # artifacts beside the workspace store, not in the copies

@@ -3,7 +3,8 @@
 Checks the contract other work relies on: every stage runs and logs one MLflow run
 sharing a pipeline id, metrics/evaluate.json lists every variant, the champion
 loads and embeds, a second repro does nothing, a pca-only change re-runs only
-pca/evaluate/promote, and a failed gate exits non-zero without moving the alias.
+pca/evaluate/promote, and a failed gate exits non-zero without moving the alias; the
+MLflow UI shows the pipeline runs, a compare view and the champion (headless Chromium).
 """
 
 from __future__ import annotations
@@ -100,12 +101,22 @@ def test_one_mlflow_run_per_stage_sharing_a_pipeline_id(pipeline):
 
     client = mlflow.MlflowClient(pipeline["uri"])
     exp = client.get_experiment_by_name("embopt-tiny")
-    runs = client.search_runs([exp.experiment_id])
+    all_runs = client.search_runs([exp.experiment_id])
+    runs = [r for r in all_runs if "dvc.stage" in r.data.tags]
     assert sorted(r.data.tags["dvc.stage"] for r in runs) == sorted(STAGES)
     assert len({r.data.tags["pipeline.id"] for r in runs}) == 1
-    assert all(r.info.status == "FINISHED" for r in runs)
+    assert all(r.info.status == "FINISHED" for r in all_runs)
     distill = next(r for r in runs if r.data.tags["dvc.stage"] == "distill")
     assert "distill.epochs" in distill.data.params and "val_spearman" in distill.data.metrics
+    assert distill.data.tags["distill.layers_kept"]
+    # Their parent: the pipeline run, holding every stage's params and the headline numbers.
+    (parent,) = [r for r in all_runs if r.data.tags.get("embopt.kind") == "pipeline"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
+    assert all(parent.data.tags[f"stage.{s}"] == "ran" for s in STAGES)
+    assert {"distill.num_layers", "pca.k", "promote.alias"} <= set(parent.data.params)
+    assert any(k.startswith("data.") for k in parent.data.params)
+    assert "onnx_int8.retention" in parent.data.metrics and "onnx_int8.size_mb" in parent.data.metrics
+    assert parent.data.tags["promote.decision"] == "promoted to champion"
 
 
 def test_champion_loads_and_embeds_from_another_folder(pipeline, tmp_path, monkeypatch):
@@ -161,6 +172,21 @@ def test_rerun_measures_the_incumbent_and_promotes_the_same_variant(pipeline):
         "params.sha256",
     ):
         assert challenger.tags[key], key
+
+
+@pytest.mark.services
+def test_mlflow_ui_shows_pipeline_runs_compare_and_champion(pipeline, tmp_path):
+    """The UI a reviewer opens, in headless Chromium: the two pipeline runs so far (the first repro
+    and the forced evaluate+promote), compared, and the registered model with its champion."""
+    from scripts import ui_check
+
+    chromium = ui_check.find_chromium()
+    if chromium is None:
+        pytest.skip(ui_check.missing_chromium_reason())
+    with ui_check.mlflow_server(pipeline["uri"], tmp_path / "mlflow.log") as url:
+        missing = ui_check.check(chromium, url, "embopt-tiny", "embopt-tiny", tmp_path)
+    assert not missing
+    assert {p.name for p in tmp_path.glob("*.png")} == {"runs.png", "compare.png", "model.png"}
 
 
 def test_pca_change_reruns_only_pca_evaluate_promote_and_failed_gate_keeps_alias(pipeline):

@@ -1,7 +1,7 @@
 import mlflow
 import pytest
 
-from embopt.errors import GateFailed
+from embopt.errors import EmboptError, GateFailed
 from embopt.pipeline import tracking
 from embopt.pipeline.gates import enforce, evaluate_gates
 from embopt.pipeline.params import Params
@@ -62,7 +62,7 @@ def test_stage_run_logs_params_tags_metrics_and_gate(store):
         enforce(res)
     client = mlflow.MlflowClient(store)
     exp = client.get_experiment_by_name(params.base.experiment)
-    (r,) = client.search_runs([exp.experiment_id])
+    (r,) = _stage_runs(client, exp.experiment_id)
     assert r.data.tags["dvc.stage"] == "distill"
     assert r.data.tags["gate.status"] == "failed"
     assert "pipeline.id" in r.data.tags and "git.commit" in r.data.tags
@@ -79,8 +79,193 @@ def test_stopped_or_broken_stage_does_not_stay_running(store, exc, status):
     with pytest.raises(type(exc)), tracking.stage_run("prune", params, ["prune"]):
         raise exc
     client = mlflow.MlflowClient(store)
-    (r,) = client.search_runs([client.get_experiment_by_name(params.base.experiment).experiment_id])
+    exp_id = client.get_experiment_by_name(params.base.experiment).experiment_id
+    (r,) = _stage_runs(client, exp_id)
     assert r.info.status == status and type(exc).__name__ in r.data.tags["error"]
+    (parent,) = _parents(client, exp_id)
+    assert parent.info.status == status and "prune: " + type(exc).__name__ in parent.data.tags["error"]
+    assert parent.data.tags["stage.prune"] == {"KILLED": "killed", "FAILED": "failed"}[status]
+
+
+def _stage_runs(client, exp_id):
+    return client.search_runs([exp_id], "tags.`dvc.stage` != ''")
+
+
+def _parents(client, exp_id):
+    return client.search_runs([exp_id], "tags.`embopt.kind` = 'pipeline'")
+
+
+@pytest.fixture
+def repo_dvc_yaml(monkeypatch):
+    """Stages read dvc.yaml from the project root: this repository's, for the real stage graph."""
+    from pathlib import Path
+
+    from embopt.pipeline import config
+
+    monkeypatch.setattr(config, "PROJ_ROOT", Path(__file__).resolve().parents[2])
+
+
+def test_upstream_stages_follow_dvc_yaml(repo_dvc_yaml):
+    assert tracking.upstream_stages("prepare") == []
+    assert tracking.upstream_stages("distill") == ["prepare", "teacher_embed"]
+    assert tracking.upstream_stages("promote") == [
+        "prepare", "teacher_embed", "distill", "prune", "quantize", "export", "pca", "evaluate"]
+
+
+def test_one_parent_run_per_pipeline_run(store, repo_dvc_yaml, monkeypatch):
+    """Three stages of one pipeline run (DVC restored the others from its cache): one parent run
+    holding the whole params.yaml, evaluate's and promote's headline numbers, and each stage's fate."""
+    client = mlflow.MlflowClient(store)
+    params = Params()
+    # The id stages share under one dvc process (test_pipeline_id_found_from_dvc_ancestor covers that).
+    monkeypatch.setattr(tracking, "pipeline_id", lambda: "0123456789ab")
+    monkeypatch.setenv("DVC_EXP_NAME", "layers-3")
+    for stage in ("pca", "evaluate", "promote"):
+        with tracking.stage_run(stage, params, [stage]) as run:
+            assert run.pipeline_id == "0123456789ab"
+            (parent,) = _parents(client, client.get_run(run.run_id).info.experiment_id)
+            assert parent.info.status == "RUNNING" and parent.data.tags[f"stage.{stage}"] == "running"
+            if stage == "evaluate":
+                run.log_to_pipeline({"onnx_int8.retention": 0.97, "onnx_int8.size_mb": 4.5})
+            if stage == "promote":
+                run.log_to_pipeline({"promote.registered_version": 3}, {"promote.decision": "kept incumbent"})
+        assert client.get_run(parent.info.run_id).info.status == "FINISHED"  # nothing left RUNNING
+
+    exp_id = client.get_experiment_by_name(params.base.experiment).experiment_id
+    (parent,) = _parents(client, exp_id)
+    children = _stage_runs(client, exp_id)
+    assert sorted(r.data.tags["dvc.stage"] for r in children) == ["evaluate", "pca", "promote"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "layers-3"
+    tags = parent.data.tags
+    assert tags["dvc.exp_name"] == "layers-3" and tags["git.commit"] and tags["pipeline.id"] == "0123456789ab"
+    assert {k: v for k, v in tags.items() if k.startswith("stage.")} == {
+        **{f"stage.{s}": "skipped (cached)" for s in ("prepare", "teacher_embed", "distill", "prune",
+                                                      "quantize", "export")},
+        "stage.pca": "ran", "stage.evaluate": "ran", "stage.promote": "ran",
+    }
+    assert tags["promote.decision"] == "kept incumbent"
+    assert parent.data.params["pca.k"] == str(params.pca.k) and "evaluate.repeats" in parent.data.params
+    assert "promote.alias" in parent.data.params and "base.seed" in parent.data.params
+    # The whole params.yaml, skipped stages' sections too: two pipeline runs compare key by key.
+    assert parent.data.params["distill.num_layers"] == str(params.distill.num_layers)
+    evaluate = next(r for r in children if r.data.tags["dvc.stage"] == "evaluate")
+    assert "pca.k" not in evaluate.data.params  # a stage's own run keeps only the sections it reads
+    assert parent.data.metrics == {"onnx_int8.retention": 0.97, "onnx_int8.size_mb": 4.5,
+                                   "promote.registered_version": 3.0}
+    exp = client.get_experiment(exp_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_a_failed_stage_fails_its_pipeline_run_and_the_next_run_is_new(store, repo_dvc_yaml, monkeypatch):
+    client = mlflow.MlflowClient(store)
+    params = Params()
+    monkeypatch.setattr(tracking, "pipeline_id", lambda: "aaaaaaaaaaaa")
+    with tracking.stage_run("prepare", params, ["data"]):
+        pass
+    with pytest.raises(GateFailed), tracking.stage_run("teacher_embed", params, ["teacher_embed"]):
+        raise GateFailed("teacher below the floor")
+    # `dvc repro --keep-going` runs an independent stage after a failure: the pipeline stays FAILED.
+    with tracking.stage_run("prepare", params, ["data"]):
+        pass
+    exp_id = client.get_experiment_by_name(params.base.experiment).experiment_id
+    (parent,) = _parents(client, exp_id)
+    assert parent.info.status == "FAILED" and parent.data.tags["stage.teacher_embed"] == "failed"
+    assert parent.data.tags["error"] == "teacher_embed: GateFailed: teacher below the floor"
+
+    monkeypatch.setattr(tracking, "pipeline_id", lambda: "bbbbbbbbbbbb")  # the rerun: a new dvc process
+    with tracking.stage_run("teacher_embed", params, ["teacher_embed"]):
+        pass
+    runs = {r.data.tags["pipeline.id"]: r for r in _parents(client, exp_id)}
+    assert runs["aaaaaaaaaaaa"].info.status == "FAILED" and runs["bbbbbbbbbbbb"].info.status == "FINISHED"
+    assert runs["bbbbbbbbbbbb"].data.tags["stage.prepare"] == "skipped (cached)"
+    assert not client.search_runs([exp_id], "attributes.status = 'RUNNING'")
+
+
+@pytest.mark.parametrize("uri, shown", [
+    ("http://alice:s3cret@mlflow.example.org:5000", "http://***@mlflow.example.org:5000"),
+    ("https://token@host/path", "https://***@host/path"),
+    ("https://host:443/a@b", "https://host:443/a@b"),
+    ("sqlite:////tmp/mlflow.db", "sqlite:////tmp/mlflow.db"),
+])
+def test_credentials_in_the_uri_are_masked(uri, shown):
+    assert tracking.masked(uri) == shown
+
+
+def test_stage_log_line_masks_credentials(store, caplog, monkeypatch):
+    import logging
+
+    # A server on a closed loopback port never answers: only the error line is read.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://alice:s3cret@127.0.0.1:{_closed_port()}")
+    monkeypatch.setattr(tracking, "REACH_SECONDS", 1.0)
+    with caplog.at_level(logging.INFO), pytest.raises(EmboptError) as info, \
+            tracking.stage_run("prune", Params(), ["prune"]):
+        pass
+    assert "s3cret" not in str(info.value) and "http://***@127.0.0.1" in str(info.value)
+    assert "s3cret" not in caplog.text
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # bound, then closed: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_tracking_server_down_fails_the_stage_in_one_line(tmp_path, monkeypatch, capsys):
+    """A real closed port: the stage exits 1 with one line within its budget, having written nothing."""
+    import stage_project
+
+    from embopt.pipeline.stage import run_stage
+
+    stage_project.write_params(tmp_path, {})
+    stage_project.point_config_at(monkeypatch, tmp_path)
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setattr(tracking, "REACH_SECONDS", 2.0)
+    import stages.pca
+
+    with pytest.raises(SystemExit) as info:
+        run_stage("pca", stages.pca.main)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 1
+    assert err[-1].startswith(f"pca: error: tracking server {uri} unreachable after ")
+    assert "Connection refused" in err[-1] and "Traceback" not in "\n".join(err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+@pytest.mark.services
+def test_tracking_server_dying_mid_stage_fails_in_one_line(tmp_path, monkeypatch, capsys):
+    """A real `mlflow server`, stopped while the stage runs: one line and exit 1, no traceback."""
+    import contextlib
+
+    import stage_project
+
+    from embopt.pipeline.stage import run_stage
+    from scripts import ui_check
+
+    stage_project.write_params(tmp_path, {})
+    stage_project.point_config_at(monkeypatch, tmp_path)
+    server = contextlib.ExitStack()
+    store = f"sqlite:///{tmp_path}/server.db"
+    url = server.enter_context(ui_check.mlflow_server(store, tmp_path / "server.log"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
+
+    def stage():
+        with tracking.stage_run("pca", Params(), ["pca"]) as run:
+            server.close()  # the server dies mid-stage
+            run.log_metrics({"retention": 0.9})
+
+    try:
+        with pytest.raises(SystemExit) as info:
+            run_stage("pca", stage)
+    finally:
+        server.close()
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"pca: error: tracking server {url} failed during the stage: "), last
 
 
 def test_sigterm_becomes_systemexit_in_a_stage(monkeypatch):
