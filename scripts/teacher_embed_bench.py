@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from embopt.eval.evaluate import _cpu_name  # the CPU name evaluate records
+from embopt.eval.evaluate import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,7 +79,7 @@ def main() -> None:
     cos = (emb["onnx"] * emb["torch"]).sum(axis=1)
     result = {
         "teacher": args.teacher, "sentences": len(sentences), "threads": args.threads,
-        "batch_size": args.batch_size, "max_seq_length": args.max_seq_length, "cpu": _cpu_name(),
+        "batch_size": args.batch_size, "max_seq_length": args.max_seq_length, "cpu": cpu_name(),
         "torch_sps": round(len(sentences) / best["torch"], 1),
         "onnx_sps": round(len(sentences) / best["onnx"], 1),
         "speedup": round(best["torch"] / best["onnx"], 2), "onnx_export_s": round(export_s, 1),

@@ -394,13 +394,13 @@ def modes_markdown(m: dict[str, Any], setup: dict[str, Any]) -> str:
 def run_mode_bench(bundle: Path, texts: list[str], opts: RuntimeBenchOptions, variant: str | None = None
                    ) -> dict[str, Any]:
     """:func:`mode_bench` alone, written to ``runtime_modes.json`` and ``.md`` in ``opts.out_dir``."""
-    from embopt.eval.evaluate import _cpu_name
+    from embopt.eval.evaluate import cpu_name
     from embopt.pipeline.files import atomic_file, write_json
 
     pin_threads(opts.threads, exclusive=True)
     load_start = os.getloadavg()[0]
     m = mode_bench(bundle, texts, opts, variant)
-    setup = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "cpu": _cpu_name(), "threads": opts.threads,
+    setup = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "cpu": cpu_name(), "threads": opts.threads,
              "sentences": len(texts), "repeats": opts.repeats,
              "load_average": f"{load_start:.1f} at start, {os.getloadavg()[0]:.1f} at end on "
                              f"{os.cpu_count()} CPUs"}

@@ -27,7 +27,7 @@ class BenchArgs:
     quick: Annotated[bool, Opt("--quick", help="Small run (few sentences, 2 repeats, short sweeps): "
                                "checks the command works; numbers are not meaningful.")] = False
     out: Annotated[Path, Opt("--out", help="Folder for bench.md, bench.json, pareto.png and traces/.")] = (
-        config.PROJ_ROOT / "reports" / "bench")
+        config.REPORTS_DIR / "bench")
     threads: Annotated[int, Opt("--threads", min=0, help="Threads for every backend (0: params.yaml "
                                 "base.threads).")] = 0
     max_seq_length: Annotated[int, Opt("--max-seq-length", min=0, help="Truncation for every variant "

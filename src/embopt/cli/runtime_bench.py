@@ -30,7 +30,7 @@ class RuntimeBenchArgs:
     work: Annotated[Path, Opt("--work", help="Folder for the ONNX exports the benchmark builds once and "
                               "reuses.")] = config.MODELS_DIR / "bench_runtime"
     out: Annotated[Path, Opt("--out", help="Folder for runtime_bench.json and runtime_bench.md.")] = (
-        config.PROJ_ROOT / "reports" / "runtime")
+        config.REPORTS_DIR / "runtime")
     threads: Annotated[int, Opt("--threads", min=0, help="Threads for every backend (0: base.threads).")] = 0
     batch_size: Annotated[int, Opt("--batch-size", min=1, help="Sentences per call.")] = 32
     max_seq_length: Annotated[int, Opt("--max-seq-length", min=0, help="Truncation "

@@ -151,13 +151,13 @@ def evaluate_all(
             "latency_sentences": min(latency_n, len(val_s)),
             "repeats": repeats,
             "machine": platform.machine(),
-            "processor": _cpu_name(),
+            "processor": cpu_name(),
             "python": platform.python_version(),
         },
     }
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

@@ -49,7 +49,6 @@ if TYPE_CHECKING:  # torch is heavy; import it where it is used
 log = logging.getLogger(__name__)
 
 CKPT_FILE = "checkpoint.pt"
-BEST_FILE = "best.pt"  # written by older versions; removed with the checkpoint
 
 
 @dataclass(frozen=True)
@@ -550,5 +549,4 @@ def train_student(
 
 def clear_checkpoints(ckpt_dir: Path) -> None:
     """Drop checkpoints once a job finished: the stage's output is the result."""
-    for name in (CKPT_FILE, BEST_FILE):
-        (ckpt_dir / name).unlink(missing_ok=True)
+    (ckpt_dir / CKPT_FILE).unlink(missing_ok=True)
