@@ -15,7 +15,7 @@ from pathlib import Path
 from embopt.bench.timing import pin_threads
 from embopt.data.sts import read_sts_tsv
 from embopt.eval.evaluate import evaluate_all, headline, markdown_table, onnx_variant, torch_variant
-from embopt.export.variants import onnx_variants, unavailable_variants
+from embopt.export.variants import onnx_variants, static_variants, unavailable_variants
 from embopt.pipeline import config
 from embopt.pipeline.files import atomic_file, write_json
 from embopt.pipeline.params import Params, load_params
@@ -63,6 +63,8 @@ def main() -> None:
         onnx = onnx_variants()
         for name, path in onnx.items():
             variants.append(onnx_variant(name, embedder(params, config.EXPORT_DIR, name, path), path))
+        for name, (bundle, path) in static_variants().items():
+            variants.append(onnx_variant(name, embedder(params, bundle, name, path), path))
         champion = alias_bundle(params.promote.model_name, params.promote.alias, Path(tmp))
         if champion is not None:
             log.info(

@@ -46,6 +46,8 @@ def torch_variant(name: str, model, batch_size: int, size_path: Path) -> Variant
 
 
 def onnx_variant(name: str, embedder, size_path: Path) -> Variant:
+    """A variant run by the runtime (any backend); an OpenVINO IR's size is its weights file."""
+    size_path = size_path.with_suffix(".bin") if size_path.suffix == ".xml" else size_path
     return Variant(name, embedder.embed, embedder.embed, size_path, ("*.onnx",))
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from embopt.errors import EmboptError
+from embopt.serving.backends import backend_of, open_session
 from embopt.serving.bundle import read_manifest, sha256, variant_file
 
 log = logging.getLogger(__name__)
@@ -195,8 +196,6 @@ class Embedder:
         cache: Any = None,
         spinning: bool = True,
     ):
-        import onnxruntime as ort
-
         if batch_size < 1:
             raise EmboptError(f"batch_size must be >= 1, got {batch_size}")
         self.bundle = Path(bundle)
@@ -217,31 +216,16 @@ class Embedder:
         self._encode_batch = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
         pad = self.tokenizer.token_to_id(self.manifest.get("pad_token", "[PAD]"))
         self.pad_id = int(pad) if pad is not None else 0
-        opts = session_options(threads, graph_optimization, spinning=spinning)
-        self.providers = available_providers(providers)
         self.graph_sha256 = sha256(self.onnx_path)
         self._warn_if_not_manifest()
-        model: str | bytes = str(self.onnx_path)
-        try:
-            self.session = ort.InferenceSession(model, sess_options=opts, providers=self.providers)
-            if len(self.session.get_outputs()[0].shape) == 3:
-                # A token-level export (Optimum / sentence-transformers): fold pooling into the graph.
-                model = self._pooled_graph()
-                self.session = ort.InferenceSession(model, sess_options=opts, providers=self.providers)
-        except EmboptError:
-            raise
-        except Exception as exc:  # ORT raises its own exception types for bad files
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise EmboptError(f"{self.onnx_path}: cannot load ONNX model ({first})") from None
         self.timings = Timings()
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        missing = {"input_ids", "attention_mask"} - set(self.input_names)
-        if missing:
-            raise EmboptError(f"{self.onnx_path}: graph lacks input(s) {', '.join(sorted(missing))}")
-        self._extra_inputs = [i for i in self.session.get_inputs()
-                              if i.name not in ("input_ids", "attention_mask")]
-        self.output_name = self.session.get_outputs()[0].name
-        self.model_dim = self.session.get_outputs()[0].shape[-1]
+        self.backend = backend_of(self.manifest["variants"].get(self.variant), self.onnx_path)
+        if self.backend == "onnxruntime":
+            self._open_onnxruntime(threads, graph_optimization, spinning, providers)
+        else:  # the backend hook: a session with run(input_ids, attention_mask) -> pooled rows
+            self.session = open_session(self.backend, self.onnx_path, threads)
+            self.providers, self.input_names, self._extra_inputs = [], ["input_ids", "attention_mask"], []
+            self.model_dim = self.session.dim
         self.pca_path = Path(pca) if pca is not None else None
         self._pca = self._load_pca(self.pca_path) if self.pca_path is not None else None
         if self._pca is not None:
@@ -258,6 +242,32 @@ class Embedder:
             self.attach_cache(cache)
 
     # ------------------------------------------------------------------ set-up helpers
+
+    def _open_onnxruntime(self, threads, graph_optimization: str, spinning: bool, providers) -> None:
+        import onnxruntime as ort
+
+        opts = session_options(threads, graph_optimization, spinning=spinning)
+        self.providers = available_providers(providers)
+        model: str | bytes = str(self.onnx_path)
+        try:
+            self.session = ort.InferenceSession(model, sess_options=opts, providers=self.providers)
+            if len(self.session.get_outputs()[0].shape) == 3:
+                # A token-level export (Optimum / sentence-transformers): fold pooling into the graph.
+                model = self._pooled_graph()
+                self.session = ort.InferenceSession(model, sess_options=opts, providers=self.providers)
+        except EmboptError:
+            raise
+        except Exception as exc:  # ORT raises its own exception types for bad files
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise EmboptError(f"{self.onnx_path}: cannot load ONNX model ({first})") from None
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        missing = {"input_ids", "attention_mask"} - set(self.input_names)
+        if missing:
+            raise EmboptError(f"{self.onnx_path}: graph lacks input(s) {', '.join(sorted(missing))}")
+        self._extra_inputs = [i for i in self.session.get_inputs()
+                              if i.name not in ("input_ids", "attention_mask")]
+        self.output_name = self.session.get_outputs()[0].name
+        self.model_dim = self.session.get_outputs()[0].shape[-1]
 
     def _pooled_graph(self) -> bytes:
         try:
@@ -325,7 +335,10 @@ class Embedder:
         for extra in self._extra_inputs:  # token_type_ids of exports that keep it: all zeros
             feeds[extra.name] = np.zeros_like(input_ids)
         t0 = time.perf_counter()
-        out = self.session.run([self.output_name], feeds)[0]
+        if self.backend != "onnxruntime":
+            out = self.session.run(input_ids, attention_mask)
+        else:
+            out = self.session.run([self.output_name], feeds)[0]
         self.timings.run_s += time.perf_counter() - t0
         return out
 
