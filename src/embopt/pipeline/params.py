@@ -235,7 +235,7 @@ class PcaParams(_Section):
 
 
 class StaticParams(_Section):
-    epochs: int = Field(3, ge=0)  # 0: plain Model2Vec distillation
+    epochs: int = Field(4, ge=0)  # 0: plain Model2Vec distillation
     batch_size: int = Field(256, ge=1)
     lr: float = Field(0.005, gt=0)
     max_sentences: int | None = Field(None, ge=1)  # corpus sentences trained on; null: all

@@ -12,7 +12,9 @@ so the numbers measured are the numbers served. Per call:
 4. one session call per batch: pooling and L2 normalisation run inside the graph;
 5. optional PCA projection; float32 rows written back in input order.
 
-Everything outside step 4 is overhead; :attr:`Embedder.timings` measures it.
+Everything outside step 4 is overhead; :attr:`Embedder.timings` measures it. A variant whose
+manifest entry names another ``backend`` (OpenVINO IR, a static token table) is run in step 4 by
+that backend's session (:mod:`embopt.serving.backends`); the rest is the same.
 
 Only numpy, onnxruntime and tokenizers are needed here (the served model ships
 this module): ``onnx`` is imported only to add pooling to a token-level graph.
