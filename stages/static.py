@@ -33,7 +33,7 @@ TABLE = "static/embeddings.npy"
 
 
 def main() -> None:
-    params = load_params()
+    params = load_params(sections=("base", "static"))
     p = params.static
     pin_threads(params.base.threads)
     with stage_run("static", params, ["static"]) as run:
