@@ -270,7 +270,7 @@ class PromoteParams(_Section):
     # narrowest vectors (PCA), then validation retention: for storage- and search-bound users.
     objective: Literal["throughput", "vector_bytes"] = "throughput"
     # Smallest relative speed difference treated as real, whatever the measured spread says.
-    speed_noise_floor: float = Field(0.05, ge=0, lt=1)
+    speed_noise_floor: float = Field(0.05, ge=0, le=1)
     # Below this mean cosine to the incumbent's vectors, a promotion is tagged requires_reindex.
     min_index_cosine: float = Field(0.99, gt=0, le=1)
     gate: PromoteGate = PromoteGate()
