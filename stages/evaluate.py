@@ -15,7 +15,7 @@ from pathlib import Path
 from embopt.bench.timing import pin_threads
 from embopt.data.sts import read_sts_tsv
 from embopt.eval.evaluate import evaluate_all, headline, markdown_table, onnx_variant, torch_variant
-from embopt.export.variants import onnx_variants, unavailable_variants
+from embopt.export.variants import onnx_variants, static_variants, unavailable_variants
 from embopt.pipeline import config
 from embopt.pipeline.files import atomic_file, write_json
 from embopt.pipeline.params import Params, load_params
@@ -47,7 +47,7 @@ def embedder(params: Params, bundle: Path, variant: str | None, onnx_path: Path 
     )
 
 
-def ort_variant(params: Params, name: str, bundle: Path, variant: str | None, onnx_path: Path | None,
+def runtime_variant(params: Params, name: str, bundle: Path, variant: str | None, onnx_path: Path | None,
                 size_path: Path):
     """Throughput in the bulk mode (files, batch jobs), batch-1 latency in the latency mode (serving)."""
     return onnx_variant(name, embedder(params, bundle, variant, onnx_path), size_path,
@@ -73,7 +73,9 @@ def main() -> None:
             )
         onnx = onnx_variants()
         for name, path in onnx.items():
-            variants.append(ort_variant(params, name, config.EXPORT_DIR, name, path, path))
+            variants.append(runtime_variant(params, name, config.EXPORT_DIR, name, path, path))
+        for name, (bundle, path) in static_variants().items():
+            variants.append(runtime_variant(params, name, bundle, name, path, path))
         champion = alias_bundle(params.promote.model_name, params.promote.alias, Path(tmp))
         if champion is not None:
             log.info(
@@ -84,7 +86,7 @@ def main() -> None:
                 champion["variant"],
             )
             bundle = champion["bundle"]
-            variants.append(ort_variant(params, INCUMBENT, bundle, None, None, bundle))
+            variants.append(runtime_variant(params, INCUMBENT, bundle, None, None, bundle))
         result = evaluate_all(
             variants,
             val,

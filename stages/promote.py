@@ -17,7 +17,7 @@ from pathlib import Path
 
 from embopt.data.sts import read_sts_tsv, unique_sentences
 from embopt.errors import GateFailed
-from embopt.export.variants import onnx_variants, package_variant
+from embopt.export.variants import onnx_variants, package_variant, static_variants
 from embopt.pipeline import config
 from embopt.pipeline.files import read_json, write_json
 from embopt.pipeline.gates import evaluate_gates
@@ -95,8 +95,10 @@ def main() -> None:
     p = params.promote
     with stage_run("promote", params, ["promote", "runtime"]) as run:
         result = read_json(config.REPORTS_DIR / "pipeline" / "evaluate.json")
-        rows, onnx = result["variants"], onnx_variants()
-        gates = gate_results(rows, [n for n in onnx if n in rows], p.gate)
+        rows = result["variants"]
+        # Every evaluated variant competes, the static model too: the gates decide, not its kind.
+        sources = {n: (config.EXPORT_DIR, f) for n, f in onnx_variants().items()} | static_variants()
+        gates = gate_results(rows, [n for n in sources if n in rows], p.gate)
         for name, res in gates.items():
             for r in res:
                 log.info("%s: %s", name, r.line())
@@ -146,7 +148,8 @@ def main() -> None:
         }
         example = unique_sentences(read_sts_tsv(config.PREPARED_DIR / "sts_val.tsv"))[:2]
         with tempfile.TemporaryDirectory() as tmp:
-            bundle = package_variant(config.EXPORT_DIR, chosen.name, onnx[chosen.name], Path(tmp) / "bundle")
+            src_bundle, model_file = sources[chosen.name]
+            bundle = package_variant(src_bundle, chosen.name, model_file, Path(tmp) / "bundle")
             reg = log_and_register_embedder(
                 run,
                 bundle,

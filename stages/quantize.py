@@ -21,6 +21,7 @@ from embopt.export.calibration import StaticRecipe, is_tensorrt_qdq
 from embopt.export.candidates import Builder, Candidate, Scorer, pick, plan_candidates, run_fallback
 from embopt.export.fp16 import convert_fp16
 from embopt.export.onnx import export_onnx, optimize_onnx
+from embopt.export.openvino import convert_ir, quantize_ir
 from embopt.export.tensorrt import availability
 from embopt.pipeline import config
 from embopt.pipeline.files import atomic_dir, dir_size_mb
@@ -101,6 +102,11 @@ def main() -> None:
             variants["onnx_int8"] = chosen.manifest_entry()
             if p.keep_candidates:
                 variants.update({c.name: c.manifest_entry() for c in candidates if c is not chosen})
+            openvino_rows = {}
+            if p.openvino.enabled:
+                ov_variants, openvino_rows = build_openvino(p, parents["unfused"], tmp, tokenizer, scorer,
+                                                            parent_rows["unfused"], speed_sents)
+                variants.update(ov_variants)
             if p.fp16:
                 convert_fp16(fp32, onnx_dir / "model_fp16.onnx")
                 variants["onnx_fp16"] = {"file": "onnx/model_fp16.onnx", "precision": "fp16",
@@ -134,6 +140,7 @@ def main() -> None:
         details = {
             "parents": parent_rows,
             "candidates": {c.name: c.row for c in candidates},
+            "openvino": openvino_rows,
             "variants": list(variants),
             "size_mb": sizes,
             "fused_ops": fusion, "eval_pairs": len(val), "speed_sentences": len(speed_sents),
@@ -181,6 +188,28 @@ def evaluate_candidate(c: Candidate, path, build: Builder, scorer: Scorer, paren
                  c.name, len(result.excluded), ", ".join(result.excluded), row["retention_vs_fp32"], after,
                  100 * fb["speed_cost"])
     c.row = row
+
+
+def build_openvino(p, source, bundle, tokenizer, scorer: Scorer, parent: dict,
+                   speed_sents) -> tuple[dict, dict]:
+    """openvino_fp32 (IR of the unfused graph) and openvino_int8 (NNCF), scored like the int8 candidates."""
+    ov_dir = bundle / "openvino"
+    ov_dir.mkdir()
+    fp32 = convert_ir(source, ov_dir / "model.xml")
+    calibration = read_lines(config.PREPARED_DIR / "corpus.txt")[: p.openvino.calibration_sentences]
+    int8 = quantize_ir(fp32, ov_dir / "model_int8.xml", calibration, tokenizer)
+    variants, rows = {}, {}
+    for name, path, precision in (("openvino_fp32", fp32, "fp32"), ("openvino_int8", int8, "int8-nncf")):
+        score, sps = scorer.spearman(path), scorer.speed(path, speed_sents)
+        rows[name] = {"spearman": round(score, 4),
+                      "retention_vs_fp32": round(retention(score, parent["spearman"]), 5),
+                      "throughput_sps": round(sps, 1),
+                      "speedup_vs_fp32": round(sps / parent["throughput_sps"], 3)}
+        log.info("%s: Spearman %.2f (%.4f of ORT fp32 unfused), %.0f sent/s (%.2fx)", name, score,
+                 rows[name]["retention_vs_fp32"], sps, rows[name]["speedup_vs_fp32"])
+        variants[name] = {"file": f"openvino/{path.name}", "weights": f"openvino/{path.stem}.bin",
+                          "backend": "openvino", "precision": precision, "parent": "unfused"}
+    return variants, rows
 
 
 def build_tensorrt_qdq(p, build: Builder, onnx_dir) -> dict:

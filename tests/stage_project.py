@@ -20,7 +20,7 @@ PATH_ATTRS = {
     "PROJ_ROOT": "", "PARAMS_FILE": "params.yaml", "DATA_DIR": "data", "MODELS_DIR": "models",
     "METRICS_DIR": "metrics", "PLOTS_DIR": "plots", "REPORTS_DIR": "reports", "PREPARED_DIR": "data/prepared",
     "PRUNE_DIR": "models/prune", "QUANTIZE_DIR": "models/quantize", "EXPORT_DIR": "models/export",
-    "PCA_DIR": "models/pca",
+    "PCA_DIR": "models/pca", "TEACHER_EMBED_DIR": "models/teacher_embed", "STATIC_DIR": "models/static",
 }
 
 PARAMS = {

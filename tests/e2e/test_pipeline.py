@@ -21,7 +21,8 @@ import tiny
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-STAGES = ["prepare", "teacher_embed", "distill", "prune", "quantize", "export", "pca", "evaluate", "promote"]
+STAGES = ["prepare", "teacher_embed", "distill", "prune", "quantize", "export", "pca", "static", "evaluate",
+          "promote"]
 KEYS = {
     "dev_spearman",
     "dev_spearman_lo",

@@ -46,7 +46,9 @@ def torch_variant(name: str, model, batch_size: int, size_path: Path) -> Variant
 
 
 def onnx_variant(name: str, embedder, size_path: Path, latency_embedder=None) -> Variant:
-    """Batched encode through ``embedder``; batch-1 latency through ``latency_embedder`` if given."""
+    """Batched encode through ``embedder`` (any backend); batch-1 latency through ``latency_embedder``
+    if given. An OpenVINO IR's size is its weights file."""
+    size_path = size_path.with_suffix(".bin") if size_path.suffix == ".xml" else size_path
     return Variant(name, embedder.embed, (latency_embedder or embedder).embed, size_path, ("*.onnx",))
 
 

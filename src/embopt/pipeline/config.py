@@ -30,6 +30,7 @@ PRUNE_DIR = MODELS_DIR / "prune"
 QUANTIZE_DIR = MODELS_DIR / "quantize"
 EXPORT_DIR = MODELS_DIR / "export"
 PCA_DIR = MODELS_DIR / "pca"
+STATIC_DIR = MODELS_DIR / "static"
 
 
 def workspace_root(root: Path = PROJ_ROOT) -> Path:

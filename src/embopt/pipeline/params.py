@@ -168,6 +168,12 @@ class QuantizeFallbackParams(_Section):
     max_nodes: int = Field(12, ge=1)
 
 
+class QuantizeOpenVinoParams(_Section):
+    # OpenVINO fp32 IR + NNCF int8 as variants next to ORT's; off by default (NNCF takes ~1 CPU minute).
+    enabled: bool = False
+    calibration_sentences: int = Field(300, ge=1)
+
+
 class QuantizeParams(_Section):
     opset: int = Field(17, ge=14)
     optimize: bool = True
@@ -183,6 +189,7 @@ class QuantizeParams(_Section):
     keep_candidates: bool = False
     fp16: bool = True
     fallback: QuantizeFallbackParams = QuantizeFallbackParams()
+    openvino: QuantizeOpenVinoParams = QuantizeOpenVinoParams()
     eval_pairs: int = Field(1500, ge=10)
     speed_sentences: int = Field(512, ge=8)
     gate: QuantizeGate = QuantizeGate()
@@ -227,6 +234,13 @@ class PcaParams(_Section):
     gate: PcaGate = PcaGate()
 
 
+class StaticParams(_Section):
+    epochs: int = Field(4, ge=0)  # 0: plain Model2Vec distillation
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(0.005, gt=0)
+    max_sentences: int | None = Field(None, ge=1)  # corpus sentences trained on; null: all
+
+
 class EvaluateGate(_Section):
     # Val retention of the last stage's output (int8 + PCA); null: no gate.
     min_final_val_retention: float | None = None
@@ -256,7 +270,7 @@ class PromoteParams(_Section):
     # narrowest vectors (PCA), then validation retention: for storage- and search-bound users.
     objective: Literal["throughput", "vector_bytes"] = "throughput"
     # Smallest relative speed difference treated as real, whatever the measured spread says.
-    speed_noise_floor: float = Field(0.05, ge=0, lt=1)
+    speed_noise_floor: float = Field(0.05, ge=0, le=1)
     # Below this mean cosine to the incumbent's vectors, a promotion is tagged requires_reindex.
     min_index_cosine: float = Field(0.99, gt=0, le=1)
     gate: PromoteGate = PromoteGate()
@@ -295,6 +309,7 @@ class Params(_Section):
     quantize: QuantizeParams = QuantizeParams()
     export: ExportParams = ExportParams()
     pca: PcaParams = PcaParams()
+    static: StaticParams = StaticParams()
     evaluate: EvaluateParams = EvaluateParams()
     promote: PromoteParams = PromoteParams()
     runtime: RuntimeParams = RuntimeParams()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from embopt.pipeline.tracking import StageRun, _mlflow
+from embopt.serving.bundle import read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,10 @@ def log_and_register_embedder(
     mlflow = _mlflow()
     # The model checks its own input (strings only, row named); see serving.pyfunc.model_signature.
     signature = model_signature(dim)
-    reqs = [f"{pkg}=={md.version(pkg)}" for pkg in ("mlflow", "onnxruntime", "tokenizers", "numpy", "pandas")]
+    pkgs = ["mlflow", "onnxruntime", "tokenizers", "numpy", "pandas"]
+    if any(v.get("backend") == "openvino" for v in read_manifest(bundle_dir)["variants"].values()):
+        pkgs.append("openvino")  # the served variant is an OpenVINO IR
+    reqs = [f"{pkg}=={md.version(pkg)}" for pkg in pkgs]
     code_dir = Path(tempfile.mkdtemp(prefix="embopt-code-"))
     info = mlflow.pyfunc.log_model(
         name="model",

@@ -12,7 +12,9 @@ so the numbers measured are the numbers served. Per call:
 4. one session call per batch: pooling and L2 normalisation run inside the graph;
 5. optional PCA projection; float32 rows written back in input order.
 
-Everything outside step 4 is overhead; :attr:`Embedder.timings` measures it.
+Everything outside step 4 is overhead; :attr:`Embedder.timings` measures it. A variant whose
+manifest entry names another ``backend`` (OpenVINO IR, a static token table) is run in step 4 by
+that backend's session (:mod:`embopt.serving.backends`); the rest is the same.
 
 Two modes (``embopt bench-runtime --modes`` measures them against each other):
 
@@ -46,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from embopt.errors import EmboptError
+from embopt.serving.backends import backend_of, open_session
 from embopt.serving.bundle import read_manifest, sha256, variant_file
 
 log = logging.getLogger(__name__)
@@ -220,8 +223,6 @@ class Embedder:
         tokenize_chunk: int = 0,
         token_budget: int | None = None,
     ):
-        import onnxruntime as ort
-
         if batch_size < 1:
             raise EmboptError(f"batch_size must be >= 1, got {batch_size}")
         if mode not in MODES:
@@ -250,34 +251,25 @@ class Embedder:
         self._encode_batch = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
         pad = self.tokenizer.token_to_id(self.manifest.get("pad_token", "[PAD]"))
         self.pad_id = int(pad) if pad is not None else 0
-        opts = session_options(1 if mode == "bulk" else threads, graph_optimization, spinning=spinning)
-        self.providers = available_providers(providers)
         self.graph_sha256 = sha256(self.onnx_path)
         self._warn_if_not_manifest()
-        model: str | bytes = str(self.onnx_path)
-        try:
-            self.session = ort.InferenceSession(model, sess_options=opts, providers=self.providers)
-            if len(self.session.get_outputs()[0].shape) == 3:
-                # A token-level export (Optimum / sentence-transformers): fold pooling into the graph.
-                model = self._pooled_graph()
-                self.session = ort.InferenceSession(model, sess_options=opts, providers=self.providers)
-            self.sessions = [self.session] + [
-                ort.InferenceSession(model, sess_options=opts, providers=self.providers)
-                for _ in range(workers - 1)]
-        except EmboptError:
-            raise
-        except Exception as exc:  # ORT raises its own exception types for bad files
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise EmboptError(f"{self.onnx_path}: cannot load ONNX model ({first})") from None
+        weights = self.onnx_path.with_suffix(".bin")
+        if self.onnx_path.suffix == ".xml" and weights.exists():  # an OpenVINO IR's weights are beside it
+            self.graph_sha256 = hashlib.sha256(f"{self.graph_sha256}|{sha256(weights)}".encode()).hexdigest()
         self.timings = Timings()
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        missing = {"input_ids", "attention_mask"} - set(self.input_names)
-        if missing:
-            raise EmboptError(f"{self.onnx_path}: graph lacks input(s) {', '.join(sorted(missing))}")
-        self._extra_inputs = [i for i in self.session.get_inputs()
-                              if i.name not in ("input_ids", "attention_mask")]
-        self.output_name = self.session.get_outputs()[0].name
-        self.model_dim = self.session.get_outputs()[0].shape[-1]
+        self.backend = backend_of(self.manifest["variants"].get(self.variant), self.onnx_path)
+        if self.backend == "onnxruntime":
+            self._open_onnxruntime(1 if mode == "bulk" else threads, workers, graph_optimization, spinning,
+                                   providers)
+        else:  # the backend hook: sessions with run(input_ids, attention_mask) -> pooled rows
+            # An OpenVINO infer request serves one thread at a time: one per worker, as for ORT. A
+            # static table is read-only numpy: one for all.
+            n = workers if self.backend == "openvino" else 1
+            self.sessions = [open_session(self.backend, self.onnx_path, 1 if mode == "bulk" else threads)
+                             for _ in range(n)]
+            self.session = self.sessions[0]
+            self.providers, self.input_names, self._extra_inputs = [], ["input_ids", "attention_mask"], []
+            self.model_dim = self.session.dim
         self.pca_path = Path(pca) if pca is not None else None
         self._pca = self._load_pca(self.pca_path) if self.pca_path is not None else None
         if self._pca is not None:
@@ -293,6 +285,37 @@ class Embedder:
             self.attach_cache(cache)
 
     # ------------------------------------------------------------------ set-up helpers
+
+    def _open_onnxruntime(self, threads, workers: int, graph_optimization: str, spinning: bool,
+                          providers) -> None:
+        """``workers`` ORT sessions of ``threads`` intra-op threads each (the first is ``self.session``)."""
+        import onnxruntime as ort
+
+        opts = session_options(threads, graph_optimization, spinning=spinning)
+        self.providers = available_providers(providers)
+        model: str | bytes = str(self.onnx_path)
+        try:
+            self.session = ort.InferenceSession(model, sess_options=opts, providers=self.providers)
+            if len(self.session.get_outputs()[0].shape) == 3:
+                # A token-level export (Optimum / sentence-transformers): fold pooling into the graph.
+                model = self._pooled_graph()
+                self.session = ort.InferenceSession(model, sess_options=opts, providers=self.providers)
+            self.sessions = [self.session] + [
+                ort.InferenceSession(model, sess_options=opts, providers=self.providers)
+                for _ in range(workers - 1)]
+        except EmboptError:
+            raise
+        except Exception as exc:  # ORT raises its own exception types for bad files
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise EmboptError(f"{self.onnx_path}: cannot load ONNX model ({first})") from None
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        missing = {"input_ids", "attention_mask"} - set(self.input_names)
+        if missing:
+            raise EmboptError(f"{self.onnx_path}: graph lacks input(s) {', '.join(sorted(missing))}")
+        self._extra_inputs = [i for i in self.session.get_inputs()
+                              if i.name not in ("input_ids", "attention_mask")]
+        self.output_name = self.session.get_outputs()[0].name
+        self.model_dim = self.session.get_outputs()[0].shape[-1]
 
     def _pooled_graph(self) -> bytes:
         try:
@@ -356,6 +379,8 @@ class Embedder:
         return [e.ids for e in self._encode_batch(list(texts))]
 
     def _run(self, session, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        if self.backend != "onnxruntime":
+            return session.run(input_ids, attention_mask)
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
         for extra in self._extra_inputs:  # token_type_ids of exports that keep it: all zeros
             feeds[extra.name] = np.zeros_like(input_ids)
