@@ -109,7 +109,7 @@ def test_upstream_stages_follow_dvc_yaml(repo_dvc_yaml):
     assert tracking.upstream_stages("prepare") == []
     assert tracking.upstream_stages("distill") == ["prepare", "teacher_embed"]
     assert tracking.upstream_stages("promote") == [
-        "prepare", "teacher_embed", "distill", "prune", "quantize", "export", "pca", "evaluate"]
+        "prepare", "teacher_embed", "distill", "prune", "quantize", "export", "pca", "static", "evaluate"]
 
 
 def test_one_parent_run_per_pipeline_run(store, repo_dvc_yaml, monkeypatch):
@@ -141,7 +141,7 @@ def test_one_parent_run_per_pipeline_run(store, repo_dvc_yaml, monkeypatch):
     assert tags["dvc.exp_name"] == "layers-3" and tags["git.commit"] and tags["pipeline.id"] == "0123456789ab"
     assert {k: v for k, v in tags.items() if k.startswith("stage.")} == {
         **{f"stage.{s}": "skipped (cached)" for s in ("prepare", "teacher_embed", "distill", "prune",
-                                                      "quantize", "export")},
+                                                      "quantize", "export", "static")},
         "stage.pca": "ran", "stage.evaluate": "ran", "stage.promote": "ran",
     }
     assert tags["promote.decision"] == "kept incumbent"
