@@ -207,8 +207,8 @@ def iter_file_sentences(path: Path, fmt: str = "auto", column: str = "text") -> 
 def read_text_column(path: Path, fmt: str, column: str) -> Iterator[str]:
     """The ``column`` of every row of a JSONL, CSV or Parquet file; empty cells skipped.
 
-    ``datasets`` would read these too, but no release resolves with the lock (each caps fsspec
-    below the pinned 2026.9.0, or needs huggingface_hub >= 1.x), so: json, csv and pyarrow.
+    Read with json, csv and pyarrow rather than ``datasets.load_dataset``: its readers parse whole
+    blocks, so a malformed row fails without a row number, and they copy the file into an Arrow cache.
 
     Raises:
         DataError: naming the file and row of a malformed row, a missing column or a non-text cell.
