@@ -289,3 +289,45 @@ def test_queued_experiment_copy_logs_to_the_workspace_store(tmp_path):
     copy = tmp_path / "ws" / ".dvc" / "tmp" / "exps" / "tmpab12" / "sub"
     assert config.workspace_root(copy) == tmp_path / "ws"
     assert config.workspace_root(tmp_path / "ws") == tmp_path / "ws"
+
+
+def test_a_sigkilled_stage_run_is_ended_killed_by_the_next_stage(store, repo_dvc_yaml, tmp_path):
+    """SIGKILL closes nothing: the next stage finds the run RUNNING with its writer gone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ready = tmp_path / "ready"
+    code = (
+        "import pathlib, time\n"
+        "from embopt.pipeline import tracking\nfrom embopt.pipeline.params import Params\n"
+        "with tracking.stage_run('prune', Params(), ['prune']):\n"
+        f"    pathlib.Path({str(ready)!r}).touch()\n"
+        "    time.sleep(600)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "the stage process did not start"
+            time.sleep(0.2)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    client = mlflow.MlflowClient(store)
+    exp_id = client.get_experiment_by_name(Params().base.experiment).experiment_id
+    (killed,) = _stage_runs(client, exp_id)
+    assert killed.info.status == "RUNNING"  # what SIGKILL leaves
+
+    with tracking.stage_run("pca", Params(), ["pca"]):
+        pass
+    killed = client.get_run(killed.info.run_id)
+    assert killed.info.status == "KILLED" and f"process {proc.pid}" in killed.data.tags["error"]
+    parent = client.get_run(killed.data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "KILLED" and parent.data.tags["stage.prune"] == "killed"
+    # A live writer's run is left alone: this process's own run ends FINISHED.
+    (pca,) = [r for r in _stage_runs(client, exp_id) if r.data.tags["dvc.stage"] == "pca"]
+    assert pca.info.status == "FINISHED"

@@ -7,7 +7,8 @@ headline metrics of evaluate and promote, and a ``stage.<name>`` tag per stage (
 ``failed``, ``killed``, or ``skipped (cached)`` for an upstream stage DVC did not run), so
 two pipeline runs compare side by side in the UI. Stages run as separate processes: each
 re-opens the parent and ends it again (FINISHED, or FAILED/KILLED for good), so no parent
-is left RUNNING between stages or after a partial ``dvc repro <stage>``.
+is left RUNNING between stages or after a partial ``dvc repro <stage>``. A stage killed with
+SIGKILL cannot close its run: the next stage on the host ends it, and its parent, as KILLED.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import hashlib
 import logging
 import os
 import re
+import socket
 import subprocess
 import time
 import urllib.error
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DB = "mlflow.db"
 PIPELINE_KIND = "pipeline"  # the embopt.kind tag that marks a pipeline's parent run
+PROCESS_TAG = "process"  # host:pid:start time of the process that writes a stage run
 # MLflow 3 UIs that read this experiment tag open the experiment on its runs, not the GenAI
 # overview. MLflow 3.17's UI ignores it for a global switch instead (`?workflowType=` in the URL,
 # else the browser's last choice, GenAI by default): see ui_url().
@@ -252,6 +255,7 @@ def stage_run(stage: str, params: Params, sections: list[str]) -> Iterator[Stage
     logged = flatten({s: dumped[s] for s in ["base", *sections] if s in dumped})
     commit = git_commit()
     client = _mlflow().MlflowClient()
+    _end_orphans(client, exp_id)
     # The parent gets the whole params.yaml: DVC skips a stage only when its params are unchanged,
     # so the file describes every output of this pipeline run, and two runs compare key by key.
     parent = _open_parent(client, exp_id, pid, commit, stage, flatten(dumped))
@@ -261,6 +265,7 @@ def stage_run(stage: str, params: Params, sections: list[str]) -> Iterator[Stage
         "pipeline.id": pid,
         "mlflow.runName": f"{stage}-{pid}",
         "mlflow.parentRunId": parent,
+        PROCESS_TAG: _this_process(),
     }
     if os.environ.get("DVC_EXP_NAME"):  # set by dvc exp run
         tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
@@ -281,6 +286,41 @@ def stage_run(stage: str, params: Params, sections: list[str]) -> Iterator[Stage
         raise
     finally:
         _best_effort(_close_parent, client, parent, stage, status, error)
+
+
+def _this_process() -> str:
+    import psutil
+
+    return f"{socket.gethostname()}:{os.getpid()}:{psutil.Process().create_time()}"
+
+
+def _end_orphans(client, exp_id: str) -> None:
+    """End as KILLED the RUNNING stage runs whose process on this host is gone (SIGKILL, power loss).
+
+    Nothing in a process survives SIGKILL to close its run; the next stage does it, with its parent.
+    A process is identified by pid *and* start time, so a recycled pid is not mistaken for the writer.
+    """
+    import psutil
+    from mlflow.entities import RunTag
+
+    host = socket.gethostname()
+    query = f"attributes.status = 'RUNNING' and tags.`{PROCESS_TAG}` LIKE '{host}:%'"
+    for run in client.search_runs([exp_id], query):
+        _, pid, started = run.data.tags[PROCESS_TAG].rsplit(":", 2)
+        try:
+            if psutil.Process(int(pid)).create_time() == float(started):
+                continue  # still running
+        except psutil.NoSuchProcess:
+            pass
+        stage = run.data.tags.get("dvc.stage", "?")
+        why = f"{stage}: process {pid} on {host} ended without closing its run (killed)"
+        log.warning("mlflow run %s: %s; marked KILLED", run.info.run_id, why)
+        client.set_tag(run.info.run_id, "error", why)
+        client.set_terminated(run.info.run_id, "KILLED")
+        parent = run.data.tags.get("mlflow.parentRunId")
+        if parent and client.get_run(parent).info.status == "RUNNING":
+            client.log_batch(parent, tags=[RunTag(f"stage.{stage}", "killed"), RunTag("error", why)])
+            client.set_terminated(parent, "KILLED")
 
 
 def _server_lost(exc: BaseException) -> bool:
