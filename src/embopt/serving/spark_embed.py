@@ -2,10 +2,12 @@
 
 Python API::
 
-    from embopt.serving.spark_embed import spark_session, embed_dataframe, embed_files
+    from embopt.serving.spark_embed import spark_session, embed_dataframe, embed_files, embed_texts
     embed_files("texts.csv", "vectors.parquet", bundle="models/export", master="local[*]")
     # or, inside an existing Spark job (``df`` has a string column ``text``):
     vectors = embed_dataframe(df, "models/export")   # adds ``embedding`` (array<float>)
+    # or texts held by the driver (the teacher_embed stage's engine spark), vectors back in order:
+    array = embed_texts(spark, texts, "models/export", workdir)
 
 How it runs: ``mapInPandas`` hands each task an iterator of Arrow batches; the task gets its
 Embedder from a per-process cache (:func:`_worker_embedder`), so with Spark's default worker reuse
@@ -253,7 +255,7 @@ def embed_texts(spark, texts: list[str], bundle: str | Path, workdir: Path, vari
 
     One Spark job: the texts are split over ``defaultParallelism`` partitions in order, and the
     vectors come back through a Parquet folder under ``workdir`` read with pyarrow, so the driver
-    JVM never holds them.
+    JVM never holds them (executors write there: on a cluster, a file system they share).
     """
     import numpy as np
     import pandas as pd
