@@ -129,13 +129,10 @@ def int8_peak(threads: int, n: int = 2048, repeats: int = 5) -> dict[str, float]
 
     rng = np.random.default_rng(0)
     weight = rng.integers(-127, 128, size=(n, n), dtype=np.int8)
-    graph = helper.make_graph(
-        [helper.make_node("MatMulInteger", ["a", "b"], ["y"])],
-        "matmul_integer_peak",
-        [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n])],
-        [helper.make_tensor_value_info("y", TensorProto.INT32, [n, n])],
-        initializer=[numpy_helper.from_array(weight, "b")],
-    )
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "matmul_integer_peak",
+                              [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, [n, n])],
+                              initializer=[numpy_helper.from_array(weight, "b")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     sess = ort.InferenceSession(

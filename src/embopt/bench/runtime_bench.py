@@ -235,14 +235,9 @@ def fidelity(models: dict, texts: list[str], opts: RuntimeBenchOptions) -> dict[
     ref = st_onnx_encoder(m, m["st_fp32"], opts)[0](texts)
     same = cosine_rows(make_embedder(m["bundle"], opts, onnx_path=m["st_fp32"]).embed(texts), ref)
     pipe = cosine_rows(make_embedder(m["bundle"], opts, variant="onnx_fp32").embed(texts), ref)
-    return {
-        "sentences": len(texts),
-        "same_file_cosine_min": float(same.min()),
-        "same_file_cosine_mean": float(same.mean()),
-        "same_file_below_0.9999": int((same < 0.9999).sum()),
-        "pipeline_fp32_cosine_min": float(pipe.min()),
-        "pipeline_fp32_cosine_mean": float(pipe.mean()),
-    }
+    return {"sentences": len(texts), "same_file_cosine_min": float(same.min()),
+            "same_file_cosine_mean": float(same.mean()), "same_file_below_0.9999": int((same < 0.9999).sum()),
+            "pipeline_fp32_cosine_min": float(pipe.min()), "pipeline_fp32_cosine_mean": float(pipe.mean())}
 
 
 def zipf_stream(texts: list[str], n: int, s: float, seed: int = 0) -> list[str]:
@@ -318,14 +313,9 @@ def _stream_timing(emb, stream: list[str], request_size: int, rounds: int) -> tu
         with_cache.append(float(secs["with"].sum()))
     emb.cache = None
     t_without, t_with = statistics.median(no_cache), statistics.median(with_cache)
-    timings = {
-        "request_size": request_size,
-        "seconds_without": round(t_without, 4),
-        "seconds_with": round(t_with, 4),
-        "rounds_without": [round(x, 4) for x in no_cache],
-        "rounds_with": [round(x, 4) for x in with_cache],
-        "speedup": round(t_without / t_with, 3),
-    }
+    timings = {"request_size": request_size, "seconds_without": round(t_without, 4),
+               "seconds_with": round(t_with, 4), "rounds_without": [round(x, 4) for x in no_cache],
+               "rounds_with": [round(x, 4) for x in with_cache], "speedup": round(t_without / t_with, 3)}
     return timings, cache
 
 

@@ -70,26 +70,15 @@ def export_onnx(st_model, path: Path, opset: int = 17) -> Path:
     ids = torch.ones(2, 16, dtype=torch.long)
     mask = torch.ones(2, 16, dtype=torch.long)
     mask[1, 10:] = 0  # exercise padding while tracing
-    axes = {
-        "input_ids": {0: "batch", 1: "sequence"},
-        "attention_mask": {0: "batch", 1: "sequence"},
-        OUTPUT_NAME: {0: "batch"},
-    }
+    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+            OUTPUT_NAME: {0: "batch"}}
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")  # tracer warnings about python control flow in HF code
         # The TorchScript exporter (dynamo=False) gives the op patterns ORT's BERT fusions match.
-        torch.onnx.export(
-            wrapper,
-            (ids, mask),
-            str(path),
-            input_names=INPUT_NAMES,
-            output_names=[OUTPUT_NAME],
-            dynamic_axes=axes,
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,
-        )
+        torch.onnx.export(wrapper, (ids, mask), str(path), input_names=INPUT_NAMES,
+                          output_names=[OUTPUT_NAME], dynamic_axes=axes, opset_version=opset,
+                          do_constant_folding=True, dynamo=False)
     log.info("exported ONNX fp32 to %s", path)
     return path
 

@@ -49,11 +49,9 @@ class DynamicRecipe:
 # AutoQuantizationConfig recommend per instruction set. VNNI and ARM dot-product
 # instructions accumulate u8*s8 without saturating; plain AVX2 (vpmaddubsw) can saturate
 # 16-bit intermediates, which 7-bit weights (reduce_range) avoid.
-ISA_PRESETS: dict[str, DynamicRecipe] = {
-    "avx512_vnni": DynamicRecipe(isa="avx512_vnni", reduce_range=False),
-    "avx2": DynamicRecipe(isa="avx2", reduce_range=True),
-    "arm64": DynamicRecipe(isa="arm64", reduce_range=False),
-}
+ISA_PRESETS: dict[str, DynamicRecipe] = {"avx512_vnni": DynamicRecipe(isa="avx512_vnni", reduce_range=False),
+                                         "avx2": DynamicRecipe(isa="avx2", reduce_range=True),
+                                         "arm64": DynamicRecipe(isa="arm64", reduce_range=False)}
 
 
 def cpu_flags() -> set[str]:
@@ -194,8 +192,6 @@ def quantize_recipe(src: Path, dst: Path, recipe: DynamicRecipe,
                     nodes_to_exclude: Sequence[str] | None = None,
                     nodes_to_quantize: Sequence[str] | None = None) -> Path:
     """:func:`quantize_dynamic_int8` with the settings of ``recipe``."""
-    return quantize_dynamic_int8(
-        src, dst, per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
-        op_types=list(recipe.op_types), weight_type=recipe.weight_type,
-        nodes_to_exclude=nodes_to_exclude, nodes_to_quantize=nodes_to_quantize,
-    )
+    return quantize_dynamic_int8(src, dst, per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
+                                 op_types=list(recipe.op_types), weight_type=recipe.weight_type,
+                                 nodes_to_exclude=nodes_to_exclude, nodes_to_quantize=nodes_to_quantize)

@@ -23,14 +23,8 @@ class Contender:
 
     @classmethod
     def from_row(cls, name: str, row: dict) -> Contender:
-        return cls(
-            name,
-            row["val_retention"],
-            row["throughput_sps"],
-            row["throughput_spread"],
-            row["size_mb"],
-            row["dim"],
-        )
+        return cls(name, row["val_retention"], row["throughput_sps"], row["throughput_spread"],
+                   row["size_mb"], row["dim"])
 
 
 def speed_tie(a: Contender, b: Contender, noise_floor: float) -> bool:
