@@ -79,12 +79,10 @@ def session_options(threads: int | None = None, graph_optimization: str = "all",
         opts.intra_op_num_threads = int(threads)
     opts.inter_op_num_threads = int(inter_op_threads)
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    levels = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }
+    levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
     opts.graph_optimization_level = levels[graph_optimization]
     if not spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")

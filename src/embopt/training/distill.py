@@ -328,12 +328,10 @@ def _save_checkpoint(path: Path, job_id: str, parts: dict, progress: _Progress, 
                      ) -> None:
     import torch
 
-    state = {
-        "job_id": job_id, **{key: part.state_dict() for key, part in parts.items()},
-        "rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        **vars(progress), **({"rng_ranks": rng_ranks} if rng_ranks is not None else {}),
-    }
+    state = {"job_id": job_id, **{key: part.state_dict() for key, part in parts.items()},
+             "rng": torch.get_rng_state(),
+             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+             **vars(progress), **({"rng_ranks": rng_ranks} if rng_ranks is not None else {})}
     with atomic_file(path, "wb") as fh:  # removed on SIGTERM; a SIGKILL's is removed by the next save
         torch.save(state, fh)
 
