@@ -142,13 +142,8 @@ def int8_peak(threads: int, n: int = 2048, repeats: int = 5) -> dict[str, float]
     return _peak(lambda _: sess.run(None, {"a": a}), n, threads, repeats)
 
 
-def roofline_row(
-    shape: EncoderShape | None,
-    token_counts: list[int],
-    throughput_sps: float,
-    precision: str,
-    peaks: Mapping[str, Mapping[str, float]],
-) -> dict[str, Any]:
+def roofline_row(shape: EncoderShape | None, token_counts: list[int], throughput_sps: float, precision: str,
+                 peaks: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
     """Achieved matrix ops/s of a variant at ``throughput_sps`` and its share of this machine's peaks."""
     if shape is None:
         return {"status": "skipped: no model config found for this variant"}

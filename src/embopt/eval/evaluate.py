@@ -65,17 +65,8 @@ def mean_cosine(a: np.ndarray, b: np.ndarray) -> float | None:
     return round(float(cosine_rows(a, b).mean()), 5) if a.shape == b.shape else None
 
 
-def evaluate_all(
-    variants: list[Variant],
-    val: Sequence[StsPair],
-    dev: Sequence[StsPair],
-    throughput_n: int,
-    latency_n: int,
-    repeats: int,
-    n_boot: int,
-    seed: int,
-    incumbent: str | None = None,
-) -> dict:
+def evaluate_all(variants: list[Variant], val: Sequence[StsPair], dev: Sequence[StsPair], throughput_n: int,
+                 latency_n: int, repeats: int, n_boot: int, seed: int, incumbent: str | None = None) -> dict:
     """Measure every variant; the first one is the teacher (the reference for retention).
 
     ``incumbent`` names the variant that is the registry's current champion (measured in

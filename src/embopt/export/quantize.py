@@ -77,10 +77,8 @@ def detect_isa(machine: str | None = None, flags: set[str] | None = None) -> str
     return "avx2"  # no VNNI: the conservative preset (reduce_range) is right for anything older too
 
 
-def resolve_recipe(
-    isa: str = "auto", per_channel: bool | None = None, reduce_range: bool | None = None,
-    weight_type: str | None = None, op_types: Sequence[str] | None = None,
-) -> DynamicRecipe:
+def resolve_recipe(isa: str = "auto", per_channel: bool | None = None, reduce_range: bool | None = None,
+                   weight_type: str | None = None, op_types: Sequence[str] | None = None) -> DynamicRecipe:
     """The preset for ``isa`` (``auto``: this CPU's), with any explicit setting applied on top."""
     chosen = detect_isa() if isa == "auto" else isa
     if chosen not in ISA_PRESETS:
@@ -150,12 +148,10 @@ def _has_dq_input(path: Path, node_name: str) -> bool:
     return False
 
 
-def quantize_dynamic_int8(
-    src: Path, dst: Path, per_channel: bool = False, reduce_range: bool = False,
-    op_types: list[str] | None = None, weight_type: str = "qint8",
-    nodes_to_exclude: Sequence[str] | None = None,
-    nodes_to_quantize: Sequence[str] | None = None,
-) -> Path:
+def quantize_dynamic_int8(src: Path, dst: Path, per_channel: bool = False, reduce_range: bool = False,
+                          op_types: list[str] | None = None, weight_type: str = "qint8",
+                          nodes_to_exclude: Sequence[str] | None = None,
+                          nodes_to_quantize: Sequence[str] | None = None) -> Path:
     """Write a dynamically quantized (int8 weights, uint8 activations) copy of ``src`` to ``dst``.
 
     Args:
