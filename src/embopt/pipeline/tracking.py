@@ -23,6 +23,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -175,14 +176,14 @@ def _numbers(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     }
 
 
+@dataclass
 class StageRun:
     """Thin handle on the active MLflow run of one stage (and its pipeline's parent run)."""
 
-    def __init__(self, stage: str, run_id: str, parent_id: str | None = None, pipeline: str | None = None):
-        self.stage = stage
-        self.run_id = run_id
-        self.parent_id = parent_id
-        self.pipeline_id = pipeline
+    stage: str
+    run_id: str
+    parent_id: str | None = None
+    pipeline_id: str | None = None
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None, prefix: str = "") -> None:
         clean = _numbers(metrics, prefix)
@@ -369,13 +370,11 @@ def _run(exp_id: str, tags: Mapping[str, Any], params: Mapping[str, Any], name: 
             mlflow.log_params(_param_values(params))
         try:
             yield StageRun(name, run.info.run_id)
-        except (KeyboardInterrupt, SystemExit) as exc:
-            # Ctrl-C, or SIGTERM (run_stage turns it into SystemExit): the run was stopped, not broken.
-            _best_effort(mlflow.set_tag, "error", f"{type(exc).__name__}: {exc}"[:5000])
-            _best_effort(mlflow.end_run, "KILLED")
-            raise
         except BaseException as exc:  # start_run's exit marks the run FAILED
             _best_effort(mlflow.set_tag, "error", f"{type(exc).__name__}: {exc}"[:5000])
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                # Ctrl-C, or SIGTERM (run_stage turns it into SystemExit): the run was stopped, not broken.
+                _best_effort(mlflow.end_run, "KILLED")
             raise
 
 
