@@ -40,9 +40,7 @@ class DynamicRecipe:
     op_types: tuple[str, ...] = ("MatMul", "Attention", "Gather", "EmbedLayerNormalization")
 
     def as_dict(self) -> dict:
-        d = asdict(self)
-        d["op_types"] = list(self.op_types)
-        return d
+        return {**asdict(self), "op_types": list(self.op_types)}
 
 
 # What ORT's docs (quantize_static "Choosing parameters for CPU inference") and Optimum's
