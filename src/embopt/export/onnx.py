@@ -28,10 +28,8 @@ def _check_modules(st_model) -> None:
     for i, module in enumerate(st_model):
         if i == 0 or isinstance(module, (Pooling, Normalize)):
             continue
-        raise EmboptError(
-            f"onnx export: module {i} ({type(module).__name__}) is not supported; "
-            "supported pipelines are Transformer -> Pooling(mean|cls|max) [-> Normalize]"
-        )
+        raise EmboptError(f"onnx export: module {i} ({type(module).__name__}) is not supported; "
+                          "supported pipelines are Transformer -> Pooling(mean|cls|max) [-> Normalize]")
 
 
 def build_wrapper(st_model):

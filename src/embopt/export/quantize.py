@@ -117,10 +117,8 @@ def check_op_types(src: Path, op_types: Sequence[str], mode: str, setting: str) 
     nodes = [n.name for n in graph.node if n.op_type in set(op_types)]
     if not nodes:
         present = sorted({n.op_type for n in graph.node})
-        raise EmboptError(
-            f"{src}: no node of the op types in {setting} ({', '.join(op_types)}); "
-            f"the model has: {', '.join(present)}"
-        )
+        raise EmboptError(f"{src}: no node of the op types in {setting} ({', '.join(op_types)}); "
+                          f"the model has: {', '.join(present)}")
     return nodes
 
 
