@@ -25,6 +25,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +45,8 @@ PROCESS_TAG = "process"  # host:pid:start time of the process that writes a stag
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 # MLflow retries an unreachable server for minutes (7 retries, backoff 2, 120 s timeout); a
 # stage fails within seconds instead. The user's own MLFLOW_HTTP_* settings win.
-HTTP_BUDGET = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-}
+HTTP_BUDGET = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+               "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 REACH_SECONDS = 10.0  # how long a stage waits for a tracking server before giving up
 
 
@@ -102,13 +100,8 @@ def git_commit() -> str:
             ["git", "rev-parse", "HEAD"], cwd=config.PROJ_ROOT, capture_output=True, text=True, check=True
         )
         commit = out.stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=config.PROJ_ROOT,
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=config.PROJ_ROOT,
+                               capture_output=True, text=True, check=False).stdout.strip()
         return f"{commit}-dirty" if dirty else commit
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -186,14 +179,14 @@ def _numbers(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     }
 
 
+@dataclass
 class StageRun:
     """Thin handle on the active MLflow run of one stage (and its pipeline's parent run)."""
 
-    def __init__(self, stage: str, run_id: str, parent_id: str | None = None, pipeline: str | None = None):
-        self.stage = stage
-        self.run_id = run_id
-        self.parent_id = parent_id
-        self.pipeline_id = pipeline
+    stage: str
+    run_id: str
+    parent_id: str | None = None
+    pipeline_id: str | None = None
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None, prefix: str = "") -> None:
         clean = _numbers(metrics, prefix)
@@ -259,14 +252,8 @@ def stage_run(stage: str, params: Params, sections: list[str]) -> Iterator[Stage
     # The parent gets the whole params.yaml: DVC skips a stage only when its params are unchanged,
     # so the file describes every output of this pipeline run, and two runs compare key by key.
     parent = _open_parent(client, exp_id, pid, commit, stage, flatten(dumped))
-    tags = {
-        "dvc.stage": stage,
-        "git.commit": commit,
-        "pipeline.id": pid,
-        "mlflow.runName": f"{stage}-{pid}",
-        "mlflow.parentRunId": parent,
-        PROCESS_TAG: _this_process(),
-    }
+    tags = {"dvc.stage": stage, "git.commit": commit, "pipeline.id": pid, "mlflow.runName": f"{stage}-{pid}",
+            "mlflow.parentRunId": parent, PROCESS_TAG: _this_process()}
     if os.environ.get("DVC_EXP_NAME"):  # set by dvc exp run
         tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
     status, error = "FINISHED", None
@@ -363,11 +350,8 @@ def _open_parent(client, exp_id: str, pid: str, commit: str, stage: str, params:
         log.warning("pipeline run %s already logged other values for %s", parent.run_id, ", ".join(changed))
     from mlflow.entities import Param, RunTag
 
-    client.log_batch(
-        parent.run_id,
-        params=[Param(k, v) for k, v in new.items()],
-        tags=[RunTag(f"stage.{stage}", "running")],
-    )
+    client.log_batch(parent.run_id, params=[Param(k, v) for k, v in new.items()],
+                     tags=[RunTag(f"stage.{stage}", "running")])
     return parent.run_id
 
 
@@ -425,13 +409,11 @@ def _run(exp_id: str, tags: Mapping[str, Any], params: Mapping[str, Any], name: 
             mlflow.log_params(_param_values(params))
         try:
             yield StageRun(name, run.info.run_id)
-        except (KeyboardInterrupt, SystemExit) as exc:
-            # Ctrl-C, or SIGTERM (run_stage turns it into SystemExit): the run was stopped, not broken.
-            _best_effort(mlflow.set_tag, "error", f"{type(exc).__name__}: {exc}"[:5000])
-            _best_effort(mlflow.end_run, "KILLED")
-            raise
         except BaseException as exc:  # start_run's exit marks the run FAILED
             _best_effort(mlflow.set_tag, "error", f"{type(exc).__name__}: {exc}"[:5000])
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                # Ctrl-C, or SIGTERM (run_stage turns it into SystemExit): the run was stopped, not broken.
+                _best_effort(mlflow.end_run, "KILLED")
             raise
 
 
@@ -446,12 +428,8 @@ def standalone_run(
     """
     check_reachable()
     exp_id = ensure_experiment(experiment)
-    all_tags = {
-        "embopt.kind": kind,
-        "git.commit": git_commit(),
-        "mlflow.runName": f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}",
-        **(tags or {}),
-    }
+    all_tags = {"embopt.kind": kind, "git.commit": git_commit(),
+                "mlflow.runName": f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}", **(tags or {})}
     with _run(exp_id, all_tags, flatten(dict(params or {})), kind) as handle:
         log.info("mlflow run %s (%s) in %s", handle.run_id, kind, masked(tracking_uri()))
         yield handle
