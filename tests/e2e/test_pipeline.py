@@ -146,7 +146,8 @@ def test_rerun_measures_the_incumbent_and_promotes_the_same_variant(pipeline):
     repo, run = pipeline["repo"], pipeline["run"]
     first = json.loads((repo / "metrics" / "promote.json").read_text())
     assert first["decision"] == "promoted to champion" and first["incumbent"] is None
-    run("dvc", "repro", "-f", "evaluate", "promote")
+    proc = run("dvc", "repro", "-f", "-s", "evaluate", "promote")  # -s: without it -f forces every stage
+    assert re.findall(r"Running stage .(\w+)", proc.stdout) == ["evaluate", "promote"]
     second = json.loads((repo / "metrics" / "promote.json").read_text())
     result = json.loads((repo / "reports" / "pipeline" / "evaluate.json").read_text())
     assert result["incumbent"] == {
