@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import mlflow
 import pytest
 
@@ -307,16 +309,20 @@ def test_a_sigkilled_stage_run_is_ended_killed_by_the_next_stage(store, repo_dvc
         f"    pathlib.Path({str(ready)!r}).touch()\n"
         "    time.sleep(600)\n"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    # The src folder of the embopt under test (not sys.path: a pyfunc test earlier in this process may
+    # have put a model's partial copy of the package on it).
+    env = {**os.environ, "PYTHONPATH": str(Path(tracking.__file__).parents[2])}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
         while not ready.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "the stage process did not start"
+            if proc.poll() is not None or time.monotonic() > deadline:
+                break
             time.sleep(0.2)
     finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        proc.kill()  # SIGKILL
+        err = proc.communicate()[1]
+    assert proc.returncode == -signal.SIGKILL, err[-2000:]
     client = mlflow.MlflowClient(store)
     exp_id = client.get_experiment_by_name(Params().base.experiment).experiment_id
     (killed,) = _stage_runs(client, exp_id)
