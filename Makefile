@@ -36,8 +36,14 @@ push: $(STAMP) ## Send every DVC output (data/raw imports included) to the defau
 pull: $(STAMP) ## In a fresh clone: fetch every DVC output from the remote; `make repro` is then a no-op
 	$(BIN)/dvc pull
 
+# Test workers: most of a test's time is single-threaded start-up (each stage is a fresh Python
+# process importing torch/MLflow), so one worker per core nearly halves `make test` on 2 cores.
+# loadfile keeps a file's tests on one worker: the e2e module shares one tiny `dvc repro`.
+# Files go out in collection order (e2e first, the longest), not xdist's most-tests-first,
+# which left the one-test experiments file to run alone at the end.
+TEST_WORKERS ?= auto
 test: $(STAMP) ## Run every test tier (unit, integration, e2e: the real dvc repro on a tiny profile)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 test-unit: $(STAMP) ## Unit tests only (tests/unit)
 	$(BIN)/python -m pytest -q tests/unit

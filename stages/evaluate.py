@@ -3,7 +3,8 @@
 Writes the headline numbers to metrics/evaluate.json, the full table (intervals,
 speed spread, latency, size, index compatibility) to reports/pipeline/evaluate.json,
 and plot data. The champion is read from the registry (an input DVC cannot see: a
-moved alias does not re-run this stage; `dvc repro -f evaluate promote` does).
+moved alias does not re-run this stage; `dvc repro -f -s evaluate promote` does;
+without `-s`, `-f` forces every upstream stage too).
 """
 
 from __future__ import annotations

@@ -64,15 +64,7 @@ def main() -> None:
             else:
                 raw.rename(fp32)
                 parents = {"unfused": fp32}
-            cfg = hf_model(model).config
-            fields = dict(
-                dim=model.get_sentence_embedding_dimension(), max_seq_length=params.base.max_seq_length,
-                pooling=pooling_mode(model), normalize=True, source_model=str(config.PRUNE_DIR.relative_to(
-                    config.PROJ_ROOT)), teacher=params.base.teacher, num_layers=cfg.num_hidden_layers,
-                hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
-                pruned_heads={str(k): sorted(v) for k, v in (cfg.pruned_heads or {}).items()},
-                had_normalize_module=has_normalize(model),
-            )
+            fields = manifest_fields(model, params.base)
             # A first manifest so the runtime can load files of this bundle while it is built.
             write_manifest(tmp, {"onnx_fp32": {"file": "onnx/model.onnx"}}, "onnx_fp32", **fields)
             tokenizer = load_tokenizer(tmp, params.base.max_seq_length)
@@ -81,10 +73,9 @@ def main() -> None:
             scorer = Scorer(tmp, val, params.base.threads)
             speed_sents = val_sentences[: p.speed_sentences]
 
-            parent_rows = {}
-            for name, path in parents.items():
-                parent_rows[name] = {"spearman": round(scorer.spearman(path), 4),
-                                     "throughput_sps": round(scorer.speed(path, speed_sents), 1)}
+            parent_rows = {name: {"spearman": round(scorer.spearman(path), 4),
+                                  "throughput_sps": round(scorer.speed(path, speed_sents), 1)}
+                           for name, path in parents.items()}
             for c in tqdm(candidates, desc="int8 candidates", unit="candidate"):
                 evaluate_candidate(c, onnx_dir / c.file, build, scorer, parents, parent_rows, threshold, p,
                                    speed_sents, val_sentences, tmp)
@@ -137,20 +128,27 @@ def main() -> None:
             "fallback_nodes_fp32": len((chosen_row.get("fallback") or {}).get("nodes_kept_fp32", [])),
             "int8_size_mb": sizes["onnx_int8"],
         }
-        details = {
-            "parents": parent_rows,
-            "candidates": {c.name: c.row for c in candidates},
-            "openvino": openvino_rows,
-            "variants": list(variants),
-            "size_mb": sizes,
-            "fused_ops": fusion, "eval_pairs": len(val), "speed_sentences": len(speed_sents),
-            "threads": params.base.threads,
-        }
+        details = {"parents": parent_rows, "candidates": {c.name: c.row for c in candidates},
+                   "openvino": openvino_rows, "variants": list(variants), "size_mb": sizes,
+                   "fused_ops": fusion, "eval_pairs": len(val), "speed_sentences": len(speed_sents),
+                   "threads": params.base.threads}
         log.info("bundle -> %s: onnx_int8 = %s (Spearman %.2f, %.4f of fp32, %.2fx fp32 speed)",
                  config.QUANTIZE_DIR, chosen.name, chosen_row["spearman"], chosen_row["retention_vs_fp32"],
                  chosen_row["speedup_vs_fp32"])
         run.log_artifact(config.QUANTIZE_DIR / "calibration", "calibration")
         report(run, "quantize", metrics, gate=p.gate, details=details)
+
+
+def manifest_fields(model, base) -> dict:
+    """What the manifest records of the model besides its variants: width, truncation, architecture."""
+    cfg = hf_model(model).config
+    return dict(dim=model.get_sentence_embedding_dimension(), max_seq_length=base.max_seq_length,
+                pooling=pooling_mode(model), normalize=True,
+                source_model=str(config.PRUNE_DIR.relative_to(config.PROJ_ROOT)), teacher=base.teacher,
+                num_layers=cfg.num_hidden_layers, hidden_size=cfg.hidden_size,
+                intermediate_size=cfg.intermediate_size,
+                pruned_heads={str(k): sorted(v) for k, v in (cfg.pruned_heads or {}).items()},
+                had_normalize_module=has_normalize(model))
 
 
 def evaluate_candidate(c: Candidate, path, build: Builder, scorer: Scorer, parents, parent_rows, threshold, p,
@@ -162,8 +160,7 @@ def evaluate_candidate(c: Candidate, path, build: Builder, scorer: Scorer, paren
     score = scorer.spearman(path)
     ret = retention(score, parent["spearman"])
     sps = scorer.speed(path, speed_sents)
-    row = {"parent": c.parent, "spearman": round(score, 4), "retention_vs_fp32": round(ret, 5),
-           "throughput_sps": round(sps, 1), "speedup_vs_fp32": round(sps / parent["throughput_sps"], 3),
+    row = {"parent": c.parent, **_scores(score, sps, parent),
            # vs the shipped onnx_fp32 (the fused graph), whichever parent the candidate came from
            "speedup_vs_onnx_fp32": round(sps / shipped["throughput_sps"], 3),
            "size_mb": round(path.stat().st_size / 1e6, 3), "passed": threshold is None or ret >= threshold,
@@ -178,16 +175,20 @@ def evaluate_candidate(c: Candidate, path, build: Builder, scorer: Scorer, paren
         fb = result.report()
         fb.update({"throughput_sps_before": row["throughput_sps"], "throughput_sps_after": round(after, 1),
                    "speed_cost": round(1 - after / sps, 4)})
-        row.update({"spearman": round(score, 4),
-                    "retention_vs_fp32": round(retention(score, parent["spearman"]), 5),
-                    "throughput_sps": round(after, 1),
-                    "speedup_vs_fp32": round(after / parent["throughput_sps"], 3),
+        row.update({**_scores(score, after, parent),
                     "speedup_vs_onnx_fp32": round(after / shipped["throughput_sps"], 3),
                     "size_mb": round(path.stat().st_size / 1e6, 3), "passed": result.passed, "fallback": fb})
         log.info("%s after fallback (%d node(s) in fp32: %s): %.4f of fp32, %.0f sent/s (%.1f%% slower)",
                  c.name, len(result.excluded), ", ".join(result.excluded), row["retention_vs_fp32"], after,
                  100 * fb["speed_cost"])
     c.row = row
+
+
+def _scores(spearman: float, sps: float, parent: dict) -> dict:
+    """Spearman and speed of a variant, and both relative to its fp32 parent's ``parent`` row."""
+    return {"spearman": round(spearman, 4),
+            "retention_vs_fp32": round(retention(spearman, parent["spearman"]), 5),
+            "throughput_sps": round(sps, 1), "speedup_vs_fp32": round(sps / parent["throughput_sps"], 3)}
 
 
 def build_openvino(p, source, bundle, tokenizer, scorer: Scorer, parent: dict,
@@ -201,10 +202,7 @@ def build_openvino(p, source, bundle, tokenizer, scorer: Scorer, parent: dict,
     variants, rows = {}, {}
     for name, path, precision in (("openvino_fp32", fp32, "fp32"), ("openvino_int8", int8, "int8-nncf")):
         score, sps = scorer.spearman(path), scorer.speed(path, speed_sents)
-        rows[name] = {"spearman": round(score, 4),
-                      "retention_vs_fp32": round(retention(score, parent["spearman"]), 5),
-                      "throughput_sps": round(sps, 1),
-                      "speedup_vs_fp32": round(sps / parent["throughput_sps"], 3)}
+        rows[name] = _scores(score, sps, parent)
         log.info("%s: Spearman %.2f (%.4f of ORT fp32 unfused), %.0f sent/s (%.2fx)", name, score,
                  rows[name]["retention_vs_fp32"], sps, rows[name]["speedup_vs_fp32"])
         variants[name] = {"file": f"openvino/{path.name}", "weights": f"openvino/{path.stem}.bin",

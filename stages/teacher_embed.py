@@ -6,6 +6,7 @@ the corpus. Also scores the teacher on STSb val: the reference for retention.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -21,6 +22,7 @@ from embopt.pipeline.files import atomic_dir, write_json
 from embopt.pipeline.params import load_params
 from embopt.pipeline.stage import report, run_stage
 from embopt.pipeline.tracking import stage_run
+from embopt.serving.spark_embed import use_session
 from embopt.training.modeling import load_sentence_model, pick_device
 from embopt.training.teacher_encode import (
     chunk_job_id,
@@ -28,6 +30,7 @@ from embopt.training.teacher_encode import (
     encode_in_chunks,
     logged_encoder,
     resolve_backend,
+    spark_teacher_encoder,
     teacher_encoder,
 )
 
@@ -38,18 +41,28 @@ def main() -> None:
     params = load_params(sections=("base", "teacher_embed"))
     p = params.teacher_embed
     pin_threads(params.base.threads)
-    with stage_run("teacher_embed", params, ["teacher_embed"]) as run:
+    with contextlib.ExitStack() as stack:
+        # Spark before anything else: without pyspark or Java the stage stops here with one line,
+        # before an MLflow run or any output exists.
+        spark = stack.enter_context(use_session(p.spark_master)) if p.engine == "spark" else None
+        run = stack.enter_context(stage_run("teacher_embed", params, ["teacher_embed"]))
         corpus_file = config.PREPARED_DIR / "corpus.txt"
         sentences = read_lines(corpus_file)
         device = pick_device()
         teacher = load_sentence_model(params.base.teacher, device=device, max_seq_length=p.max_seq_length)
-        backend = resolve_backend(p.backend, device)
-        log.info("encoding %d sentences with %s on %s (backend %s)", len(sentences), params.base.teacher,
-                 device, backend)
-        encode = teacher_encoder(teacher, backend, p.batch_size, p.max_seq_length,
-                                 threads=params.base.threads)
+        backend = "onnx" if spark else resolve_backend(p.backend, device)  # params refuse spark + torch
+        log.info("encoding %d sentences with %s on %s (backend %s, engine %s)", len(sentences),
+                 params.base.teacher, "spark " + p.spark_master if spark else device, backend, p.engine)
+        if spark:
+            encode = stack.enter_context(spark_teacher_encoder(teacher, spark, p.batch_size,
+                                                               p.max_seq_length))
+        else:
+            encode = teacher_encoder(teacher, backend, p.batch_size, p.max_seq_length,
+                                     threads=params.base.threads)
         digest = hashlib.sha256(corpus_file.read_bytes()).hexdigest()
-        # Finished chunks survive a killed run (persist: true in dvc.yaml): `dvc repro` resumes there.
+        # Finished chunks survive a killed run (persist: true in dvc.yaml): `dvc repro` resumes there,
+        # with either engine (one Spark job a chunk). The engine is not in the job id: both run the
+        # same fp32 graph, so their chunks agree up to float rounding and may be mixed.
         job = chunk_job_id(corpus_sha256=digest, teacher=params.base.teacher, backend=backend,
                            batch_size=p.batch_size, max_seq_length=p.max_seq_length,
                            chunk_sentences=p.chunk_sentences)

@@ -21,6 +21,7 @@ PATH_ATTRS = {
     "METRICS_DIR": "metrics", "PLOTS_DIR": "plots", "REPORTS_DIR": "reports", "PREPARED_DIR": "data/prepared",
     "PRUNE_DIR": "models/prune", "QUANTIZE_DIR": "models/quantize", "EXPORT_DIR": "models/export",
     "PCA_DIR": "models/pca", "TEACHER_EMBED_DIR": "models/teacher_embed", "STATIC_DIR": "models/static",
+    "TEACHER_EMBED_CKPT_DIR": "models/teacher_embed_ckpt",
 }
 
 PARAMS = {

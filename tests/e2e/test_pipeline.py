@@ -140,13 +140,31 @@ def test_second_repro_does_nothing(pipeline):
     assert "Running stage" not in proc.stdout
 
 
+def test_changing_a_student_param_reuses_the_teacher_embeddings(pipeline):
+    """A distill param re-runs distill and what follows, never prepare or the teacher embedding."""
+    repo, run = pipeline["repo"], pipeline["run"]
+    params = repo / "params.yaml"
+    original = params.read_text()
+    params.write_text(original.replace("  lr: 0.001\n", "  lr: 0.002\n", 1))
+    try:
+        changed = json.loads(run("dvc", "status", "--json").stdout or "{}")
+        # `dvc status` names only stages whose own deps changed; the rest follow distill's output.
+        assert changed == {"distill": [{"changed deps": {"params.yaml": {"distill": "modified"}}}]}
+        dry = run("dvc", "repro", "--dry").stdout
+    finally:
+        params.write_text(original)
+    assert "Stage 'prepare' didn't change" in dry and "Stage 'teacher_embed' didn't change" in dry
+    assert re.findall(r"Running stage '(\w+)'", dry)[0] == "distill"
+
+
 def test_rerun_measures_the_incumbent_and_promotes_the_same_variant(pipeline):
     import mlflow
 
     repo, run = pipeline["repo"], pipeline["run"]
     first = json.loads((repo / "metrics" / "promote.json").read_text())
     assert first["decision"] == "promoted to champion" and first["incumbent"] is None
-    run("dvc", "repro", "-f", "evaluate", "promote")
+    proc = run("dvc", "repro", "-f", "-s", "evaluate", "promote")  # -s: without it -f forces every stage
+    assert re.findall(r"Running stage .(\w+)", proc.stdout) == ["evaluate", "promote"]
     second = json.loads((repo / "metrics" / "promote.json").read_text())
     result = json.loads((repo / "reports" / "pipeline" / "evaluate.json").read_text())
     assert result["incumbent"] == {

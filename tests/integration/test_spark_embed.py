@@ -141,3 +141,33 @@ def test_registered_model_uri(spark, registry, tmp_path, monkeypatch):
     expected = Embedder(registry["bundle"], threads=1).embed(TEXTS[:50])
     got = np.asarray(read_output(out)["embedding"], dtype=np.float32)
     assert cosines(got, expected).min() >= 0.9999
+
+
+def test_teacher_embed_stage_spark_engine_equals_local(spark, tiny_model_dir, dev_pairs, tmp_path,
+                                                       monkeypatch, capsys):
+    """``teacher_embed.engine: spark`` writes the local engine's files: same rows, order and index.
+
+    Chunks of 128 of 300 sentences: three Spark jobs, so the chunk boundaries are crossed too.
+    """
+    import json
+
+    import stage_project
+
+    root = stage_project.make_project(tmp_path / "proj", tiny_model_dir, dev_pairs, corpus_lines=300)
+    out = root / "models" / "teacher_embed"
+    got = {}
+    for engine in ("local", "spark"):
+        stage_project.write_params(root, {"base": {"teacher": str(tiny_model_dir)}, "teacher_embed": {
+            "engine": engine, "spark_master": "local[2]", "batch_size": 16, "max_seq_length": 32,
+            "chunk_sentences": 128}})
+        code, err = stage_project.run("teacher_embed", monkeypatch, root, capsys)
+        assert code == 0, err
+        metrics = json.loads((root / "metrics" / "teacher_embed.json").read_text())
+        got[engine] = (np.load(out / "embeddings.npy"), json.loads((out / "index.json").read_text()), metrics)
+        assert not list((root / "models" / "teacher_embed_ckpt").glob("chunk_*"))
+    (local, local_index, local_metrics), (remote, remote_index, remote_metrics) = got["local"], got["spark"]
+    assert remote_index == local_index and local_index["rows"] == 300
+    assert remote.shape == local.shape and remote.dtype == np.float32
+    assert cosines(remote, local).min() >= 0.9999
+    val = "teacher_val_spearman"
+    assert remote_metrics[val] == pytest.approx(local_metrics[val], abs=1e-3)

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import mlflow
 import pytest
 
@@ -289,3 +291,49 @@ def test_queued_experiment_copy_logs_to_the_workspace_store(tmp_path):
     copy = tmp_path / "ws" / ".dvc" / "tmp" / "exps" / "tmpab12" / "sub"
     assert config.workspace_root(copy) == tmp_path / "ws"
     assert config.workspace_root(tmp_path / "ws") == tmp_path / "ws"
+
+
+def test_a_sigkilled_stage_run_is_ended_killed_by_the_next_stage(store, repo_dvc_yaml, tmp_path):
+    """SIGKILL closes nothing: the next stage finds the run RUNNING with its writer gone."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ready = tmp_path / "ready"
+    code = (
+        "import pathlib, time\n"
+        "from embopt.pipeline import tracking\nfrom embopt.pipeline.params import Params\n"
+        "with tracking.stage_run('prune', Params(), ['prune']):\n"
+        f"    pathlib.Path({str(ready)!r}).touch()\n"
+        "    time.sleep(600)\n"
+    )
+    # The src folder of the embopt under test (not sys.path: a pyfunc test earlier in this process may
+    # have put a model's partial copy of the package on it).
+    env = {**os.environ, "PYTHONPATH": str(Path(tracking.__file__).parents[2])}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        proc.kill()  # SIGKILL
+        err = proc.communicate()[1]
+    assert proc.returncode == -signal.SIGKILL, err[-2000:]
+    client = mlflow.MlflowClient(store)
+    exp_id = client.get_experiment_by_name(Params().base.experiment).experiment_id
+    (killed,) = _stage_runs(client, exp_id)
+    assert killed.info.status == "RUNNING"  # what SIGKILL leaves
+
+    with tracking.stage_run("pca", Params(), ["pca"]):
+        pass
+    killed = client.get_run(killed.info.run_id)
+    assert killed.info.status == "KILLED" and f"process {proc.pid}" in killed.data.tags["error"]
+    parent = client.get_run(killed.data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "KILLED" and parent.data.tags["stage.prune"] == "killed"
+    # A live writer's run is left alone: this process's own run ends FINISHED.
+    (pca,) = [r for r in _stage_runs(client, exp_id) if r.data.tags["dvc.stage"] == "pca"]
+    assert pca.info.status == "FINISHED"

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from embopt.data.corpus import build_corpus, iter_file_sentences, split_sentences
-from embopt.data.sts import load_sts, read_sts_file, read_sts_tsv, unique_sentences, write_sts_tsv
+from embopt.data.sts import StsPair, load_sts, read_sts_file, read_sts_tsv, unique_sentences, write_sts_tsv
 from embopt.errors import DataError
 
 
@@ -212,15 +212,26 @@ def test_hub_sts_offline_is_one_line(monkeypatch):
     assert "\n" not in str(exc.value)
 
 
-def test_hub_parquet_pairs_are_rescaled(tmp_path):
-    from embopt.data.sts import _hub_pairs
-
+def test_hub_dataset_through_datasets_is_rescaled(tmp_path, monkeypatch):
+    # load_dataset takes a local folder laid out like the hub's sentence-transformers/stsb
+    # (data/<split>-*.parquet), so the real `datasets` path runs offline.
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
     row = {"sentence1": "A cat.", "sentence2": "A dog.", "score": 0.5}
-    f = _write_table(tmp_path / "0000.parquet", [row])
-    assert _hub_pairs([f])[0].score == 2.5
-    g = _write_table(tmp_path / "0001.parquet", [{"s1": "A", "s2": "B", "score": 0.5}])
-    with pytest.raises(DataError, match="no column"):
-        _hub_pairs([g])
+    repo = tmp_path / "stsb"
+    (repo / "data").mkdir(parents=True)
+    for split in ("train", "validation", "test"):
+        _write_table(repo / "data" / f"{split}-00000-of-00001.parquet", [row, row])
+    sts, source = load_sts("hub", tmp_path / "absent", str(repo))
+    assert source == f"hub:{repo}"
+    assert sorted(sts) == ["dev", "test", "train"]
+    assert sts["dev"][0] == StsPair("A cat.", "A dog.", 2.5)
+
+    bad = tmp_path / "bad"
+    (bad / "data").mkdir(parents=True)
+    for split in ("train", "validation"):
+        _write_table(bad / "data" / f"{split}-00000-of-00001.parquet", [{"s1": "A", "s2": "B", "score": 0.5}])
+    with pytest.raises(DataError, match=r"split train: no column\(s\) \['sentence1', 'sentence2'\]"):
+        load_sts("hub", tmp_path / "absent", str(bad))
 
 
 def test_validation_split_is_seeded_disjoint_and_whole_pairs(sts_dir):

@@ -29,6 +29,7 @@ def test_tiny_profile_loads(tmp_path):
         ("distill:\n  epochs: two\n", "key 'distill.epochs'"),
         ("pca:\n  gate:\n    min_retention: 0.9\n", "unknown key 'pca.gate.min_retention'"),
         ("data:\n  min_words: 10\n  max_words: 5\n", "min_words must be <= max_words"),
+        ("teacher_embed:\n  engine: spark\n  backend: torch\n", "engine spark runs the fp32 ONNX teacher"),
         ("- a\n- b\n", "top level must be a mapping"),
     ],
 )

@@ -99,3 +99,21 @@ def test_logged_encoder_reports_progress_and_returns_the_same_rows(tiny_model, c
     assert [line.split(" (")[0] for line in lines] == [
         f"teacher val STS: {n} of 50 sentences" for n in (16, 32, 48, 50)]
     assert all(line.endswith("sentences/s)") for line in lines)
+
+
+def test_spark_engine_without_java_stops_with_one_line_and_writes_nothing(tmp_path, tiny_model_dir, dev_pairs,
+                                                                          monkeypatch, capsys):
+    """No Java (or no pyspark): one line saying what to install, exit 1, no run, chunk or output."""
+    import stage_project
+
+    root = stage_project.make_project(tmp_path / "proj", tiny_model_dir, dev_pairs, corpus_lines=20)
+    stage_project.write_params(root, {"base": {"teacher": str(tiny_model_dir)},
+                                      "teacher_embed": {"engine": "spark"}})
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "no-java"))
+    code, err = stage_project.run("teacher_embed", monkeypatch, root, capsys)
+    assert code == 1
+    assert err.strip().splitlines()[-1].startswith("teacher_embed: error: the spark engine needs "), err
+    written = [root / "models" / "teacher_embed", root / "models" / "teacher_embed_ckpt",
+               root / "metrics" / "teacher_embed.json", root / "mlflow.db"]
+    assert not [p for p in written if p.exists()]

@@ -48,14 +48,8 @@ def measure(spec: dict[str, Any]) -> dict[str, float]:
         from embopt.serving.runtime import Embedder
 
         imports = _max_rss_mb()
-        emb = Embedder(
-            spec["bundle"],
-            variant=spec["name"],
-            onnx_path=spec["onnx_path"],
-            threads=threads,
-            batch_size=int(spec["batch_size"]),
-            max_seq_length=int(spec["max_seq_length"]),
-        )
+        emb = Embedder(spec["bundle"], variant=spec["name"], onnx_path=spec["onnx_path"], threads=threads,
+                       batch_size=int(spec["batch_size"]), max_seq_length=int(spec["max_seq_length"]))
         emb.embed(texts)
     else:
         import torch
@@ -68,11 +62,8 @@ def measure(spec: dict[str, Any]) -> dict[str, float]:
             from embopt.serving.runtime import session_options
 
             kwargs["backend"] = "onnx"
-            kwargs["model_kwargs"] = {
-                "file_name": spec["file_name"],
-                "provider": "CPUExecutionProvider",
-                "session_options": session_options(threads),
-            }
+            kwargs["model_kwargs"] = {"file_name": spec["file_name"], "provider": "CPUExecutionProvider",
+                                      "session_options": session_options(threads)}
         model = SentenceTransformer(spec["path"], **kwargs)
         model.max_seq_length = int(spec["max_seq_length"])
         with torch.inference_mode():
@@ -86,14 +77,8 @@ def run_isolated(spec: dict[str, Any], timeout_s: float = 300.0) -> dict[str, An
     spec_file.write_text(json.dumps(spec), encoding="utf-8")
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "embopt.bench.peak_rss", str(spec_file)],
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            env=env,
-            check=False,
-        )
+        proc = subprocess.run([sys.executable, "-m", "embopt.bench.peak_rss", str(spec_file)],
+                              capture_output=True, text=True, timeout=timeout_s, env=env, check=False)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout_s:.0f}s"}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]

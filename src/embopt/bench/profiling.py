@@ -149,12 +149,9 @@ def ort_profile_summary(profile_json: Path, pooling: set[str] | None = None) -> 
         if pooling and node in pooling:
             pool_us += dur
     top = sorted(by_op.items(), key=lambda kv: -kv[1])
-    return {
-        "kernel_ms": total_us / 1e3,
-        "model_run_ms": runs_us / 1e3,
-        "pooling_share": pool_us / total_us if total_us else 0.0,
-        "by_op_pct": {op: round(100.0 * us / total_us, 2) for op, us in top} if total_us else {},
-    }
+    return {"kernel_ms": total_us / 1e3, "model_run_ms": runs_us / 1e3,
+            "pooling_share": pool_us / total_us if total_us else 0.0,
+            "by_op_pct": {op: round(100.0 * us / total_us, 2) for op, us in top} if total_us else {}}
 
 
 def ort_profile(make_session: Callable[[Any], Any], run: Callable[[Any], None], prefix: Path) -> Path:
@@ -190,8 +187,5 @@ def torch_trace(encode: Callable[[], None], trace_path: Path, table_path: Path) 
     table_path.write_text(averages.table(sort_by="self_cpu_time_total", row_limit=25), encoding="utf-8")
     total = sum(e.self_cpu_time_total for e in averages) or 1.0
     top = sorted(averages, key=lambda e: -e.self_cpu_time_total)[:8]
-    return {
-        "by_op_pct": {e.key: round(100.0 * e.self_cpu_time_total / total, 2) for e in top},
-        "trace": trace_path.name,
-        "table": table_path.name,
-    }
+    return {"by_op_pct": {e.key: round(100.0 * e.self_cpu_time_total / total, 2) for e in top},
+            "trace": trace_path.name, "table": table_path.name}

@@ -129,13 +129,10 @@ def int8_peak(threads: int, n: int = 2048, repeats: int = 5) -> dict[str, float]
 
     rng = np.random.default_rng(0)
     weight = rng.integers(-127, 128, size=(n, n), dtype=np.int8)
-    graph = helper.make_graph(
-        [helper.make_node("MatMulInteger", ["a", "b"], ["y"])],
-        "matmul_integer_peak",
-        [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n])],
-        [helper.make_tensor_value_info("y", TensorProto.INT32, [n, n])],
-        initializer=[numpy_helper.from_array(weight, "b")],
-    )
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "matmul_integer_peak",
+                              [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, [n, n])],
+                              initializer=[numpy_helper.from_array(weight, "b")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     sess = ort.InferenceSession(
@@ -145,13 +142,8 @@ def int8_peak(threads: int, n: int = 2048, repeats: int = 5) -> dict[str, float]
     return _peak(lambda _: sess.run(None, {"a": a}), n, threads, repeats)
 
 
-def roofline_row(
-    shape: EncoderShape | None,
-    token_counts: list[int],
-    throughput_sps: float,
-    precision: str,
-    peaks: Mapping[str, Mapping[str, float]],
-) -> dict[str, Any]:
+def roofline_row(shape: EncoderShape | None, token_counts: list[int], throughput_sps: float, precision: str,
+                 peaks: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
     """Achieved matrix ops/s of a variant at ``throughput_sps`` and its share of this machine's peaks."""
     if shape is None:
         return {"status": "skipped: no model config found for this variant"}

@@ -1,21 +1,13 @@
 """``embopt bench``: every variant against the anchors, on the same machine, sentences and threads.
 
-One process, one run:
-
-1. pin the threads (env, torch, ORT sessions) and measure this machine's int8 and
-   fp32 matrix-product peaks;
-2. load the anchors (teacher in sentence-transformers/torch, its ONNX backend and
-   its dynamic int8 export) and every variant the pipeline produced;
-3. peak RSS of each variant in its own fresh process (:mod:`embopt.bench.peak_rss`);
-4. Spearman on STSb dev;
-5. throughput at each batch size and thread count, **interleaved** (every repeat
-   runs every variant once per setting, in a rotated order, so drift in machine
-   load hits all variants alike: :func:`embopt.bench.timing.interleaved`) and repeated;
-   medians reported. Batch-1 runs time each call, giving the latency percentiles;
-6. where the time goes (phases), a torch.profiler trace or an ORT profile per variant;
-7. truncation sweep (long texts and STSb), roofline against the measured peaks;
-8. a markdown report, a JSON file and a Pareto plot in ``reports/bench/``, logged to MLflow,
-   with the targets of ``bench.targets`` in params.yaml met or not.
+One process, one run (:func:`run_bench`): pinned threads and this machine's int8/fp32 matrix-product
+peaks; the anchors (teacher in sentence-transformers/torch, its ONNX backend and its dynamic int8
+export) and every variant the pipeline produced; peak RSS, each in a fresh process; STSb dev Spearman;
+throughput at each batch size and thread count, **interleaved** (every repeat runs every variant once
+per setting in a rotated order, so drift in machine load hits all variants alike), medians reported,
+batch-1 calls timed one by one for the latency percentiles; phases and profiler traces; a truncation
+sweep; a roofline against the peaks. Written to ``reports/bench/`` (markdown, JSON, Pareto plot) and
+logged to MLflow, with the targets of ``bench.targets`` in params.yaml met or not.
 """
 
 from __future__ import annotations
@@ -178,12 +170,8 @@ def machine_info(threads: int) -> dict[str, Any]:
 
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                    if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
+    from embopt.eval.evaluate import cpu_name
+
     try:
         mem_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1)
     except (ValueError, OSError, AttributeError):
@@ -198,21 +186,17 @@ def machine_info(threads: int) -> dict[str, Any]:
     env = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TOKENIZERS_PARALLELISM",
            "RAYON_NUM_THREADS")
     return {
-        "cpu": cpu,
+        "cpu": cpu_name() or platform.machine(),
         "logical_cpus": os.cpu_count(),
         "memory_gb": mem_gb,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "int8_isa": int8_isa(),
         "versions": versions,
-        "threads": {
-            "benchmark_threads": threads,
-            "torch_num_threads": torch.get_num_threads(),
-            "torch_interop_threads": torch.get_num_interop_threads(),
-            "ort_intra_op_num_threads": threads,
-            "ort_inter_op_num_threads": 1,
-            "env": {k: os.environ.get(k) for k in env},
-        },
+        "threads": {"benchmark_threads": threads, "torch_num_threads": torch.get_num_threads(),
+                    "torch_interop_threads": torch.get_num_interop_threads(),
+                    "ort_intra_op_num_threads": threads, "ort_inter_op_num_threads": 1,
+                    "env": {k: os.environ.get(k) for k in env}},
     }
 
 
@@ -560,24 +544,17 @@ def assemble(opts: BenchOptions, m: Measurements) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": machine_info(s.threads),
         "setup": {
-            "threads": s.threads,
-            "max_seq_length": s.max_seq_length,
-            "batch_sizes": s.batch_sizes,
+            **_fields(s, "threads", "max_seq_length", "batch_sizes"),
             "headline_batch": s.headline_batch if s.headline_batch in s.batch_sizes else max(s.batch_sizes),
-            "repeats": s.repeats,
-            "quick": s.quick,
+            **_fields(s, "repeats", "quick"),
             "sts_file": str(s.sts_file),
             "sts_pairs": len(m.pairs),
             "sts_sentences": len(unique_sentences(m.pairs)),
             **{f"{k}_sentences": len(m.sets[k]) for k in ("speed", "bs1", "lat16")},
             "lat16_tokens": m.lat16_tokens,
             "corpus": str(s.corpus) if s.corpus else None,
-            "long_texts": s.long_texts,
-            "long_min_words": s.long_min_words,
-            "trunc_lengths": s.trunc_lengths,
-            "trunc_repeats": s.trunc_repeats,
-            "profile_sentences": s.profile_sentences,
-            "phase_repeats": s.phase_repeats,
+            **_fields(s, "long_texts", "long_min_words", "trunc_lengths", "trunc_repeats",
+                      "profile_sentences", "phase_repeats"),
             "rss_method": "fresh process per variant: peak RSS (VmHWM) after imports and after load + "
             "embedding 128 sentences (python -m embopt.bench.peak_rss)",
             "timing_method": "interleaved: each repeat runs every variant once per setting in a rotated "
@@ -593,6 +570,10 @@ def assemble(opts: BenchOptions, m: Measurements) -> dict[str, Any]:
     result["int8_parent"] = int8_parent(Path(opts.export_dir), rows)
     result["targets"] = targets(result, opts.targets)
     return result
+
+
+def _fields(obj: Any, *names: str) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in names}
 
 
 def int8_parent(export_dir: Path, rows: dict[str, Any]) -> list[str] | None:

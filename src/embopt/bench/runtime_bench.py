@@ -1,19 +1,10 @@
 """Benchmark of the runtime itself: overhead, same ONNX file vs sentence-transformers, fidelity, cache.
 
-What it measures (one process, same sentences, same threads, interleaved repeats, medians):
-
-- **overhead**: share of :meth:`Embedder.embed` wall time spent outside ``InferenceSession.run``
-  (tokenization, padding, bookkeeping), for the int8 teacher and a 2-layer int8 student;
-- **same file**: sentence-transformers' ONNX backend and our runtime on the *same* int8 ONNX
-  file (sentence-transformers' own ``export_dynamic_quantized_onnx_model`` output; our runtime
-  folds its pooling into the graph), plus our pipeline's fused int8 export for reference;
-- **fidelity**: cosine between sentence-transformers and our runtime on the same fp32 ONNX file
-  for every STSb dev sentence;
-- **cache**: a Zipf-distributed stream of queries with and without the cache, and the cost of a hit
-  (in-memory and SQLite);
-- **modes** (also alone: ``--modes-only`` on an exported bundle): the Embedder's ways of using the
-  cores for bulk work (:data:`MODES`, same threads in all), their cosine to the plain path, and the
-  batch-1 latency of 16-token queries on one thread against the bare ``InferenceSession.run``.
+One process, same sentences, same threads, interleaved repeats, medians: the share of
+:meth:`Embedder.embed` outside ``InferenceSession.run`` for the int8 teacher and a 2-layer int8
+student (:func:`speed_and_overhead`); sentence-transformers' ONNX backend and our runtime on the
+*same* int8 file (:func:`fidelity` does the same on fp32); a Zipf stream with and without the cache
+(:func:`cache_bench`); the Embedder's :data:`MODES` (:func:`mode_bench`, also alone on a bundle).
 
 Models are built once into a work folder (ONNX exports of the teacher and of a student cut
 to ``student_layers`` of its layers: speed does not depend on training, so no training here).
@@ -185,14 +176,10 @@ class Contender:
         ours = self.embedder is not None
         measured = ours or (self.st_timer is not None and run.sum() > 0)
         tokenize = np.asarray(self.tokenize_s).reshape(seconds.shape).sum(axis=1) if ours else None
-        return {
-            "sentences_per_s": round(n / med, 1),
-            "seconds_median": round(med, 4),
-            "runs": len(per_round),
-            "seconds_per_round": [round(x, 4) for x in per_round],
-            "overhead_fraction": round(float(np.median(1 - run / per_round)), 4) if measured else None,
-            "tokenize_fraction": round(float(np.median(tokenize / per_round)), 4) if ours else None,
-        }
+        return {"sentences_per_s": round(n / med, 1), "seconds_median": round(med, 4), "runs": len(per_round),
+                "seconds_per_round": [round(x, 4) for x in per_round],
+                "overhead_fraction": round(float(np.median(1 - run / per_round)), 4) if measured else None,
+                "tokenize_fraction": round(float(np.median(tokenize / per_round)), 4) if ours else None}
 
 
 def timed_rows(contenders: list[Contender], texts: Sequence[str], repeats: int, chunk: int = 512) -> dict:
@@ -235,14 +222,9 @@ def fidelity(models: dict, texts: list[str], opts: RuntimeBenchOptions) -> dict[
     ref = st_onnx_encoder(m, m["st_fp32"], opts)[0](texts)
     same = cosine_rows(make_embedder(m["bundle"], opts, onnx_path=m["st_fp32"]).embed(texts), ref)
     pipe = cosine_rows(make_embedder(m["bundle"], opts, variant="onnx_fp32").embed(texts), ref)
-    return {
-        "sentences": len(texts),
-        "same_file_cosine_min": float(same.min()),
-        "same_file_cosine_mean": float(same.mean()),
-        "same_file_below_0.9999": int((same < 0.9999).sum()),
-        "pipeline_fp32_cosine_min": float(pipe.min()),
-        "pipeline_fp32_cosine_mean": float(pipe.mean()),
-    }
+    return {"sentences": len(texts), "same_file_cosine_min": float(same.min()),
+            "same_file_cosine_mean": float(same.mean()), "same_file_below_0.9999": int((same < 0.9999).sum()),
+            "pipeline_fp32_cosine_min": float(pipe.min()), "pipeline_fp32_cosine_mean": float(pipe.mean())}
 
 
 def zipf_stream(texts: list[str], n: int, s: float, seed: int = 0) -> list[str]:
@@ -318,14 +300,9 @@ def _stream_timing(emb, stream: list[str], request_size: int, rounds: int) -> tu
         with_cache.append(float(secs["with"].sum()))
     emb.cache = None
     t_without, t_with = statistics.median(no_cache), statistics.median(with_cache)
-    timings = {
-        "request_size": request_size,
-        "seconds_without": round(t_without, 4),
-        "seconds_with": round(t_with, 4),
-        "rounds_without": [round(x, 4) for x in no_cache],
-        "rounds_with": [round(x, 4) for x in with_cache],
-        "speedup": round(t_without / t_with, 3),
-    }
+    timings = {"request_size": request_size, "seconds_without": round(t_without, 4),
+               "seconds_with": round(t_with, 4), "rounds_without": [round(x, 4) for x in no_cache],
+               "rounds_with": [round(x, 4) for x in with_cache], "speedup": round(t_without / t_with, 3)}
     return timings, cache
 
 

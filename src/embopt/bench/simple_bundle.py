@@ -29,10 +29,8 @@ def build_simple_bundle(st_model, st_dir: Path, bundle: Path, max_seq_length: in
     get_dim = getattr(st_model, "get_embedding_dimension", None) or st_model.get_sentence_embedding_dimension
     write_manifest(
         tmp,
-        {
-            "onnx_fp32": {"file": "onnx/model.onnx", "precision": "fp32", "graph": "fused"},
-            "onnx_int8": {"file": "onnx/model_qint8.onnx", "precision": "int8-dynamic", "parent": "fused"},
-        },
+        {"onnx_fp32": {"file": "onnx/model.onnx", "precision": "fp32", "graph": "fused"},
+         "onnx_int8": {"file": "onnx/model_qint8.onnx", "precision": "int8-dynamic", "parent": "fused"}},
         "onnx_int8",
         dim=int(get_dim()),
         max_seq_length=max_seq_length,

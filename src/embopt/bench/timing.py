@@ -47,12 +47,8 @@ def rotate(items: Sequence[P], k: int) -> list[P]:
     return [*items[k:], *items[:k]]
 
 
-def interleaved(
-    contenders: Mapping[K, Callable[[P], Any]],
-    parts: Sequence[P],
-    repeats: int,
-    progress: Callable[[], Any] | None = None,
-) -> dict[K, np.ndarray]:
+def interleaved(contenders: Mapping[K, Callable[[P], Any]], parts: Sequence[P], repeats: int,
+                progress: Callable[[], Any] | None = None) -> dict[K, np.ndarray]:
     """Wall seconds of ``contenders[name](part)``: ``{name: array[repeat, part]}``.
 
     Each repeat runs every contender on every part in turn; the contenders' order rotates from one

@@ -17,50 +17,10 @@ from embopt.errors import DataError
 log = logging.getLogger(__name__)
 
 # Abbreviations after which a period does not end a sentence.
-_ABBREV = {
-    "mr",
-    "mrs",
-    "ms",
-    "dr",
-    "prof",
-    "sr",
-    "jr",
-    "st",
-    "mt",
-    "vs",
-    "etc",
-    "e.g",
-    "i.e",
-    "no",
-    "vol",
-    "fig",
-    "inc",
-    "ltd",
-    "co",
-    "corp",
-    "jan",
-    "feb",
-    "mar",
-    "apr",
-    "jun",
-    "jul",
-    "aug",
-    "sep",
-    "sept",
-    "oct",
-    "nov",
-    "dec",
-    "u.s",
-    "u.k",
-    "approx",
-    "ca",
-    "gen",
-    "col",
-    "lt",
-    "sgt",
-    "rev",
-    "est",
-}
+_ABBREV = set(
+    "mr mrs ms dr prof sr jr st mt vs etc e.g i.e no vol fig inc ltd co corp jan feb mar apr jun jul aug "
+    "sep sept oct nov dec u.s u.k approx ca gen col lt sgt rev est".split()
+)
 _SPLIT = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])")
 
 
@@ -96,11 +56,8 @@ def iter_corpus_files(paths: Iterable[Path]) -> Iterator[Path]:
         elif p.is_dir():
             found = False
             for f in sorted(p.rglob("*")):
-                if (
-                    f.is_file()
-                    and not f.name.startswith(".")
-                    and f.name.lower() not in ("readme.md", "license")
-                ):
+                skip = f.name.startswith(".") or f.name.lower() in ("readme.md", "license")
+                if f.is_file() and not skip:
                     found = True
                     yield f
             if not found:
@@ -207,8 +164,8 @@ def iter_file_sentences(path: Path, fmt: str = "auto", column: str = "text") -> 
 def read_text_column(path: Path, fmt: str, column: str) -> Iterator[str]:
     """The ``column`` of every row of a JSONL, CSV or Parquet file; empty cells skipped.
 
-    ``datasets`` would read these too, but no release resolves with the lock (each caps fsspec
-    below the pinned 2026.9.0, or needs huggingface_hub >= 1.x), so: json, csv and pyarrow.
+    Read with json, csv and pyarrow rather than ``datasets.load_dataset``: its readers parse whole
+    blocks, so a malformed row fails without a row number, and they copy the file into an Arrow cache.
 
     Raises:
         DataError: naming the file and row of a malformed row, a missing column or a non-text cell.
@@ -312,17 +269,20 @@ def build_corpus(
     """
     excl = {s.strip().lower() for s in exclude}
     seen: set[str] = set()
-    sts = {"offered": len(head), "excluded_sts_eval": 0, "duplicate": 0}
-    kept_head: list[str] = []
-    for s in head:
-        key = s.strip().lower()
+
+    def admit(key: str, counts: dict[str, int]) -> bool:
+        """False (and counted) for a sentence of the STS eval splits or one seen before."""
         if key in excl:
-            sts["excluded_sts_eval"] += 1
+            counts["excluded_sts_eval"] += 1
         elif key in seen:
-            sts["duplicate"] += 1
+            counts["duplicate"] += 1
         else:
             seen.add(key)
-            kept_head.append(s.strip())
+            return True
+        return False
+
+    sts = {"offered": len(head), "excluded_sts_eval": 0, "duplicate": 0}
+    kept_head = [s.strip() for s in head if admit(s.strip().lower(), sts)]
     files = {"files": 0, "raw": 0, "too_short": 0, "too_long": 0, "excluded_sts_eval": 0, "duplicate": 0}
     pool: list[str] = []
     t0 = time.perf_counter()
@@ -336,19 +296,10 @@ def build_corpus(
             n = len(s.split())
             if n < min_words:
                 files["too_short"] += 1
-                continue
-            if n > max_words:
+            elif n > max_words:
                 files["too_long"] += 1
-                continue
-            key = s.lower()
-            if key in excl:
-                files["excluded_sts_eval"] += 1
-                continue
-            if key in seen:
-                files["duplicate"] += 1
-                continue
-            seen.add(key)
-            pool.append(s)
+            elif admit(s.lower(), files):
+                pool.append(s)
     if not pool:
         raise DataError(
             f"data.corpus_path: no corpus sentence kept from {files['files']} file(s) in "

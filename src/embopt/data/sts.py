@@ -76,22 +76,19 @@ def load_sts_local(sts_dir: Path) -> dict[str, list[StsPair]]:
 
 
 def load_sts_hub(dataset_id: str) -> dict[str, list[StsPair]]:
-    """Load STS from the hub's Parquet export of a dataset (scores there are 0..1; rescaled to 0..5).
+    """Load STS with ``datasets.load_dataset`` (a hub id, or a local dataset folder laid out the same way).
 
-    Reads the ``refs/convert/parquet`` branch the hub builds for every dataset with
-    huggingface_hub and pyarrow: ``datasets`` has no release that resolves with the lock.
+    The hub's STSb (``sentence-transformers/stsb``) has splits train/validation/test with columns
+    sentence1, sentence2 and a 0..1 score, rescaled here to the local files' 0..5.
 
     Raises:
-        DataError: one line when the hub cannot be reached (offline) or the dataset lacks a split.
+        DataError: one line when the hub cannot be reached (offline) or the dataset lacks a split/column.
     """
-    from huggingface_hub import snapshot_download
+    import datasets
 
+    datasets.disable_progress_bars()  # one log line per stage, not a bar per file
     try:
-        root = Path(
-            snapshot_download(
-                dataset_id, repo_type="dataset", revision="refs/convert/parquet", allow_patterns=["*.parquet"]
-            )
-        )
+        splits = datasets.load_dataset(dataset_id)
     except Exception as exc:  # offline, unknown id, no network: all end the same way for the user
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DataError(
@@ -100,27 +97,25 @@ def load_sts_hub(dataset_id: str) -> dict[str, list[StsPair]]:
         ) from None
     out: dict[str, list[StsPair]] = {}
     for split, hub_split in (("train", "train"), ("dev", "validation"), ("test", "test")):
-        files = sorted(root.glob(f"*/{hub_split}/*.parquet"))
-        if not files:
+        if hub_split not in splits:
             if split == "test":
                 continue
-            raise DataError(f"data.sts_hub_id={dataset_id}: no '{hub_split}' split on the hub")
-        out[split] = _hub_pairs(files)
+            raise DataError(f"data.sts_hub_id={dataset_id}: no '{hub_split}' split")
+        out[split] = _hub_pairs(dataset_id, hub_split, splits[hub_split])
     return out
 
 
-def _hub_pairs(files: list[Path]) -> list[StsPair]:
-    import pyarrow.parquet as pq
-
-    pairs = []
-    for f in files:
-        table = pq.read_table(f)
-        missing = {"sentence1", "sentence2", "score"} - set(table.column_names)
-        if missing:
-            raise DataError(f"{f}: no column(s) {sorted(missing)} (expected sentence1, sentence2, score)")
-        for r in table.select(["sentence1", "sentence2", "score"]).to_pylist():
-            pairs.append(StsPair(r["sentence1"], r["sentence2"], float(r["score"]) * 5.0))
-    return pairs
+def _hub_pairs(dataset_id: str, split: str, rows) -> list[StsPair]:
+    missing = {"sentence1", "sentence2", "score"} - set(rows.column_names)
+    if missing:
+        raise DataError(
+            f"data.sts_hub_id={dataset_id} split {split}: no column(s) {sorted(missing)} "
+            "(expected sentence1, sentence2, score)"
+        )
+    return [
+        StsPair(a, b, float(score) * 5.0)
+        for a, b, score in zip(rows["sentence1"], rows["sentence2"], rows["score"], strict=True)
+    ]
 
 
 def load_sts(source: str, sts_dir: Path, hub_id: str) -> tuple[dict[str, list[StsPair]], str]:

@@ -65,17 +65,8 @@ def mean_cosine(a: np.ndarray, b: np.ndarray) -> float | None:
     return round(float(cosine_rows(a, b).mean()), 5) if a.shape == b.shape else None
 
 
-def evaluate_all(
-    variants: list[Variant],
-    val: Sequence[StsPair],
-    dev: Sequence[StsPair],
-    throughput_n: int,
-    latency_n: int,
-    repeats: int,
-    n_boot: int,
-    seed: int,
-    incumbent: str | None = None,
-) -> dict:
+def evaluate_all(variants: list[Variant], val: Sequence[StsPair], dev: Sequence[StsPair], throughput_n: int,
+                 latency_n: int, repeats: int, n_boot: int, seed: int, incumbent: str | None = None) -> dict:
     """Measure every variant; the first one is the teacher (the reference for retention).
 
     ``incumbent`` names the variant that is the registry's current champion (measured in
@@ -91,11 +82,9 @@ def evaluate_all(
         val_emb = np.asarray(v.encode(val_s), dtype=np.float32)
         dev_emb[v.name] = np.asarray(v.encode(dev_s), dtype=np.float32)
         dev_cos[v.name] = pair_cosines(dev_emb[v.name], dev_s, dev)
-        rows[v.name] = {
-            "val_spearman": 100.0 * spearman(pair_cosines(val_emb, val_s, val), gold_val),
-            "size_mb": round(dir_size_mb(v.size_path, v.size_patterns), 3),
-            "dim": int(val_emb.shape[1]),
-        }
+        rows[v.name] = {"val_spearman": 100.0 * spearman(pair_cosines(val_emb, val_s, val), gold_val),
+                        "size_mb": round(dir_size_mb(v.size_path, v.size_patterns), 3),
+                        "dim": int(val_emb.shape[1])}
     ref = variants[0].name
     for v in variants:
         row = rows[v.name]
@@ -121,26 +110,15 @@ def evaluate_all(
         lat = latency_ms(v.encode_one, val_s[:latency_n])
         sps = statistics.median(runs[v.name])
         rows[v.name].update(
-            {
-                "throughput_sps": round(sps, 1),
-                "throughput_spread": round((max(runs[v.name]) - min(runs[v.name])) / sps, 4),
-                "latency_ms_p50_bs1": round(lat["p50"], 3),
-                "latency_ms_p95_bs1": round(lat["p95"], 3),
-            }
+            {"throughput_sps": round(sps, 1),
+             "throughput_spread": round((max(runs[v.name]) - min(runs[v.name])) / sps, 4),
+             "latency_ms_p50_bs1": round(lat["p50"], 3), "latency_ms_p95_bs1": round(lat["p95"], 3)}
         )
     for name, row in rows.items():
         row["speedup_vs_teacher"] = round(row["throughput_sps"] / rows[ref]["throughput_sps"], 3)
-        log.info(
-            "%-22s dev %.2f [%.2f, %.2f]  val retention %.4f  %8.1f sent/s (spread %.1f%%)  %.1f MB",
-            name,
-            row["dev_spearman"],
-            row["dev_spearman_lo"],
-            row["dev_spearman_hi"],
-            row["val_retention"],
-            row["throughput_sps"],
-            100 * row["throughput_spread"],
-            row["size_mb"],
-        )
+        log.info("%-22s dev %.2f [%.2f, %.2f]  val retention %.4f  %8.1f sent/s (spread %.1f%%)  %.1f MB",
+                 name, row["dev_spearman"], row["dev_spearman_lo"], row["dev_spearman_hi"],
+                 row["val_retention"], row["throughput_sps"], 100 * row["throughput_spread"], row["size_mb"])
     return {
         "reference": ref,
         "variants": rows,
@@ -173,11 +151,8 @@ def headline(result: dict) -> dict:
     """What ``metrics/evaluate.json`` holds: per variant the numbers a reader compares."""
     keep = ("retention", "retention_lo", "retention_hi", "val_retention", "speedup_vs_teacher")
     ref = result["variants"][result["reference"]]
-    return {
-        "teacher_dev_spearman": ref["dev_spearman"],
-        "teacher_val_spearman": ref["val_spearman"],
-        "variants": {n: {k: r[k] for k in keep} for n, r in result["variants"].items()},
-    }
+    return {"teacher_dev_spearman": ref["dev_spearman"], "teacher_val_spearman": ref["val_spearman"],
+            "variants": {n: {k: r[k] for k in keep} for n, r in result["variants"].items()}}
 
 
 def markdown_table(result: dict) -> str:

@@ -46,9 +46,7 @@ class StaticRecipe:
     batch_size: int = 32
 
     def as_dict(self) -> dict:
-        d = asdict(self)
-        d["op_types"] = list(self.op_types)
-        return d
+        return {**asdict(self), "op_types": list(self.op_types)}
 
     @property
     def tensorrt_compatible(self) -> bool:

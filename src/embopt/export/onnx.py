@@ -28,10 +28,8 @@ def _check_modules(st_model) -> None:
     for i, module in enumerate(st_model):
         if i == 0 or isinstance(module, (Pooling, Normalize)):
             continue
-        raise EmboptError(
-            f"onnx export: module {i} ({type(module).__name__}) is not supported; "
-            "supported pipelines are Transformer -> Pooling(mean|cls|max) [-> Normalize]"
-        )
+        raise EmboptError(f"onnx export: module {i} ({type(module).__name__}) is not supported; "
+                          "supported pipelines are Transformer -> Pooling(mean|cls|max) [-> Normalize]")
 
 
 def build_wrapper(st_model):
@@ -70,26 +68,15 @@ def export_onnx(st_model, path: Path, opset: int = 17) -> Path:
     ids = torch.ones(2, 16, dtype=torch.long)
     mask = torch.ones(2, 16, dtype=torch.long)
     mask[1, 10:] = 0  # exercise padding while tracing
-    axes = {
-        "input_ids": {0: "batch", 1: "sequence"},
-        "attention_mask": {0: "batch", 1: "sequence"},
-        OUTPUT_NAME: {0: "batch"},
-    }
+    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
+            OUTPUT_NAME: {0: "batch"}}
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")  # tracer warnings about python control flow in HF code
         # The TorchScript exporter (dynamo=False) gives the op patterns ORT's BERT fusions match.
-        torch.onnx.export(
-            wrapper,
-            (ids, mask),
-            str(path),
-            input_names=INPUT_NAMES,
-            output_names=[OUTPUT_NAME],
-            dynamic_axes=axes,
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,
-        )
+        torch.onnx.export(wrapper, (ids, mask), str(path), input_names=INPUT_NAMES,
+                          output_names=[OUTPUT_NAME], dynamic_axes=axes, opset_version=opset,
+                          do_constant_folding=True, dynamo=False)
     log.info("exported ONNX fp32 to %s", path)
     return path
 

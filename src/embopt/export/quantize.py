@@ -40,20 +40,16 @@ class DynamicRecipe:
     op_types: tuple[str, ...] = ("MatMul", "Attention", "Gather", "EmbedLayerNormalization")
 
     def as_dict(self) -> dict:
-        d = asdict(self)
-        d["op_types"] = list(self.op_types)
-        return d
+        return {**asdict(self), "op_types": list(self.op_types)}
 
 
 # What ORT's docs (quantize_static "Choosing parameters for CPU inference") and Optimum's
 # AutoQuantizationConfig recommend per instruction set. VNNI and ARM dot-product
 # instructions accumulate u8*s8 without saturating; plain AVX2 (vpmaddubsw) can saturate
 # 16-bit intermediates, which 7-bit weights (reduce_range) avoid.
-ISA_PRESETS: dict[str, DynamicRecipe] = {
-    "avx512_vnni": DynamicRecipe(isa="avx512_vnni", reduce_range=False),
-    "avx2": DynamicRecipe(isa="avx2", reduce_range=True),
-    "arm64": DynamicRecipe(isa="arm64", reduce_range=False),
-}
+ISA_PRESETS: dict[str, DynamicRecipe] = {"avx512_vnni": DynamicRecipe(isa="avx512_vnni", reduce_range=False),
+                                         "avx2": DynamicRecipe(isa="avx2", reduce_range=True),
+                                         "arm64": DynamicRecipe(isa="arm64", reduce_range=False)}
 
 
 def cpu_flags() -> set[str]:
@@ -79,10 +75,8 @@ def detect_isa(machine: str | None = None, flags: set[str] | None = None) -> str
     return "avx2"  # no VNNI: the conservative preset (reduce_range) is right for anything older too
 
 
-def resolve_recipe(
-    isa: str = "auto", per_channel: bool | None = None, reduce_range: bool | None = None,
-    weight_type: str | None = None, op_types: Sequence[str] | None = None,
-) -> DynamicRecipe:
+def resolve_recipe(isa: str = "auto", per_channel: bool | None = None, reduce_range: bool | None = None,
+                   weight_type: str | None = None, op_types: Sequence[str] | None = None) -> DynamicRecipe:
     """The preset for ``isa`` (``auto``: this CPU's), with any explicit setting applied on top."""
     chosen = detect_isa() if isa == "auto" else isa
     if chosen not in ISA_PRESETS:
@@ -123,10 +117,8 @@ def check_op_types(src: Path, op_types: Sequence[str], mode: str, setting: str) 
     nodes = [n.name for n in graph.node if n.op_type in set(op_types)]
     if not nodes:
         present = sorted({n.op_type for n in graph.node})
-        raise EmboptError(
-            f"{src}: no node of the op types in {setting} ({', '.join(op_types)}); "
-            f"the model has: {', '.join(present)}"
-        )
+        raise EmboptError(f"{src}: no node of the op types in {setting} ({', '.join(op_types)}); "
+                          f"the model has: {', '.join(present)}")
     return nodes
 
 
@@ -152,12 +144,10 @@ def _has_dq_input(path: Path, node_name: str) -> bool:
     return False
 
 
-def quantize_dynamic_int8(
-    src: Path, dst: Path, per_channel: bool = False, reduce_range: bool = False,
-    op_types: list[str] | None = None, weight_type: str = "qint8",
-    nodes_to_exclude: Sequence[str] | None = None,
-    nodes_to_quantize: Sequence[str] | None = None,
-) -> Path:
+def quantize_dynamic_int8(src: Path, dst: Path, per_channel: bool = False, reduce_range: bool = False,
+                          op_types: list[str] | None = None, weight_type: str = "qint8",
+                          nodes_to_exclude: Sequence[str] | None = None,
+                          nodes_to_quantize: Sequence[str] | None = None) -> Path:
     """Write a dynamically quantized (int8 weights, uint8 activations) copy of ``src`` to ``dst``.
 
     Args:
@@ -194,8 +184,6 @@ def quantize_recipe(src: Path, dst: Path, recipe: DynamicRecipe,
                     nodes_to_exclude: Sequence[str] | None = None,
                     nodes_to_quantize: Sequence[str] | None = None) -> Path:
     """:func:`quantize_dynamic_int8` with the settings of ``recipe``."""
-    return quantize_dynamic_int8(
-        src, dst, per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
-        op_types=list(recipe.op_types), weight_type=recipe.weight_type,
-        nodes_to_exclude=nodes_to_exclude, nodes_to_quantize=nodes_to_quantize,
-    )
+    return quantize_dynamic_int8(src, dst, per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
+                                 op_types=list(recipe.op_types), weight_type=recipe.weight_type,
+                                 nodes_to_exclude=nodes_to_exclude, nodes_to_quantize=nodes_to_quantize)

@@ -47,15 +47,11 @@ class Profile:
                 raise EmboptError(f"export.tensorrt.{name}: expected [batch, sequence] >= 1, got {list(s)}")
         lo, mid, hi = shapes
         if not all(lo[i] <= mid[i] <= hi[i] for i in range(2)):
-            raise EmboptError(
-                "export.tensorrt: shapes must satisfy min <= opt <= max per axis, "
-                f"got {list(lo)}, {list(mid)}, {list(hi)}"
-            )
+            raise EmboptError("export.tensorrt: shapes must satisfy min <= opt <= max per axis, "
+                              f"got {list(lo)}, {list(mid)}, {list(hi)}")
         if max_seq_length is not None and hi[1] < max_seq_length:
-            raise EmboptError(
-                f"export.tensorrt.max_shape: sequence {hi[1]} < the bundle's max_seq_length "
-                f"{max_seq_length}; longer inputs would be rejected by the engine"
-            )
+            raise EmboptError(f"export.tensorrt.max_shape: sequence {hi[1]} < the bundle's max_seq_length "
+                              f"{max_seq_length}; longer inputs would be rejected by the engine")
         return cls(lo, mid, hi)
 
     def for_inputs(self) -> dict[str, tuple[tuple[int, int], tuple[int, int], tuple[int, int]]]:

@@ -18,10 +18,8 @@ from embopt.export.onnx import INPUT_NAMES, OUTPUT_NAME
 PLATFORMS = {"onnxruntime_onnx": ("onnxruntime", "model.onnx"), "tensorrt_plan": ("tensorrt", "model.plan")}
 
 
-def config_pbtxt(
-    name: str, platform: str, dim: int, max_batch_size: int, preferred_batch_sizes: list[int],
-    max_queue_delay_us: int, instances: int, kind: str | None = None,
-) -> str:
+def config_pbtxt(name: str, platform: str, dim: int, max_batch_size: int, preferred_batch_sizes: list[int],
+                 max_queue_delay_us: int, instances: int, kind: str | None = None) -> str:
     """The text of a Triton ``config.pbtxt``.
 
     Args:

@@ -97,13 +97,6 @@ def package_variant(export_dir: Path, variant: str, onnx_file: Path, dst: Path) 
     packaged = {
         k: v for k, v in manifest.items() if k not in ("variants", "default_variant", "tensorrt", "triton")
     }
-    packaged.update(
-        {
-            "format": FORMAT,
-            "default_variant": variant,
-            "dim": dim,
-            "variants": {variant: entry},
-        }
-    )
+    packaged.update({"format": FORMAT, "default_variant": variant, "dim": dim, "variants": {variant: entry}})
     (dst / MANIFEST).write_text(json.dumps(packaged, indent=2) + "\n", encoding="utf-8")
     return dst

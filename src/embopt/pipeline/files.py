@@ -167,8 +167,6 @@ def quiet_root_logger(level: int = 30) -> Iterator[None]:
     onnxruntime's optimizer and quantizer log every fusion at INFO on the root
     logger; the stage logs one summary line instead.
     """
-    import logging
-
     root = logging.getLogger()
     old = root.level
     root.setLevel(max(level, old))

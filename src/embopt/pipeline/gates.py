@@ -28,10 +28,8 @@ class GateResult:
 
     def line(self) -> str:
         verdict = "passed" if self.passed else "FAILED"
-        return (
-            f"gate {verdict}: stage={self.stage} metric={self.metric} "
-            f"value={self.value:.4f} threshold={self.op}{self.threshold:.4f}"
-        )
+        return (f"gate {verdict}: stage={self.stage} metric={self.metric} "
+                f"value={self.value:.4f} threshold={self.op}{self.threshold:.4f}")
 
 
 def evaluate_gates(stage: str, gate: BaseModel | Mapping, metrics: Mapping[str, float]) -> list[GateResult]:

@@ -65,6 +65,15 @@ class TeacherEmbedParams(_Section):
     max_seq_length: int = Field(128, ge=8)
     # Saved one by one as they finish: a killed run resumes at the first missing chunk.
     chunk_sentences: int = Field(10000, ge=1)
+    # spark: the same fp32 ONNX teacher as Spark jobs (mapInPandas, one chunk a job) on spark_master.
+    engine: Literal["local", "spark"] = "local"
+    spark_master: str = Field("local[*]", min_length=1)
+
+    @model_validator(mode="after")
+    def _spark_runs_onnx(self) -> TeacherEmbedParams:
+        if self.engine == "spark" and self.backend == "torch":
+            raise ValueError("engine spark runs the fp32 ONNX teacher: set backend to auto or onnx")
+        return self
 
 
 class DistillGate(_Section):

@@ -23,14 +23,8 @@ class Contender:
 
     @classmethod
     def from_row(cls, name: str, row: dict) -> Contender:
-        return cls(
-            name,
-            row["val_retention"],
-            row["throughput_sps"],
-            row["throughput_spread"],
-            row["size_mb"],
-            row["dim"],
-        )
+        return cls(name, row["val_retention"], row["throughput_sps"], row["throughput_spread"],
+                   row["size_mb"], row["dim"])
 
 
 def speed_tie(a: Contender, b: Contender, noise_floor: float) -> bool:
@@ -62,11 +56,9 @@ def decide(
         return True, "no champion yet: promoted directly"
     if objective == "throughput" and not speed_tie(challenger, incumbent, noise_floor):
         faster = challenger.sps > incumbent.sps
-        return faster, (
-            f"{challenger.sps:.0f} vs incumbent {incumbent.sps:.0f} sent/s, beyond the noise "
-            f"(±{100 * max(challenger.spread, incumbent.spread, noise_floor):.1f}%): "
-            + ("challenger is faster" if faster else "incumbent is faster")
-        )
+        return faster, (f"{challenger.sps:.0f} vs incumbent {incumbent.sps:.0f} sent/s, beyond the noise "
+                        f"(±{100 * max(challenger.spread, incumbent.spread, noise_floor):.1f}%): "
+                        + ("challenger is faster" if faster else "incumbent is faster"))
     if objective == "vector_bytes" and challenger.dim != incumbent.dim:
         narrower = challenger.dim < incumbent.dim
         return narrower, f"dim {challenger.dim} vs incumbent {incumbent.dim}"

@@ -74,13 +74,8 @@ def log_and_register_embedder(
     version = str(mv.version)
     client.set_registered_model_alias(model_name, alias, version)
     log.info("registered %s version %s as @%s (%s)", model_name, version, alias, info.model_uri)
-    return {
-        "model_name": model_name,
-        "version": version,
-        "alias": alias,
-        "model_uri": info.model_uri,
-        "run_id": run.run_id,
-    }
+    return {"model_name": model_name, "version": version, "alias": alias, "model_uri": info.model_uri,
+            "run_id": run.run_id}
 
 
 def _ensure_registered_model(client, name: str) -> None:

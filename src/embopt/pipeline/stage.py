@@ -18,13 +18,8 @@ EXIT_GATE = 2
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-        force=True,
-    )
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr, force=True)
     # Third-party chatter (alembic migrations, HTTP retries) hides what the stage does.
     for name in ("alembic", "urllib3", "httpx", "mlflow.store.db.utils", "sentence_transformers"):
         logging.getLogger(name).setLevel(logging.WARNING)

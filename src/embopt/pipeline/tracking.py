@@ -7,7 +7,8 @@ headline metrics of evaluate and promote, and a ``stage.<name>`` tag per stage (
 ``failed``, ``killed``, or ``skipped (cached)`` for an upstream stage DVC did not run), so
 two pipeline runs compare side by side in the UI. Stages run as separate processes: each
 re-opens the parent and ends it again (FINISHED, or FAILED/KILLED for good), so no parent
-is left RUNNING between stages or after a partial ``dvc repro <stage>``.
+is left RUNNING between stages or after a partial ``dvc repro <stage>``. A stage killed with
+SIGKILL cannot close its run: the next stage on the host ends it, and its parent, as KILLED.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import hashlib
 import logging
 import os
 import re
+import socket
 import subprocess
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +38,15 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DB = "mlflow.db"
 PIPELINE_KIND = "pipeline"  # the embopt.kind tag that marks a pipeline's parent run
+PROCESS_TAG = "process"  # host:pid:start time of the process that writes a stage run
 # MLflow 3 UIs that read this experiment tag open the experiment on its runs, not the GenAI
 # overview. MLflow 3.17's UI ignores it for a global switch instead (`?workflowType=` in the URL,
 # else the browser's last choice, GenAI by default): see ui_url().
 KIND_TAG, KIND = "mlflow.experimentKind", "custom_model_development"
 # MLflow retries an unreachable server for minutes (7 retries, backoff 2, 120 s timeout); a
 # stage fails within seconds instead. The user's own MLFLOW_HTTP_* settings win.
-HTTP_BUDGET = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-}
+HTTP_BUDGET = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+               "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 REACH_SECONDS = 10.0  # how long a stage waits for a tracking server before giving up
 
 
@@ -99,13 +100,8 @@ def git_commit() -> str:
             ["git", "rev-parse", "HEAD"], cwd=config.PROJ_ROOT, capture_output=True, text=True, check=True
         )
         commit = out.stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=config.PROJ_ROOT,
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=config.PROJ_ROOT,
+                               capture_output=True, text=True, check=False).stdout.strip()
         return f"{commit}-dirty" if dirty else commit
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -183,14 +179,14 @@ def _numbers(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     }
 
 
+@dataclass
 class StageRun:
     """Thin handle on the active MLflow run of one stage (and its pipeline's parent run)."""
 
-    def __init__(self, stage: str, run_id: str, parent_id: str | None = None, pipeline: str | None = None):
-        self.stage = stage
-        self.run_id = run_id
-        self.parent_id = parent_id
-        self.pipeline_id = pipeline
+    stage: str
+    run_id: str
+    parent_id: str | None = None
+    pipeline_id: str | None = None
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None, prefix: str = "") -> None:
         clean = _numbers(metrics, prefix)
@@ -252,16 +248,12 @@ def stage_run(stage: str, params: Params, sections: list[str]) -> Iterator[Stage
     logged = flatten({s: dumped[s] for s in ["base", *sections] if s in dumped})
     commit = git_commit()
     client = _mlflow().MlflowClient()
+    _end_orphans(client, exp_id)
     # The parent gets the whole params.yaml: DVC skips a stage only when its params are unchanged,
     # so the file describes every output of this pipeline run, and two runs compare key by key.
     parent = _open_parent(client, exp_id, pid, commit, stage, flatten(dumped))
-    tags = {
-        "dvc.stage": stage,
-        "git.commit": commit,
-        "pipeline.id": pid,
-        "mlflow.runName": f"{stage}-{pid}",
-        "mlflow.parentRunId": parent,
-    }
+    tags = {"dvc.stage": stage, "git.commit": commit, "pipeline.id": pid, "mlflow.runName": f"{stage}-{pid}",
+            "mlflow.parentRunId": parent, PROCESS_TAG: _this_process()}
     if os.environ.get("DVC_EXP_NAME"):  # set by dvc exp run
         tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
     status, error = "FINISHED", None
@@ -281,6 +273,41 @@ def stage_run(stage: str, params: Params, sections: list[str]) -> Iterator[Stage
         raise
     finally:
         _best_effort(_close_parent, client, parent, stage, status, error)
+
+
+def _this_process() -> str:
+    import psutil
+
+    return f"{socket.gethostname()}:{os.getpid()}:{psutil.Process().create_time()}"
+
+
+def _end_orphans(client, exp_id: str) -> None:
+    """End as KILLED the RUNNING stage runs whose process on this host is gone (SIGKILL, power loss).
+
+    Nothing in a process survives SIGKILL to close its run; the next stage does it, with its parent.
+    A process is identified by pid *and* start time, so a recycled pid is not mistaken for the writer.
+    """
+    import psutil
+    from mlflow.entities import RunTag
+
+    host = socket.gethostname()
+    query = f"attributes.status = 'RUNNING' and tags.`{PROCESS_TAG}` LIKE '{host}:%'"
+    for run in client.search_runs([exp_id], query):
+        _, pid, started = run.data.tags[PROCESS_TAG].rsplit(":", 2)
+        try:
+            if psutil.Process(int(pid)).create_time() == float(started):
+                continue  # still running
+        except psutil.NoSuchProcess:
+            pass
+        stage = run.data.tags.get("dvc.stage", "?")
+        why = f"{stage}: process {pid} on {host} ended without closing its run (killed)"
+        log.warning("mlflow run %s: %s; marked KILLED", run.info.run_id, why)
+        client.set_tag(run.info.run_id, "error", why)
+        client.set_terminated(run.info.run_id, "KILLED")
+        parent = run.data.tags.get("mlflow.parentRunId")
+        if parent and client.get_run(parent).info.status == "RUNNING":
+            client.log_batch(parent, tags=[RunTag(f"stage.{stage}", "killed"), RunTag("error", why)])
+            client.set_terminated(parent, "KILLED")
 
 
 def _server_lost(exc: BaseException) -> bool:
@@ -323,11 +350,8 @@ def _open_parent(client, exp_id: str, pid: str, commit: str, stage: str, params:
         log.warning("pipeline run %s already logged other values for %s", parent.run_id, ", ".join(changed))
     from mlflow.entities import Param, RunTag
 
-    client.log_batch(
-        parent.run_id,
-        params=[Param(k, v) for k, v in new.items()],
-        tags=[RunTag(f"stage.{stage}", "running")],
-    )
+    client.log_batch(parent.run_id, params=[Param(k, v) for k, v in new.items()],
+                     tags=[RunTag(f"stage.{stage}", "running")])
     return parent.run_id
 
 
@@ -385,13 +409,11 @@ def _run(exp_id: str, tags: Mapping[str, Any], params: Mapping[str, Any], name: 
             mlflow.log_params(_param_values(params))
         try:
             yield StageRun(name, run.info.run_id)
-        except (KeyboardInterrupt, SystemExit) as exc:
-            # Ctrl-C, or SIGTERM (run_stage turns it into SystemExit): the run was stopped, not broken.
-            _best_effort(mlflow.set_tag, "error", f"{type(exc).__name__}: {exc}"[:5000])
-            _best_effort(mlflow.end_run, "KILLED")
-            raise
         except BaseException as exc:  # start_run's exit marks the run FAILED
             _best_effort(mlflow.set_tag, "error", f"{type(exc).__name__}: {exc}"[:5000])
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                # Ctrl-C, or SIGTERM (run_stage turns it into SystemExit): the run was stopped, not broken.
+                _best_effort(mlflow.end_run, "KILLED")
             raise
 
 
@@ -406,12 +428,8 @@ def standalone_run(
     """
     check_reachable()
     exp_id = ensure_experiment(experiment)
-    all_tags = {
-        "embopt.kind": kind,
-        "git.commit": git_commit(),
-        "mlflow.runName": f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}",
-        **(tags or {}),
-    }
+    all_tags = {"embopt.kind": kind, "git.commit": git_commit(),
+                "mlflow.runName": f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}", **(tags or {})}
     with _run(exp_id, all_tags, flatten(dict(params or {})), kind) as handle:
         log.info("mlflow run %s (%s) in %s", handle.run_id, kind, masked(tracking_uri()))
         yield handle

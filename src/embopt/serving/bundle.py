@@ -86,13 +86,8 @@ def write_manifest(
     for name, v in variants.items():
         v["sha256"] = sha256(member_path(bundle, v["file"], f"variant '{name}' file"))
     tok = bundle / "tokenizer.json"
-    manifest = {
-        "format": FORMAT,
-        **fields,
-        "tokenizer_sha256": sha256(tok) if tok.exists() else "",
-        "default_variant": default_variant,
-        "variants": variants,
-    }
+    manifest = {"format": FORMAT, **fields, "tokenizer_sha256": sha256(tok) if tok.exists() else "",
+                "default_variant": default_variant, "variants": variants}
     path = bundle / MANIFEST
     path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return path

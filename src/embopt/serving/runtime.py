@@ -16,15 +16,10 @@ Everything outside step 4 is overhead; :attr:`Embedder.timings` measures it. A v
 manifest entry names another ``backend`` (OpenVINO IR, a static token table) is run in step 4 by
 that backend's session (:mod:`embopt.serving.backends`); the rest is the same.
 
-Two modes (``embopt bench-runtime --modes`` measures them against each other):
-
-- ``bulk`` (the default; files, evaluation): one single-threaded session per core, each a Python
-  thread pulling the next length-sorted batch (ONNX Runtime and the Rust tokenizer release the GIL);
-- ``latency`` (serving: pyfunc, HTTP): one session whose intra-op threads share every request.
-
-``tokenize_chunk`` > 0 tokenizes that many texts at a time in a background thread, ahead of the
-batches being run; ``token_budget`` packs each batch up to that many padded tokens (as
-text-embeddings-inference does) instead of ``batch_size`` sentences.
+Modes (``embopt bench-runtime --modes`` measures them): ``bulk`` (files, evaluation) runs one
+single-threaded session per core, each a Python thread pulling the next length-sorted batch (ONNX
+Runtime and the Rust tokenizer release the GIL); ``latency`` (serving) one session whose intra-op
+threads share every request. ``token_budget`` packs batches as text-embeddings-inference does.
 
 Only numpy, onnxruntime and tokenizers are needed here (the served model ships
 this module): ``onnx`` is imported only to add pooling to a token-level graph.
@@ -79,12 +74,10 @@ def session_options(threads: int | None = None, graph_optimization: str = "all",
         opts.intra_op_num_threads = int(threads)
     opts.inter_op_num_threads = int(inter_op_threads)
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    levels = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }
+    levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
     opts.graph_optimization_level = levels[graph_optimization]
     if not spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")

