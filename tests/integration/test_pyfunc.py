@@ -478,8 +478,14 @@ def test_served_by_triton_with_dynamic_batching(store, tmp_path):
         with ThreadPoolExecutor(8) as pool:
             got = np.stack(list(pool.map(embed_one, texts)))
         # PyTriton restricts the statistics API to its own token; Triton's Prometheus metrics are open.
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
-            metrics = resp.read().decode()
+        # They are refreshed on an interval (2 s by default), so read until every request is counted.
+        until = time.time() + 30
+        while True:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
+                metrics = resp.read().decode()
+            if _triton_counts(metrics, name).get("nv_inference_count") == len(texts) or time.time() > until:
+                break
+            time.sleep(1)
     finally:
         _stop(proc)
         log.close()
@@ -488,9 +494,16 @@ def test_served_by_triton_with_dynamic_batching(store, tmp_path):
     assert got.shape == (len(texts), 32) and got.dtype == np.float32
     # int8 activations are scaled per batch, so batched rows differ from one-by-one ones in float noise.
     assert np.min(np.sum(got * want, axis=1)) > 0.999
-    counts = {}
-    for line in metrics.splitlines():
-        if line.startswith(("nv_inference_count{", "nv_inference_exec_count{")) and f'model="{name}"' in line:
-            counts[line.split("{")[0]] = float(line.split()[-1])
+    counts = _triton_counts(metrics, name)
     inferences, executions = counts["nv_inference_count"], counts["nv_inference_exec_count"]
     assert inferences == len(texts) and executions < inferences, counts
+
+
+def _triton_counts(metrics: str, model: str) -> dict[str, float]:
+    """Triton's inference and execution counters for one model, from its Prometheus text."""
+    counts = {}
+    names = ("nv_inference_count{", "nv_inference_exec_count{")
+    for line in metrics.splitlines():
+        if line.startswith(names) and f'model="{model}"' in line:
+            counts[line.split("{")[0]] = float(line.split()[-1])
+    return counts
