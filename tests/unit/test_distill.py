@@ -455,21 +455,34 @@ def test_stage_rejects_layers_the_teacher_lacks_in_one_line(tmp_path, tiny_model
     assert not (root / "models" / "distill").exists()
 
 
+def test_stage_with_nproc_2_fails_with_the_ranks_one_line_error(tmp_path, tiny_model_dir, tiny_model, corpus,
+                                                               targets, dev_pairs):
+    root = tmp_path / "proj"
+    proc = _run_distill_stage(root, tiny_model_dir, corpus, targets, dev_pairs,
+                              "  layers: [0, 9]\n  nproc: 2\n")
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "distill: error: distill.layers: 9 is not a layer of the teacher" in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("distill: error: distill.nproc=2: torchrun exited with 1"), proc.stderr[-3000:]
+    assert not (root / "models" / "distill").exists()
+
+
 @pytest.mark.slow
-def test_stage_with_two_processes_writes_the_student(tmp_path, tiny_model_dir, tiny_model, corpus, targets,
-                                                     dev_pairs):
-    """``distill.processes: 2`` from the stage's fixed command: rank 0 saves, reports, clears checkpoints."""
+def test_stage_with_nproc_2_runs_torchrun_and_writes_the_student(
+        tmp_path, tiny_model_dir, tiny_model, corpus, targets, dev_pairs):
+    """``distill.nproc: 2``: the stage starts torchrun; rank 0 saves, reports, clears checkpoints."""
     root = tmp_path / "proj"
     proc = _run_distill_stage(root, tiny_model_dir, corpus, targets, dev_pairs,
                               "  layers: [0, 3]\n  epochs: 1.0\n  batch_size: 16\n  eval_every: 3\n"
-                              "  eval_pairs: 10\n  checkpoint_every: 2\n  processes: 2\n  gate:\n"
+                              "  eval_pairs: 10\n  checkpoint_every: 2\n  nproc: 2\n  gate:\n"
                               "    min_retention: 0.0\n")
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((root / "metrics" / "distill.json").read_text())
-    assert metrics["processes"] == 2 and metrics["steps"] == 6 and metrics["num_layers"] == 2
+    assert metrics["nproc"] == 2 and metrics["steps"] == 6 and metrics["num_layers"] == 2
     assert (root / "models" / "distill" / "config.json").exists()
     assert not list((root / "models" / "distill_ckpt").iterdir())
-    assert "data-parallel distillation: 2 processes" in proc.stderr
+    assert "torch.distributed.run --standalone --nproc-per-node=2 -m stages.distill" in proc.stderr
+    assert "rank 0 of 2" in proc.stderr
 
 
 # --------------------------------------------------------------------------- DVC cache (slow)
@@ -568,33 +581,40 @@ def _no_dropout(model):
 
 _DDP_CHILD = """
 import sys, torch
-from embopt.training.ddp import train_data_parallel
+from embopt.training import ddp
+from embopt.training.distill import train_student
+rank, world, device = ddp.init_from_env("cpu")
+torch.set_num_threads(1)
 job = torch.load(sys.argv[1], weights_only=False)
 logged = []
-on_metrics = lambda m, step: logged.append(step) if "train_loss" in m else None
-result = train_data_parallel(2, *job["args"], on_metrics=on_metrics, **job["kwargs"])
-torch.save({"result": result, "student": job["args"][0], "logged": logged}, sys.argv[2])
+on_metrics = (lambda m, step: logged.append(step) if "train_loss" in m else None) if rank == 0 else None
+result = train_student(*job["args"], on_metrics=on_metrics, device=device, **job["kwargs"])
+ddp.leave_group()
+if rank == 0:
+    torch.save({"result": result, "student": job["args"][0], "logged": logged, "world": world}, sys.argv[2])
 """
 
 
 def _data_parallel_in_subprocess(tmp_path: Path, *args, **kwargs) -> dict:
-    """``train_data_parallel(2, ...)`` in a fresh interpreter, with a deadline: in one CI run a rank
-    spawned from the long-lived pytest process died and rank 0 waited in its collective for good;
-    here a hang or a dead rank fails the test instead."""
+    """``train_student`` on 2 ranks that ``torchrun --standalone`` starts, with a deadline: a hang or a
+    dead rank fails the test instead of leaving the other waiting in a collective."""
     import embopt
 
     job, out = tmp_path / "job.pt", tmp_path / "out.pt"
     torch.save({"args": args, "kwargs": kwargs}, job)
+    child = tmp_path / "ddp_child.py"
+    child.write_text(_DDP_CHILD)
     src = str(Path(embopt.__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, "-c", _DDP_CHILD, str(job), str(out)], env=env,
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    proc = subprocess.run([*torchrun, str(child), str(job), str(out)], env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return torch.load(out, weights_only=False)
 
 
-def test_two_gloo_processes_train_like_one_on_the_same_batches(tiny_model, corpus, targets, dev_pairs,
-                                                               tmp_path):
+def test_two_gloo_ranks_under_torchrun_train_like_one_on_the_same_batches(
+        tiny_model, corpus, targets, dev_pairs, tmp_path):
     """2 ranks (gloo, CPU) split every batch and all-reduce the gradients: for a row-averaged loss without
     dropout that is the one-process update, so both runs end with the same weights. 96 rows in batches of
     19: shards of 10 and 9 rows (weighted by their share), and a last batch of one row that leaves rank 1
@@ -605,8 +625,9 @@ def test_two_gloo_processes_train_like_one_on_the_same_batches(tiny_model, corpu
     start = weights(one)
     ref = train_student(one, corpus, targets, cfg, dev_pairs, device="cpu")
     done = _data_parallel_in_subprocess(tmp_path, two, corpus, targets, cfg, dev_pairs, ckpt_dir=tmp_path,
-                                        job_id="ddp", device="cpu", threads=1)
+                                        job_id="ddp")
     result, two, logged = done["result"], done["student"], done["logged"]
+    assert done["world"] == 2
     assert result.steps == ref.steps == 6
     assert logged == list(range(1, 7))
     assert result.final_loss == pytest.approx(ref.final_loss, rel=1e-4)
@@ -621,5 +642,5 @@ def test_two_gloo_processes_train_like_one_on_the_same_batches(tiny_model, corpu
     assert state["step"] == 6 and len(state["rng_ranks"]) == 2
 
     again = _data_parallel_in_subprocess(tmp_path, two, corpus, targets, cfg, dev_pairs, ckpt_dir=tmp_path,
-                                         job_id="ddp", device="cpu", threads=1)["result"]
+                                         job_id="ddp")["result"]
     assert again.resumed_from_step == 6 and again.best_step == result.best_step

@@ -109,9 +109,9 @@ class DistillParams(_Section):
     eval_pairs: int = Field(1500, ge=10)
     checkpoint_every: int = Field(200, ge=1)
     early_stopping_patience: int = Field(0, ge=0)
-    # Data-parallel training processes (torch.distributed: gloo on CPU, NCCL with one GPU each);
-    # each step's batch_size rows are split across them. 1: the single-process loop.
-    processes: int = Field(1, ge=1)
+    # Data-parallel ranks under torchrun (gloo on CPU, NCCL with one GPU each); each step's
+    # batch_size rows are split across them. 1: the single-process loop.
+    nproc: int = Field(1, ge=1)
     gate: DistillGate = DistillGate()
 
     @model_validator(mode="after")

@@ -11,19 +11,23 @@ This is what ``DistributedDataParallel`` does, done with one coalesced ``all_red
 ``backward``: the SentenceTransformer stays unwrapped (checkpoints keep their keys), and
 parameters that get no gradient (BERT's unused pooler) need no ``find_unused_parameters``.
 
-Launch: :func:`train_data_parallel` (used by the distill stage when ``distill.processes > 1``)
-runs rank 0 in the calling process, which alone evaluates, checkpoints and logs to MLflow, and
-spawns ranks 1..N-1 with ``torch.multiprocessing``. Under ``torchrun``, initialise the process
-group yourself (``torch.distributed.init_process_group()``) and call
-:func:`embopt.training.distill.train_student` on every rank: it picks up rank and world size.
+Launch: ``torchrun`` (``python -m torch.distributed.run``). With ``distill.nproc: N > 1`` the
+distill stage starts ``torchrun --standalone --nproc-per-node N -m stages.distill`` itself
+(:func:`torchrun`); every rank runs the stage, :func:`init_from_env` joins it to the group, and
+:func:`embopt.training.distill.train_student` picks up rank and world size. Rank 0 alone
+evaluates, checkpoints, logs to MLflow and writes the outputs. Several machines: run the same
+``torchrun`` with ``--nnodes``/``--rdzv-endpoint`` on each (the stage then does not launch).
 """
 
 from __future__ import annotations
 
-import copy
 import logging
-import socket
+import os
+import subprocess
+import sys
 from collections.abc import Sequence
+
+from embopt.errors import EmboptError
 
 log = logging.getLogger(__name__)
 
@@ -82,83 +86,47 @@ def gather_rng_states() -> list:
     return states
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def under_torchrun() -> bool:
+    """True in a process that torchrun started (it sets ``TORCHELASTIC_RUN_ID`` for every rank)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
 
 
-def _init(rank: int, world: int, address: str, device: str) -> None:
-    import torch.distributed as dist
+def torchrun(nproc: int, module: str, threads: int) -> int:
+    """``torchrun --standalone --nproc-per-node nproc -m module``; its exit code (a failed rank fails it).
 
-    backend = "nccl" if str(device).startswith("cuda") else "gloo"
-    dist.init_process_group(backend, init_method=address, rank=rank, world_size=world)
-
-
-def _rank_device(device: str, rank: int) -> str:
-    return f"cuda:{rank}" if str(device).startswith("cuda") else str(device)
-
-
-def _worker(index: int, world: int, address: str, device: str, threads: int, args: tuple,
-            kwargs: dict) -> None:
-    """Ranks 1..N-1: train in step with rank 0; the result is rank 0's."""
-    import torch
-    import torch.distributed as dist
-
-    from embopt.training.distill import train_student
-
-    rank = index + 1
-    # torch.multiprocessing hands tensors over in shared memory: without a private copy this rank
-    # would update rank 0's very weights, and every step would be applied N times.
-    args = (copy.deepcopy(args[0]), *args[1:])
-    torch.set_num_threads(threads)
-    _init(rank, world, address, device)
-    try:
-        train_student(*args, device=_rank_device(device, rank), on_metrics=None, **kwargs)
-    finally:
-        dist.destroy_process_group()
+    ``threads``: OpenMP/torch threads per rank (torchrun would otherwise set 1 and warn).
+    """
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", module]
+    log.info("data-parallel distillation: %s (%d torch threads per rank)", " ".join(cmd[1:]), threads)
+    return subprocess.call(cmd, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
 
 
-def train_data_parallel(processes: int, *args, device: str = "cpu", threads: int | None = None, **kwargs):
-    """:func:`~embopt.training.distill.train_student` on ``processes`` ranks; returns rank 0's result.
+def init_from_env(device: str) -> tuple[int, int, str]:
+    """Join torchrun's process group (gloo on CPU, NCCL on GPUs); (rank, world size, this rank's device).
 
-    Rank 0 is this process (its ``on_metrics`` and the student passed in are the ones trained and
-    logged); ranks 1..N-1 are spawned and get pickled copies of the arguments. ``threads``: torch
-    threads per rank (default: this process's count divided by ``processes``).
+    Outside torchrun: (0, 1, ``device``) and no group. On GPUs each rank takes ``cuda:LOCAL_RANK``.
     """
     import torch
     import torch.distributed as dist
-    import torch.multiprocessing as mp
 
-    from embopt.training.distill import train_student
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world < 2:
+        return 0, 1, device
+    if str(device).startswith("cuda"):
+        local = int(os.environ["LOCAL_RANK"])
+        if local >= torch.cuda.device_count():
+            raise EmboptError(f"distill.nproc: rank {local} has no GPU; this machine has "
+                              f"{torch.cuda.device_count()}")
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    dist.init_process_group("nccl" if str(device).startswith("cuda") else "gloo")
+    return dist.get_rank(), world, device
 
-    if processes < 2:
-        return train_student(*args, device=device, **kwargs)
-    if str(device).startswith("cuda") and torch.cuda.device_count() < processes:
-        raise ValueError(f"distill.processes={processes} needs as many GPUs; this machine has "
-                         f"{torch.cuda.device_count()}")
-    threads = threads or max(1, torch.get_num_threads() // processes)
-    address = f"tcp://127.0.0.1:{_free_port()}"
-    worker_kwargs = {k: v for k, v in kwargs.items() if k != "on_metrics"}
-    ctx = mp.start_processes(_worker, args=(processes, address, device, threads, args, worker_kwargs),
-                             nprocs=processes - 1, join=False, start_method="spawn")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    log.info("data-parallel distillation: %d processes (gloo/nccl at %s), %d torch threads each", processes,
-             address, threads)
-    try:
-        _init(0, processes, address, device)
-        try:
-            result = train_student(*args, device=_rank_device(device, 0), **kwargs)
-        finally:
-            dist.destroy_process_group()
-        while not ctx.join():
-            pass
-    except BaseException:
-        for p in ctx.processes:  # a failed rank 0 must not leave the others waiting in a collective
-            if p.is_alive():
-                p.terminate()
-        raise
-    finally:
-        torch.set_num_threads(previous)
-    return result
+
+def leave_group() -> None:
+    """Destroy the process group, when there is one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
