@@ -10,12 +10,22 @@ STAMP := $(VENV)/.installed
 help: ## List targets with a one-line description
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-20s %s\n", $$1, $$2}'
 
+# uv installs the lock ~4x faster than pip (61 s vs 229 s on the 2-core Intel VM, pip with a warm
+# cache, uv with none) and the same package set. No --compile-bytecode (+88 s here): the modules a
+# process imports are compiled on first import. uv does not read pip's configuration, so pip's
+# index and find-links (where a machine keeps the CPU torch wheel) are handed to it.
+UV_VERSION := 0.13.9
+UV_ARGS = $$(i=$$($(BIN)/pip config get global.index-url 2>/dev/null) && echo --default-index "$$i") \
+          $$(l=$$($(BIN)/pip config get global.find-links 2>/dev/null) && echo --find-links "$$l") \
+          $${PIP_FIND_LINKS:+--find-links "$$PIP_FIND_LINKS"}
+UV = $(BIN)/uv pip install --quiet $(UV_ARGS)
+
 $(STAMP): requirements/lock.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet uv==$(UV_VERSION)
 	# torch==2.13.0 (exact) takes the CPU wheel; the lock pins everything else.
-	$(BIN)/pip install --quiet -r requirements/lock.txt
-	$(BIN)/pip install --quiet --no-deps -e .
+	$(UV) --python $(BIN)/python -r requirements/lock.txt
+	$(UV) --python $(BIN)/python --no-deps -e .
 	touch $(STAMP)
 
 env: $(STAMP) ## Create .venv with the pinned, tested package set
@@ -71,9 +81,9 @@ tracking-server-stop: ## Stop the team MLflow server and its PostgreSQL
 	$(PYTHON) scripts/tracking_server.py stop
 
 TRITON_VENV := .venv-triton
-$(TRITON_VENV)/.installed: requirements/triton.txt
+$(TRITON_VENV)/.installed: requirements/triton.txt $(STAMP)
 	$(PYTHON) -m venv $(TRITON_VENV)
-	$(TRITON_VENV)/bin/pip install --quiet -r requirements/triton.txt
+	$(UV) --python $(TRITON_VENV)/bin/python -r requirements/triton.txt
 	touch $@
 
 triton-env: $(TRITON_VENV)/.installed ## Create .venv-triton for PyTriton (its own venv: it needs numpy<2)
