@@ -9,6 +9,7 @@ MLflow UI shows the pipeline runs, a compare view and the champion (headless Chr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -140,19 +141,30 @@ def test_second_repro_does_nothing(pipeline):
     assert "Running stage" not in proc.stdout
 
 
+@contextlib.contextmanager
+def _edited_params(repo: Path, *edits: tuple[str, str]):
+    """The shared pipeline's params.yaml with each (old, new) line replaced, put back afterwards even
+    when the test fails (later tests in this module run on the same copy)."""
+    path = repo / "params.yaml"
+    original = text = path.read_text()
+    for old, new in edits:
+        assert old in text, f"{path} has no line {old!r}"
+        text = text.replace(old, new, 1)
+    path.write_text(text)
+    try:
+        yield path
+    finally:
+        path.write_text(original)
+
+
 def test_changing_a_student_param_reuses_the_teacher_embeddings(pipeline):
     """A distill param re-runs distill and what follows, never prepare or the teacher embedding."""
     repo, run = pipeline["repo"], pipeline["run"]
-    params = repo / "params.yaml"
-    original = params.read_text()
-    params.write_text(original.replace("  lr: 0.001\n", "  lr: 0.002\n", 1))
-    try:
+    with _edited_params(repo, ("  lr: 0.001\n", "  lr: 0.002\n")):
         changed = json.loads(run("dvc", "status", "--json").stdout or "{}")
         # `dvc status` names only stages whose own deps changed; the rest follow distill's output.
         assert changed == {"distill": [{"changed deps": {"params.yaml": {"distill": "modified"}}}]}
         dry = run("dvc", "repro", "--dry").stdout
-    finally:
-        params.write_text(original)
     assert "Stage 'prepare' didn't change" in dry and "Stage 'teacher_embed' didn't change" in dry
     assert re.findall(r"Running stage '(\w+)'", dry)[0] == "distill"
 
@@ -215,32 +227,23 @@ def test_pca_change_reruns_only_pca_evaluate_promote_and_failed_gate_keeps_alias
     client = mlflow.MlflowClient(pipeline["uri"])
     before = client.get_model_version_by_alias("embopt-tiny", "champion").version
     before_challenger = client.get_model_version_by_alias("embopt-tiny", "challenger").version
-    params = repo / "params.yaml"
-    original = params.read_text()
-    text = original.replace("  k: 8\n", "  k: 6\n")
-    assert text != original
-    params.write_text(text)
-    assert set(json.loads(run("dvc", "status", "--json").stdout)) == {"pca"}  # status lists direct changes
-    # An impossible promote gate: the stages run, promote fails, the alias does not move.
-    params.write_text(text.replace("    min_speedup: null\n", "    min_speedup: 1000.0\n"))
-    proc = run("dvc", "repro", check=False)
+    with _edited_params(repo, ("  k: 8\n", "  k: 6\n")):
+        # `dvc status` lists direct changes only
+        assert set(json.loads(run("dvc", "status", "--json").stdout)) == {"pca"}
+        # An impossible promote gate: the stages run, promote fails, the alias does not move.
+        with _edited_params(repo, ("    min_speedup: null\n", "    min_speedup: 1000.0\n")):
+            proc = run("dvc", "repro", check=False)
     assert proc.returncode != 0
     assert set(re.findall(r"Running stage '(\w+)'", proc.stdout)) == {"pca", "evaluate", "promote"}
     assert "gate FAILED: stage=promote metric=speedup" in proc.stderr
     assert client.get_model_version_by_alias("embopt-tiny", "champion").version == before
     assert client.get_model_version_by_alias("embopt-tiny", "challenger").version == before_challenger
     assert "onnx_int8_pca6" in json.loads((repo / "metrics" / "evaluate.json").read_text())["variants"]
-    params.write_text(original)
 
 
 def test_unknown_param_key_fails_with_one_line(pipeline):
     repo, run = pipeline["repo"], pipeline["run"]
-    params = repo / "params.yaml"
-    original = params.read_text()
-    params.write_text(original.replace("distill:\n", "distill:\n  epoch: 3\n", 1))
-    try:
+    with _edited_params(repo, ("distill:\n", "distill:\n  epoch: 3\n")) as params:
         proc = run(sys.executable, "-m", "stages.distill", check=False)
-    finally:
-        params.write_text(original)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == f"distill: error: {params}: unknown key 'distill.epoch'"
