@@ -86,7 +86,7 @@ class DistillParams(_Section):
     num_layers: int | None = Field(2, ge=1)
     epochs: float = Field(1.0, gt=0)
     batch_size: int = Field(64, ge=1)
-    lr: float = Field(3e-4, gt=0)
+    lr: float = Field(5e-4, gt=0)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     weight_decay: float = Field(0.01, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
