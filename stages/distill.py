@@ -33,16 +33,15 @@ log = logging.getLogger("stages.distill")
 def main() -> None:
     params = load_params(sections=("base", "distill"))
     p = params.distill
-    threads = max(1, params.base.threads // p.nproc)
     if p.nproc > 1 and not ddp.under_torchrun():
         # N ranks: torchrun runs this module N times; rank 0 (below) logs, checkpoints and writes.
-        code = ddp.torchrun(p.nproc, "stages.distill", threads)
+        code = ddp.torchrun(p.nproc, "stages.distill", max(1, params.base.threads // p.nproc))
         if code:
             raise EmboptError(f"distill.nproc={p.nproc}: torchrun exited with {code} "
                               "(the rank's error is above)")
         return
     rank, world, device = ddp.init_from_env(pick_device())
-    pin_threads(threads if world > 1 else params.base.threads)
+    pin_threads(max(1, params.base.threads // world))  # the ranks share the machine's threads
     try:
         if rank == 0:
             _lead(params, world, device)
