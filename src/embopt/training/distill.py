@@ -16,6 +16,7 @@ teacher then runs on every batch, roughly doubling the step cost of a 2-layer st
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -352,6 +353,84 @@ def _hidden_loss(teacher_hf, model_inputs: dict, captured: list, layer_map: Sequ
     return torch.stack(terms).mean()
 
 
+@contextlib.contextmanager
+def _hidden_matching(student, teacher, cfg: TrainConfig, layer_map: Sequence[int] | None, device: str):
+    """Yields (frozen teacher transformer, list the student blocks' training outputs are appended to),
+    or (None, []) when hidden-state matching is off. The teacher's mode and the hooks are restored."""
+    if cfg.hidden_weight <= 0:
+        yield None, []
+        return
+    # Frozen by running under no_grad (the caller's model is left as it was, mode restored at the end).
+    teacher_hf = hf_model(teacher).to(device)
+    was_training = teacher_hf.training
+    teacher_hf.eval()
+    log.info("hidden-state matching (weight %g): student layers -> teacher layers %s; the teacher runs "
+             "on every batch", cfg.hidden_weight, list(layer_map))
+    captured: list = []
+
+    def keep_output(module, _inputs, output) -> None:
+        if module.training:  # validation runs in eval mode: nothing to keep
+            # BERT blocks return a tuple (hidden, attentions...) in transformers 4.x, a tensor since.
+            captured.append(output[0] if isinstance(output, (tuple, list)) else output)
+
+    hooks = [block.register_forward_hook(keep_output) for block in layer_modules(student)]
+    try:
+        yield teacher_hf, captured
+    finally:
+        for h in hooks:
+            h.remove()
+        teacher_hf.train(was_training)
+
+
+def _batch_loss(student, heads, sentences: Sequence[str], target, cfg: TrainConfig, device: str,
+                teacher_hf, captured: list, layer_map) -> tuple:
+    """Forward and backward on ``sentences``; returns (loss, embedding loss, hidden loss or None)."""
+    # sentence-transformers 5.x renamed tokenize() to preprocess(); keep both working.
+    tokenize = student.preprocess if hasattr(student, "preprocess") else student.tokenize
+    features = tokenize(list(sentences))
+    features = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in features.items()}
+    captured.clear()
+    out = student(features)["sentence_embedding"]
+    if "sentence" in heads:
+        out = heads["sentence"](out)
+    loss = emb_loss = distill_loss(out, target.to(device), cfg.loss, cfg.temperature, cfg.structure_weight)
+    hid_val = None
+    if teacher_hf is not None:
+        keys = ("input_ids", "attention_mask", "token_type_ids")
+        model_inputs = {k: features[k] for k in keys if k in features}
+        hid = _hidden_loss(teacher_hf, model_inputs, captured, layer_map, heads)
+        loss = emb_loss + cfg.hidden_weight * hid
+        hid_val = float(hid.detach())
+    loss.backward()
+    return float(loss.detach()), float(emb_loss.detach()), hid_val
+
+
+def _val_spearman(student, pairs: Sequence[StsPair]) -> float:
+    import torch
+
+    student.eval()
+    with torch.inference_mode():
+        score = sts_spearman(lambda s: student.encode(list(s), batch_size=128, convert_to_numpy=True,
+                                                      show_progress_bar=False), pairs)
+    student.train()
+    return score
+
+
+def _record_evaluation(p: _Progress, score: float, total: int, patience: int, parts: dict) -> None:
+    """Keep the best weights (a CPU copy of ``parts``) and decide early stopping."""
+    if score > p.best_score:
+        p.best_score, p.best_step, p.stale = score, p.step, 0
+        p.best = {name: {k: v.detach().to("cpu").clone() for k, v in part.state_dict().items()}
+                  for name, part in parts.items()}
+    else:
+        p.stale += 1
+    log.info("step %d/%d: val Spearman %.2f (best %.2f at %d)", p.step, total, score, p.best_score,
+             p.best_step)
+    if patience and p.stale >= patience:
+        log.info("early stopping: no improvement in %d evaluations", p.stale)
+        p.stopped_early = True
+
+
 def train_student(
     student,
     sentences: Sequence[str],
@@ -391,7 +470,6 @@ def train_student(
     from tqdm.auto import tqdm
 
     _check_inputs(student, sentences, targets, cfg, teacher, layer_map)
-    hidden_on = cfg.hidden_weight > 0
     device = device or pick_device()
     rank, world = rank_world()
     lead = rank == 0
@@ -401,39 +479,22 @@ def train_student(
     student.max_seq_length = cfg.max_seq_length
 
     target_dim, student_dim = int(targets.shape[1]), _embedding_dim(student, sentences[0])
-    heads = _build_heads(student, teacher, target_dim, student_dim, layer_map, hidden_on, cfg.seed).to(device)
+    heads = _build_heads(student, teacher, target_dim, student_dim, layer_map, cfg.hidden_weight > 0,
+                         cfg.seed).to(device)
     if "sentence" in heads:
         log.info("student embeddings are %d wide, the teacher's %d: training a projection for the loss",
                  student_dim, target_dim)
-    teacher_hf, teacher_was_training = None, False
-    if hidden_on:
-        # Frozen by running under no_grad (the caller's model is left as it was, mode restored at the end).
-        teacher_hf = hf_model(teacher).to(device)
-        teacher_was_training = teacher_hf.training
-        teacher_hf.eval()
-        log.info("hidden-state matching (weight %g): student layers -> teacher layers %s; the teacher runs "
-                 "on every batch", cfg.hidden_weight, list(layer_map))
-
     n = len(sentences)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
     optimizer, scheduler, trainable = _optimizer(student, heads, cfg, total)
     parts = {"model": student, "heads": heads, "optimizer": optimizer, "scheduler": scheduler}
-    ckpt_path = None
-    p = _Progress()
+    ckpt_path, p = None, _Progress()
     if ckpt_dir is not None:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         ckpt_path = ckpt_dir / CKPT_FILE
         p = _resume(ckpt_path, job_id, device, parts, rank, world, total)
     resumed_from = p.step
-
-    def evaluate() -> float:
-        student.eval()
-        with torch.inference_mode():
-            score = sts_spearman(lambda s: student.encode(list(s), batch_size=128, convert_to_numpy=True,
-                                                          show_progress_bar=False), dev_pairs)
-        student.train()
-        return score
 
     def checkpoint() -> None:
         if ckpt_path is None:
@@ -442,24 +503,15 @@ def train_student(
         if lead:
             _save_checkpoint(ckpt_path, job_id, parts, p, rng_ranks)
 
-    captured: list = []
-    hooks = []
-    if hidden_on:
-        def keep_output(module, _inputs, output) -> None:
-            if module.training:  # validation runs in eval mode: nothing to keep
-                # BERT blocks return a tuple (hidden, attentions...) in transformers 4.x, a tensor since.
-                captured.append(output[0] if isinstance(output, (tuple, list)) else output)
-
-        hooks = [block.register_forward_hook(keep_output) for block in layer_modules(student)]
-
     target_t = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float32))
     student.train()
     t0 = time.perf_counter()
     loss_val = float("nan")
-    bar = tqdm(total=total, initial=p.step, desc="distill", unit="step", dynamic_ncols=True, disable=not lead)
     lengths = token_lengths(student, sentences, cfg.max_seq_length) if cfg.group_by_length else None
     batches, batches_epoch = [], -1
-    try:
+    with _hidden_matching(student, teacher, cfg, layer_map, device) as (teacher_hf, captured), \
+            tqdm(total=total, initial=p.step, desc="distill", unit="step", dynamic_ncols=True,
+                 disable=not lead) as bar:
         while p.step < total and not p.stopped_early:
             epoch = p.step // steps_per_epoch
             if epoch != batches_epoch:
@@ -469,26 +521,11 @@ def train_student(
             share = 1.0
             if world > 1:  # this rank's rows of the step's batch, and their share of it
                 share, idx = len(idx[rank::world]) / len(idx), idx[rank::world]
-            loss_val, hid_val = 0.0, None
+            loss_val, emb_val, hid_val = 0.0, 0.0, None
             if len(idx):  # a last batch smaller than the world leaves some ranks without rows
-                # sentence-transformers 5.x renamed tokenize() to preprocess(); keep both working.
-                tokenize = student.preprocess if hasattr(student, "preprocess") else student.tokenize
-                features = tokenize([sentences[j] for j in idx.tolist()])
-                features = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in features.items()}
-                captured.clear()
-                out = student(features)["sentence_embedding"]
-                if "sentence" in heads:
-                    out = heads["sentence"](out)
-                loss = emb_loss = distill_loss(out, target_t[idx].to(device), cfg.loss, cfg.temperature,
-                                               cfg.structure_weight)
-                if hidden_on:
-                    model_inputs = {k: features[k] for k in ("input_ids", "attention_mask", "token_type_ids")
-                                    if k in features}
-                    hid = _hidden_loss(teacher_hf, model_inputs, captured, layer_map, heads)
-                    loss = emb_loss + cfg.hidden_weight * hid
-                    hid_val = float(hid.detach())
-                loss.backward()
-                loss_val = float(loss.detach())
+                loss_val, emb_val, hid_val = _batch_loss(student, heads, [sentences[j] for j in idx.tolist()],
+                                                         target_t[idx], cfg, device, teacher_hf, captured,
+                                                         layer_map)
             if world > 1:  # every rank now holds the whole batch's gradient and loss
                 loss_val = all_reduce_gradients(trainable, share, loss_val)
             torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
@@ -501,37 +538,19 @@ def train_student(
             if lead and on_metrics is not None and (p.step % cfg.log_every == 0 or p.step == total):
                 m = {"train_loss": loss_val, "lr": scheduler.get_last_lr()[0]}
                 if hid_val is not None:
-                    m.update(train_loss_embedding=float(emb_loss.detach()), train_loss_hidden=hid_val)
+                    m.update(train_loss_embedding=emb_val, train_loss_hidden=hid_val)
                 on_metrics(m, p.step)
             eval_step = p.step % cfg.eval_every == 0 or p.step == total
             if eval_step and lead:
-                score = evaluate()
+                score = _val_spearman(student, dev_pairs)
                 if on_metrics is not None:
                     on_metrics({"val_spearman": score}, p.step)
-                if score > p.best_score:
-                    p.best_score, p.best_step, p.stale = score, p.step, 0
-                    p.best = {name: {k: v.detach().to("cpu").clone() for k, v in part.state_dict().items()}
-                              for name, part in (("student", student), ("heads", heads))}
-                else:
-                    p.stale += 1
-                log.info("step %d/%d: val Spearman %.2f (best %.2f at %d)", p.step, total, score,
-                         p.best_score, p.best_step)
-                if cfg.early_stopping_patience and p.stale >= cfg.early_stopping_patience:
-                    log.info("early stopping: no improvement in %d evaluations", p.stale)
-                    p.stopped_early = True
+                _record_evaluation(p, score, total, cfg.early_stopping_patience,
+                                   {"student": student, "heads": heads})
             if world > 1 and eval_step:
                 p.stopped_early = broadcast_flag(p.stopped_early)  # rank 0 decided; every rank stops together
-            if p.stopped_early:
+            if p.stopped_early or p.step % cfg.checkpoint_every == 0:
                 checkpoint()
-                break
-            if p.step % cfg.checkpoint_every == 0:
-                checkpoint()
-    finally:
-        bar.close()
-        for h in hooks:
-            h.remove()
-        if teacher_hf is not None:
-            teacher_hf.train(teacher_was_training)
     if p.best is not None:
         student.load_state_dict(p.best["student"])
         heads.load_state_dict(p.best["heads"])
