@@ -38,32 +38,17 @@ log = logging.getLogger("stages.quantize")
 def main() -> None:
     params = load_params(sections=("base", "quantize"))
     p = params.quantize
-    threshold = p.gate.min_retention_vs_fp32
     with stage_run("quantize", params, ["quantize"]) as run:
         model = load_sentence_model(config.PRUNE_DIR)
         val = read_sts_tsv(config.PREPARED_DIR / "sts_val.tsv")[: p.eval_pairs]
-        val_sentences = unique_sentences(val)
         candidates = plan_candidates(p, has_unfused=p.optimize)
         trt_qdq = p.static.tensorrt_qdq if p.static.tensorrt_qdq is not None else availability()[0]
-        calibration: list[str] = []
-        if p.static.methods or trt_qdq:
-            calibration = read_lines(config.PREPARED_DIR / "corpus.txt")[: p.static.calibration_sentences]
-            if not calibration:
-                raise EmboptError(f"quantize.static.calibration_sentences: the calibration set is empty "
-                                  f"({config.PREPARED_DIR / 'corpus.txt'} has no sentences)")
+        calibration = _calibration_set(p) if p.static.methods or trt_qdq else []
         with atomic_dir(config.QUANTIZE_DIR) as tmp:
             onnx_dir = tmp / "onnx"
             onnx_dir.mkdir()
             copy_tokenizer(config.PRUNE_DIR, tmp)
-            raw = export_onnx(model, onnx_dir / "model_unfused.onnx", opset=p.opset)
-            fp32 = onnx_dir / "model.onnx"
-            fusion = {}
-            if p.optimize:
-                fusion = optimize_onnx(raw, fp32)
-                parents = {"fused": fp32, "unfused": raw}
-            else:
-                raw.rename(fp32)
-                parents = {"unfused": fp32}
+            raw, fp32, parents, fusion = _export_parents(model, p, onnx_dir)
             fields = manifest_fields(model, params.base)
             # A first manifest so the runtime can load files of this bundle while it is built.
             write_manifest(tmp, {"onnx_fp32": {"file": "onnx/model.onnx"}}, "onnx_fp32", **fields)
@@ -71,72 +56,98 @@ def main() -> None:
             pad = tokenizer.token_to_id("[PAD]")
             build = Builder(parents, calibration, tokenizer, tmp / "calibration", pad_id=int(pad or 0))
             scorer = Scorer(tmp, val, params.base.threads)
-            speed_sents = val_sentences[: p.speed_sentences]
-
-            parent_rows = {name: {"spearman": round(scorer.spearman(path), 4),
-                                  "throughput_sps": round(scorer.speed(path, speed_sents), 1)}
-                           for name, path in parents.items()}
+            ctx = _Scoring(p, build, scorer, parents, unique_sentences(val), tmp)
             for c in tqdm(candidates, desc="int8 candidates", unit="candidate"):
-                evaluate_candidate(c, onnx_dir / c.file, build, scorer, parents, parent_rows, threshold, p,
-                                   speed_sents, val_sentences, tmp)
+                c.row = ctx.evaluate(c, onnx_dir / c.file)
             chosen = pick(candidates)
             for c in candidates:
                 if c is not chosen and not p.keep_candidates:
                     (onnx_dir / c.file).unlink()
                     (tmp / "calibration" / f"{c.name}.ranges.json").unlink(missing_ok=True)
 
-            variants = {"onnx_fp32": {"file": "onnx/model.onnx", "precision": "fp32",
-                                      "graph": "fused" if p.optimize else "unfused", "fused_ops": fusion}}
-            if p.optimize and p.keep_unfused:
-                variants["onnx_fp32_unfused"] = {"file": f"onnx/{raw.name}", "precision": "fp32",
-                                                 "graph": "unfused"}
-            variants["onnx_int8"] = chosen.manifest_entry()
-            if p.keep_candidates:
-                variants.update({c.name: c.manifest_entry() for c in candidates if c is not chosen})
+            variants = _onnx_variants(p, raw, fusion, chosen, candidates)
             openvino_rows = {}
             if p.openvino.enabled:
-                ov_variants, openvino_rows = build_openvino(p, parents["unfused"], tmp, tokenizer, scorer,
-                                                            parent_rows["unfused"], speed_sents)
+                ov_variants, openvino_rows = build_openvino(p, parents["unfused"], tmp, tokenizer, ctx)
                 variants.update(ov_variants)
             if p.fp16:
                 convert_fp16(fp32, onnx_dir / "model_fp16.onnx")
                 variants["onnx_fp16"] = {"file": "onnx/model_fp16.onnx", "precision": "fp16",
                                          "keep_io_types": True, "requires": "cuda"}
-            # TensorRT parses standard ONNX ops only: its sources are the unfused graphs.
-            trt_sources: dict = {"fp32": {"file": f"onnx/{parents['unfused'].name}"}}
-            if trt_qdq:
-                trt_sources.update(build_tensorrt_qdq(p, build, onnx_dir))
-            else:
-                trt_sources["int8_qdq"] = None
-                trt_sources["reason"] = ("quantize.static.tensorrt_qdq is false"
-                                         if p.static.tensorrt_qdq is False
-                                         else f"TensorRT cannot run here: {availability()[1]}")
+            trt_sources = _tensorrt_sources(p, trt_qdq, build, onnx_dir, parents)
             if p.optimize and not p.keep_unfused and not trt_qdq:
                 raw.unlink()
                 del trt_sources["fp32"]
             write_manifest(tmp, variants, "onnx_int8", **fields, tensorrt_sources=trt_sources)
             sizes = {n: round(dir_size_mb(tmp / v["file"]), 3) for n, v in variants.items()}
-        chosen_row = chosen.row
+        row = chosen.row
         metrics = {
-            "fp32_val_spearman": parent_rows[chosen.parent]["spearman"],
-            "int8_val_spearman": chosen_row["spearman"],
-            "retention_vs_fp32": chosen_row["retention_vs_fp32"],
-            "speedup_vs_fp32": chosen_row["speedup_vs_fp32"],
-            "speedup_vs_onnx_fp32": chosen_row["speedup_vs_onnx_fp32"],
+            "fp32_val_spearman": ctx.parent_rows[chosen.parent]["spearman"],
+            "int8_val_spearman": row["spearman"],
+            "retention_vs_fp32": row["retention_vs_fp32"],
+            "speedup_vs_fp32": row["speedup_vs_fp32"],
+            "speedup_vs_onnx_fp32": row["speedup_vs_onnx_fp32"],
             "int8_recipe": chosen.name,
             "isa": chosen.recipe.isa if chosen.kind == "dynamic" else "static",
-            "fallback_nodes_fp32": len((chosen_row.get("fallback") or {}).get("nodes_kept_fp32", [])),
+            "fallback_nodes_fp32": len((row.get("fallback") or {}).get("nodes_kept_fp32", [])),
             "int8_size_mb": sizes["onnx_int8"],
         }
-        details = {"parents": parent_rows, "candidates": {c.name: c.row for c in candidates},
+        details = {"parents": ctx.parent_rows, "candidates": {c.name: c.row for c in candidates},
                    "openvino": openvino_rows, "variants": list(variants), "size_mb": sizes,
-                   "fused_ops": fusion, "eval_pairs": len(val), "speed_sentences": len(speed_sents),
+                   "fused_ops": fusion, "eval_pairs": len(val), "speed_sentences": len(ctx.speed_sents),
                    "threads": params.base.threads}
         log.info("bundle -> %s: onnx_int8 = %s (Spearman %.2f, %.4f of fp32, %.2fx fp32 speed)",
-                 config.QUANTIZE_DIR, chosen.name, chosen_row["spearman"], chosen_row["retention_vs_fp32"],
-                 chosen_row["speedup_vs_fp32"])
+                 config.QUANTIZE_DIR, chosen.name, row["spearman"], row["retention_vs_fp32"],
+                 row["speedup_vs_fp32"])
         run.log_artifact(config.QUANTIZE_DIR / "calibration", "calibration")
         report(run, "quantize", metrics, gate=p.gate, details=details)
+
+
+def _calibration_set(p) -> list[str]:
+    """Corpus sentences the static int8 recipes calibrate on."""
+    corpus = config.PREPARED_DIR / "corpus.txt"
+    calibration = read_lines(corpus)[: p.static.calibration_sentences]
+    if not calibration:
+        raise EmboptError(f"quantize.static.calibration_sentences: the calibration set is empty "
+                          f"({corpus} has no sentences)")
+    return calibration
+
+
+def _export_parents(model, p, onnx_dir) -> tuple:
+    """The unfused export and, with ``optimize``, ORT's fused graph: (raw, onnx_fp32 file, the fp32
+    parents int8 candidates start from, fused op counts)."""
+    raw = export_onnx(model, onnx_dir / "model_unfused.onnx", opset=p.opset)
+    fp32 = onnx_dir / "model.onnx"
+    if not p.optimize:
+        raw.rename(fp32)
+        return raw, fp32, {"unfused": fp32}, {}
+    fusion = optimize_onnx(raw, fp32)
+    return raw, fp32, {"fused": fp32, "unfused": raw}, fusion
+
+
+def _onnx_variants(p, raw, fusion: dict, chosen: Candidate, candidates: list[Candidate]) -> dict:
+    """The manifest entries of the fp32 graphs, onnx_int8 and (``keep_candidates``) the other candidates."""
+    variants = {"onnx_fp32": {"file": "onnx/model.onnx", "precision": "fp32",
+                              "graph": "fused" if p.optimize else "unfused", "fused_ops": fusion}}
+    if p.optimize and p.keep_unfused:
+        variants["onnx_fp32_unfused"] = {"file": f"onnx/{raw.name}", "precision": "fp32", "graph": "unfused"}
+    variants["onnx_int8"] = chosen.manifest_entry()
+    if p.keep_candidates:
+        variants.update({c.name: c.manifest_entry() for c in candidates if c is not chosen})
+    return variants
+
+
+def _tensorrt_sources(p, trt_qdq: bool, build: Builder, onnx_dir, parents: dict) -> dict:
+    """The files a TensorRT engine is built from; TensorRT parses standard ONNX ops only, so its
+    sources are the unfused graphs."""
+    sources: dict = {"fp32": {"file": f"onnx/{parents['unfused'].name}"}}
+    if trt_qdq:
+        sources.update(build_tensorrt_qdq(p, build, onnx_dir))
+    else:
+        sources["int8_qdq"] = None
+        sources["reason"] = ("quantize.static.tensorrt_qdq is false" if p.static.tensorrt_qdq is False
+                             else f"TensorRT cannot run here: {availability()[1]}")
+    return sources
 
 
 def manifest_fields(model, base) -> dict:
@@ -151,37 +162,49 @@ def manifest_fields(model, base) -> dict:
                 had_normalize_module=has_normalize(model))
 
 
-def evaluate_candidate(c: Candidate, path, build: Builder, scorer: Scorer, parents, parent_rows, threshold, p,
-                       speed_sents, val_sentences, workdir) -> None:
-    """Build ``c``, score it against its parent, run the fallback when it misses, time it."""
-    parent = parent_rows[c.parent]
-    shipped = parent_rows["fused"] if "fused" in parent_rows else parent
-    build(c, path)
-    score = scorer.spearman(path)
-    ret = retention(score, parent["spearman"])
-    sps = scorer.speed(path, speed_sents)
-    row = {"parent": c.parent, **_scores(score, sps, parent),
-           # vs the shipped onnx_fp32 (the fused graph), whichever parent the candidate came from
-           "speedup_vs_onnx_fp32": round(sps / shipped["throughput_sps"], 3),
-           "size_mb": round(path.stat().st_size / 1e6, 3), "passed": threshold is None or ret >= threshold,
-           "fallback": None}
-    log.info("%s: Spearman %.2f (%.4f of fp32 %s), %.0f sent/s (%.2fx)", c.name, score, ret, c.parent, sps,
-             row["speedup_vs_fp32"])
-    if not row["passed"] and p.fallback.enabled:
-        result = run_fallback(c, path, build, scorer, parents[c.parent], parent["spearman"], threshold,
-                              val_sentences[: p.fallback.sample_sentences], p.fallback.max_nodes, workdir)
-        after = scorer.speed(path, speed_sents)
+class _Scoring:
+    """Scores graphs against their fp32 parent on the validation split: Spearman, speed, the gate."""
+
+    def __init__(self, p, build: Builder, scorer: Scorer, parents: dict, val_sentences: list[str], workdir):
+        self.p, self.build, self.scorer, self.parents, self.workdir = p, build, scorer, parents, workdir
+        self.val_sentences = val_sentences
+        self.speed_sents = val_sentences[: p.speed_sentences]
+        self.parent_rows = {name: {"spearman": round(scorer.spearman(path), 4),
+                                   "throughput_sps": round(scorer.speed(path, self.speed_sents), 1)}
+                            for name, path in parents.items()}
+
+    def evaluate(self, c: Candidate, path) -> dict:
+        """Build ``c``, score it against its parent, run the fallback when it misses, time it: its row."""
+        p, scorer, threshold = self.p, self.scorer, self.p.gate.min_retention_vs_fp32
+        parent = self.parent_rows[c.parent]
+        # vs the shipped onnx_fp32 (the fused graph), whichever parent the candidate came from
+        shipped = self.parent_rows.get("fused", parent)["throughput_sps"]
+        self.build(c, path)
+        score = scorer.spearman(path)
+        ret = retention(score, parent["spearman"])
+        sps = scorer.speed(path, self.speed_sents)
+        row = {"parent": c.parent, **_scores(score, sps, parent),
+               "speedup_vs_onnx_fp32": round(sps / shipped, 3),
+               "size_mb": round(path.stat().st_size / 1e6, 3),
+               "passed": threshold is None or ret >= threshold, "fallback": None}
+        log.info("%s: Spearman %.2f (%.4f of fp32 %s), %.0f sent/s (%.2fx)", c.name, score, ret, c.parent,
+                 sps, row["speedup_vs_fp32"])
+        if row["passed"] or not p.fallback.enabled:
+            return row
+        result = run_fallback(c, path, self.build, scorer, self.parents[c.parent], parent["spearman"],
+                              threshold, self.val_sentences[: p.fallback.sample_sentences],
+                              p.fallback.max_nodes, self.workdir)
+        after = scorer.speed(path, self.speed_sents)
         score = scorer.spearman(path)
         fb = result.report()
         fb.update({"throughput_sps_before": row["throughput_sps"], "throughput_sps_after": round(after, 1),
                    "speed_cost": round(1 - after / sps, 4)})
-        row.update({**_scores(score, after, parent),
-                    "speedup_vs_onnx_fp32": round(after / shipped["throughput_sps"], 3),
+        row.update({**_scores(score, after, parent), "speedup_vs_onnx_fp32": round(after / shipped, 3),
                     "size_mb": round(path.stat().st_size / 1e6, 3), "passed": result.passed, "fallback": fb})
         log.info("%s after fallback (%d node(s) in fp32: %s): %.4f of fp32, %.0f sent/s (%.1f%% slower)",
                  c.name, len(result.excluded), ", ".join(result.excluded), row["retention_vs_fp32"], after,
                  100 * fb["speed_cost"])
-    c.row = row
+        return row
 
 
 def _scores(spearman: float, sps: float, parent: dict) -> dict:
@@ -191,8 +214,7 @@ def _scores(spearman: float, sps: float, parent: dict) -> dict:
             "throughput_sps": round(sps, 1), "speedup_vs_fp32": round(sps / parent["throughput_sps"], 3)}
 
 
-def build_openvino(p, source, bundle, tokenizer, scorer: Scorer, parent: dict,
-                   speed_sents) -> tuple[dict, dict]:
+def build_openvino(p, source, bundle, tokenizer, ctx: _Scoring) -> tuple[dict, dict]:
     """openvino_fp32 (IR of the unfused graph) and openvino_int8 (NNCF), scored like the int8 candidates."""
     ov_dir = bundle / "openvino"
     ov_dir.mkdir()
@@ -201,8 +223,8 @@ def build_openvino(p, source, bundle, tokenizer, scorer: Scorer, parent: dict,
     int8 = quantize_ir(fp32, ov_dir / "model_int8.xml", calibration, tokenizer)
     variants, rows = {}, {}
     for name, path, precision in (("openvino_fp32", fp32, "fp32"), ("openvino_int8", int8, "int8-nncf")):
-        score, sps = scorer.spearman(path), scorer.speed(path, speed_sents)
-        rows[name] = _scores(score, sps, parent)
+        score, sps = ctx.scorer.spearman(path), ctx.scorer.speed(path, ctx.speed_sents)
+        rows[name] = _scores(score, sps, ctx.parent_rows["unfused"])
         log.info("%s: Spearman %.2f (%.4f of ORT fp32 unfused), %.0f sent/s (%.2fx)", name, score,
                  rows[name]["retention_vs_fp32"], sps, rows[name]["speedup_vs_fp32"])
         variants[name] = {"file": f"openvino/{path.name}", "weights": f"openvino/{path.stem}.bin",
