@@ -32,8 +32,9 @@ INCUMBENT = "incumbent"
 PIPELINE_METRICS = ("retention", "val_retention", "throughput_sps", "speedup_vs_teacher", "size_mb", "dim")
 
 
-def embedder(params: Params, bundle: Path, variant: str | None, onnx_path: Path | None,
-             mode: str = "bulk") -> Embedder:
+def embedder(
+    params: Params, bundle: Path, variant: str | None, onnx_path: Path | None, mode: str = "bulk"
+) -> Embedder:
     # No cache here: throughput repeats the same sentences, so a cache would fake the speed.
     return Embedder(
         bundle,
@@ -48,11 +49,59 @@ def embedder(params: Params, bundle: Path, variant: str | None, onnx_path: Path 
     )
 
 
-def runtime_variant(params: Params, name: str, bundle: Path, variant: str | None, onnx_path: Path | None,
-                size_path: Path):
+def runtime_variant(
+    params: Params, name: str, bundle: Path, variant: str | None, onnx_path: Path | None, size_path: Path
+):
     """Throughput in the bulk mode (files, batch jobs), batch-1 latency in the latency mode (serving)."""
-    return onnx_variant(name, embedder(params, bundle, variant, onnx_path), size_path,
-                        embedder(params, bundle, variant, onnx_path, mode="latency"))
+    return onnx_variant(
+        name,
+        embedder(params, bundle, variant, onnx_path),
+        size_path,
+        embedder(params, bundle, variant, onnx_path, mode="latency"),
+    )
+
+
+def candidates(params: Params, tmp: Path) -> tuple[list, dict | None]:
+    """Every variant to measure (torch, ONNX, static, and the registry's champion when there is one)."""
+    variants = []
+    for name, folder in (
+        ("teacher_torch", params.base.teacher),
+        ("student_torch", config.DISTILL_DIR),
+        ("pruned_torch", config.PRUNE_DIR),
+    ):
+        model = load_sentence_model(folder, max_seq_length=params.base.max_seq_length)
+        source = config.resolve(resolve_model_source(str(folder)))
+        variants.append(torch_variant(name, model, params.evaluate.batch_size, source))
+    for name, path in onnx_variants().items():
+        variants.append(runtime_variant(params, name, config.EXPORT_DIR, name, path, path))
+    for name, (bundle, path) in static_variants().items():
+        variants.append(runtime_variant(params, name, bundle, name, path, path))
+    champion = alias_bundle(params.promote.model_name, params.promote.alias, tmp)
+    if champion is not None:
+        log.info(
+            "incumbent: models:/%s@%s = version %s (%s)",
+            params.promote.model_name,
+            params.promote.alias,
+            champion["version"],
+            champion["variant"],
+        )
+        variants.append(
+            runtime_variant(params, INCUMBENT, champion["bundle"], None, None, champion["bundle"])
+        )
+    return variants, champion
+
+
+def write_tables(run, result: dict) -> None:
+    """The markdown table (printed too) and the plot points, as files and run artifacts."""
+    table = markdown_table(result)
+    print(table)
+    keys = ("throughput_sps", "retention", "retention_lo", "retention_hi")
+    points = [{"variant": n, **{k: r[k] for k in keys}} for n, r in result["variants"].items()]
+    write_json(config.PLOTS_DIR / "evaluate_variants.json", points)
+    with atomic_file(config.PLOTS_DIR / "evaluate_table.md") as fh:
+        fh.write(table)
+    run.log_artifact(config.PLOTS_DIR / "evaluate_variants.json")
+    run.log_artifact(config.PLOTS_DIR / "evaluate_table.md")
 
 
 def main() -> None:
@@ -62,32 +111,7 @@ def main() -> None:
     with stage_run("evaluate", params, ["evaluate"]) as run, tempfile.TemporaryDirectory() as tmp:
         val = read_sts_tsv(config.PREPARED_DIR / "sts_val.tsv")
         dev = read_sts_tsv(config.PREPARED_DIR / "sts_dev.tsv")
-        variants = []
-        for name, folder in (
-            ("teacher_torch", params.base.teacher),
-            ("student_torch", config.DISTILL_DIR),
-            ("pruned_torch", config.PRUNE_DIR),
-        ):
-            model = load_sentence_model(folder, max_seq_length=params.base.max_seq_length)
-            variants.append(
-                torch_variant(name, model, p.batch_size, config.resolve(resolve_model_source(str(folder))))
-            )
-        onnx = onnx_variants()
-        for name, path in onnx.items():
-            variants.append(runtime_variant(params, name, config.EXPORT_DIR, name, path, path))
-        for name, (bundle, path) in static_variants().items():
-            variants.append(runtime_variant(params, name, bundle, name, path, path))
-        champion = alias_bundle(params.promote.model_name, params.promote.alias, Path(tmp))
-        if champion is not None:
-            log.info(
-                "incumbent: models:/%s@%s = version %s (%s)",
-                params.promote.model_name,
-                params.promote.alias,
-                champion["version"],
-                champion["variant"],
-            )
-            bundle = champion["bundle"]
-            variants.append(runtime_variant(params, INCUMBENT, bundle, None, None, bundle))
+        variants, champion = candidates(params, Path(tmp))
         result = evaluate_all(
             variants,
             val,
@@ -111,23 +135,7 @@ def main() -> None:
         result["not_evaluated"] = unavailable_variants()
         for name, reason in result["not_evaluated"].items():
             log.warning("not evaluated here: %s (%s)", name, reason)
-        table = markdown_table(result)
-        print(table)
-        points = [
-            {
-                "variant": n,
-                "throughput_sps": r["throughput_sps"],
-                "retention": r["retention"],
-                "retention_lo": r["retention_lo"],
-                "retention_hi": r["retention_hi"],
-            }
-            for n, r in result["variants"].items()
-        ]
-        write_json(config.PLOTS_DIR / "evaluate_variants.json", points)
-        with atomic_file(config.PLOTS_DIR / "evaluate_table.md") as fh:
-            fh.write(table)
-        run.log_artifact(config.PLOTS_DIR / "evaluate_variants.json")
-        run.log_artifact(config.PLOTS_DIR / "evaluate_table.md")
+        write_tables(run, result)
         for name, row in result["variants"].items():
             run.log_metrics(row, prefix=f"{name}.")
         run.log_to_pipeline(
@@ -135,7 +143,9 @@ def main() -> None:
         )
         metrics = headline(result)
         # The gate (like every choice) reads the validation split, never the reported dev numbers.
-        metrics["final_val_retention"] = result["variants"][list(onnx)[-1]]["val_retention"]  # int8 + PCA
+        metrics["final_val_retention"] = result["variants"][list(onnx_variants())[-1]][
+            "val_retention"
+        ]  # int8+PCA
         report(run, "evaluate", metrics, gate=p.gate, details=result)
 
 

@@ -90,6 +90,39 @@ def describe(row: dict, name: str, decision: str, reason: str, reindex: bool) ->
     )
 
 
+def choose(rows: dict, sources: dict, p, reference: str, run) -> Contender:
+    """The best variant that passes every gate under ``p.objective``; GateFailed (no alias moves) if none."""
+    gates = gate_results(rows, [n for n in sources if n in rows], p.gate)
+    for name, res in gates.items():
+        for r in res:
+            log.info("%s: %s", name, r.line())
+    passing = [Contender.from_row(n, rows[n]) for n, res in gates.items() if all(r.passed for r in res)]
+    pool = eligible(passing, p.objective, rows[reference]["dim"])
+    if not pool:
+        run.set_tags({"gate.status": "failed"})
+        misses = {n: "; ".join(r.line() for r in res if not r.passed) for n, res in gates.items()}
+        raise GateFailed(
+            f"no {p.objective} candidate passes every gate (aliases @{p.alias} and "
+            f"@{p.challenger_alias} left where they were): "
+            + " | ".join(f"{n}: {m}" for n, m in misses.items() if m)
+        )
+    return best(pool, p.objective, p.speed_noise_floor)
+
+
+def against_incumbent(chosen: Contender, rows: dict, incumbent: dict | None, p) -> tuple[bool, str]:
+    """(promote?, why): the incumbent (evaluated in this run) is replaced when it fails today's gate
+    or the new best beats it beyond noise."""
+    if not incumbent:
+        return decide(chosen, None, p.objective, p.speed_noise_floor)
+    inc_gates = gate_results(rows, ["incumbent"], p.gate)["incumbent"]
+    if not all(r.passed for r in inc_gates):
+        misses = "; ".join(r.line() for r in inc_gates if not r.passed)
+        return True, f"the incumbent fails today's gate: {misses}"
+    return decide(
+        chosen, Contender.from_row(incumbent["variant"], rows["incumbent"]), p.objective, p.speed_noise_floor
+    )
+
+
 def main() -> None:
     params = load_params(sections=("base", "promote", "runtime"))
     p = params.promote
@@ -98,36 +131,12 @@ def main() -> None:
         rows = result["variants"]
         # Every evaluated variant competes, the static model too: the gates decide, not its kind.
         sources = {n: (config.EXPORT_DIR, f) for n, f in onnx_variants().items()} | static_variants()
-        gates = gate_results(rows, [n for n in sources if n in rows], p.gate)
-        for name, res in gates.items():
-            for r in res:
-                log.info("%s: %s", name, r.line())
-        passing = [Contender.from_row(n, rows[n]) for n, res in gates.items() if all(r.passed for r in res)]
-        pool = eligible(passing, p.objective, rows[result["reference"]]["dim"])
-        if not pool:
-            run.set_tags({"gate.status": "failed"})
-            misses = {n: "; ".join(r.line() for r in res if not r.passed) for n, res in gates.items()}
-            raise GateFailed(
-                f"no {p.objective} candidate passes every gate (aliases @{p.alias} and "
-                f"@{p.challenger_alias} left where they were): "
-                + " | ".join(f"{n}: {m}" for n, m in misses.items() if m)
-            )
-        chosen = best(pool, p.objective, p.speed_noise_floor)
+        chosen = choose(rows, sources, p, result["reference"], run)
         row = rows[chosen.name]
-        incumbent = None
-        if result.get("incumbent"):
-            inc_row = rows["incumbent"]
-            incumbent = Contender.from_row(result["incumbent"]["variant"], inc_row)
-            inc_gates = gate_results(rows, ["incumbent"], p.gate)["incumbent"]
-        if incumbent is not None and not all(r.passed for r in inc_gates):
-            promoted, reason = (
-                True,
-                "the incumbent fails today's gate: " + "; ".join(r.line() for r in inc_gates if not r.passed),
-            )
-        else:
-            promoted, reason = decide(chosen, incumbent, p.objective, p.speed_noise_floor)
+        incumbent = result.get("incumbent")
+        promoted, reason = against_incumbent(chosen, rows, incumbent, p)
         cos = row.get("cos_to_incumbent")
-        reindex = incumbent is not None and (cos is None or cos < p.min_index_cosine)
+        reindex = bool(incumbent) and (cos is None or cos < p.min_index_cosine)
         decision = "promoted to champion" if promoted else "kept incumbent"
         log.info("best %s: %s (%s)", p.objective, chosen.name, reason)
         run.set_tags({"gate.status": "passed", "promote.variant": chosen.name, "promote.decision": decision})
@@ -144,7 +153,7 @@ def main() -> None:
             "decision.reason": reason,
             "requires_reindex": str(reindex).lower(),
             "cos_to_incumbent": cos,
-            "incumbent.version": (result.get("incumbent") or {}).get("version"),
+            "incumbent.version": (incumbent or {}).get("version"),
         }
         example = unique_sentences(read_sts_tsv(config.PREPARED_DIR / "sts_val.tsv"))[:2]
         with tempfile.TemporaryDirectory() as tmp:
@@ -182,15 +191,12 @@ def main() -> None:
             "registered_version": reg["version"],
             "model_name": p.model_name,
             "run_id": reg["run_id"],
-            "champion_version": reg["version"] if promoted else result["incumbent"]["version"],
+            "champion_version": reg["version"] if promoted else incumbent["version"],
             "challenger": summary(chosen.name, row),
             "incumbent": (
-                {
-                    **summary(result["incumbent"]["variant"], rows["incumbent"]),
-                    "version": result["incumbent"]["version"],
-                }
-                if incumbent
-                else None
+                None
+                if not incumbent
+                else {**summary(incumbent["variant"], rows["incumbent"]), "version": incumbent["version"]}
             ),
         }
         write_json(config.METRICS_DIR / "promote.json", out)
