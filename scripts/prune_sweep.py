@@ -34,9 +34,9 @@ from embopt.pipeline import config
 from embopt.pipeline.files import read_json, write_json
 from embopt.pipeline.params import load_params
 from embopt.serving.runtime import Embedder
-from embopt.training.distill import TrainConfig, train_student
+from embopt.training.distill import train_student
 from embopt.training.modeling import hf_model, load_sentence_model
-from embopt.training.prune import count_params, prune_model
+from embopt.training.prune import count_params, prune_model, recovery_config
 
 
 def point(text: str) -> tuple[float, int]:
@@ -51,10 +51,7 @@ def pruned_student(params, keep: float, heads: int, corpus: list[str], targets: 
     model = load_sentence_model(config.DISTILL_DIR)
     prune_model(model, corpus[: p.importance_sentences], keep, heads)
     n = min(len(corpus), recovery_sentences or p.recovery_max_sentences)
-    cfg = TrainConfig(epochs=p.recovery_epochs, batch_size=p.batch_size, lr=p.lr, warmup_ratio=0.1,
-                      weight_decay=0.01, max_grad_norm=1.0, max_seq_length=p.max_seq_length, loss="mse",
-                      eval_every=10**9, checkpoint_every=10**9, early_stopping_patience=0,
-                      seed=params.base.seed + 1)
+    cfg = recovery_config(p, params.base.seed)
     train_student(model, corpus[:n], targets[:n], cfg, val[:200])
     return model
 

@@ -15,9 +15,9 @@ from embopt.pipeline.files import atomic_dir, read_json
 from embopt.pipeline.params import load_params
 from embopt.pipeline.stage import report, run_stage
 from embopt.pipeline.tracking import stage_run
-from embopt.training.distill import TrainConfig, train_student
+from embopt.training.distill import train_student
 from embopt.training.modeling import load_sentence_model
-from embopt.training.prune import prune_model, unpruned_report
+from embopt.training.prune import prune_model, recovery_config, unpruned_report
 
 log = logging.getLogger("stages.prune")
 
@@ -43,20 +43,7 @@ def main() -> None:
         n = min(len(sentences), p.recovery_max_sentences)
         rec = None
         if p.enabled and p.recovery_epochs > 0 and rep.params_after < rep.params_before:
-            cfg = TrainConfig(
-                epochs=p.recovery_epochs,
-                batch_size=p.batch_size,
-                lr=p.lr,
-                warmup_ratio=0.1,
-                weight_decay=0.01,
-                max_grad_norm=1.0,
-                max_seq_length=p.max_seq_length,
-                loss="mse",
-                eval_every=10**9,
-                checkpoint_every=10**9,
-                early_stopping_patience=0,
-                seed=params.base.seed + 1,
-            )
+            cfg = recovery_config(p, params.base.seed)
             log.info("recovery distillation on %d sentences", n)
             rec = train_student(
                 model,

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from embopt.errors import EmboptError
+from embopt.training.distill import TrainConfig
 from embopt.training.modeling import hf_model
 
 log = logging.getLogger(__name__)
@@ -248,3 +249,11 @@ def unpruned_report(st_model) -> PruneReport:
     layers = int(getattr(cfg, "num_hidden_layers", 0) or getattr(cfg, "n_layers", 0) or 0)
     n = count_params(st_model)
     return PruneReport(ffn, ffn, heads * layers, heads * layers, n, n)
+
+
+def recovery_config(p, seed: int) -> TrainConfig:
+    """The recovery distillation after pruning, from ``params.prune`` (``p``): plain MSE on the teacher's
+    embeddings, no evaluation or checkpoints in between (it is short), its own seed."""
+    return TrainConfig(epochs=p.recovery_epochs, batch_size=p.batch_size, lr=p.lr, warmup_ratio=0.1,
+                       weight_decay=0.01, max_grad_norm=1.0, max_seq_length=p.max_seq_length, loss="mse",
+                       eval_every=10**9, checkpoint_every=10**9, early_stopping_patience=0, seed=seed + 1)
