@@ -142,7 +142,7 @@ class PruneGate(_Section):
 class PruneParams(_Section):
     # false: the distilled student passes through unchanged (architectures prune does not support).
     enabled: bool = True
-    ffn_keep_ratio: float = Field(0.75, gt=0, le=1)
+    ffn_keep_ratio: float = Field(0.25, gt=0, le=1)
     heads_to_prune: int = Field(0, ge=0)
     importance_sentences: int = Field(512, ge=1)
     recovery_epochs: float = Field(1.0, ge=0)
