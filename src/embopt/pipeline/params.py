@@ -49,7 +49,7 @@ class DataParams(_Section):
     # the rest, and either source fills what the other lacks.
     sts_train_share: float = Field(0.1, ge=0, le=1)
     min_words: int = Field(5, ge=1)
-    max_words: int = Field(60, ge=1)
+    max_words: int = Field(30, ge=1)
 
     @model_validator(mode="after")
     def _words(self) -> DataParams:
