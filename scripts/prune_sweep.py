@@ -105,9 +105,10 @@ def main() -> None:
             emb.embed(parts[0][:64])  # warm-up
         seconds = interleaved({n: e.embed for n, e in embedders.items()}, parts, args.repeats)
     for name, s in seconds.items():
-        rows[name]["int8_sps"] = round(len(sentences) / float(np.median(s.sum(axis=1))), 1)
+        rounds = s.sum(axis=1)  # seconds of each round over every part
+        rows[name]["int8_sps"] = round(len(sentences) / float(np.median(rounds)), 1)
         # (slowest - fastest) / median round: the measured noise of this run
-        rows[name]["int8_spread"] = round(float(np.ptp(s.sum(axis=1)) / np.median(s.sum(axis=1))), 3)
+        rows[name]["int8_spread"] = round(float(np.ptp(rounds) / np.median(rounds)), 3)
     ref = rows["unpruned (distill)"]["int8_sps"]
     for r in rows.values():
         r["speedup_vs_unpruned"] = round(r["int8_sps"] / ref, 3)

@@ -61,8 +61,9 @@ def runtime_variant(
     )
 
 
-def candidates(params: Params, tmp: Path) -> tuple[list, dict | None]:
-    """Every variant to measure (torch, ONNX, static, and the registry's champion when there is one)."""
+def candidates(params: Params, onnx: dict[str, Path], tmp: Path) -> tuple[list, dict | None]:
+    """Every variant to measure: torch, ``onnx`` (the export bundle's), static, and the registry's champion
+    when there is one."""
     variants = []
     for name, folder in (
         ("teacher_torch", params.base.teacher),
@@ -72,7 +73,7 @@ def candidates(params: Params, tmp: Path) -> tuple[list, dict | None]:
         model = load_sentence_model(folder, max_seq_length=params.base.max_seq_length)
         source = config.resolve(resolve_model_source(str(folder)))
         variants.append(torch_variant(name, model, params.evaluate.batch_size, source))
-    for name, path in onnx_variants().items():
+    for name, path in onnx.items():
         variants.append(runtime_variant(params, name, config.EXPORT_DIR, name, path, path))
     for name, (bundle, path) in static_variants().items():
         variants.append(runtime_variant(params, name, bundle, name, path, path))
@@ -111,7 +112,8 @@ def main() -> None:
     with stage_run("evaluate", params, ["evaluate"]) as run, tempfile.TemporaryDirectory() as tmp:
         val = read_sts_tsv(config.PREPARED_DIR / "sts_val.tsv")
         dev = read_sts_tsv(config.PREPARED_DIR / "sts_dev.tsv")
-        variants, champion = candidates(params, Path(tmp))
+        onnx = onnx_variants()
+        variants, champion = candidates(params, onnx, Path(tmp))
         result = evaluate_all(
             variants,
             val,
@@ -143,9 +145,7 @@ def main() -> None:
         )
         metrics = headline(result)
         # The gate (like every choice) reads the validation split, never the reported dev numbers.
-        metrics["final_val_retention"] = result["variants"][list(onnx_variants())[-1]][
-            "val_retention"
-        ]  # int8+PCA
+        metrics["final_val_retention"] = result["variants"][list(onnx)[-1]]["val_retention"]  # int8 + PCA
         report(run, "evaluate", metrics, gate=p.gate, details=result)
 
 
