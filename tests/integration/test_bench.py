@@ -320,3 +320,22 @@ def test_bench_missing_sts_file_is_one_line_and_writes_nothing(tmp_path, tiny_mo
     assert proc.returncode == 1
     assert "bench: error:" in proc.stderr and "nope.tsv" in proc.stderr
     assert not (out / "bench.json").exists() and not (out / "bench.md").exists()
+
+
+def test_final_variant_is_what_promote_chose_then_evaluate_then_the_last(tmp_path, monkeypatch):
+    """The targets judge the variant the pipeline ships (promote's pick), not one that failed its gate."""
+    from embopt.bench import run as bench_run_mod
+
+    monkeypatch.setattr(bench_run_mod.config, "METRICS_DIR", tmp_path)
+    opts = bench_run_mod.BenchOptions(export_dir=bench_run_mod.config.EXPORT_DIR)
+    names = ["onnx_fp32", "onnx_int8", "onnx_int8_pca128"]
+    assert bench_run_mod._final_variant(opts, names) == "onnx_int8_pca128"
+    (tmp_path / "evaluate.json").write_text(json.dumps({"final": "onnx_fp32"}))
+    assert bench_run_mod._final_variant(opts, names) == "onnx_fp32"
+    (tmp_path / "promote.json").write_text(json.dumps({"challenger": {"variant": "onnx_int8"}}))
+    assert bench_run_mod._final_variant(opts, names) == "onnx_int8"
+    (tmp_path / "promote.json").write_text(json.dumps({"challenger": {"variant": "gone_variant"}}))
+    assert bench_run_mod._final_variant(opts, names) == "onnx_fp32"
+    other = bench_run_mod.BenchOptions(export_dir=tmp_path / "elsewhere")
+    assert bench_run_mod._final_variant(other, names) == "onnx_int8_pca128"
+    assert bench_run_mod._final_variant(bench_run_mod.BenchOptions(final="onnx_fp32"), names) == "onnx_fp32"

@@ -264,15 +264,22 @@ def _our_variants(opts: BenchOptions, notes: list[str]) -> tuple[list[BenchVaria
 
 
 def _final_variant(opts: BenchOptions, onnx_names: list[str]) -> str | None:
-    """``--final``, else evaluate's final variant, else the last stage's output (int8 + PCA)."""
+    """``--final``; else the variant promote chose from this bundle (what the pipeline ships, so the
+    targets judge it rather than a variant that failed the promote gate); else evaluate's final
+    variant; else the last stage's output (int8 + PCA)."""
     if opts.final:
         return opts.final
-    final = onnx_names[-1] if onnx_names else None
-    eval_json = config.METRICS_DIR / "evaluate.json"
-    if eval_json.exists() and Path(opts.export_dir).resolve() == config.EXPORT_DIR.resolve():
-        named = json.loads(eval_json.read_text(encoding="utf-8")).get("final")
-        return named if named in onnx_names else final
-    return final
+    last = onnx_names[-1] if onnx_names else None
+    if Path(opts.export_dir).resolve() != config.EXPORT_DIR.resolve():
+        return last
+    for stage, key in (("promote", "challenger"), ("evaluate", None)):
+        path = config.METRICS_DIR / f"{stage}.json"
+        if path.exists():
+            got = json.loads(path.read_text(encoding="utf-8"))
+            named = (got.get(key) or {}).get("variant") if key else got.get("final")
+            if named in onnx_names:
+                return named
+    return last
 
 
 def _alias(name: str, variants: list[BenchVariant], final: str | None) -> str:

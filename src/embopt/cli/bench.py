@@ -54,7 +54,7 @@ class BenchArgs:
                                                  "variant of ours (repeatable; default: student_torch="
                                                  "models/distill, pruned_torch=models/prune).")] = None
     final: Annotated[str, Opt("--final", help="Variant judged against the targets "
-                              "(default: evaluate's).")] = ""
+                              "(default: the one promote chose, else evaluate's).")] = ""
     trunc_lengths: Annotated[str, Opt("--trunc-lengths", help="Truncation sweep lengths (default "
                                       "32,64,128,256,512; quick: 16,32).")] = ""
     anchors: Annotated[bool, Opt("--anchors/--no-anchors", help="Build sentence-transformers' ONNX and int8 "
