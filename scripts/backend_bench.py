@@ -18,6 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from embopt.bench.run import int8_isa
 from embopt.bench.timing import pin_threads
 from embopt.data.corpus import read_lines
 from embopt.data.sts import read_sts_tsv
@@ -29,15 +30,6 @@ from embopt.pipeline.params import load_params
 from embopt.serving.bundle import read_manifest, write_manifest
 from embopt.serving.runtime import Embedder, load_tokenizer
 from embopt.training.modeling import load_sentence_model, resolve_model_source
-
-
-def cpu_flags() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
-            return " ".join(f for f in wanted if f in flags) or "-"
-    return "-"
 
 
 def main() -> None:
@@ -76,14 +68,15 @@ def main() -> None:
         teacher = load_sentence_model(params.base.teacher, max_seq_length=params.base.max_seq_length)
         rows = [torch_variant("teacher_torch", teacher, p.batch_size,
                               config.resolve(resolve_model_source(params.base.teacher)))]
-        for name in ("onnx_fp32", "onnx_int8", "openvino_fp32", "openvino_int8"):
+        for name in ("onnx_fp32", "onnx_fp32_unfused", "onnx_int8", "openvino_fp32", "openvino_int8"):
             emb = runtime(bundle, name)
             rows.append(onnx_variant(name, emb, emb.onnx_path))
         for name, (b, path) in static_variants().items():
             rows.append(onnx_variant(name, runtime(b, name), path))
         result = evaluate_all(rows, val, dev, p.throughput_sentences, p.latency_sentences,
                               args.repeats or p.repeats, p.bootstrap_resamples, params.base.seed)
-    result["setup"].update({"threads": threads, "batch_size": p.batch_size, "cpu_flags": cpu_flags(),
+    flags = " ".join(f for f, has in int8_isa().items() if has) or "-"
+    result["setup"].update({"threads": threads, "batch_size": p.batch_size, "cpu_flags": flags,
                             "max_seq_length": params.base.max_seq_length})
     s = result["setup"]
     text = (f"{s['processor']} ({s['machine']}; {s['cpu_flags']}), {threads} threads, batch {p.batch_size}, "
