@@ -143,7 +143,7 @@ class PruneParams(_Section):
     # false: the distilled student passes through unchanged (architectures prune does not support).
     enabled: bool = True
     ffn_keep_ratio: float = Field(0.25, gt=0, le=1)
-    heads_to_prune: int = Field(0, ge=0)
+    heads_to_prune: int = Field(6, ge=0)
     importance_sentences: int = Field(512, ge=1)
     recovery_epochs: float = Field(1.0, ge=0)
     recovery_max_sentences: int = Field(15000, ge=1)
