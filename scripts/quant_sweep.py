@@ -53,6 +53,9 @@ ALL_OPS = ("MatMul", "Attention", "Gather")
 EMBED = ("EmbedLayerNormalization",)  # the fused embeddings: int8 word-embedding table
 
 
+MORE_OPS = ("MatMul", "Gather", "Transpose", "Reshape")  # what ORT's QDQ quantizer takes of this graph
+
+
 def recipes() -> list[tuple[str, str, str, object]]:
     """(name, parent graph, kind, recipe) for every row of the sweep."""
     rows = [
@@ -76,6 +79,13 @@ def recipes() -> list[tuple[str, str, str, object]]:
          StaticRecipe(method="minmax", per_channel=True)),
         ("static_unfused_minmax_s8_symmetric", "unfused", "static",
          StaticRecipe(method="minmax", activation_type="qint8", symmetric_activations=True)),
+        # int8 beyond the matmuls (issue 12): QDQ data movement (Transpose/Reshape/Gather) runs on int8
+        # data; ORT's QDQ quantizer takes no Add/Mul/Softmax/GELU, and LayerNorm has no int8 CPU kernel
+        ("static_unfused_minmax_more_ops", "unfused", "static",
+         StaticRecipe(method="minmax", op_types=MORE_OPS)),
+        ("static_unfused_minmax_more_ops_layernorm", "unfused", "static",
+         StaticRecipe(method="minmax", op_types=MORE_OPS + ("LayerNormalization",))),
+        ("static_unfused_minmax", "unfused", "static", StaticRecipe(method="minmax")),
     ]
     return rows
 
