@@ -51,8 +51,6 @@ from embopt.training.modeling import load_sentence_model, resolve_model_source  
 
 ALL_OPS = ("MatMul", "Attention", "Gather")
 EMBED = ("EmbedLayerNormalization",)  # the fused embeddings: int8 word-embedding table
-
-
 MORE_OPS = ("MatMul", "Gather", "Transpose", "Reshape")  # what ORT's QDQ quantizer takes of this graph
 
 
