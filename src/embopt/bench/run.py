@@ -33,6 +33,7 @@ from embopt.data.sts import StsPair, read_sts_file, read_sts_tsv, unique_sentenc
 from embopt.errors import DataError, EmboptError
 from embopt.eval.sts import cosine_rows, retention, sts_spearman
 from embopt.pipeline import config
+from embopt.pipeline.files import read_json
 from embopt.pipeline.params import BenchTargets
 
 log = logging.getLogger(__name__)
@@ -275,7 +276,7 @@ def _final_variant(opts: BenchOptions, onnx_names: list[str]) -> str | None:
     for stage, key in (("promote", "challenger"), ("evaluate", None)):
         path = config.METRICS_DIR / f"{stage}.json"
         if path.exists():
-            got = json.loads(path.read_text(encoding="utf-8"))
+            got = read_json(path)
             named = (got.get(key) or {}).get("variant") if key else got.get("final")
             if named in onnx_names:
                 return named
