@@ -20,20 +20,19 @@ git-tracked files)::
     .venv/bin/python scripts/distill_sweep.py --show                # only print the table of past runs
     .venv/bin/python scripts/distill_sweep.py --set distill.epochs=2 --set data.corpus_max_sentences=200000
 
-Queued experiments run in temporary copies under ``.dvc/tmp/exps``. Two things make that work
-with this project: ``PYTHONPATH=src`` (relative: each stage imports the copy's own ``embopt``
-and so writes into the copy, not into the editable install's checkout), absolute paths for
-data that lives outside the repository (``../shared/...`` does not resolve from the copy), and
-``MLFLOW_TRACKING_URI`` pointing at the workspace's store (the copy's own would be deleted).
-``--workspace`` avoids temporary copies altogether: the experiments run one after the other in
-the workspace, which is left with the last one's params and outputs.
+Queued experiments run in temporary copies under ``.dvc/tmp/exps`` as DVC documents them: each
+stage imports the copy's own code (``PYTHONPATH=src`` in dvc.yaml), reads the data the copy got
+from the DVC cache (``data/raw``) and logs to the workspace's MLflow store. ``--workspace`` runs
+them one after the other in the workspace instead, which is left with the last one's outputs.
+
+The ``c*`` points spend the default profile's 1,563 optimizer steps (100k sentences, one epoch,
+batch 64) on corpora of other sizes: quality against corpus size at a fixed training budget.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -67,36 +66,24 @@ GRID: dict[str, list[str]] = {
     "n2-msesim": ["distill.layers=null", "distill.num_layers=2", "distill.loss=mse+sim"],
     "n2-kl": ["distill.layers=null", "distill.num_layers=2", "distill.loss=kl"],
     "n2-msekl": ["distill.layers=null", "distill.num_layers=2", "distill.loss=mse+kl"],
+    # the default 2-layer student, 1,563 steps on 25k, 50k and all 234,801 corpus sentences (max_words 30)
+    "c25k": ["data.corpus_max_sentences=25000", "distill.epochs=4"],
+    "c50k": ["data.corpus_max_sentences=50000", "distill.epochs=2"],
+    "call": ["data.corpus_max_sentences=10000000", "distill.epochs=0.426"],
 }
 
 COLUMNS = ["experiment", "layers", "loss", "hidden w", "sentences", "train seq", "epochs", "dev Spearman",
            "retention", "train s", "torch sent/s", "ONNX int8 sent/s", "int8 speedup"]
 
 
-def run(cmd: list[str], dry: bool, env: dict[str, str] | None = None, check: bool = True) -> int:
-    prefix = "PYTHONPATH=src " if env is not None and env.get("PYTHONPATH") == "src" else ""
-    print(f"$ {prefix}{shlex.join(cmd)}", flush=True)
+def run(cmd: list[str], dry: bool, check: bool = True) -> int:
+    print(f"$ {shlex.join(cmd)}", flush=True)
     if dry:
         return 0
-    rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
+    rc = subprocess.run(cmd, cwd=ROOT).returncode
     if check and rc != 0:
         sys.exit(f"distill_sweep: '{shlex.join(cmd)}' failed with exit code {rc}")
     return rc
-
-
-def external_data_overrides(params_file: Path) -> list[str]:
-    """Absolute paths for data params that point outside the repository (temporary copies can't see them)."""
-    import yaml
-
-    data = (yaml.safe_load(params_file.read_text(encoding="utf-8")) or {}).get("data", {})
-    out = []
-    for key in ("sts_dir", "corpus_path"):
-        value = data.get(key)
-        if isinstance(value, str) and not Path(value).is_absolute():
-            resolved = (ROOT / value).resolve()
-            if not resolved.is_relative_to(ROOT):
-                out.append(f"data.{key}={resolved}")
-    return out
 
 
 def _metric(metrics: dict, file: str, *path: str):
@@ -229,26 +216,18 @@ def main(argv: list[str] | None = None) -> None:
         print_table(names)
         return
 
-    common = list(args.set)
-    env = None
-    if not args.workspace:
-        common += external_data_overrides(ROOT / "params.yaml")
-        env = {k: v for k, v in os.environ.items() if k != "EMBOPT_ROOT"}
-        env["PYTHONPATH"] = "src"
-        # The copies are deleted after each run: keep logging into the workspace's MLflow store.
-        env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{ROOT / 'mlflow.db'}")
     for n in chosen:
         cmd = ["dvc", "exp", "run", "-n", f"{args.prefix}-{n}"]
         if not args.workspace:
             cmd.append("--queue")
-        for override in GRID[n] + common:
+        for override in GRID[n] + args.set:
             # "++": set the key even where params.yaml leaves it out (Hydra's add-or-override).
             cmd += ["-S", override if override.startswith("+") else f"++{override}"]
         cmd.append(args.target)
-        run(cmd, args.dry_run, env=env)
+        run(cmd, args.dry_run)
     if not args.workspace:
         t0 = time.perf_counter()
-        run(["dvc", "exp", "run", "--run-all", "--jobs", str(args.jobs)], args.dry_run, env=env)
+        run(["dvc", "exp", "run", "--run-all", "--jobs", str(args.jobs)], args.dry_run)
         if not args.dry_run:
             print(f"queue finished in {time.perf_counter() - t0:.0f} s wall ({len(chosen)} experiments)")
         run(["dvc", "queue", "status"], args.dry_run, check=False)

@@ -485,10 +485,6 @@ def test_stage_with_nproc_2_runs_torchrun_and_writes_the_student(
     assert "rank 0 of 2" in proc.stderr
 
 
-# --------------------------------------------------------------------------- DVC cache (slow)
-
-
-@pytest.mark.slow
 # --------------------------------------------------------------------------- sweep script
 
 
@@ -512,7 +508,8 @@ def test_sweep_dry_run_queues_every_layer_count_then_runs_the_queue():
     for n in (1, 2, 3, 4):
         line = next(ln for ln in queued if f"-n sweep-n{n} " in ln)
         assert f"-S ++distill.num_layers={n}" in line and "-S ++distill.layers=null" in line
-        assert line.startswith("$ PYTHONPATH=src dvc exp run") and line.endswith(" evaluate")
+        # no environment of its own: the copies run their own code and data as DVC documents it
+        assert line.startswith("$ dvc exp run") and line.endswith(" evaluate")
         assert "-S ++distill.epochs=2" in line
     assert any("'++distill.layers=[0,2,4]'" in ln for ln in queued)
     run_all = [i for i, ln in enumerate(lines) if "--run-all" in ln]
