@@ -4,8 +4,8 @@ Used by the evaluate stage, the benchmark, the registered pyfunc model and the C
 so the numbers measured are the numbers served. Per call:
 
 1. cache look-up (optional): hits are copied out and skip everything below;
-2. the Rust tokenizer encodes every text once (no offsets, no padding) with
-   truncation to the bundle's ``max_seq_length``;
+2. every text is tokenized once (no padding), truncated to the bundle's ``max_seq_length``: by
+   the Rust tokenizer, behind a word cache for BERT WordPiece (:mod:`embopt.serving.wordpiece`);
 3. texts are sorted by token count, so each batch pads only to its own longest
    sentence; the int64 ``input_ids``/``attention_mask`` arrays are filled with one
    vectorised numpy assignment per batch (no per-row Python loop);
@@ -45,6 +45,7 @@ import numpy as np
 from embopt.errors import EmboptError
 from embopt.serving.backends import backend_of, open_session
 from embopt.serving.bundle import read_manifest, sha256, variant_file
+from embopt.serving.wordpiece import CachedWordPiece
 
 log = logging.getLogger(__name__)
 
@@ -240,8 +241,8 @@ class Embedder:
         # after export must not be served the old file's vectors.
         self.tokenizer = load_tokenizer(self.bundle, self.max_seq_length)
         self.tokenizer_sha256 = sha256(self.bundle / "tokenizer.json")
-        # encode_batch_fast skips character offsets we never use (tokenizers >= 0.21).
-        self._encode_batch = getattr(self.tokenizer, "encode_batch_fast", self.tokenizer.encode_batch)
+        # A BERT WordPiece tokenizer gets the word cache (same ids, a third of the time on short text).
+        self._wordpiece = CachedWordPiece.for_tokenizer(self.tokenizer)
         pad = self.tokenizer.token_to_id(self.manifest.get("pad_token", "[PAD]"))
         self.pad_id = int(pad) if pad is not None else 0
         self.graph_sha256 = sha256(self.onnx_path)
@@ -369,7 +370,10 @@ class Embedder:
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids per text, truncated, without padding."""
-        return [e.ids for e in self._encode_batch(list(texts))]
+        if self._wordpiece is not None:
+            return self._wordpiece.encode(texts)
+        # encode_batch_fast skips character offsets we never use.
+        return [e.ids for e in self.tokenizer.encode_batch_fast(list(texts))]
 
     def _run(self, session, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         if self.backend != "onnxruntime":
@@ -424,10 +428,9 @@ class Embedder:
         return seconds
 
     def _embed_one(self, text: str, out: np.ndarray) -> None:
-        """Batch 1 (the latency path): no sort, no padding; ``encode_batch_fast`` (no offsets) takes a
-        third less time than ``encode`` on one 16-token query."""
+        """Batch 1 (the latency path): no sort, no padding."""
         t0 = time.perf_counter()
-        input_ids = np.array([self._encode_batch([text])[0].ids], dtype=np.int64)
+        input_ids = np.array(self.tokenize([text]), dtype=np.int64)
         self.timings.tokenize_s += time.perf_counter() - t0
         self.timings.run_s += self._write(self.session, (_FIRST, input_ids, np.ones_like(input_ids)), out)
 
