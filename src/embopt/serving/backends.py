@@ -38,10 +38,13 @@ class StaticSession:
         if self.table.ndim != 2:
             raise EmboptError(f"{path}: expected a (vocab, dim) table, got shape {self.table.shape}")
         self.dim = int(self.table.shape[1])
+        # Padding looks up an appended zero row: a plain sum, no multiplying by the mask.
+        self.zero = self.table.shape[0]
+        self.table = np.vstack([self.table, np.zeros((1, self.dim), dtype=np.float32)])
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        vecs = self.table[input_ids] * attention_mask[:, :, None].astype(np.float32)
-        out = vecs.sum(axis=1)  # the mean's 1/n cancels in the normalisation
+        # The sum, not the mean: the 1/n cancels in the normalisation.
+        out = self.table[np.where(attention_mask.astype(bool), input_ids, self.zero)].sum(axis=1)
         out /= np.clip(np.linalg.norm(out, axis=1, keepdims=True), 1e-12, None)
         return out
 
