@@ -524,17 +524,19 @@ def test_sweep_rejects_unknown_grid_names():
 
 
 def test_sweep_table_reads_dvc_exp_show_json():
+    """The files as the stages write them: distill's validation numbers, evaluate's headline variants."""
     sweep = _sweep_module()
+    variants = {"student_torch": {"retention": 0.99088, "val_retention": 0.97745, "speedup_vs_teacher": 2.532},
+                "onnx_int8": {"retention": 0.97152, "val_retention": 0.965, "speedup_vs_teacher": 9.58}}
     ok = {"rev": "abc1234", "name": "sweep-n2", "error": None, "data": {
         "params": {"params.yaml": {"data": {"distill": {"layers": None, "num_layers": 2, "loss": "mse",
                                                         "hidden_weight": 0.0, "max_seq_length": 64,
                                                         "epochs": 1.0}}}},
         "metrics": {
-            "metrics/distill.json": {"data": {"student_dev_spearman": 84.5, "retention": 0.9744,
-                                              "train_seconds": 812.3, "train_sentences": 60000}},
-            "metrics/evaluate.json": {"data": {"variants": {
-                "student_torch": {"throughput_sps": 301.4, "sts_spearman": 84.5},
-                "onnx_int8": {"throughput_sps": 905.0, "speedup_vs_teacher": 4.2}}}},
+            "metrics/distill.json": {"data": {"student_val_spearman": 79.3196, "retention": 0.97745, "steps": 1563,
+                                              "best_step": 1200, "train_seconds": 806.5,
+                                              "train_sentences": 100000}},
+            "metrics/evaluate.json": {"data": {"variants": variants}},
         }}}
     # Run only up to distill: its evaluate.json is the one of the commit it started from (sweep-n2's here).
     inherited = {"rev": "aaa1111", "name": "sweep-n2-msekl", "error": None, "data": {
@@ -543,8 +545,8 @@ def test_sweep_table_reads_dvc_exp_show_json():
                                                         "hidden_weight": 0.0, "max_seq_length": 64,
                                                         "epochs": 1.0}}}},
         "metrics": {
-            "metrics/distill.json": {"data": {"student_dev_spearman": 85.1, "retention": 0.981,
-                                              "train_seconds": 820.0, "train_sentences": 60000}},
+            "metrics/distill.json": {"data": {"retention": 0.952, "steps": 1563, "best_step": 1563,
+                                              "train_seconds": 820.0, "train_sentences": 100000}},
             "metrics/evaluate.json": ok["data"]["metrics"]["metrics/evaluate.json"],
         }}}
     failed = {"rev": "def5678", "name": "sweep-l0-5", "error": {"msg": "Experiment run failed"}, "data": {
@@ -555,12 +557,12 @@ def test_sweep_table_reads_dvc_exp_show_json():
                {"rev": "main", "name": "main", "data": {}, "experiments": [
                    {"revs": [ok]}, {"revs": [failed]}, {"revs": [inherited]}, {"revs": [other]}]}]
     rows = sweep.rows_from_exp_show(entries, {"sweep-n2", "sweep-l0-5", "sweep-n2-msekl"})
-    assert rows[0] == ["sweep-n2", "2 even", "mse", "0.00", "60000", "64", "1.00", "84.50", "97.4%", "812",
-                       "301", "905", "4.20"]
-    assert rows[1][:2] == ["sweep-l0-5 (failed)", "0,5"] and rows[1][7:] == ["-"] * 6
-    # Its own training columns, and no throughput borrowed from another student.
-    assert rows[2] == ["sweep-n2-msekl (no evaluate)", "2 even", "mse+kl w0.5 T0.05", "0.00", "60000", "64",
-                       "1.00", "85.10", "98.1%", "820", "-", "-", "-"]
+    assert rows[0] == ["sweep-n2", "2 even", "mse", "0.00", "100000", "1.00", "1563 (1200)", "97.7%", "806",
+                       "99.1%", "2.53", "97.2%", "9.58"]
+    assert rows[1][:2] == ["sweep-l0-5 (failed)", "0,5"] and rows[1][6:] == ["-"] * 7
+    # Its own training columns, and no dev or speed borrowed from another student.
+    assert rows[2] == ["sweep-n2-msekl (no evaluate)", "2 even", "mse+kl w0.5 T0.05", "0.00", "100000", "1.00",
+                       "1563 (1563)", "95.2%", "820", "-", "-", "-", "-"]
     assert len(rows) == 3
 
 
