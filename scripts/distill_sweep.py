@@ -138,12 +138,14 @@ def rows_from_exp_show(entries: list, names: set[str] | None) -> list[list[str]]
     """
     rows = []
 
-    def visit(rev: dict, label: str) -> None:
+    def visit(rev: dict, label: str, state: str | None = None) -> None:
         data = rev.get("data") or {}
         name = rev.get("name") or label
         if names is not None and name not in names:
             return
-        metrics = data.get("metrics") or {}
+        # A queued or running experiment shows the workspace's metrics until it finishes: none of its own.
+        metrics = {} if state in ("queued", "running") else data.get("metrics") or {}
+        name += f" ({state})" if state in ("queued", "running") else ""
         params = ((data.get("params") or {}).get("params.yaml") or {}).get("data") or {}
         d = params.get("distill", {})
         distill = "metrics/distill.json"
@@ -176,13 +178,16 @@ def rows_from_exp_show(entries: list, names: set[str] | None) -> list[list[str]]
     for entry in entries:
         visit(entry, entry.get("rev", "?"))
         for exp in entry.get("experiments") or []:
+            state = (exp.get("executor") or {}).get("state")
             for rev in exp.get("revs") or []:
-                visit(rev, rev.get("rev", "?")[:7])
+                visit(rev, rev.get("rev", "?")[:7], state)
     return rows
 
 
-def print_table(names: set[str] | None) -> None:
-    proc = subprocess.run(["dvc", "exp", "show", "--json"], cwd=ROOT, capture_output=True, text=True)
+def print_table(names: set[str] | None, commits: int) -> None:
+    # -n: experiments based on earlier commits too (a sweep outlives the commit it was queued on)
+    proc = subprocess.run(["dvc", "exp", "show", "--json", "-n", str(commits)], cwd=ROOT, capture_output=True,
+                          text=True)
     if proc.returncode != 0:
         sys.exit(f"distill_sweep: dvc exp show failed: {proc.stderr.strip().splitlines()[-1:]}")
     rows = rows_from_exp_show(json.loads(proc.stdout or "[]"), names)
@@ -206,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workspace", action="store_true", help="run one by one in the workspace, no queue")
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     ap.add_argument("--show", action="store_true", help="only print the table of existing experiments")
+    ap.add_argument("--commits", type=int, default=20, help="the table looks at experiments of this many commits")
     args = ap.parse_args(argv)
 
     chosen = list(GRID) if not args.only else [n.strip() for n in args.only.split(",") if n.strip()]
@@ -214,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"distill_sweep: --only: unknown grid names {unknown}; known: {', '.join(GRID)}")
     names = {f"{args.prefix}-{n}" for n in chosen}
     if args.show:
-        print_table(names)
+        print_table(names, args.commits)
         return
 
     for n in chosen:
@@ -233,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"queue finished in {time.perf_counter() - t0:.0f} s wall ({len(chosen)} experiments)")
         run(["dvc", "queue", "status"], args.dry_run, check=False)
     if not args.dry_run:
-        print_table(names)
+        print_table(names, args.commits)
 
 
 if __name__ == "__main__":

@@ -553,17 +553,20 @@ def test_sweep_table_reads_dvc_exp_show_json():
         "params": {"params.yaml": {"data": {"distill": {"layers": [0, 5]}}}},
         "metrics": {"metrics/distill.json": {"error": {"type": "FileNotFoundError"}}}}}
     other = {"rev": "0000000", "name": "unrelated", "data": {}}
+    running = {**ok, "rev": "bbb2222", "name": "sweep-n3"}  # shows the workspace's metrics while it runs
     entries = [{"rev": "workspace", "name": None, "data": {}, "experiments": None},
                {"rev": "main", "name": "main", "data": {}, "experiments": [
-                   {"revs": [ok]}, {"revs": [failed]}, {"revs": [inherited]}, {"revs": [other]}]}]
-    rows = sweep.rows_from_exp_show(entries, {"sweep-n2", "sweep-l0-5", "sweep-n2-msekl"})
+                   {"revs": [ok], "executor": {"state": "success"}}, {"revs": [failed]}, {"revs": [inherited]},
+                   {"revs": [other]}, {"revs": [running], "executor": {"state": "running"}}]}]
+    rows = sweep.rows_from_exp_show(entries, {"sweep-n2", "sweep-l0-5", "sweep-n2-msekl", "sweep-n3"})
     assert rows[0] == ["sweep-n2", "2 even", "mse", "0.00", "100000", "1.00", "1563 (1200)", "97.7%", "806",
                        "99.1%", "2.53", "97.2%", "9.58"]
     assert rows[1][:2] == ["sweep-l0-5 (failed)", "0,5"] and rows[1][6:] == ["-"] * 7
     # Its own training columns, and no dev or speed borrowed from another student.
     assert rows[2] == ["sweep-n2-msekl (no evaluate)", "2 even", "mse+kl w0.5 T0.05", "0.00", "100000", "1.00",
                        "1563 (1563)", "95.2%", "820", "-", "-", "-", "-"]
-    assert len(rows) == 3
+    assert rows[3][0] == "sweep-n3 (running)" and rows[3][6:] == ["-"] * 7
+    assert len(rows) == 4
 
 
 # --------------------------------------------------------------------------- data parallel
