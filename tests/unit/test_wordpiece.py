@@ -47,6 +47,22 @@ def test_ids_equal_the_rust_tokenizer(tmp_path, lowercase, max_length):
     assert cached.encode([]) == []
 
 
+def test_truncation_changed_after_creation_is_followed(tmp_path):
+    """`embopt bench`'s truncation sweep sets it on the Embedder's tokenizer between calls."""
+    tok = _tokenizer(tmp_path, lowercase=True, max_length=32)
+    cached = CachedWordPiece.for_tokenizer(tok)
+    for setting in (8, 64, None, ("stride", 16, 2), ("left", 16)):
+        if setting is None:
+            tok.no_truncation()
+        elif isinstance(setting, tuple) and setting[0] == "stride":
+            tok.enable_truncation(max_length=setting[1], stride=setting[2])
+        elif isinstance(setting, tuple):
+            tok.enable_truncation(max_length=setting[1], direction="left")
+        else:
+            tok.enable_truncation(max_length=setting)
+        assert cached.encode(TEXTS) == [e.ids for e in tok.encode_batch(TEXTS)], setting
+
+
 def test_cache_restarts_when_full(tmp_path, monkeypatch):
     monkeypatch.setattr(wordpiece, "MAX_CACHED_WORDS", 3)
     tok = _tokenizer(tmp_path, lowercase=True)

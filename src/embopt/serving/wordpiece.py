@@ -27,7 +27,7 @@ class CachedWordPiece:
     """``encode(texts) -> ids per text`` for a BERT WordPiece ``tokenizers.Tokenizer``, or ``None``
     from :meth:`for_tokenizer` when the tokenizer is not one (then use it directly)."""
 
-    def __init__(self, tokenizer, lowercase: bool, max_length: int | None):
+    def __init__(self, tokenizer, lowercase: bool):
         self.tokenizer = tokenizer
         self.lowercase = lowercase
         # A whole word that is a vocabulary entry is that one token (WordPiece matches longest first).
@@ -40,8 +40,6 @@ class CachedWordPiece:
         full, bare = tokenizer.encode("a").ids, tokenizer.encode("a", add_special_tokens=False).ids
         at = next(i for i in range(len(full)) if full[i: i + len(bare)] == bare)
         self.prefix, self.suffix = full[:at], full[at + len(bare):]
-        # The Rust tokenizer truncates the words and keeps its special tokens within max_length.
-        self.max_words = None if max_length is None else max_length - len(self.prefix) - len(self.suffix)
 
     @classmethod
     def for_tokenizer(cls, tokenizer) -> CachedWordPiece | None:
@@ -50,10 +48,9 @@ class CachedWordPiece:
         if (norm.get("type"), pre.get("type"), model.get("type")) != ("BertNormalizer", "BertPreTokenizer",
                                                                       "WordPiece"):
             return None
-        if not norm.get("clean_text", True) or (spec.get("truncation") or {}).get("stride", 0):
+        if not norm.get("clean_text", True):
             return None
-        max_length = (spec.get("truncation") or {}).get("max_length")
-        return cls(tokenizer, bool(norm.get("lowercase", True)), max_length)
+        return cls(tokenizer, bool(norm.get("lowercase", True)))
 
     def _miss(self, word: str) -> list[int]:
         if len(self.words) >= len(self.vocab) + MAX_CACHED_WORDS:
@@ -62,6 +59,12 @@ class CachedWordPiece:
         return ids
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        # Truncation is read at each call: a caller may change it on the tokenizer (bench's sweep does).
+        trunc = self.tokenizer.truncation
+        if trunc and (trunc["stride"] or trunc["direction"] != "right"):
+            return [e.ids for e in self.tokenizer.encode_batch_fast(list(texts))]
+        # The Rust tokenizer cuts the words and keeps its special tokens within max_length.
+        keep = trunc["max_length"] - len(self.suffix) if trunc else None
         out: list[list[int] | None] = []
         slow: list[int] = []
         words, miss, find, needs_rust = self.words, self._miss, _WORDS.findall, self.slow.search
@@ -74,8 +77,8 @@ class CachedWordPiece:
             ids = list(self.prefix)
             for word in find(norm):
                 ids += words.get(word) or miss(word)
-            if self.max_words is not None:
-                del ids[len(self.prefix) + self.max_words:]
+            if keep is not None:
+                del ids[keep:]
             out.append(ids + self.suffix)
         if slow:
             encoded = self.tokenizer.encode_batch_fast([texts[i] for i in slow])
