@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -103,12 +103,6 @@ def test_local_remote_push_then_pull_into_a_fresh_clone(tmp_path):
     assert time.perf_counter() - t0 < 60
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.services
 def test_s3_remote_against_moto_server(tmp_path):
     pytest.importorskip("dvc_s3", reason="dvc-s3 (requirements/lock.txt) is not installed")
@@ -116,7 +110,7 @@ def test_s3_remote_against_moto_server(tmp_path):
     import boto3
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)  # a real HTTP S3 endpoint
     server.start()
     endpoint = f"http://127.0.0.1:{port}"

@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ports import free_port, free_ports
 
 from embopt.pipeline import config
 from embopt.serving.pyfunc import DEFAULT_CONFIG
@@ -157,12 +157,6 @@ def test_loads_from_a_fresh_folder_without_the_repo(store, tmp_path):
     np.testing.assert_allclose(np.array(got["rows"]), expected(store), atol=1e-5)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(url: str, payload: dict | bytes) -> dict:
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
     req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
@@ -186,7 +180,7 @@ def _stop(proc: subprocess.Popen) -> None:
 @contextlib.contextmanager
 def _serve(registry, tmp_path: Path, config: dict, workers: int = 1):
     """``mlflow models serve --workers N`` of the champion on a free loopback port; yields the base URL."""
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "serve.log", "w")
     env = _clean_env(registry)
     env["MLFLOW_PYFUNC_INFERENCE_CONFIG"] = json.dumps(config)  # runtime settings for this server only
@@ -448,7 +442,7 @@ def test_served_by_triton_with_dynamic_batching(store, tmp_path):
     if reason:
         pytest.skip(reason)
     grpcclient = pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] is not installed")
-    http_port, grpc_port, metrics_port = _free_port(), _free_port(), _free_port()
+    http_port, grpc_port, metrics_port = free_ports(3)
     log_path = tmp_path / "triton.log"
     log = open(log_path, "w")
     proc = subprocess.Popen(

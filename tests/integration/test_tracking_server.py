@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from ports import free_port
 
 from scripts import tracking_server as ts
 
@@ -23,12 +23,6 @@ pytestmark = pytest.mark.services
 
 MODEL = "embopt-encoder-server-test"
 TEXTS = ["A man is playing a guitar.", "The cat is watching the window.", "A dog."]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +33,7 @@ def server():
     # Not under pytest's tmp_path: that is private to its owner, and as root PostgreSQL runs as `postgres`.
     root = Path(tempfile.mkdtemp(prefix="embopt-ts-"))
     root.chmod(0o755)
-    port = _free_port()
+    port = free_port()
     try:
         url = ts.start(root / "srv", port=port, workers=1)
         yield {"url": url, "root": root / "srv", "port": port}
