@@ -167,7 +167,8 @@ def rows_from_exp_show(entries: list, names: set[str] | None) -> list[list[str]]
         steps, best = _metric(metrics, distill, "steps"), _metric(metrics, distill, "best_step")
         rows.append([
             name, layers, _loss_label(d),
-            _fmt(d.get("hidden_weight")), _fmt(_metric(metrics, distill, "train_sentences")), _fmt(d.get("epochs")),
+            _fmt(d.get("hidden_weight")), _fmt(_metric(metrics, distill, "train_sentences")),
+            _fmt(d.get("epochs")),
             f"{steps} ({best})" if steps is not None else "-",
             pct(_metric(metrics, distill, "retention")),
             _fmt(_metric(metrics, distill, "train_seconds"), 0),
@@ -211,7 +212,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workspace", action="store_true", help="run one by one in the workspace, no queue")
     ap.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     ap.add_argument("--show", action="store_true", help="only print the table of existing experiments")
-    ap.add_argument("--commits", type=int, default=20, help="the table looks at experiments of this many commits")
+    ap.add_argument("--commits", type=int, default=20,
+                    help="the table looks at experiments of this many commits")
     args = ap.parse_args(argv)
 
     chosen = list(GRID) if not args.only else [n.strip() for n in args.only.split(",") if n.strip()]

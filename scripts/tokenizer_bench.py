@@ -23,7 +23,8 @@ from embopt.pipeline import config
 from embopt.pipeline.params import load_params
 from embopt.serving.runtime import Embedder
 
-VARIANTS = [("static", config.STATIC_DIR, "static"), ("onnx_fp32_unfused", config.EXPORT_DIR, "onnx_fp32_unfused"),
+VARIANTS = [("static", config.STATIC_DIR, "static"),
+            ("onnx_fp32_unfused", config.EXPORT_DIR, "onnx_fp32_unfused"),
             ("onnx_int8", config.EXPORT_DIR, "onnx_int8")]
 
 
@@ -47,7 +48,7 @@ def main() -> None:
     assert all(e._wordpiece is not None for (_, p), e in embedders.items() if p == "word cache")
     # Batch-1 queries of exactly 16 tokens (special tokens included), as issue 12's latency target.
     ids = embedders[(VARIANTS[1][0], "tokenizers")].tokenize(sentences)
-    queries = [s for s, i in zip(sentences, ids) if len(i) == 16][:200]
+    queries = [s for s, i in zip(sentences, ids, strict=True) if len(i) == 16][:200]
     for e in embedders.values():
         e.embed(sentences)  # warm-up (and the cache's out-of-vocabulary words)
     tokenize_s = dict.fromkeys(embedders, 0.0)
@@ -75,12 +76,15 @@ def main() -> None:
             runs = secs[(name, path)][:, 0]
             rate = len(sentences) / np.median(runs)
             spread = (runs.max() - runs.min()) / np.median(runs) / 2 * 100
+            tok_us = tokenize_s[(name, path)] / args.repeats / len(sentences) * 1e6
             rows.append(f"| {name} | {path} | {rate:,.0f} (±{spread:.0f}%) | {rate / base:.2f}x | "
-                        f"{tokenize_s[(name, path)] / args.repeats / len(sentences) * 1e6:.1f} | {lat[path]:.3f} |")
+                        f"{tok_us:.1f} | {lat[path]:.3f} |")
     head = (f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu_name()}, "
-            f"{threads} threads, batch {batch}, {len(sentences)} val sentences x {args.repeats} interleaved rounds "
-            f"({time.perf_counter() - t0:.0f} s); batch-1 p50 on 1 thread over {len(queries)} 16-token queries.\n\n"
-            "| variant | tokenizer path | sent/s (spread) | x tokenizers | tokenize us/sentence | batch-1 p50 ms |\n"
+            f"{threads} threads, batch {batch}, {len(sentences)} val sentences x {args.repeats} "
+            f"interleaved rounds ({time.perf_counter() - t0:.0f} s); batch-1 p50 on 1 thread over "
+            f"{len(queries)} 16-token queries.\n\n"
+            "| variant | tokenizer path | sent/s (spread) | x tokenizers | tokenize us/sentence "
+            "| batch-1 p50 ms |\n"
             "|---|---|---:|---:|---:|---:|\n")
     text = head + "\n".join(rows) + "\n"
     print(text)

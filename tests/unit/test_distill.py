@@ -526,15 +526,17 @@ def test_sweep_rejects_unknown_grid_names():
 def test_sweep_table_reads_dvc_exp_show_json():
     """The files as the stages write them: distill's validation numbers, evaluate's headline variants."""
     sweep = _sweep_module()
-    variants = {"student_torch": {"retention": 0.99088, "val_retention": 0.97745, "speedup_vs_teacher": 2.532},
-                "onnx_int8": {"retention": 0.97152, "val_retention": 0.965, "speedup_vs_teacher": 9.58}}
+    variants = {
+        "student_torch": {"retention": 0.99088, "val_retention": 0.97745, "speedup_vs_teacher": 2.532},
+        "onnx_int8": {"retention": 0.97152, "val_retention": 0.965, "speedup_vs_teacher": 9.58},
+    }
     ok = {"rev": "abc1234", "name": "sweep-n2", "error": None, "data": {
         "params": {"params.yaml": {"data": {"distill": {"layers": None, "num_layers": 2, "loss": "mse",
                                                         "hidden_weight": 0.0, "max_seq_length": 64,
                                                         "epochs": 1.0}}}},
         "metrics": {
-            "metrics/distill.json": {"data": {"student_val_spearman": 79.3196, "retention": 0.97745, "steps": 1563,
-                                              "best_step": 1200, "train_seconds": 806.5,
+            "metrics/distill.json": {"data": {"student_val_spearman": 79.3196, "retention": 0.97745,
+                                              "steps": 1563, "best_step": 1200, "train_seconds": 806.5,
                                               "train_sentences": 100000}},
             "metrics/evaluate.json": {"data": {"variants": variants}},
         }}}
@@ -556,15 +558,16 @@ def test_sweep_table_reads_dvc_exp_show_json():
     running = {**ok, "rev": "bbb2222", "name": "sweep-n3"}  # shows the workspace's metrics while it runs
     entries = [{"rev": "workspace", "name": None, "data": {}, "experiments": None},
                {"rev": "main", "name": "main", "data": {}, "experiments": [
-                   {"revs": [ok], "executor": {"state": "success"}}, {"revs": [failed]}, {"revs": [inherited]},
-                   {"revs": [other]}, {"revs": [running], "executor": {"state": "running"}}]}]
+                   {"revs": [ok], "executor": {"state": "success"}}, {"revs": [failed]},
+                   {"revs": [inherited]}, {"revs": [other]},
+                   {"revs": [running], "executor": {"state": "running"}}]}]
     rows = sweep.rows_from_exp_show(entries, {"sweep-n2", "sweep-l0-5", "sweep-n2-msekl", "sweep-n3"})
-    assert rows[0] == ["sweep-n2", "2 even", "mse", "0.00", "100000", "1.00", "1563 (1200)", "97.7%", "806",
-                       "99.1%", "2.53", "97.2%", "9.58"]
+    assert rows[0] == ["sweep-n2", "2 even", "mse", "0.00", "100000", "1.00", "1563 (1200)", "97.7%",
+                       "806", "99.1%", "2.53", "97.2%", "9.58"]
     assert rows[1][:2] == ["sweep-l0-5 (failed)", "0,5"] and rows[1][6:] == ["-"] * 7
     # Its own training columns, and no dev or speed borrowed from another student.
-    assert rows[2] == ["sweep-n2-msekl (no evaluate)", "2 even", "mse+kl w0.5 T0.05", "0.00", "100000", "1.00",
-                       "1563 (1563)", "95.2%", "820", "-", "-", "-", "-"]
+    assert rows[2] == ["sweep-n2-msekl (no evaluate)", "2 even", "mse+kl w0.5 T0.05", "0.00", "100000",
+                       "1.00", "1563 (1563)", "95.2%", "820", "-", "-", "-", "-"]
     assert rows[3][0] == "sweep-n3 (running)" and rows[3][6:] == ["-"] * 7
     assert len(rows) == 4
 
