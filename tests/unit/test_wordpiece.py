@@ -1,4 +1,4 @@
-"""The word cache gives the Rust tokenizer's ids, text by text, whatever the text."""
+"""The chunk cache gives the Rust tokenizer's ids, text by text, whatever the text."""
 
 from __future__ import annotations
 
@@ -21,13 +21,17 @@ TEXTS = tiny.sentences(200, seed=3) + [
     "the [mask] is here",
     "Café, naïve résumé",  # not ASCII: the Rust tokenizer
     "doc " * 100,  # truncated
+    "wait ... what?!",  # "..." is a vocabulary entry, but the pre-tokenizer splits it
+    "(see http://example.com/a/b/c/d/e/f/g/h)",  # one chunk of more ids than a short truncation keeps
+    "nul\x00inside",  # a control character: the Rust tokenizer
 ]
 
 
 def _tokenizer(tmp_path, lowercase: bool, max_length: int | None = 32) -> Tokenizer:
     from transformers import BertTokenizerFast
 
-    (tmp_path / "vocab.txt").write_text("\n".join(tiny.vocab() + ["##s", "##ing", "un"]) + "\n", encoding="utf-8")
+    vocab = tiny.vocab() + ["##s", "##ing", "un", "..."]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     hf = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"), do_lower_case=lowercase)
     tok = Tokenizer.from_str(hf.backend_tokenizer.to_str())
     tok.no_padding()
@@ -43,7 +47,7 @@ def test_ids_equal_the_rust_tokenizer(tmp_path, lowercase, max_length):
     cached = CachedWordPiece.for_tokenizer(tok)
     want = [e.ids for e in tok.encode_batch(TEXTS)]
     assert cached.encode(TEXTS) == want
-    assert cached.encode(TEXTS) == want  # second pass: every word from the cache
+    assert cached.encode(TEXTS) == want  # second pass: every chunk from the cache
     assert cached.encode([]) == []
 
 
@@ -69,7 +73,7 @@ def test_cache_restarts_when_full(tmp_path, monkeypatch):
     cached = CachedWordPiece.for_tokenizer(tok)
     texts = ["alpha beta gamma delta epsilon zeta", "eta theta alpha"]
     assert cached.encode(texts) == [e.ids for e in tok.encode_batch(texts)]
-    assert len(cached.words) <= len(cached.vocab) + 3
+    assert len(cached.words) <= len(cached.words.seed) + 3
 
 
 def test_other_tokenizers_are_left_alone():
