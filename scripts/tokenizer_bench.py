@@ -1,6 +1,6 @@
-"""The word cache against the Rust tokenizer alone, inside embopt's runtime (issue 12: tokenization).
+"""The chunk cache against the Rust tokenizer alone, inside embopt's runtime (issue 12: tokenization).
 
-For each bundle variant, two Embedders that differ only in the tokenizer path (the word cache of
+For each bundle variant, two Embedders that differ only in the tokenizer path (the chunk cache of
 ``embopt.serving.wordpiece``, or ``tokenizers`` directly) embed the same validation sentences in
 interleaved rounds (``embopt.bench.timing``), ``base.threads`` threads, batch ``evaluate.batch_size``;
 then batch-1 latency on 1 thread. Prints a markdown table (``--out``: also writes it)::
@@ -40,12 +40,12 @@ def main() -> None:
     sentences = unique_sentences(read_sts_tsv(config.PREPARED_DIR / "sts_val.tsv"))[: args.sentences]
     embedders = {}
     for name, bundle, variant in VARIANTS:
-        for path in ("word cache", "tokenizers"):
+        for path in ("chunk cache", "tokenizers"):
             e = Embedder(bundle, variant=variant, threads=threads, batch_size=batch)
             if path == "tokenizers":
                 e._wordpiece = None
             embedders[(name, path)] = e
-    assert all(e._wordpiece is not None for (_, p), e in embedders.items() if p == "word cache")
+    assert all(e._wordpiece is not None for (_, p), e in embedders.items() if p == "chunk cache")
     # Batch-1 queries of exactly 16 tokens (special tokens included), as issue 12's latency target.
     ids = embedders[(VARIANTS[1][0], "tokenizers")].tokenize(sentences)
     queries = [s for s, i in zip(sentences, ids, strict=True) if len(i) == 16][:200]
@@ -67,12 +67,12 @@ def main() -> None:
     for name, bundle, variant in VARIANTS:
         single = Embedder(bundle, variant=variant, threads=1, mode="latency")
         lat = {}
-        for path in ("word cache", "tokenizers"):
-            single._wordpiece = embedders[(name, "word cache")]._wordpiece if path == "word cache" else None
+        for path in ("chunk cache", "tokenizers"):
+            single._wordpiece = embedders[(name, "chunk cache")]._wordpiece if path == "chunk cache" else None
             per_call_ms(single.embed, queries[:20])
             lat[path] = float(np.median(per_call_ms(single.embed, queries)))
         base = len(sentences) / np.median(secs[(name, "tokenizers")])
-        for path in ("tokenizers", "word cache"):
+        for path in ("tokenizers", "chunk cache"):
             runs = secs[(name, path)][:, 0]
             rate = len(sentences) / np.median(runs)
             spread = (runs.max() - runs.min()) / np.median(runs) / 2 * 100
