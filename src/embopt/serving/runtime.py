@@ -5,7 +5,7 @@ so the numbers measured are the numbers served. Per call:
 
 1. cache look-up (optional): hits are copied out and skip everything below;
 2. every text is tokenized once (no padding), truncated to the bundle's ``max_seq_length``: by
-   the Rust tokenizer, behind a word cache for BERT WordPiece (:mod:`embopt.serving.wordpiece`);
+   the Rust tokenizer, behind a chunk cache for BERT WordPiece (:mod:`embopt.serving.wordpiece`);
 3. texts are sorted by token count, so each batch pads only to its own longest
    sentence; the int64 ``input_ids``/``attention_mask`` arrays are filled with one
    vectorised numpy assignment per batch (no per-row Python loop);
@@ -241,7 +241,7 @@ class Embedder:
         # after export must not be served the old file's vectors.
         self.tokenizer = load_tokenizer(self.bundle, self.max_seq_length)
         self.tokenizer_sha256 = sha256(self.bundle / "tokenizer.json")
-        # A BERT WordPiece tokenizer gets the word cache (same ids, a third of the time on short text).
+        # A BERT WordPiece tokenizer gets the chunk cache (same ids, a fifth of the time on short text).
         self._wordpiece = CachedWordPiece.for_tokenizer(self.tokenizer)
         pad = self.tokenizer.token_to_id(self.manifest.get("pad_token", "[PAD]"))
         self.pad_id = int(pad) if pad is not None else 0
