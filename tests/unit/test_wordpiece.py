@@ -20,6 +20,7 @@ TEXTS = tiny.sentences(200, seed=3) + [
     "the [MASK] is here",
     "the [mask] is here",
     "Café, naïve résumé",  # not ASCII: the Rust tokenizer
+    "\u212a kelvin",  # the Kelvin sign: not ASCII, though lower-cased it is "k"
     "doc " * 100,  # truncated
     "wait ... what?!",  # "..." is a vocabulary entry, but the pre-tokenizer splits it
     "(see http://example.com/a/b/c/d/e/f/g/h)",  # one chunk of more ids than a short truncation keeps

@@ -7,9 +7,10 @@ it into Python. For printable ASCII text a BERT tokenizer is simple: its normali
 punctuation, and the WordPiece ids of each whitespace-separated chunk ("off.", "don't") depend on
 that chunk alone. So a text is split on whitespace (``str.split``, in C: a regular expression
 splitting off the punctuation as well took twice the time), and each chunk's ids are looked up
-(a whole-word vocabulary entry) or computed once by the Rust tokenizer and cached. Every other
-text (non-ASCII, control characters, a special token written out) goes to the Rust tokenizer as
-before, so the ids are always the Rust tokenizer's (tests compare them).
+(a whole-word vocabulary entry) or computed once from its words and punctuation marks (a new word
+by the Rust tokenizer) and cached. Every other text (non-ASCII, control characters, a special
+token written out) goes to the Rust tokenizer as before, so the ids are always the Rust
+tokenizer's (tests compare them).
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ class CachedWordPiece:
         chunk_ids, suspect, prefix, suffix = self.words.__getitem__, self.suspect, self.prefix, self.suffix
         for i, text in enumerate(texts):
             norm = text.lower() if self.lowercase else text
-            if not norm.isascii() or (suspect(norm) and self._needs_rust(norm)):
+            # text, not norm: lower() maps some non-ASCII letters to ASCII (the Kelvin sign to "k").
+            if not text.isascii() or (suspect(norm) and self._needs_rust(norm)):
                 slow.append(i)
                 out.append(None)
                 continue
