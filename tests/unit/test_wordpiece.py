@@ -69,7 +69,7 @@ def test_truncation_changed_after_creation_is_followed(tmp_path):
 
 
 def test_cache_restarts_when_full(tmp_path, monkeypatch):
-    monkeypatch.setattr(wordpiece, "MAX_CACHED_WORDS", 3)
+    monkeypatch.setattr(wordpiece, "MAX_CACHED_CHUNKS", 3)
     tok = _tokenizer(tmp_path, lowercase=True)
     cached = CachedWordPiece.for_tokenizer(tok)
     texts = ["alpha beta gamma delta epsilon zeta", "eta theta alpha"]

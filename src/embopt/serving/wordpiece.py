@@ -25,7 +25,7 @@ _P = re.escape("".join(sorted(_PUNCT)))
 _PIECES = re.compile(f"[{_P}]|[^{_P}]+").findall  # a chunk's words and punctuation marks
 # Removed by BERT's normaliser, so words join across them: the Rust tokenizer's job.
 _CONTROL = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f"
-MAX_CACHED_WORDS = 1 << 17  # chunks kept beyond the vocabulary (a few MB); the cache restarts when full
+MAX_CACHED_CHUNKS = 1 << 17  # chunks kept beyond the vocabulary (a few MB); the cache restarts when full
 
 
 class _Chunks(dict):
@@ -37,14 +37,12 @@ class _Chunks(dict):
         self.seed, self.tokenizer = seed, tokenizer
 
     def __missing__(self, chunk: str) -> list[int]:
-        if len(self) >= len(self.seed) + MAX_CACHED_WORDS:
+        if len(self) >= len(self.seed) + MAX_CACHED_CHUNKS:
             self.clear()
             self.update(self.seed)
         pieces = _PIECES(chunk)
-        if len(pieces) > 1:
-            ids = self[chunk] = list(chain.from_iterable(map(self.__getitem__, pieces)))
-        else:
-            ids = self[chunk] = self.tokenizer.encode(chunk, add_special_tokens=False).ids
+        ids = self[chunk] = (list(chain.from_iterable(map(self.__getitem__, pieces))) if len(pieces) > 1
+                             else self.tokenizer.encode(chunk, add_special_tokens=False).ids)
         return ids
 
 
