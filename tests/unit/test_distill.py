@@ -405,6 +405,22 @@ def test_narrower_student_gets_a_learned_projection(narrow_model, tiny_model, co
     assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8])
 
 
+def test_narrower_student_under_a_structure_loss_needs_no_projection(narrow_model, corpus, targets,
+                                                                     dev_pairs):
+    # sim compares in-batch cosine matrices (n x n on both sides): widths need not match.
+    student = make_student(narrow_model, [0, 1])
+    logged: list[dict] = []
+    cfg = cfg_for(epochs=8.0, loss="sim", eval_every=10**6, lr=3e-3)
+    result = train_student(student, corpus, targets, cfg, dev_pairs, device="cpu",
+                           on_metrics=lambda m, step: logged.append(m))
+    assert result.projection is None
+    emb = torch.from_numpy(student.encode(corpus, convert_to_numpy=True, show_progress_bar=False))
+    assert emb.shape == (96, 16)
+    losses = [m["train_loss"] for m in logged if "lr" in m]
+    assert float(distill_loss(emb, torch.from_numpy(targets), "sim")) < losses[0]
+    assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:8])
+
+
 def test_heads_do_not_touch_the_global_rng(narrow_model, corpus, targets, dev_pairs):
     # A projection head draws from its own generator, so adding one does not shift dropout masks.
     from embopt.training.distill import _build_heads

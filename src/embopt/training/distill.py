@@ -218,10 +218,12 @@ def _embedding_dim(student, sentence: str) -> int:
 
 
 def _build_heads(student, teacher, target_dim: int, student_dim: int, layer_map: Sequence[int] | None,
-                 hidden_on: bool, seed: int):
+                 hidden_on: bool, seed: int, loss: str = "mse"):
     """Learned linear projections, created only where the student's width differs from the teacher's.
 
-    ``sentence``: student embedding -> teacher embedding space (for the embedding loss).
+    ``sentence``: student embedding -> teacher embedding space (for the embedding loss); none for
+    ``sim``/``kl`` alone, which compare in-batch similarity matrices and so need no common width
+    (a fresh projection there only adds what the student must fight: measured in the README).
     ``hidden_i``: student hidden state of block i -> teacher hidden state (TinyBERT's W_h).
     They are training heads: the saved student keeps its own width.
     """
@@ -238,7 +240,7 @@ def _build_heads(student, teacher, target_dim: int, student_dim: int, layer_map:
         return layer
 
     heads = torch.nn.ModuleDict()
-    if student_dim != target_dim:
+    if student_dim != target_dim and loss not in ("sim", "kl"):
         heads["sentence"] = linear(student_dim, target_dim)
     if hidden_on:
         ds, dt = hidden_size(student), hidden_size(teacher)
@@ -480,7 +482,7 @@ def train_student(
 
     target_dim, student_dim = int(targets.shape[1]), _embedding_dim(student, sentences[0])
     heads = _build_heads(student, teacher, target_dim, student_dim, layer_map, cfg.hidden_weight > 0,
-                         cfg.seed).to(device)
+                         cfg.seed, cfg.loss).to(device)
     if "sentence" in heads:
         log.info("student embeddings are %d wide, the teacher's %d: training a projection for the loss",
                  student_dim, target_dim)
