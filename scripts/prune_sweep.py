@@ -1,7 +1,7 @@
 """Where pruning breaks: FFN neurons and attention heads removed from the distilled student.
 
-Each point starts from the distill stage's student (``models/distill``), prunes it as the prune
-stage does (importance from corpus activations, matrices sliced) and runs the stage's recovery
+Each point starts from the distill stage's student (``models/distill``, or ``--student``), prunes it
+as the prune stage does (importance from corpus activations, matrices sliced) and runs the stage's recovery
 distillation with ``params.yaml``'s prune settings; only ``ffn_keep_ratio`` and ``heads_to_prune``
 change. Quality is read on the validation split (retention of the teacher's val Spearman), as every
 choice in the pipeline is; speed is the dynamic int8 ONNX graph of each point through embopt's
@@ -117,11 +117,11 @@ def narrow_hidden(model, sentences: list[str], width: int) -> None:
     model[1].embedding_dimension = model[1].pooling_output_dimension = width
 
 
-def pruned_student(params, keep: float, heads: int, width: int | None, corpus: list[str], targets: np.ndarray,
-                   val, recovery_sentences: int | None, narrow_lr: float):
+def pruned_student(params, student: Path, keep: float, heads: int, width: int | None, corpus: list[str],
+                   targets: np.ndarray, val, recovery_sentences: int | None, narrow_lr: float):
     """The distilled student pruned to (``keep``, ``heads``[, ``width``]), then recovered."""
     p = params.prune
-    model = load_sentence_model(config.DISTILL_DIR)
+    model = load_sentence_model(student)
     sample = corpus[: p.importance_sentences]
     prune_model(model, sample, keep, heads)
     cfg = recovery_config(p, params.base.seed)
@@ -139,6 +139,8 @@ def main() -> None:
                     help="FFN_KEEP_RATIO:HEADS_TO_PRUNE pairs")
     ap.add_argument("--recovery-sentences", type=int, default=None,
                     help="recovery distillation sentences (default: prune.recovery_max_sentences)")
+    ap.add_argument("--student", type=Path, default=config.DISTILL_DIR,
+                    help="the distilled student every point starts from (default: the distill stage's)")
     ap.add_argument("--narrow-lr", type=float, default=1e-4, help="recovery lr of KEEP:wWIDTH points")
     ap.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds")
     ap.add_argument("--out", type=Path, default=config.REPORTS_DIR / "bench" / "prune_sweep")
@@ -151,13 +153,13 @@ def main() -> None:
     val = read_sts_tsv(config.PREPARED_DIR / "sts_val.tsv")
     teacher_val = read_json(config.METRICS_DIR / "teacher_embed.json")["teacher_val_spearman"]
 
-    models = {"unpruned (distill)": load_sentence_model(config.DISTILL_DIR),
+    models = {"unpruned (distill)": load_sentence_model(args.student),
               "pipeline prune (models/prune)": load_sentence_model(config.PRUNE_DIR)}
     for text in args.points:
         keep, heads, width = point(text)
         print(f"pruning: ffn_keep_ratio {keep}, heads_to_prune {heads}, hidden {width or 'kept'}", flush=True)
         name = f"ffn {keep}, hidden {width}" if width else f"ffn {keep}, -{heads} heads"
-        models[name] = pruned_student(params, keep, heads, width, corpus, targets, val,
+        models[name] = pruned_student(params, args.student, keep, heads, width, corpus, targets, val,
                                       args.recovery_sentences, args.narrow_lr)
 
     rows, embedders = {}, {}
