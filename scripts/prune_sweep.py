@@ -13,8 +13,9 @@ A point may also narrow the residual stream (``KEEP:wWIDTH``, e.g. ``0.25:w256``
 the largest mean square over every LayerNorm output on corpus tokens stay, and every matrix that reads
 or writes the stream is sliced. Hugging Face derives the head size from ``hidden_size /
 num_attention_heads``, so each layer keeps its ``WIDTH / head_size`` most important heads. The student
-is then narrower than the teacher's targets: its recovery uses the in-batch ``sim`` loss (no learned
-projection) at ``--narrow-lr``. Not a stage option: it lost (README, "Pruning: where quality breaks").
+is then narrower than the teacher's targets: its recovery uses an in-batch structure loss
+(``--narrow-loss`` ``sim`` or ``kl``: no learned projection) at ``--narrow-lr``. Not a stage option:
+it lost (README, "A narrower residual stream").
 
 Usage (from the repository root, after ``make repro``)::
 
@@ -118,7 +119,8 @@ def narrow_hidden(model, sentences: list[str], width: int) -> None:
 
 
 def pruned_student(params, student: Path, keep: float, heads: int, width: int | None, corpus: list[str],
-                   targets: np.ndarray, val, recovery_sentences: int | None, narrow_lr: float):
+                   targets: np.ndarray, val, recovery_sentences: int | None, narrow_lr: float,
+                   narrow_loss: str = "sim"):
     """The distilled student pruned to (``keep``, ``heads``[, ``width``]), then recovered."""
     p = params.prune
     model = load_sentence_model(student)
@@ -127,7 +129,7 @@ def pruned_student(params, student: Path, keep: float, heads: int, width: int | 
     cfg = recovery_config(p, params.base.seed)
     if width is not None:
         narrow_hidden(model, sample, width)
-        cfg = dataclasses.replace(cfg, loss="sim", lr=narrow_lr)
+        cfg = dataclasses.replace(cfg, loss=narrow_loss, lr=narrow_lr)
     n = min(len(corpus), recovery_sentences or p.recovery_max_sentences)
     train_student(model, corpus[:n], targets[:n], cfg, val[:200])
     return model
@@ -142,6 +144,8 @@ def main() -> None:
     ap.add_argument("--student", type=Path, default=config.DISTILL_DIR,
                     help="the distilled student every point starts from (default: the distill stage's)")
     ap.add_argument("--narrow-lr", type=float, default=1e-4, help="recovery lr of KEEP:wWIDTH points")
+    ap.add_argument("--narrow-loss", choices=("sim", "kl"), default="sim",
+                    help="recovery loss of KEEP:wWIDTH points (structure losses: no projection needed)")
     ap.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds")
     ap.add_argument("--out", type=Path, default=config.REPORTS_DIR / "bench" / "prune_sweep")
     args = ap.parse_args()
@@ -160,7 +164,7 @@ def main() -> None:
         print(f"pruning: ffn_keep_ratio {keep}, heads_to_prune {heads}, hidden {width or 'kept'}", flush=True)
         name = f"ffn {keep}, hidden {width}" if width else f"ffn {keep}, -{heads} heads"
         models[name] = pruned_student(params, args.student, keep, heads, width, corpus, targets, val,
-                                      args.recovery_sentences, args.narrow_lr)
+                                      args.recovery_sentences, args.narrow_lr, args.narrow_loss)
 
     rows, embedders = {}, {}
     with tempfile.TemporaryDirectory(prefix="prune_sweep_") as tmp:
