@@ -48,12 +48,13 @@ from embopt.serving.runtime import Embedder
 from embopt.training.distill import train_student
 from embopt.training.modeling import hf_model, load_sentence_model
 from embopt.training.prune import (
-    _slice_linear,
     attention_parts,
     collect_importance,
     count_params,
+    head_scores,
     prune_model,
     recovery_config,
+    slice_linear,
 )
 
 
@@ -76,9 +77,8 @@ def narrow_hidden(model, sentences: list[str], width: int) -> None:
     _, head_act = collect_importance(model, sentences)
     prune = {}
     for i, (layer, act) in enumerate(zip(layers, head_act, strict=True)):
-        self_attn, out_proj = attention_parts(layer)
-        score = act * out_proj.weight.view(-1, self_attn.num_attention_heads, head_size).norm(dim=(0, 2))
-        prune[i] = torch.topk(-score, self_attn.num_attention_heads - per_layer).indices.tolist()
+        n_heads = attention_parts(layer)[0].num_attention_heads
+        prune[i] = torch.topk(-head_scores(layer, act), n_heads - per_layer).indices.tolist()
     hf.prune_heads({i: h for i, h in prune.items() if h})
     norms = [hf.embeddings.LayerNorm]
     norms += [n for b in layers for n in (b.attention.output.LayerNorm, b.output.LayerNorm)]
@@ -108,10 +108,10 @@ def narrow_hidden(model, sentences: list[str], width: int) -> None:
     for b in layers:
         self_attn = b.attention.self
         for name in ("query", "key", "value"):
-            setattr(self_attn, name, _slice_linear(getattr(self_attn, name), keep, dim=1))
-        b.attention.output.dense = _slice_linear(b.attention.output.dense, keep, dim=0)
-        b.intermediate.dense = _slice_linear(b.intermediate.dense, keep, dim=1)
-        b.output.dense = _slice_linear(b.output.dense, keep, dim=0)
+            setattr(self_attn, name, slice_linear(getattr(self_attn, name), keep, dim=1))
+        b.attention.output.dense = slice_linear(b.attention.output.dense, keep, dim=0)
+        b.intermediate.dense = slice_linear(b.intermediate.dense, keep, dim=1)
+        b.output.dense = slice_linear(b.output.dense, keep, dim=0)
         b.attention.pruned_heads = set()  # the kept heads are now a layer of per_layer heads
     hf.pooler = None  # unused by sentence embeddings; its 384x384 matrix would not reload
     hf.config.update({"hidden_size": width, "num_attention_heads": per_layer, "pruned_heads": {}})

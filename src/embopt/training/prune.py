@@ -162,13 +162,13 @@ def prune_ffn(st_model, activation: list, keep_ratio: float) -> tuple[int, int]:
         w_out = layer.output.dense.weight  # (hidden, intermediate)
         score = act.to(w_out.dtype) * w_out.norm(dim=0)
         keep = torch.topk(score, keep_n).indices.sort().values
-        layer.intermediate.dense = _slice_linear(layer.intermediate.dense, keep, dim=0)
-        layer.output.dense = _slice_linear(layer.output.dense, keep, dim=1)
+        layer.intermediate.dense = slice_linear(layer.intermediate.dense, keep, dim=0)
+        layer.output.dense = slice_linear(layer.output.dense, keep, dim=1)
     hf.config.intermediate_size = keep_n
     return before, keep_n
 
 
-def _slice_linear(linear, index, dim: int):
+def slice_linear(linear, index, dim: int):
     """A new nn.Linear holding the selected output rows (dim=0) or input columns (dim=1)."""
     import torch
 
@@ -184,6 +184,14 @@ def _slice_linear(linear, index, dim: int):
     return new
 
 
+def head_scores(layer, activation):
+    """Each head's importance in one block: mean context norm x norm of its slice of the output projection."""
+    self_attn, out_proj = attention_parts(layer)
+    w_o = out_proj.weight  # (hidden, heads*d)
+    per_head = w_o.view(w_o.shape[0], self_attn.num_attention_heads, self_attn.attention_head_size)
+    return activation.to(w_o.dtype) * per_head.norm(dim=(0, 2))
+
+
 def prune_heads(st_model, head_activation: list, n_prune: int) -> tuple[int, int]:
     """Remove the ``n_prune`` globally least important heads (at least one head stays per layer)."""
     hf = hf_model(st_model)
@@ -195,11 +203,8 @@ def prune_heads(st_model, head_activation: list, n_prune: int) -> tuple[int, int
     scored = []
     for li, (layer, act) in enumerate(zip(layers, head_activation, strict=True)):
         att = layer.attention
-        self_attn, out_proj = attention_parts(layer)
-        n_heads, d = self_attn.num_attention_heads, self_attn.attention_head_size
-        w_o = out_proj.weight  # (hidden, heads*d)
-        o_norm = w_o.view(w_o.shape[0], n_heads, d).norm(dim=(0, 2))
-        score = act.to(w_o.dtype) * o_norm
+        n_heads = attention_parts(layer)[0].num_attention_heads
+        score = head_scores(layer, act)
         score = score / score.sum()  # per-layer normalisation: layers differ in scale
         remaining = sorted(set(range(n_heads + len(att.pruned_heads))) - att.pruned_heads)
         for local, s in enumerate(score.tolist()):
