@@ -77,8 +77,8 @@ def narrow_hidden(model, sentences: list[str], width: int) -> None:
     _, head_act = collect_importance(model, sentences)
     prune = {}
     for i, (layer, act) in enumerate(zip(layers, head_act, strict=True)):
-        n_heads = attention_parts(layer)[0].num_attention_heads
-        prune[i] = torch.topk(-head_scores(layer, act), n_heads - per_layer).indices.tolist()
+        score = head_scores(layer, act)
+        prune[i] = torch.topk(-score, len(score) - per_layer).indices.tolist()
     hf.prune_heads({i: h for i, h in prune.items() if h})
     norms = [hf.embeddings.LayerNorm]
     norms += [n for b in layers for n in (b.attention.output.LayerNorm, b.output.LayerNorm)]

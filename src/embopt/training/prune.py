@@ -203,10 +203,9 @@ def prune_heads(st_model, head_activation: list, n_prune: int) -> tuple[int, int
     scored = []
     for li, (layer, act) in enumerate(zip(layers, head_activation, strict=True)):
         att = layer.attention
-        n_heads = attention_parts(layer)[0].num_attention_heads
         score = head_scores(layer, act)
         score = score / score.sum()  # per-layer normalisation: layers differ in scale
-        remaining = sorted(set(range(n_heads + len(att.pruned_heads))) - att.pruned_heads)
+        remaining = sorted(set(range(len(score) + len(att.pruned_heads))) - att.pruned_heads)
         for local, s in enumerate(score.tolist()):
             scored.append((s, li, remaining[local]))
     scored.sort()
