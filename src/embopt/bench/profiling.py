@@ -1,105 +1,61 @@
 """Where the time of one encode goes: tokenization, building tensors, the model run, pooling.
 
-Three backends, each timed inside its real code path (no re-implementation):
-
-- sentence-transformers (torch or its ONNX backend): ``model.preprocess`` is
-  wrapped (tokenizer call), ``BatchEncoding.convert_to_tensors`` is wrapped for
-  the tensor-building share of it, and forward hooks time the Transformer module
-  (the model run) and the Pooling/Normalize modules;
-- the embopt runtime (:class:`embopt.serving.runtime.Embedder`): its own ``timings``
-  counters (tokenize, session run, total); pooling and normalisation run inside
-  the graph, so their share of the session run comes from an ONNX Runtime profile
-  of the same graph (nodes outside the encoder: see :func:`pooling_nodes`);
-
-plus a PyTorch Profiler trace (torch) or an ONNX Runtime profile (ORT) per variant.
+Each backend is timed inside its real code path (no re-implementation): sentence-transformers (torch
+or its ONNX backend) by wrapping its tokenizer call and ``BatchEncoding.convert_to_tensors`` and by
+forward hooks on its modules; the embopt runtime by its own ``timings`` counters, the share of
+pooling/normalisation in its session run (they run inside the graph) coming from an ONNX Runtime
+profile (:func:`pooling_nodes`). Plus a PyTorch Profiler trace or an ORT profile per variant.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 PHASES = ("tokenize", "build_tensors", "model_run", "pooling_normalize", "other")
 
 
-# ------------------------------------------------------------- sentence-transformers
-
-
-@contextlib.contextmanager
-def st_phase_timer(model) -> Iterator[dict[str, float]]:
-    """Accumulate per-phase seconds of ``model.encode`` calls made inside the block.
-
-    Yields a dict filled with ``tokenize``, ``build_tensors``, ``model_run`` and
-    ``pooling_normalize`` seconds; the caller adds ``total`` and derives ``other``.
-    """
+def st_phases(model, texts: Sequence[str], batch_size: int) -> dict[str, float]:
+    """Seconds per phase of one real ``model.encode(texts)`` (sentence-transformers): forward hooks time
+    the Transformer module (model run) and the Pooling/Normalize modules; ``model.preprocess`` (the
+    tokenizer call) and ``BatchEncoding.convert_to_tensors`` (building its tensors) are wrapped."""
+    import torch
     from transformers.tokenization_utils_base import BatchEncoding
 
     from embopt.bench.timing import accumulating
 
     acc: dict[str, float] = defaultdict(float)
-    orig_convert = BatchEncoding.convert_to_tensors
-
     starts: dict[int, float] = {}
     handles = []
     for i, module in enumerate(model):
-        phase = "model_run" if i == 0 else "pooling_normalize"
 
         def pre(_m, _inp, i=i):
             starts[i] = time.perf_counter()
 
-        def post(_m, _inp, _out, i=i, phase=phase):
+        def post(_m, _inp, _out, i=i, phase="model_run" if i == 0 else "pooling_normalize"):
             acc[phase] += time.perf_counter() - starts.pop(i)
 
-        handles.append(module.register_forward_pre_hook(pre))
-        handles.append(module.register_forward_hook(post))
+        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    orig_convert = BatchEncoding.convert_to_tensors
     BatchEncoding.convert_to_tensors = accumulating(orig_convert, acc, "build_tensors")
     model.preprocess = accumulating(model.preprocess, acc, "_preprocess")
     try:
-        yield acc
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
+            total = time.perf_counter() - t0
     finally:
         BatchEncoding.convert_to_tensors = orig_convert
         del model.preprocess  # back to the class method
         for h in handles:
             h.remove()
-        # The tokenizer call includes building its tensors: split them apart.
-        acc["tokenize"] = max(acc.pop("_preprocess", 0.0) - acc.get("build_tensors", 0.0), 0.0)
-
-
-def st_phases(model, texts: Sequence[str], batch_size: int) -> dict[str, float]:
-    """Seconds per phase of one real ``model.encode(texts)`` (sentence-transformers)."""
-    import torch
-
-    with st_phase_timer(model) as acc, torch.inference_mode():
-        t0 = time.perf_counter()
-        model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
-        total = time.perf_counter() - t0
-    return finish_phases(dict(acc), total)
-
-
-# ------------------------------------------------------------------- embopt runtime
-
-
-def embedder_phases(embedder, texts: Sequence[str], pooling_share: float = 0.0) -> dict[str, float]:
-    """Seconds per phase of one real ``Embedder.embed(texts)``.
-
-    Uses the runtime's ``timings`` counters (tokenize, session run, total). The
-    session run holds the encoder and the in-graph pooling/normalisation;
-    ``pooling_share`` (from an ORT profile) splits it. What is neither tokenization
-    nor the session run is building the padded arrays plus Python bookkeeping.
-    """
-    embedder.reset_timings()
-    t0 = time.perf_counter()
-    embedder.embed(list(texts))
-    total = time.perf_counter() - t0
-    run, tok = float(embedder.timings.run_s), float(embedder.timings.tokenize_s)
-    return finish_phases({"tokenize": tok, "build_tensors": max(total - run - tok, 0.0),
-                          "model_run": run * (1.0 - pooling_share), "pooling_normalize": run * pooling_share},
-                         total)
+    # The tokenizer call includes building its tensors: split them apart.
+    acc["tokenize"] = max(acc.pop("_preprocess", 0.0) - acc.get("build_tensors", 0.0), 0.0)
+    return finish_phases(acc, total)
 
 
 def finish_phases(acc: dict[str, float], total: float) -> dict[str, float]:
@@ -108,9 +64,6 @@ def finish_phases(acc: dict[str, float], total: float) -> dict[str, float]:
     out["other"] = max(total - sum(out.values()), 0.0)
     out["total"] = total
     return out
-
-
-# ---------------------------------------------------------------------- ORT profile
 
 
 def pooling_nodes(onnx_path: Path) -> set[str]:
@@ -154,25 +107,16 @@ def ort_profile_summary(profile_json: Path, pooling: set[str] | None = None) -> 
             "by_op_pct": {op: round(100.0 * us / total_us, 2) for op, us in top} if total_us else {}}
 
 
-def ort_profile(make_session: Callable[[Any], Any], run: Callable[[Any], None], prefix: Path) -> Path:
-    """Run ``run(session)`` on a session built with profiling on; return the profile JSON path.
+def profiling_options(threads: int, prefix: Path):
+    """ORT session options for ``threads`` threads with profiling on, written at ``prefix`` (the session's
+    ``end_profiling()`` returns the file)."""
+    from embopt.serving.runtime import session_options
 
-    ``make_session(opts_modifier)`` must build a session whose SessionOptions were
-    passed through ``opts_modifier`` (which switches profiling on).
-    """
     prefix.parent.mkdir(parents=True, exist_ok=True)
-
-    def enable(opts):
-        opts.enable_profiling = True
-        opts.profile_file_prefix = str(prefix)
-        return opts
-
-    session = make_session(enable)
-    run(session)
-    return Path(session.end_profiling())
-
-
-# ----------------------------------------------------------------------- torch trace
+    opts = session_options(threads)
+    opts.enable_profiling = True
+    opts.profile_file_prefix = str(prefix)
+    return opts
 
 
 def torch_trace(encode: Callable[[], None], trace_path: Path, table_path: Path) -> dict[str, Any]:

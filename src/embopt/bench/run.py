@@ -1,13 +1,11 @@
 """``embopt bench``: every variant against the anchors, on the same machine, sentences and threads.
 
-One process, one run (:func:`run_bench`): pinned threads and this machine's int8/fp32 matrix-product
-peaks; the anchors (teacher in sentence-transformers/torch, its ONNX backend and its dynamic int8
-export) and every variant the pipeline produced; peak RSS, each in a fresh process; STSb dev Spearman;
-throughput at each batch size and thread count, **interleaved** (every repeat runs every variant once
-per setting in a rotated order, so drift in machine load hits all variants alike), medians reported,
+One run (:func:`run_bench`): pinned threads and this machine's int8/fp32 matrix-product peaks; the
+anchors (teacher in sentence-transformers/torch, its ONNX backend and its dynamic int8 export) and
+every variant the pipeline produced; peak RSS (fresh process each); STSb dev Spearman; throughput at
+each batch size and thread count, interleaved (:func:`embopt.bench.timing.interleaved`), medians,
 batch-1 calls timed one by one for the latency percentiles; phases and profiler traces; a truncation
-sweep; a roofline against the peaks. Written to ``reports/bench/`` (markdown, JSON, Pareto plot) and
-logged to MLflow, with the targets of ``bench.targets`` in params.yaml met or not.
+sweep; a roofline. Written to ``reports/bench/`` and logged to MLflow, with ``bench.targets`` met or not.
 """
 
 from __future__ import annotations
@@ -102,6 +100,11 @@ def default_sts_file() -> Path:
     return (config.PROJ_ROOT / ".." / "shared" / "data" / "stsbenchmark" / "sts-dev.csv").resolve()
 
 
+def sts_sentences(path: Path, limit: int = 0) -> list[str]:
+    """The unique sentences of :func:`load_pairs` (the first ``limit``; 0: all)."""
+    return unique_sentences(load_pairs(path))[: limit or None]
+
+
 def load_pairs(path: Path, limit: int | None = None) -> list[StsPair]:
     """STS pairs of the prepared ``.tsv`` or an STS Benchmark file (both benchmarks read them here)."""
     if not Path(path).exists():
@@ -177,13 +180,12 @@ def machine_info(threads: int) -> dict[str, Any]:
         mem_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1)
     except (ValueError, OSError, AttributeError):
         mem_gb = None
-    versions = {}
-    for pkg in ("torch", "onnxruntime", "transformers", "sentence-transformers", "optimum", "optimum-onnx",
-                "tokenizers", "numpy"):
+    def version(pkg: str) -> str | None:
         try:
-            versions[pkg] = md.version(pkg)
+            return md.version(pkg)
         except md.PackageNotFoundError:
-            versions[pkg] = None
+            return None
+
     env = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TOKENIZERS_PARALLELISM",
            "RAYON_NUM_THREADS")
     return {
@@ -193,7 +195,8 @@ def machine_info(threads: int) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "int8_isa": int8_isa(),
-        "versions": versions,
+        "versions": {pkg: version(pkg) for pkg in ("torch", "onnxruntime", "transformers",
+                     "sentence-transformers", "optimum", "optimum-onnx", "tokenizers", "numpy")},
         "threads": {"benchmark_threads": threads, "torch_num_threads": torch.get_num_threads(),
                     "torch_interop_threads": torch.get_num_interop_threads(),
                     "ort_intra_op_num_threads": threads, "ort_inter_op_num_threads": 1,
@@ -335,24 +338,23 @@ def time_settings(variants: list[BenchVariant], settings: list[Setting], sets: d
 
     with tqdm(total=repeats * len(settings) * len(variants), desc="throughput", unit="run") as bar:
         secs = interleaved({v.name: contender(v) for v in variants}, settings, repeats, bar.update)
-    out: dict[str, dict[str, Any]] = {}
+    out: dict[str, dict[str, Any]] = {v.name: {} for v in variants}
     for v in variants:
-        out[v.name] = {}
         for i, s in enumerate(settings):
             runs, n, ms = secs[v.name][:, i], len(sets[s.texts]), calls[(v.name, s.label)]
-            out[v.name][s.label] = {"sps": n / float(np.median(runs)),
-                                    "runs_s": [round(float(x), 4) for x in runs],
-                                    "threads": s.threads, "batch_size": s.batch_size, "sentences": n}
+            row = out[v.name][s.label] = {"sps": n / float(np.median(runs)),
+                                          "runs_s": [round(float(x), 4) for x in runs],
+                                          "threads": s.threads, "batch_size": s.batch_size, "sentences": n}
             if ms:
-                out[v.name][s.label].update({**percentiles(ms, suffix="_ms"), "calls": len(ms)})
+                row.update({**percentiles(ms, suffix="_ms"), "calls": len(ms)})
     return out
 
 
-def sixteen_token_texts(v: BenchVariant, texts: Sequence[str], n: int, target: int = 16
-                        ) -> tuple[list[str], int]:
-    """Up to ``n`` texts of exactly ``target`` tokens (special tokens included), else the closest length."""
-    counts = v.token_counts(texts)
-    length = target if target in counts else min(counts, key=lambda c: (abs(c - target), c))
+def closest_length(texts: Sequence[str], counts: list[int], n: int, target: int = 16
+                   ) -> tuple[list[str], int]:
+    """Up to ``n`` of ``texts`` of ``target`` tokens (``counts``: special tokens included), else of the
+    closest count there is (the shorter on a tie); and that count."""
+    length = min(counts, key=lambda c: (abs(c - target), c))
     return [t for t, c in zip(texts, counts, strict=True) if c == length][:n], length
 
 
@@ -366,8 +368,8 @@ def truncation_sweep(variants: list[BenchVariant], lengths: list[int], long: lis
     for v in variants:
         for L in lengths:
             if v.max_positions and L > v.max_positions:
-                why = f"skipped: exceeds the model's {v.max_positions} positions"
-                result[v.name][str(L)] = {"status": why}
+                result[v.name][str(L)] = {"status": f"skipped: exceeds the model's {v.max_positions} "
+                                                    "positions"}
             else:
                 plan.append((v, L))
     embeds: dict[tuple[str, int], np.ndarray] = {}
@@ -483,7 +485,7 @@ def measure(opts: BenchOptions, pairs: list[StsPair], long: list[str], peaks: di
     variants, notes, final = load_variants(opts, workdir)
     sentences = unique_sentences(pairs)
     speed = sentences[: opts.speed_sentences]
-    lat16, lat16_tokens = sixteen_token_texts(variants[0], sentences, opts.lat16_sentences)
+    lat16, lat16_tokens = closest_length(sentences, variants[0].token_counts(sentences), opts.lat16_sentences)
     sets = {"speed": speed, "bs1": speed[: opts.bs1_sentences], "lat16": lat16}
     m = Measurements(variants, final, notes, pairs, sets, lat16_tokens, peaks)
     if opts.rss:

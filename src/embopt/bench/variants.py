@@ -1,15 +1,14 @@
 """The models the benchmark compares, behind one interface, and the sentence-transformers anchors.
 
-- :class:`STVariant`: a sentence-transformers model, in torch (``backend="torch"``)
-  or on its ONNX backend (``backend="st-onnx"``, what a user gets from
-  ``SentenceTransformer(path, backend="onnx")`` and ``export_dynamic_quantized_onnx_model``);
+- :class:`STVariant`: a sentence-transformers model, in torch (``backend="torch"``) or on its ONNX
+  backend (``backend="st-onnx"``, what ``SentenceTransformer(path, backend="onnx")`` and
+  ``export_dynamic_quantized_onnx_model`` give a user);
 - :class:`OrtVariant`: an ONNX file of the pipeline run through embopt's runtime;
-- :func:`export_st_onnx`: the one builder of sentence-transformers' ONNX and int8 exports
-  (``embopt bench``, ``embopt bench-runtime``, ``scripts/quant_sweep.py``).
+- :func:`export_st_onnx`: the one builder of sentence-transformers' ONNX and int8 exports.
 
-Every variant encodes at a given batch size and thread count; ONNX Runtime fixes
-its thread count per session, so ORT-based variants keep one session per thread
-count (created on first use) while torch switches ``torch.set_num_threads``.
+Every variant encodes at a given batch size and thread count; ONNX Runtime fixes its thread count
+per session, so ORT-based variants keep one session per thread count (created on first use) while
+torch switches ``torch.set_num_threads``.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import io
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,7 +49,8 @@ def onnx_precision(path: Path) -> str:
 
 @dataclass
 class BenchVariant:
-    """Common fields; subclasses implement encoding, truncation and profiling."""
+    """Common fields; subclasses implement ``encode(texts, batch_size, threads)``, ``set_max_seq_length``,
+    ``token_counts``, ``phases(texts, batch_size, pooling_share)``, ``profile(texts, batch_size, dir)``."""
 
     name: str
     group: str  # "anchor" (what a user would pick instead) or "ours"
@@ -62,41 +63,24 @@ class BenchVariant:
     max_seq_length: int
     rss_spec: dict[str, Any] = field(default_factory=dict)
 
-    def encode(self, texts: Sequence[str], batch_size: int, threads: int) -> np.ndarray:
-        raise NotImplementedError
-
-    def set_max_seq_length(self, length: int) -> None:
-        raise NotImplementedError
-
-    def token_counts(self, texts: Sequence[str]) -> list[int]:
-        raise NotImplementedError
-
-    def phases(self, texts: Sequence[str], batch_size: int, pooling_share: float = 0.0) -> dict[str, float]:
-        raise NotImplementedError
-
-    def profile(self, texts: Sequence[str], batch_size: int, out_dir: Path) -> dict[str, Any]:
-        raise NotImplementedError
-
     def info(self) -> dict[str, Any]:
         return {"group": self.group, "backend": self.backend, "precision": self.precision,
                 "size_mb": round(self.size_mb, 3), "max_positions": self.max_positions}
 
 
-def st_model(path: Path | str, threads: int, max_seq_length: int, onnx_file: str | None = None, modify=None):
-    """A SentenceTransformer on CPU: torch, or its ONNX backend on ``onnx_file`` with ``threads`` ORT threads.
-
-    ``modify`` edits the ORT session options (profiling).
-    """
+def st_model(path: Path | str, threads: int, max_seq_length: int, onnx_file: str | None = None,
+             session_opts=None):
+    """A SentenceTransformer on CPU: torch, or its ONNX backend on ``onnx_file`` with ``threads`` ORT threads
+    (or ``session_opts``: profiling)."""
     from sentence_transformers import SentenceTransformer
 
     from embopt.serving.runtime import session_options
 
     kwargs: dict[str, Any] = {"device": "cpu"}
     if onnx_file:
-        opts = session_options(threads)
         kwargs["backend"] = "onnx"
         kwargs["model_kwargs"] = {"file_name": onnx_file, "provider": "CPUExecutionProvider",
-                                  "session_options": modify(opts) if modify else opts}
+                                  "session_options": session_opts or session_options(threads)}
     model = SentenceTransformer(str(path), **kwargs)
     model.eval()
     model.max_seq_length = max_seq_length
@@ -163,17 +147,11 @@ class STVariant(BenchVariant):
             return {"kind": "torch.profiler", **trace}
         import torch
 
-        models = []
-
-        def make(modify):
-            models.append(st_model(self.path, self.threads, self.max_seq_length, self.onnx_file, modify))
-            return models[0][0].auto_model.session
-
-        def run(_session):
-            with torch.inference_mode():
-                models[0].encode(list(texts), batch_size=batch_size, show_progress_bar=False)
-
-        path = profiling.ort_profile(make, run, out_dir / f"{self.name}.ort_profile")
+        opts = profiling.profiling_options(self.threads, out_dir / f"{self.name}.ort_profile")
+        model = st_model(self.path, self.threads, self.max_seq_length, self.onnx_file, opts)
+        with torch.inference_mode():
+            model.encode(list(texts), batch_size=batch_size, show_progress_bar=False)
+        path = Path(model[0].auto_model.session.end_profiling())
         return {"kind": "onnxruntime", "trace": path.name, **profiling.ort_profile_summary(path)}
 
 
@@ -214,31 +192,35 @@ class OrtVariant(BenchVariant):
         return [len(x) for x in self._embedder(self.threads).tokenize(list(texts))]
 
     def phases(self, texts: Sequence[str], batch_size: int, pooling_share: float = 0.0) -> dict[str, float]:
+        """Seconds per phase of one real ``Embedder.embed(texts)``, from the runtime's ``timings``. Its
+        session run holds the encoder and the in-graph pooling/normalisation, split by ``pooling_share``
+        (from an ORT profile); neither tokenizing nor the session run is building the padded arrays plus
+        Python bookkeeping."""
         emb = self._embedder(self.threads)
         emb.batch_size = batch_size
-        return profiling.embedder_phases(emb, texts, pooling_share)
+        emb.reset_timings()
+        t0 = time.perf_counter()
+        emb.embed(list(texts))
+        total = time.perf_counter() - t0
+        run, tok = float(emb.timings.run_s), float(emb.timings.tokenize_s)
+        return profiling.finish_phases({"tokenize": tok, "build_tensors": max(total - run - tok, 0.0),
+                                        "model_run": run * (1.0 - pooling_share),
+                                        "pooling_normalize": run * pooling_share}, total)
 
     def profile(self, texts: Sequence[str], batch_size: int, out_dir: Path) -> dict[str, Any]:
         import onnxruntime as ort
 
-        from embopt.serving.runtime import session_options
-
         emb = self._embedder(self.threads)
         original = emb.session, emb.sessions
-
-        def make(modify):
-            opts = modify(session_options(self.threads))
-            return ort.InferenceSession(str(self.onnx_path), opts, providers=["CPUExecutionProvider"])
-
-        def run(session):
-            # The real embed path on one profiling session.
-            emb.session, emb.sessions, emb.batch_size = session, [session], batch_size
-            try:
-                emb.embed(list(texts))
-            finally:
-                emb.session, emb.sessions = original
-
-        path = profiling.ort_profile(make, run, out_dir / f"{self.name}.ort_profile")
+        opts = profiling.profiling_options(self.threads, out_dir / f"{self.name}.ort_profile")
+        session = ort.InferenceSession(str(self.onnx_path), opts, providers=["CPUExecutionProvider"])
+        # The real embed path on one profiling session.
+        emb.session, emb.sessions, emb.batch_size = session, [session], batch_size
+        try:
+            emb.embed(list(texts))
+        finally:
+            emb.session, emb.sessions = original
+        path = Path(session.end_profiling())
         summary = profiling.ort_profile_summary(path, self._pooling)
         return {"kind": "onnxruntime", "trace": path.name, **summary}
 
