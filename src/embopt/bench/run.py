@@ -687,19 +687,24 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
 def write_reports(result: dict[str, Any], opts: BenchOptions, traces_dir: Path) -> None:
     """``bench.json``, ``bench.md``, ``pareto.png`` and the traces into ``opts.out_dir``."""
     from embopt.bench.report import markdown_report, pareto_plot
-    from embopt.pipeline.files import atomic_file, write_json
 
     out_dir = Path(opts.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    md = markdown_report(result, opts.targets)
-    write_json(out_dir / "bench.json", result)
-    with atomic_file(out_dir / "bench.md") as fh:
-        fh.write(md)
+    write_json_md(out_dir / "bench", result, markdown_report(result, opts.targets))
     pareto_plot(result, out_dir / "pareto.png")
     if (out_dir / TRACES).exists():
         shutil.rmtree(out_dir / TRACES)  # an older run's traces must not be logged with this one
     shutil.move(str(traces_dir), str(out_dir / TRACES))
     log.info("reports -> %s (bench.md, bench.json, pareto.png, %s/)", out_dir, TRACES)
+
+
+def write_json_md(stem: Path, result: dict[str, Any], md: str) -> None:
+    """``{stem}.json`` and ``{stem}.md``, each written atomically."""
+    from embopt.pipeline.files import atomic_file, write_json
+
+    write_json(stem.with_name(stem.name + ".json"), result)
+    with atomic_file(stem.with_name(stem.name + ".md")) as fh:
+        fh.write(md)
 
 
 def log_to_mlflow(result: dict[str, Any], out_dir: Path, opts: BenchOptions) -> None:

@@ -319,6 +319,7 @@ def mode_bench(bundle: Path, texts: list[str], opts: RuntimeBenchOptions, varian
                call_size: int = 4096) -> dict[str, Any]:
     """Throughput of every :data:`MODES` entry in calls of ``call_size`` texts (``embopt embed``'s), ratio
     and min cosine to ``plain``; batch-1 p50 of 16-token queries on 1 thread, embed vs session.run."""
+    from embopt.bench.run import closest_length
     from embopt.bench.timing import percentiles
     from embopt.eval.sts import cosine_rows
 
@@ -331,9 +332,7 @@ def mode_bench(bundle: Path, texts: list[str], opts: RuntimeBenchOptions, varian
         rows[name]["vs_plain"] = round(rows[name]["sentences_per_s"] / rows["plain"]["sentences_per_s"], 3)
         rows[name]["cosine_min_vs_plain"] = round(float(cosine_rows(e.embed(texts), ref).min()), 6)
     one = make_embedder(bundle, replace(opts, threads=1), variant=variant, mode="latency")
-    counts = [len(ids) for ids in one.tokenize(texts)]
-    tokens = min(counts, key=lambda c: (abs(c - 16), c))  # 16, else the closest length there is
-    queries = [t for t, c in zip(texts, counts, strict=True) if c == tokens][:100]
+    queries, tokens = closest_length(texts, [len(ids) for ids in one.tokenize(texts)], 100)
     ids = np.array([one.tokenize(queries[:1])[0]], dtype=np.int64)
     feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
     calls = {"embed": lambda q: one.embed([q]),
@@ -368,12 +367,12 @@ def modes_markdown(m: dict[str, Any], setup: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_mode_bench(bundle: Path, texts: list[str], opts: RuntimeBenchOptions, variant: str | None = None
-                   ) -> dict[str, Any]:
+def run_mode_bench(bundle: Path, opts: RuntimeBenchOptions, variant: str | None = None) -> dict[str, Any]:
     """:func:`mode_bench` alone, written to ``runtime_modes.json`` and ``.md`` in ``opts.out_dir``."""
+    from embopt.bench.run import sts_sentences, write_json_md
     from embopt.eval.evaluate import cpu_name
-    from embopt.pipeline.files import atomic_file, write_json
 
+    texts = sts_sentences(opts.sts_file, opts.sentences)
     pin_threads(opts.threads, exclusive=True)
     load_start = os.getloadavg()[0]
     m = mode_bench(bundle, texts, opts, variant)
@@ -382,9 +381,7 @@ def run_mode_bench(bundle: Path, texts: list[str], opts: RuntimeBenchOptions, va
              "load_average": f"{load_start:.1f} at start, {os.getloadavg()[0]:.1f} at end on "
                              f"{os.cpu_count()} CPUs"}
     result = {"setup": setup, "modes": m}
-    write_json(Path(opts.out_dir) / "runtime_modes.json", result)
-    with atomic_file(Path(opts.out_dir) / "runtime_modes.md") as fh:
-        fh.write(modes_markdown(m, setup))
+    write_json_md(Path(opts.out_dir) / "runtime_modes", result, modes_markdown(m, setup))
     return result
 
 
@@ -468,13 +465,10 @@ def markdown(result: dict[str, Any]) -> str:
 
 def run_runtime_bench(opts: RuntimeBenchOptions) -> dict[str, Any]:
     """Build (or reuse) the models, measure everything, write ``runtime_bench.json`` and ``.md``."""
-    from embopt.bench.run import load_pairs
-    from embopt.data.sts import unique_sentences
-    from embopt.pipeline.files import atomic_file, write_json
+    from embopt.bench.run import sts_sentences, write_json_md
 
     pin_threads(opts.threads)
-    texts = unique_sentences(load_pairs(opts.sts_file))
-    texts = texts[: opts.sentences] if opts.sentences else texts
+    texts = sts_sentences(opts.sts_file, opts.sentences)
     models, info = prepare_models(opts)
     info["load_average_start"] = [round(x, 2) for x in os.getloadavg()]  # other work on the machine
     t0 = time.perf_counter()
@@ -499,7 +493,5 @@ def run_runtime_bench(opts: RuntimeBenchOptions) -> dict[str, Any]:
     result["targets"] = check_targets(result, opts.targets)
     result["setup"]["bench_seconds"] = round(time.perf_counter() - t0, 1)
     result["setup"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    write_json(Path(opts.out_dir) / "runtime_bench.json", result)
-    with atomic_file(Path(opts.out_dir) / "runtime_bench.md") as fh:
-        fh.write(markdown(result))
+    write_json_md(Path(opts.out_dir) / "runtime_bench", result, markdown(result))
     return result

@@ -56,9 +56,9 @@ class RuntimeBenchArgs:
 def bench_runtime(args: RuntimeBenchArgs) -> None:
     """Measure the runtime: overhead outside the ONNX run, same-file speed vs sentence-transformers,
     fidelity, and the cache on a Zipf stream of repeated queries. Prints a markdown table."""
+    from embopt.bench import runtime_bench as rb
     from embopt.bench.run import default_sts_file
-    from embopt.bench.runtime_bench import RuntimeBenchOptions, markdown, run_runtime_bench
-    from embopt.pipeline.params import Params, load_params
+    from embopt.pipeline.params import Params, flatten, load_params
     from embopt.pipeline.stage import setup_logging
 
     setup_logging()
@@ -68,7 +68,7 @@ def bench_runtime(args: RuntimeBenchArgs) -> None:
         except EmboptError:  # running outside the repository: built-in defaults
             params = Params()
         base = params.base
-        opts = RuntimeBenchOptions(
+        opts = rb.RuntimeBenchOptions(
             teacher=args.teacher or base.teacher, sts_file=args.sts_file or default_sts_file(),
             work_dir=args.work, out_dir=args.out, threads=args.threads or base.threads,
             batch_size=args.batch_size, max_seq_length=args.max_seq_length or base.max_seq_length,
@@ -78,38 +78,25 @@ def bench_runtime(args: RuntimeBenchArgs) -> None:
         if args.quick:
             opts.quick_mode()
         if args.modes_only:
-            _modes_only(opts, args)
+            result = rb.run_mode_bench(args.bundle, opts, args.variant or None)
+            print(rb.modes_markdown(result["modes"], result["setup"]))
+            log.info("results -> %s", args.out / "runtime_modes.json")
             return
-        result = run_runtime_bench(opts)
+        result = rb.run_runtime_bench(opts)
         if args.mlflow:
-            _log_mlflow(result, args.out, opts.params(), base.experiment)
+            from embopt.pipeline.tracking import standalone_run
+
+            with standalone_run("bench-runtime", base.experiment, params=opts.params()) as run:
+                measured = flatten({k: result[k] for k in ("speed", "fidelity", "cache")})
+                run.log_metrics({k: v for k, v in measured.items()
+                                 if isinstance(v, (int, float)) and not isinstance(v, bool)})
+                run.set_tags({f"target.{k}": "met" if t["met"] else "missed"
+                              for k, t in result["targets"].items()})
+                run.log_artifact(args.out / "runtime_bench.json")
+                run.log_artifact(args.out / "runtime_bench.md")
     except EmboptError as exc:
         print(f"embopt bench-runtime: error: {exc}", file=sys.stderr)
         raise typer.Exit(1) from None
-    print(markdown(result))
+    print(rb.markdown(result))
     log.info("results -> %s", args.out / "runtime_bench.json")
 
-
-def _modes_only(opts, args: RuntimeBenchArgs) -> None:
-    from embopt.bench.run import load_pairs
-    from embopt.bench.runtime_bench import modes_markdown, run_mode_bench
-    from embopt.data.sts import unique_sentences
-
-    texts = unique_sentences(load_pairs(opts.sts_file))
-    texts = texts[: opts.sentences] if opts.sentences else texts
-    result = run_mode_bench(args.bundle, texts, opts, args.variant or None)
-    print(modes_markdown(result["modes"], result["setup"]))
-    log.info("results -> %s", args.out / "runtime_modes.json")
-
-
-def _log_mlflow(result: dict, out: Path, params: dict, experiment: str) -> None:
-    from embopt.pipeline.params import flatten
-    from embopt.pipeline.tracking import standalone_run
-
-    with standalone_run("bench-runtime", experiment, params=params) as run:
-        measured = flatten({k: result[k] for k in ("speed", "fidelity", "cache")})
-        run.log_metrics({k: v for k, v in measured.items()
-                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        run.set_tags({f"target.{k}": "met" if t["met"] else "missed" for k, t in result["targets"].items()})
-        run.log_artifact(out / "runtime_bench.json")
-        run.log_artifact(out / "runtime_bench.md")
