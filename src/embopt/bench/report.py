@@ -1,7 +1,4 @@
-"""The benchmark's markdown report and Pareto plot, rendered from its JSON result.
-
-The report is a list of sections, each a function of the result (:data:`SECTIONS`).
-"""
+"""The benchmark's markdown report (sections, each a function of the JSON result) and Pareto plot."""
 
 from __future__ import annotations
 
@@ -24,10 +21,6 @@ def _f(x: Any, fmt: str = ".1f", none: str = "–") -> str:
 def _table(head: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
-
-
-def _ratio(a: float | None, b: float | None) -> str:
-    return _f(a / b, ".2f") + "x" if a and b else "–"
 
 
 def header(result: dict[str, Any]) -> list[str]:
@@ -88,31 +81,29 @@ def variants(result: dict[str, Any]) -> list[str]:
 
 def targets(result: dict[str, Any], t: BenchTargets | None = None) -> list[str]:
     t = t or BenchTargets()
-    labels = {
-        "speedup_vs_teacher_at_retention": f"final >= {t.min_speedup_vs_teacher:g}x teacher throughput at >= "
-        f"{100 * t.min_retention:g}% retention",
-        "latency_p50_16tok": f"batch-1 p50 <= {t.max_latency_p50_16tok_ms:g} ms on 1 thread, "
-        "16-token sentence",
-        "vs_st_int8": f">= {t.min_speedup_vs_st_int8:g}x sentence-transformers int8 export at equal "
-        "retention",
-        "int8_vs_fp32_parent": f"int8 >= {t.min_int8_vs_fp32_parent:g}x its fp32 parent",
-        "roofline_int8": f"final uses >= {t.min_pct_of_int8_peak:g}% of the measured int8 peak",
-    }
-    measured = {
-        "speedup_vs_teacher_at_retention": lambda x: f"{x['value']:.2f}x at b{x['batch']}, retention "
-        f"{100 * x['retention']:.1f}%",
-        "latency_p50_16tok": lambda x: f"{x['value_ms']:.3f} ms ({x['tokens']} tokens)",
-        "vs_st_int8": lambda x: f"{x['value']:.2f}x `{x['anchor']}` at b{x['batch']}; retention "
-        f"{100 * x['retention']:.1f}% vs {100 * x['anchor_retention']:.1f}%",
-        "int8_vs_fp32_parent": lambda x: f"{x['value']:.2f}x: `{x['int8']}` vs `{x['parent']}` at "
-        f"b{x['batch']}",
-        "roofline_int8": lambda x: f"{x['value_pct']:.1f}% at b{x['batch']}",
+    labels = {  # each target: its label, and how its measured value x reads
+        "speedup_vs_teacher_at_retention": (
+            f"final >= {t.min_speedup_vs_teacher:g}x teacher throughput at >= {100 * t.min_retention:g}%"
+            " retention",
+            lambda x: f"{x['value']:.2f}x at b{x['batch']}, retention {100 * x['retention']:.1f}%"),
+        "latency_p50_16tok": (
+            f"batch-1 p50 <= {t.max_latency_p50_16tok_ms:g} ms on 1 thread, 16-token sentence",
+            lambda x: f"{x['value_ms']:.3f} ms ({x['tokens']} tokens)"),
+        "vs_st_int8": (
+            f">= {t.min_speedup_vs_st_int8:g}x sentence-transformers int8 export at equal retention",
+            lambda x: f"{x['value']:.2f}x `{x['anchor']}` at b{x['batch']}; retention "
+            f"{100 * x['retention']:.1f}% vs {100 * x['anchor_retention']:.1f}%"),
+        "int8_vs_fp32_parent": (
+            f"int8 >= {t.min_int8_vs_fp32_parent:g}x its fp32 parent",
+            lambda x: f"{x['value']:.2f}x: `{x['int8']}` vs `{x['parent']}` at b{x['batch']}"),
+        "roofline_int8": (f"final uses >= {t.min_pct_of_int8_peak:g}% of the measured int8 peak",
+                          lambda x: f"{x['value_pct']:.1f}% at b{x['batch']}"),
     }
     rows = []
-    for key, label in labels.items():
+    for key, (label, measured) in labels.items():
         x = result.get("targets", {}).get(key)
         ok = isinstance(x, dict)
-        rows.append([label, measured[key](x) if ok else "not measured",
+        rows.append([label, measured(x) if ok else "not measured",
                      ("**met**" if x["met"] else "not met") if ok else "–",
                      limits(result, key, x) if ok and not x["met"] else ""])
     return ["\n## Targets\n", _table(["target", "measured", "status", "what limits it (this run)"], rows)]
@@ -181,7 +172,7 @@ def sweeps(result: dict[str, Any]) -> list[str]:
         cells = []
         for b in ("b1", "b32"):
             one, many = ts.get(f"t1_{b}"), ts.get(f"t{t}_{b}")
-            cells += [_f(one, ".0f"), _f(many, ".0f"), _ratio(many, one)]
+            cells += [_f(one, ".0f"), _f(many, ".0f"), _f(many / one, ".2f") + "x" if many and one else "–"]
         threads.append([f"`{name}`", *cells])
         batches.append([f"`{name}`"] + [_f(sps[b], ".0f") + (f" ({sps[b] / base:.1f}x)" if base else "")
                                         for b in bs])
@@ -247,15 +238,10 @@ def roofline(result: dict[str, Any]) -> list[str]:
     ]
 
 
-SECTIONS = (header, variants, targets, time_split, sweeps, truncation, roofline)
-
-
 def markdown_report(result: dict[str, Any], targets_params: BenchTargets | None = None) -> str:
     """The whole report: main table, targets, profile, sweeps, roofline, method notes."""
-    out: list[str] = []
-    for section in SECTIONS:
-        out += section(result, targets_params) if section is targets else section(result)
-    return "\n".join(out)
+    return "\n".join([*header(result), *variants(result), *targets(result, targets_params),
+                      *time_split(result), *sweeps(result), *truncation(result), *roofline(result)])
 
 
 def pareto_plot(result: dict[str, Any], path: Path) -> Path:
