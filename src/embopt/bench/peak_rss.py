@@ -1,9 +1,8 @@
-"""Peak resident memory of one variant, measured in a fresh process.
+"""Peak resident memory of one variant, in a fresh process so no variant's memory shows in another's.
 
-One process per variant, so no variant's memory shows up in another's number:
-``python -m embopt.bench.peak_rss SPEC.json`` imports only what that backend needs,
-records the peak RSS (``VmHWM``) after the imports, loads the model, embeds the texts at the
-given batch size and prints ``{"rss_imports_mb", "rss_peak_mb"}`` as JSON.
+``python -m embopt.bench.peak_rss SPEC.json`` imports only what that backend needs, records the peak
+RSS (``VmHWM``) after the imports, loads the model, embeds the texts at the given batch size and
+prints ``{"rss_imports_mb", "rss_peak_mb"}`` as JSON.
 """
 
 from __future__ import annotations
@@ -18,12 +17,9 @@ from typing import Any
 
 
 def _max_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MB (1e6 bytes).
-
-    Linux: ``VmHWM`` of /proc/self/status, which belongs to the current program
-    image. ``ru_maxrss`` would be wrong here: Linux carries it across fork+exec,
-    so a child started by a 700 MB parent reports at least 700 MB.
-    """
+    """Peak resident set size of this process so far, in MB (1e6 bytes): ``VmHWM`` of /proc/self/status,
+    which belongs to the current program image (Linux carries ``ru_maxrss`` across fork+exec, so a child
+    started by a 700 MB parent would report at least 700 MB)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -88,10 +84,5 @@ def run_isolated(spec: dict[str, Any], timeout_s: float = 300.0) -> dict[str, An
     return json.loads(lines[-1])
 
 
-def main() -> None:
-    spec = json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))
-    print(json.dumps(measure(spec)), flush=True)
-
-
 if __name__ == "__main__":
-    main()
+    print(json.dumps(measure(json.loads(Path(sys.argv[1]).read_text(encoding="utf-8")))), flush=True)

@@ -1,14 +1,10 @@
 """Roofline: the matrix work an encoder must do per sentence, and this machine's peaks.
 
-Operations are counted as 2 per multiply-add (the convention behind "TOPS" and
-"TFLOP/s"), for the matrix products only: Q/K/V/output projections, the two FFN
-products and the two attention products (QK^T and AV). Layer norms, GELU,
-softmax and embeddings are left out: they are memory-bound and small next to
-the products, so the count is a lower bound on the work done.
-
-The peaks are measured in the same process as the benchmark, on the same
-threads: an ONNX Runtime ``MatMulInteger`` (uint8 x int8 -> int32, the kernel the
-dynamic int8 graphs run) and a ``torch.matmul`` in fp32, both n x n x n.
+Operations are counted as 2 per multiply-add (as in "TOPS"), for the matrix products only: Q/K/V/output
+projections, the two FFN products, QK^T and AV. Layer norms, GELU, softmax and embeddings are left out
+(memory-bound, small next to the products), so the count is a lower bound on the work done. The peaks
+are measured in the benchmark's process and threads: an ONNX Runtime ``MatMulInteger`` (uint8 x int8
+-> int32, the kernel the dynamic int8 graphs run) and a fp32 ``torch.matmul``, both n x n x n.
 """
 
 from __future__ import annotations
@@ -55,9 +51,8 @@ def shape_from_config(cfg: Mapping[str, Any], projection: int = 0) -> EncoderSha
     inter = cfg.get("intermediate_size", cfg.get("hidden_dim"))
     heads = cfg.get("num_attention_heads", cfg.get("n_heads"))
     if None in (layers, hidden, inter, heads):
-        raise KeyError(
-            "config lacks one of num_hidden_layers, hidden_size, intermediate_size, num_attention_heads"
-        )
+        raise KeyError("config lacks one of num_hidden_layers, hidden_size, intermediate_size, "
+                       "num_attention_heads")
     pruned = {int(k): len(v) for k, v in (cfg.get("pruned_heads") or {}).items()}
     return EncoderShape(int(layers), int(hidden), int(inter), int(heads), pruned, projection)
 
@@ -86,12 +81,7 @@ def ops_per_sentence(shape: EncoderShape, tokens: int) -> float:
 def mean_ops(shape: EncoderShape, token_counts: Iterable[int]) -> float:
     """Mean operations per sentence over real (unpadded) token counts."""
     counts = list(token_counts)
-    if not counts:
-        return 0.0
-    return sum(ops_per_sentence(shape, t) for t in counts) / len(counts)
-
-
-# ----------------------------------------------------------------------------- peaks
+    return sum(ops_per_sentence(shape, t) for t in counts) / len(counts) if counts else 0.0
 
 
 def _peak(fn, n: int, threads: int, repeats: int) -> dict[str, float]:
@@ -113,8 +103,7 @@ def fp32_peak(threads: int, n: int = 2048, repeats: int = 5) -> dict[str, float]
     torch.set_num_threads(threads)
     try:
         g = torch.Generator().manual_seed(0)
-        a = torch.randn(n, n, generator=g)
-        b = torch.randn(n, n, generator=g)
+        a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
         return _peak(lambda _: torch.matmul(a, b), n, threads, repeats)
     finally:
         torch.set_num_threads(old)
@@ -135,9 +124,8 @@ def int8_peak(threads: int, n: int = 2048, repeats: int = 5) -> dict[str, float]
                               initializer=[numpy_helper.from_array(weight, "b")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    sess = ort.InferenceSession(
-        model.SerializeToString(), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
-    )
+    sess = ort.InferenceSession(model.SerializeToString(), sess_options=session_options(threads),
+                                providers=["CPUExecutionProvider"])
     a = rng.integers(0, 256, size=(n, n), dtype=np.uint8)
     return _peak(lambda _: sess.run(None, {"a": a}), n, threads, repeats)
 

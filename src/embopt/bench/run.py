@@ -89,9 +89,6 @@ class BenchOptions:
         return self
 
 
-# ----------------------------------------------------------------------------- data
-
-
 def default_sts_file() -> Path:
     """The prepared dev pairs if the pipeline ran, else the STS Benchmark dev file of the shared data."""
     prepared = config.PREPARED_DIR / "sts_dev.tsv"
@@ -115,10 +112,8 @@ def load_pairs(path: Path, limit: int | None = None) -> list[StsPair]:
 
 def long_texts(corpus: Path, n: int, min_words: int) -> list[str]:
     """``n`` long documents: consecutive corpus paragraphs joined until each has ``min_words`` words.
-
-    WikiExtractor files (``<doc>`` lines and titles dropped) or plain text (one
-    paragraph a line). Headings (short lines) are skipped.
-    """
+    WikiExtractor files (``<doc>`` lines and titles dropped) or plain text (one paragraph a line);
+    headings (short lines) are skipped."""
     out: list[str] = []
     cur: list[str] = []
     words = 0
@@ -143,9 +138,6 @@ def long_texts(corpus: Path, n: int, min_words: int) -> list[str]:
         raise DataError(f"{corpus}: no paragraphs to build long texts from")
     log.warning("only %d long texts of >= %d words in %s (asked for %d)", len(out), min_words, corpus, n)
     return out
-
-
-# ------------------------------------------------------------------------- machine
 
 
 def _load_average() -> float | None:
@@ -204,14 +196,8 @@ def machine_info(threads: int) -> dict[str, Any]:
     }
 
 
-# ------------------------------------------------------------------------ variants
-
-
 def load_variants(opts: BenchOptions, workdir: Path) -> tuple[list[BenchVariant], list[str], str | None]:
-    """Anchors first (teacher, ST ONNX fp32, ST int8), then our ONNX and torch variants.
-
-    Returns (variants, notes, name of the final variant).
-    """
+    """Anchors first (teacher, ST ONNX fp32, ST int8), then our ONNX and torch variants; notes; the final."""
     from embopt.training.modeling import resolve_model_source
 
     notes: list[str] = []
@@ -292,9 +278,6 @@ def _alias(name: str, variants: list[BenchVariant], final: str | None) -> str:
     if name == "@st_int8":
         return next((v.name for v in variants if v.name.startswith("st_onnx_int8")), "")
     return name
-
-
-# ---------------------------------------------------------------------- measuring
 
 
 @dataclass(frozen=True)
@@ -506,9 +489,6 @@ def measure(opts: BenchOptions, pairs: list[StsPair], long: list[str], peaks: di
     return m
 
 
-# ------------------------------------------------------------------------- result
-
-
 def variant_row(v: BenchVariant, m: Measurements, opts: BenchOptions) -> dict[str, Any]:
     """One variant's row of the JSON result (ratios to the anchors are added by :func:`assemble`)."""
     from embopt.bench.roofline import roofline_row
@@ -550,7 +530,7 @@ def assemble(opts: BenchOptions, m: Measurements) -> dict[str, Any]:
             r.setdefault("speedup_vs_best_anchor", {})[key] = sps / rows[best]["throughput_sps"][key]
             r.setdefault("best_anchor", {})[key] = best
     s = opts
-    result = {
+    return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "machine": machine_info(s.threads),
         "setup": {
@@ -576,10 +556,8 @@ def assemble(opts: BenchOptions, m: Measurements) -> dict[str, Any]:
         "variants": rows,
         "truncation_sweep": m.trunc,
         "notes": m.notes,
+        "int8_parent": int8_parent(Path(opts.export_dir), rows),
     }
-    result["int8_parent"] = int8_parent(Path(opts.export_dir), rows)
-    result["targets"] = targets(result, opts.targets)
-    return result
 
 
 def _fields(obj: Any, *names: str) -> dict[str, Any]:
@@ -639,9 +617,6 @@ def targets(result: dict[str, Any], t: BenchTargets | None = None) -> dict[str, 
     return out
 
 
-# --------------------------------------------------------------------------- run
-
-
 def run_bench(opts: BenchOptions) -> dict[str, Any]:
     """Measure everything, write the reports, log to MLflow; returns the JSON result."""
     from embopt.bench.roofline import fp32_peak, int8_peak
@@ -667,6 +642,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
     (workdir / TRACES).mkdir()  # moved into out_dir only when the whole run succeeded
     try:
         result = assemble(opts, measure(opts, pairs, long, peaks, workdir))
+        result["targets"] = targets(result, opts.targets)
         wall = time.perf_counter() - t_start
         result["setup"]["wall_s"] = round(wall, 1)
         # How much CPU this process got: well under `threads` means other processes took the cores.

@@ -41,12 +41,6 @@ def pin_threads(n: int, exclusive: bool = False) -> None:
             torch.set_num_interop_threads(1)
 
 
-def rotate(items: Sequence[P], k: int) -> list[P]:
-    """``items`` starting at position ``k`` (modulo their number)."""
-    k %= max(len(items), 1)
-    return [*items[k:], *items[:k]]
-
-
 def interleaved(contenders: Mapping[K, Callable[[P], Any]], parts: Sequence[P], repeats: int,
                 progress: Callable[[], Any] | None = None) -> dict[K, np.ndarray]:
     """Wall seconds of ``contenders[name](part)``: ``{name: array[repeat, part]}``.
@@ -59,7 +53,8 @@ def interleaved(contenders: Mapping[K, Callable[[P], Any]], parts: Sequence[P], 
     turn = 0
     for r in range(repeats):
         for i, part in enumerate(parts):
-            for n in rotate(names, turn):
+            k = turn % max(len(names), 1)
+            for n in [*names[k:], *names[:k]]:
                 t0 = time.perf_counter()
                 contenders[n](part)
                 out[n][r, i] = time.perf_counter() - t0
@@ -92,10 +87,9 @@ def per_call_ms(encode: Callable[[Sequence[str]], object], texts: Sequence[str])
     return times
 
 
-def percentiles(ms: Sequence[float], prefix: str = "p", suffix: str = "") -> dict[str, float]:
-    """p50, p95 and p99 of ``ms``, keyed ``{prefix}50{suffix}``..."""
-    arr = np.asarray(ms)
-    return {f"{prefix}{q}{suffix}": float(np.percentile(arr, q)) for q in (50, 95, 99)}
+def percentiles(ms: Sequence[float], suffix: str = "") -> dict[str, float]:
+    """p50, p95 and p99 of ``ms``, keyed ``p50{suffix}``..."""
+    return {f"p{q}{suffix}": float(np.percentile(np.asarray(ms), q)) for q in (50, 95, 99)}
 
 
 def throughput(

@@ -240,9 +240,6 @@ def _bundle_shape(manifest: dict[str, Any], projection: int) -> tuple[EncoderSha
     return None, None
 
 
-# -------------------------------------------------------------------------- anchors
-
-
 def st_preset() -> str:
     """sentence-transformers' int8 preset for this CPU: :func:`detect_isa`'s, or ``avx512`` (no VNNI)."""
     isa = detect_isa()

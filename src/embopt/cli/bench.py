@@ -86,14 +86,12 @@ class BenchArgs:
             opts.trunc_lengths = ints(self.trunc_lengths, "--trunc-lengths")
         corpus = self.corpus or config.resolve(params.data.corpus_path)
         opts.corpus = corpus if Path(corpus).exists() else None
-        opts.torch_models = {"student_torch": config.DISTILL_DIR, "pruned_torch": config.PRUNE_DIR}
-        if self.torch_model:
-            opts.torch_models = {}
-            for item in self.torch_model:
-                name, sep, folder = item.partition("=")
-                if not sep or not name or not folder:
-                    raise typer.BadParameter(f"--torch-model: expected NAME=FOLDER, got '{item}'")
-                opts.torch_models[name] = Path(folder)
+        named = [item.partition("=") for item in self.torch_model or []]
+        for name, sep, folder in named:
+            if not sep or not name or not folder:
+                raise typer.BadParameter(f"--torch-model: expected NAME=FOLDER, got '{name}{sep}{folder}'")
+        opts.torch_models = ({name: Path(folder) for name, _, folder in named} if named
+                             else {"student_torch": config.DISTILL_DIR, "pruned_torch": config.PRUNE_DIR})
         return opts
 
 
