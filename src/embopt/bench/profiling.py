@@ -85,7 +85,8 @@ def pooling_nodes(onnx_path: Path) -> set[str]:
 
 
 def ort_profile_summary(profile_json: Path, pooling: set[str] | None = None) -> dict[str, Any]:
-    """Aggregate an ONNX Runtime profile: time per op type and the pooling/normalisation share."""
+    """Aggregate an ONNX Runtime profile: time per op type and the pooling/normalisation share (``kind`` and
+    ``trace``: the file's name, for the report)."""
     events = json.loads(Path(profile_json).read_text(encoding="utf-8"))
     by_op: dict[str, float] = defaultdict(float)
     pool_us = total_us = runs_us = 0.0
@@ -102,7 +103,8 @@ def ort_profile_summary(profile_json: Path, pooling: set[str] | None = None) -> 
         if pooling and node in pooling:
             pool_us += dur
     top = sorted(by_op.items(), key=lambda kv: -kv[1])
-    return {"kernel_ms": total_us / 1e3, "model_run_ms": runs_us / 1e3,
+    return {"kind": "onnxruntime", "trace": Path(profile_json).name, "kernel_ms": total_us / 1e3,
+            "model_run_ms": runs_us / 1e3,
             "pooling_share": pool_us / total_us if total_us else 0.0,
             "by_op_pct": {op: round(100.0 * us / total_us, 2) for op, us in top} if total_us else {}}
 

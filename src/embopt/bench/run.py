@@ -148,8 +148,7 @@ def _load_average() -> float | None:
 
 
 def _cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
+    return sum(os.times()[:2])  # user + system
 
 
 def int8_isa() -> dict[str, bool]:
@@ -172,6 +171,7 @@ def machine_info(threads: int) -> dict[str, Any]:
         mem_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1)
     except (ValueError, OSError, AttributeError):
         mem_gb = None
+
     def version(pkg: str) -> str | None:
         try:
             return md.version(pkg)
@@ -270,14 +270,6 @@ def _final_variant(opts: BenchOptions, onnx_names: list[str]) -> str | None:
             if named in onnx_names:
                 return named
     return last
-
-
-def _alias(name: str, variants: list[BenchVariant], final: str | None) -> str:
-    if name == "@final":
-        return final or ""
-    if name == "@st_int8":
-        return next((v.name for v in variants if v.name.startswith("st_onnx_int8")), "")
-    return name
 
 
 @dataclass(frozen=True)
@@ -479,8 +471,9 @@ def measure(opts: BenchOptions, pairs: list[StsPair], long: list[str], peaks: di
     m.speed = time_settings(variants, settings(opts), m.sets, opts.repeats)
     m.profiles, m.phases = profiles_and_phases(variants, opts, m.sets, workdir / TRACES)
     by_name = {v.name: v for v in variants}
-    trunc = [by_name[n] for n in dict.fromkeys(_alias(n, variants, final) for n in opts.trunc_variants)
-             if n in by_name]
+    st_int8 = next((n for n in by_name if n.startswith("st_onnx_int8")), "")
+    alias = {"@final": final or "", "@st_int8": st_int8}
+    trunc = [by_name[n] for n in dict.fromkeys(alias.get(n, n) for n in opts.trunc_variants) if n in by_name]
     if long and trunc and opts.trunc_lengths:
         m.trunc = truncation_sweep(trunc, opts.trunc_lengths, long, speed, pairs, 32, opts.trunc_repeats,
                                    opts.threads)
@@ -629,8 +622,7 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
     pin_threads(opts.threads, exclusive=True)
     opts = replace(opts, sts_file=Path(opts.sts_file) if opts.sts_file else default_sts_file())
     pairs = load_pairs(opts.sts_file, opts.sts_pairs)
-    corpus = Path(opts.corpus) if opts.corpus else None
-    long = long_texts(corpus, opts.long_texts, opts.long_min_words) if corpus else []
+    long = long_texts(Path(opts.corpus), opts.long_texts, opts.long_min_words) if opts.corpus else []
     log.info("%d STS pairs (%s), %d speed sentences, %d long texts, %d threads", len(pairs), opts.sts_file,
              min(opts.speed_sentences, len(unique_sentences(pairs))), len(long), opts.threads)
     log.info("measuring this machine's peaks: int8 MatMulInteger and fp32 matmul, %d^3", opts.peak_n)
@@ -693,10 +685,8 @@ def log_to_mlflow(result: dict[str, Any], out_dir: Path, opts: BenchOptions) -> 
     with standalone_run("bench", opts.experiment, params=setup, tags=tags) as run:
         for name, r in result["variants"].items():
             metrics: dict[str, Any] = {k: r[k] for k in ("sts_spearman", "retention", "size_mb")}
-            for b, x in r["throughput_sps"].items():
-                metrics[f"throughput_b{b}"] = x
-                metrics[f"speedup_vs_teacher_b{b}"] = r["speedup_vs_teacher"][b]
-                metrics[f"speedup_vs_best_anchor_b{b}"] = r["speedup_vs_best_anchor"][b]
+            for key in ("throughput_sps", "speedup_vs_teacher", "speedup_vs_best_anchor"):
+                metrics |= {f"{key.removesuffix('_sps')}_b{b}": x for b, x in r[key].items()}
             metrics |= {f"latency_bs1_1t_{k}": x for k, x in r["latency_ms_bs1_1thread"].items()}
             if "rss_peak_mb" in r["peak_rss"]:
                 metrics["rss_peak_mb"] = r["peak_rss"]["rss_peak_mb"]

@@ -42,9 +42,7 @@ def onnx_precision(path: Path) -> str:
     model = onnx.load(str(path), load_external_data=False)
     if {n.op_type for n in model.graph.node} & QUANT_OPS:
         return "int8"
-    if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer):
-        return "fp16"
-    return "fp32"
+    return "fp16" if any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer) else "fp32"
 
 
 @dataclass
@@ -151,8 +149,7 @@ class STVariant(BenchVariant):
         model = st_model(self.path, self.threads, self.max_seq_length, self.onnx_file, opts)
         with torch.inference_mode():
             model.encode(list(texts), batch_size=batch_size, show_progress_bar=False)
-        path = Path(model[0].auto_model.session.end_profiling())
-        return {"kind": "onnxruntime", "trace": path.name, **profiling.ort_profile_summary(path)}
+        return profiling.ort_profile_summary(Path(model[0].auto_model.session.end_profiling()))
 
 
 class OrtVariant(BenchVariant):
@@ -220,9 +217,7 @@ class OrtVariant(BenchVariant):
             emb.embed(list(texts))
         finally:
             emb.session, emb.sessions = original
-        path = Path(session.end_profiling())
-        summary = profiling.ort_profile_summary(path, self._pooling)
-        return {"kind": "onnxruntime", "trace": path.name, **summary}
+        return profiling.ort_profile_summary(Path(session.end_profiling()), self._pooling)
 
 
 def _bundle_shape(manifest: dict[str, Any], projection: int) -> tuple[EncoderShape | None, int | None]:
