@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -302,17 +303,14 @@ def time_settings(variants: list[BenchVariant], settings: list[Setting], sets: d
             v.encode(sets["speed"][:2], 1, thr)
     calls: dict[tuple[str, str], list[float]] = {(v.name, s.label): [] for v in variants for s in settings}
 
-    def contender(v: BenchVariant):
-        def run(s: Setting) -> None:
-            if s.per_call:
-                calls[(v.name, s.label)] += per_call_ms(lambda x: v.encode(x, 1, s.threads), sets[s.texts])
-            else:
-                v.encode(sets[s.texts], s.batch_size, s.threads)
-
-        return run
+    def run(v: BenchVariant, s: Setting) -> None:
+        if s.per_call:
+            calls[(v.name, s.label)] += per_call_ms(lambda x: v.encode(x, 1, s.threads), sets[s.texts])
+        else:
+            v.encode(sets[s.texts], s.batch_size, s.threads)
 
     with tqdm(total=repeats * len(settings) * len(variants), desc="throughput", unit="run") as bar:
-        secs = interleaved({v.name: contender(v) for v in variants}, settings, repeats, bar.update)
+        secs = interleaved({v.name: partial(run, v) for v in variants}, settings, repeats, bar.update)
     out: dict[str, dict[str, Any]] = {v.name: {} for v in variants}
     for v in variants:
         for i, s in enumerate(settings):
@@ -349,19 +347,16 @@ def truncation_sweep(variants: list[BenchVariant], lengths: list[int], long: lis
                 plan.append((v, L))
     embeds: dict[tuple[str, int], np.ndarray] = {}
 
-    def contender(v: BenchVariant, L: int):
-        def run(texts: str) -> None:
-            v.set_max_seq_length(L)
-            out = v.encode(long if texts == "long" else speed, batch_size, threads)
-            if texts == "long":
-                embeds[(v.name, L)] = out
-
-        return run
+    def run(v: BenchVariant, L: int, texts: str) -> None:
+        v.set_max_seq_length(L)
+        out = v.encode(long if texts == "long" else speed, batch_size, threads)
+        if texts == "long":
+            embeds[(v.name, L)] = out
 
     default = {v.name: v.max_seq_length for v in variants}
     try:
         with tqdm(total=repeats * len(plan) * 2, desc="truncation sweep", unit="run") as bar:
-            secs = interleaved({(v.name, L): contender(v, L) for v, L in plan}, ["long", "sts"], repeats,
+            secs = interleaved({(v.name, L): partial(run, v, L) for v, L in plan}, ["long", "sts"], repeats,
                                bar.update)
         scores: dict[tuple[str, int], float] = {}
         sts_sents = unique_sentences(pairs)

@@ -119,18 +119,14 @@ def st_onnx_encoder(m: dict[str, Path], onnx_file: Path, opts: RuntimeBenchOptio
         return model.encode(list(texts), batch_size=opts.batch_size, convert_to_numpy=True,
                             show_progress_bar=False, normalize_embeddings=False)
 
-    return encode, _wrap_session(model)
-
-
-def _wrap_session(st_model) -> dict[str, float] | None:
-    """Time ``InferenceSession.run`` inside sentence-transformers' ONNX model, when we can reach it."""
-    ort_model = getattr(st_model[0], "auto_model", None)
+    # Time InferenceSession.run inside sentence-transformers' ONNX model, when we can reach it.
+    ort_model = getattr(model[0], "auto_model", None)
     session = getattr(ort_model, "session", None) or getattr(ort_model, "model", None)
-    if session is None or not hasattr(session, "run"):
-        return None
-    timer = {"run_s": 0.0}
-    session.run = accumulating(session.run, timer, "run_s")
-    return timer
+    timer = None
+    if session is not None and hasattr(session, "run"):
+        timer = {"run_s": 0.0}
+        session.run = accumulating(session.run, timer, "run_s")
+    return encode, timer
 
 
 @dataclass
