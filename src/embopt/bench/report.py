@@ -9,11 +9,9 @@ from embopt.bench.profiling import PHASES
 from embopt.pipeline.params import BenchTargets
 
 
-def _f(x: Any, fmt: str = ".1f", none: str = "–") -> str:
-    if x is None:
-        return none
+def _f(x: Any, fmt: str) -> str:
     try:
-        return format(float(x), fmt)
+        return "–" if x is None else format(float(x), fmt)
     except (TypeError, ValueError):
         return str(x)
 
