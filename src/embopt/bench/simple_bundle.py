@@ -27,16 +27,10 @@ def build_simple_bundle(st_model, st_dir: Path, bundle: Path, max_seq_length: in
     raw.unlink()
     quantize_dynamic_int8(tmp / "onnx" / "model.onnx", tmp / "onnx" / "model_qint8.onnx")
     get_dim = getattr(st_model, "get_embedding_dimension", None) or st_model.get_sentence_embedding_dimension
-    write_manifest(
-        tmp,
-        {"onnx_fp32": {"file": "onnx/model.onnx", "precision": "fp32", "graph": "fused"},
-         "onnx_int8": {"file": "onnx/model_qint8.onnx", "precision": "int8-dynamic", "parent": "fused"}},
-        "onnx_int8",
-        dim=int(get_dim()),
-        max_seq_length=max_seq_length,
-        pooling=pooling_mode(st_model),
-        normalize=True,
-        source_model=str(st_dir),
-    )
+    variants = {"onnx_fp32": {"file": "onnx/model.onnx", "precision": "fp32", "graph": "fused"},
+                "onnx_int8": {"file": "onnx/model_qint8.onnx", "precision": "int8-dynamic",
+                              "parent": "fused"}}
+    write_manifest(tmp, variants, "onnx_int8", dim=int(get_dim()), max_seq_length=max_seq_length,
+                   pooling=pooling_mode(st_model), normalize=True, source_model=str(st_dir))
     tmp.rename(bundle)
     return bundle

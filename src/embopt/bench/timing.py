@@ -92,9 +92,8 @@ def percentiles(ms: Sequence[float], suffix: str = "") -> dict[str, float]:
     return {f"p{q}{suffix}": float(np.percentile(np.asarray(ms), q)) for q in (50, 95, 99)}
 
 
-def throughput(
-    encode: Callable[[Sequence[str]], object], sentences: Sequence[str], repeats: int = 3
-) -> float:
+def throughput(encode: Callable[[Sequence[str]], object], sentences: Sequence[str], repeats: int = 3
+               ) -> float:
     """Median sentences per second of ``encode(sentences)`` over ``repeats`` runs, after a warm-up."""
     encode(list(sentences[: min(64, len(sentences))]))
     runs = interleaved({"encode": encode}, [list(sentences)], repeats)["encode"]

@@ -243,11 +243,8 @@ def st_preset() -> str:
 
 def export_st_onnx(st_dir: Path, preset: str | None = None) -> dict[str, Path]:
     """sentence-transformers' own ONNX export and its ``export_dynamic_quantized_onnx_model`` int8 of the
-    SentenceTransformer folder ``st_dir``, written into it (reused when present).
-
-    Returns:
-        ``{"fp32": onnx/model.onnx, "int8": onnx/model_qint8_<preset>.onnx}`` (preset: :func:`st_preset`).
-    """
+    SentenceTransformer folder ``st_dir``, written into it (reused when present): ``{"fp32":
+    onnx/model.onnx, "int8": onnx/model_qint8_<preset>.onnx}`` (preset: :func:`st_preset`)."""
     from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
 
     preset = preset or st_preset()
