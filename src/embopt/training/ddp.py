@@ -69,9 +69,7 @@ def broadcast_flag(flag: bool) -> bool:
     import torch
     import torch.distributed as dist
 
-    t = torch.tensor([int(flag)])
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
+    t = torch.tensor([int(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
     dist.broadcast(t, src=0)
     return bool(t.item())
 
@@ -110,17 +108,17 @@ def init_from_env(device: str) -> tuple[int, int, str]:
     import torch
     import torch.distributed as dist
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world, cuda = int(os.environ.get("WORLD_SIZE", "1")), str(device).startswith("cuda")
     if world < 2:
         return 0, 1, device
-    if str(device).startswith("cuda"):
+    if cuda:
         local = int(os.environ["LOCAL_RANK"])
         if local >= torch.cuda.device_count():
             raise EmboptError(f"distill.nproc: rank {local} has no GPU; this machine has "
                               f"{torch.cuda.device_count()}")
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
-    dist.init_process_group("nccl" if str(device).startswith("cuda") else "gloo")
+    dist.init_process_group("nccl" if cuda else "gloo")
     return dist.get_rank(), world, device
 
 

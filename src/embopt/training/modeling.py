@@ -86,9 +86,14 @@ def layer_list(hf):
     raise EmboptError(f"unsupported architecture for layer selection: {type(hf).__name__}")
 
 
-def num_layers(st_model: SentenceTransformer) -> int:
+def layer_modules(st_model: SentenceTransformer) -> list:
+    """The transformer blocks of a SentenceTransformer, in order."""
     parent, attr = layer_list(hf_model(st_model))
-    return len(getattr(parent, attr))
+    return list(getattr(parent, attr))
+
+
+def num_layers(st_model: SentenceTransformer) -> int:
+    return len(layer_modules(st_model))
 
 
 def pooling_mode(st_model: SentenceTransformer) -> str:

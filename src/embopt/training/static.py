@@ -55,16 +55,9 @@ def encode_with_table(table: np.ndarray, ids: Sequence[Sequence[int]]) -> np.nda
     return out
 
 
-def fit_table(
-    table: np.ndarray,
-    ids: Sequence[Sequence[int]],
-    targets: np.ndarray,
-    score: Callable[[np.ndarray], float],
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-) -> tuple[np.ndarray, list[float]]:
+def fit_table(table: np.ndarray, ids: Sequence[Sequence[int]], targets: np.ndarray,
+              score: Callable[[np.ndarray], float], epochs: int, batch_size: int, lr: float, seed: int,
+              ) -> tuple[np.ndarray, list[float]]:
     """Train ``table`` so each sentence's mean token vector points where the teacher's embedding does.
 
     Args:

@@ -68,9 +68,8 @@ def make_student(teacher: SentenceTransformer, keep: list[int]) -> SentenceTrans
     blocks = getattr(parent, attr)
     setattr(parent, attr, torch.nn.ModuleList([blocks[i] for i in keep]))
     # The config must agree with the module list so that save/load round-trips.
-    if hasattr(hf.config, "num_hidden_layers"):
-        hf.config.num_hidden_layers = len(keep)
-    if hasattr(hf.config, "n_layers"):
-        hf.config.n_layers = len(keep)
+    for key in ("num_hidden_layers", "n_layers"):
+        if hasattr(hf.config, key):
+            setattr(hf.config, key, len(keep))
     log.info("student keeps teacher layers %s (%d of %d)", keep, len(keep), len(blocks))
     return student

@@ -46,17 +46,9 @@ def torch_encoder(st_model, batch_size: int, show_progress: bool = False) -> Enc
 
 
 def build_teacher_bundle(st_model, bundle: Path, max_seq_length: int, optimize: bool = True) -> Path:
-    """An fp32 bundle of ``st_model`` at ``bundle`` (tokenizer, ``onnx/model.onnx``, manifest).
-
-    Args:
-        st_model: the teacher SentenceTransformer (Transformer -> Pooling [-> Normalize]).
-        bundle: folder to create.
-        max_seq_length: truncation in tokens, written to the manifest.
-        optimize: apply ORT's fp32 transformer fusions (exact up to float rounding).
-
-    Returns:
-        The bundle folder.
-    """
+    """An fp32 bundle of the teacher ``st_model`` (Transformer -> Pooling [-> Normalize]) in the folder
+    ``bundle`` (tokenizer, ``onnx/model.onnx``, manifest with ``max_seq_length``); returns the folder.
+    ``optimize``: apply ORT's fp32 transformer fusions (exact up to float rounding)."""
     from embopt.export.onnx import export_onnx, optimize_onnx
     from embopt.serving.bundle import write_manifest
     from embopt.training.modeling import pooling_mode
@@ -76,17 +68,9 @@ def build_teacher_bundle(st_model, bundle: Path, max_seq_length: int, optimize: 
     else:
         raw.rename(model)
     get_dim = getattr(st_model, "get_embedding_dimension", None) or st_model.get_sentence_embedding_dimension
-    write_manifest(
-        bundle,
-        {"onnx_fp32": {"file": "onnx/model.onnx", "precision": "fp32"}},
-        "onnx_fp32",
-        dim=int(get_dim()),
-        max_seq_length=int(max_seq_length),
-        pooling=pooling_mode(st_model),
-        normalize=True,
-        pad_token=tok.pad_token or "[PAD]",
-        source_model="teacher",
-    )
+    write_manifest(bundle, {"onnx_fp32": {"file": "onnx/model.onnx", "precision": "fp32"}}, "onnx_fp32",
+                   dim=int(get_dim()), max_seq_length=int(max_seq_length), pooling=pooling_mode(st_model),
+                   normalize=True, pad_token=tok.pad_token or "[PAD]", source_model="teacher")
     return bundle
 
 
@@ -103,14 +87,10 @@ def teacher_encoder(st_model, backend: str, batch_size: int, max_seq_length: int
                     show_progress: bool = False) -> Encoder:
     """An encoder for ``backend``: a function from sentences to L2-normalised float32 rows.
 
-    Args:
-        st_model: the teacher, its ``max_seq_length`` already set for the torch path.
-        backend: ``auto`` (see :func:`resolve_backend`), ``onnx`` (fp32 graph through
-            :class:`~embopt.serving.runtime.Embedder`) or ``torch``.
-        batch_size: sentences per forward pass.
-        max_seq_length: truncation in tokens (the ONNX path's tokenizer).
-        threads: ORT intra-op threads (torch threads are pinned by the caller).
-        show_progress: a progress bar over sentences.
+    ``backend``: ``auto`` (see :func:`resolve_backend`), ``onnx`` (fp32 graph through
+    :class:`~embopt.serving.runtime.Embedder`) or ``torch`` (``st_model``'s ``max_seq_length`` already
+    set by the caller). ``max_seq_length``: the ONNX tokenizer's truncation; ``threads``: ORT intra-op
+    threads (torch threads are pinned by the caller); ``show_progress``: a progress bar over sentences.
     """
     backend = resolve_backend(backend, str(st_model.device))
     if backend == "torch":
@@ -140,11 +120,8 @@ def spark_teacher_encoder(st_model, spark, batch_size: int, max_seq_length: int)
     worker, one ORT thread per task), its vectors back in input order. The rows equal the
     local ``onnx`` backend's up to float rounding (the same graph; only the batches differ).
 
-    Args:
-        st_model: the teacher SentenceTransformer.
-        spark: the SparkSession (see :func:`embopt.serving.spark_embed.use_session`).
-        batch_size: sentences per ONNX Runtime call within a task.
-        max_seq_length: truncation in tokens.
+    ``spark``: the SparkSession (see :func:`embopt.serving.spark_embed.use_session`); ``batch_size``:
+    sentences per ONNX Runtime call within a task; ``max_seq_length``: truncation in tokens.
     """
     from embopt.serving.spark_embed import embed_texts
 
@@ -164,14 +141,8 @@ def chunk_job_id(**settings) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _chunk_file(ckpt_dir: Path, i: int) -> Path:
-    return ckpt_dir / f"chunk_{i:05d}.npy"
-
-
 def clear_chunks(ckpt_dir: Path) -> None:
     """Drop the chunks and the job file once the stage wrote its output."""
-    if not ckpt_dir.exists():
-        return
     for f in ckpt_dir.glob("chunk_*.npy"):
         f.unlink()
     (ckpt_dir / "job.json").unlink(missing_ok=True)
@@ -223,13 +194,10 @@ def encode_in_chunks(encode: Encoder, sentences: Sequence[str], chunk_sentences:
                 log.info("teacher chunks in %s are from other settings; starting over", ckpt_dir)
             clear_chunks(ckpt_dir)
             job_file.write_text(json.dumps({"job_id": job_id}) + "\n")
-    n = len(sentences)
-    parts, resumed = [], 0
-    t0 = time.perf_counter()
-    done_new = 0
+    n, parts, resumed, done_new, t0 = len(sentences), [], 0, 0, time.perf_counter()
     for i, start in enumerate(range(0, n, chunk_sentences)):
         rows = min(chunk_sentences, n - start)
-        path = _chunk_file(ckpt_dir, i) if ckpt_dir is not None else None
+        path = ckpt_dir / f"chunk_{i:05d}.npy" if ckpt_dir is not None else None
         if path is not None and path.exists():
             emb = np.load(path)
             if emb.shape[0] == rows:
