@@ -30,9 +30,6 @@ class StsPair:
     score: float  # 0..5, the STS Benchmark scale
 
 
-# --------------------------------------------------------------------------- STS
-
-
 def read_sts_file(path: Path) -> list[StsPair]:
     """Parse one STS Benchmark file.
 
@@ -64,11 +61,7 @@ def read_sts_file(path: Path) -> list[StsPair]:
 
 def load_sts_local(sts_dir: Path) -> dict[str, list[StsPair]]:
     """Read ``sts-train.csv`` and ``sts-dev.csv`` (and ``sts-test.csv`` if present)."""
-    out: dict[str, list[StsPair]] = {}
-    for split in SPLITS:
-        f = Path(sts_dir) / f"sts-{split}.csv"
-        if f.exists():
-            out[split] = read_sts_file(f)
+    out = {split: read_sts_file(f) for split in SPLITS if (f := Path(sts_dir) / f"sts-{split}.csv").exists()}
     for required in ("train", "dev"):
         if required not in out:
             raise DataError(f"{sts_dir}: missing sts-{required}.csv")
@@ -101,21 +94,14 @@ def load_sts_hub(dataset_id: str) -> dict[str, list[StsPair]]:
             if split == "test":
                 continue
             raise DataError(f"data.sts_hub_id={dataset_id}: no '{hub_split}' split")
-        out[split] = _hub_pairs(dataset_id, hub_split, splits[hub_split])
+        rows = splits[hub_split]
+        missing = {"sentence1", "sentence2", "score"} - set(rows.column_names)
+        if missing:
+            raise DataError(f"data.sts_hub_id={dataset_id} split {hub_split}: no column(s) {sorted(missing)} "
+                            "(expected sentence1, sentence2, score)")
+        out[split] = [StsPair(a, b, float(score) * 5.0) for a, b, score in
+                      zip(rows["sentence1"], rows["sentence2"], rows["score"], strict=True)]
     return out
-
-
-def _hub_pairs(dataset_id: str, split: str, rows) -> list[StsPair]:
-    missing = {"sentence1", "sentence2", "score"} - set(rows.column_names)
-    if missing:
-        raise DataError(
-            f"data.sts_hub_id={dataset_id} split {split}: no column(s) {sorted(missing)} "
-            "(expected sentence1, sentence2, score)"
-        )
-    return [
-        StsPair(a, b, float(score) * 5.0)
-        for a, b, score in zip(rows["sentence1"], rows["sentence2"], rows["score"], strict=True)
-    ]
 
 
 def load_sts(source: str, sts_dir: Path, hub_id: str) -> tuple[dict[str, list[StsPair]], str]:
@@ -152,11 +138,7 @@ def read_sts_tsv(path: Path) -> list[StsPair]:
 
 def unique_sentences(pairs: Iterable[StsPair]) -> list[str]:
     """Sentences of the pairs, first occurrence order, no duplicates."""
-    seen: dict[str, None] = {}
-    for p in pairs:
-        seen.setdefault(p.s1, None)
-        seen.setdefault(p.s2, None)
-    return list(seen)
+    return list(dict.fromkeys(s for p in pairs for s in (p.s1, p.s2)))
 
 
 def split_validation(pairs: list[StsPair], n_val: int, seed: int) -> tuple[list[StsPair], list[StsPair]]:

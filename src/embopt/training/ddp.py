@@ -1,22 +1,22 @@
 """Data-parallel distillation with ``torch.distributed`` (gloo on CPU, NCCL on GPUs).
 
-Each step's batch (``distill.batch_size`` rows, the same batches as one process would use) is
-split across the N ranks; after the backward pass every rank's gradients are all-reduced,
-weighted by its share of the rows, so each rank applies the gradient of the whole batch. For the
-row-averaged losses (``mse``, ``cosine``, ``mse+cosine``) with dropout off that is the
-one-process update up to float rounding; the in-batch structure losses (``sim``, ``kl``) then see
-sub-batches, and dropout draws differ per rank, so those runs differ from one process by more.
+Each step's batch (``distill.batch_size`` rows, the same batches as one process would use) is split across
+the N ranks; after the backward pass every rank's gradients are all-reduced, weighted by its share of the
+rows, so each rank applies the gradient of the whole batch. For the row-averaged losses (``mse``,
+``cosine``, ``mse+cosine``) with dropout off that is the one-process update up to float rounding; the
+in-batch structure losses (``sim``, ``kl``) then see sub-batches, and dropout draws differ per rank, so
+those runs differ from one process by more.
 
-This is what ``DistributedDataParallel`` does, done with one coalesced ``all_reduce`` after
-``backward``: the SentenceTransformer stays unwrapped (checkpoints keep their keys), and
-parameters that get no gradient (BERT's unused pooler) need no ``find_unused_parameters``.
+This is what ``DistributedDataParallel`` does, done with one coalesced ``all_reduce`` after ``backward``:
+the SentenceTransformer stays unwrapped (checkpoints keep their keys), and parameters that get no gradient
+(BERT's unused pooler) need no ``find_unused_parameters``.
 
-Launch: ``torchrun`` (``python -m torch.distributed.run``). With ``distill.nproc: N > 1`` the
-distill stage starts ``torchrun --standalone --nproc-per-node N -m stages.distill`` itself
-(:func:`torchrun`); every rank runs the stage, :func:`init_from_env` joins it to the group, and
-:func:`embopt.training.distill.train_student` picks up rank and world size. Rank 0 alone
-evaluates, checkpoints, logs to MLflow and writes the outputs. Several machines: run the same
-``torchrun`` with ``--nnodes``/``--rdzv-endpoint`` on each (the stage then does not launch).
+Launch: ``torchrun``. With ``distill.nproc: N > 1`` the distill stage starts ``torchrun --standalone
+--nproc-per-node N -m stages.distill`` itself (:func:`torchrun`); every rank runs the stage,
+:func:`init_from_env` joins it to the group, and :func:`embopt.training.distill.train_student` picks up
+rank and world size. Rank 0 alone evaluates, checkpoints, logs to MLflow and writes the outputs. Several
+machines: run the same ``torchrun`` with ``--nnodes``/``--rdzv-endpoint`` on each (the stage then does not
+launch).
 """
 
 from __future__ import annotations

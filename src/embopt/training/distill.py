@@ -1,17 +1,15 @@
 """Embedding distillation: train a student to reproduce the teacher's sentence embeddings.
 
-The loop is plain PyTorch so every choice is visible: AdamW with linear warmup and
-decay, gradient clipping, evaluation on the validation split every N steps keeping the best
-weights, optional early stopping, and checkpoints that make an interrupted run
-resume where it stopped with the same result as an uninterrupted one (the data
-order is a pure function of seed and epoch; RNG state is saved with the weights).
+The loop is plain PyTorch so every choice is visible: AdamW with linear warmup and decay, gradient
+clipping, evaluation on the validation split every N steps keeping the best weights, optional early
+stopping, and checkpoints that make an interrupted run resume where it stopped with the same result as an
+uninterrupted one (the data order is a pure function of seed and epoch; RNG state is saved with the weights).
 
-Targets are teacher embeddings computed once by the teacher_embed stage, so by default the
-teacher never runs here; the losses are :data:`LOSSES` (see :func:`distill_loss`). Opt-in:
-intermediate hidden-state matching (MiniLM / TinyBERT style, ``hidden_weight > 0``: the frozen
-teacher then runs on every batch, roughly doubling the step cost of a 2-layer student of a
-6-layer teacher), and learned linear projections, created only when the student is narrower
-(or wider) than the teacher; they are training heads, not part of the saved student.
+Targets are teacher embeddings computed once by the teacher_embed stage, so by default the teacher never
+runs here; the losses are :data:`LOSSES` (see :func:`distill_loss`). Opt-in: intermediate hidden-state
+matching (MiniLM / TinyBERT style, ``hidden_weight > 0``: the frozen teacher then runs on every batch,
+roughly doubling the step cost of a 2-layer student of a 6-layer teacher), and learned linear projections
+(see :func:`_build_heads`).
 """
 
 from __future__ import annotations

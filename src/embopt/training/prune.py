@@ -1,24 +1,18 @@
 """Structured pruning that physically shrinks the weight matrices.
 
-FFN: each layer's intermediate neurons are scored by ``mean|activation| x ||W_out[:, i]||``
-on real sentences (a neuron that rarely fires or whose output weights are small
-contributes little), and the lowest are removed by slicing ``intermediate.dense``
-rows and ``output.dense`` columns. Hugging Face BERT has one ``intermediate_size``
-for all layers, so every layer keeps the same count (its own best neurons).
+FFN: each layer's intermediate neurons are scored by ``mean|activation| x ||W_out[:, i]||`` on real
+sentences (a neuron that rarely fires or whose output weights are small contributes little); the lowest
+are removed by slicing ``intermediate.dense`` rows and ``output.dense`` columns. Hugging Face BERT has one
+``intermediate_size`` for all layers, so every layer keeps the same count (its own best neurons).
 
-Heads: each head is scored by the mean norm of its context vectors times the norm
-of its slice of the attention output projection, and removed with the model's own
-``prune_heads`` (which slices Q/K/V/O and records ``config.pruned_heads`` so that
-``from_pretrained`` rebuilds the smaller shapes).
+Heads: scored by :func:`head_scores`, removed with the model's own ``prune_heads`` (which slices Q/K/V/O
+and records ``config.pruned_heads`` so that ``from_pretrained`` rebuilds the smaller shapes).
 
-Architectures: BERT-style blocks (BERT, MiniLM: ``attention.self`` and
-``attention.output.dense``) and MPNet (``attention.attn`` with its ``o`` projection;
-FFN only: its relative position bias is one table shared by every layer's full set of
-heads, so a layer with fewer heads no longer matches it); anything else fails in one
-line that names ``prune.enabled: false``.
-
-Unlike ``torch.nn.utils.prune`` (masks, same matrix sizes), the result has fewer
-FLOPs and fewer parameters, and still loads with ``SentenceTransformer(path)``.
+Architectures: BERT-style blocks (BERT, MiniLM) and MPNet, FFN only (its relative position bias is one
+table shared by every layer's full set of heads, so a layer with fewer heads no longer matches it);
+anything else fails in one line that names ``prune.enabled: false``. Unlike ``torch.nn.utils.prune``
+(masks, same matrix sizes), the result has fewer FLOPs and parameters and still loads with
+``SentenceTransformer(path)``.
 """
 
 from __future__ import annotations
@@ -92,11 +86,8 @@ def count_params(module) -> int:
 
 
 def collect_importance(st_model, sentences: Sequence[str], batch_size: int = 32):
-    """Mean |activation| per FFN neuron and mean context norm per head, over real tokens.
-
-    Returns:
-        (ffn, heads): lists with one tensor per layer, of shape (intermediate,) and (heads,).
-    """
+    """(ffn, heads): per layer, the mean |activation| of each FFN neuron, shape (intermediate,), and the
+    mean context norm of each head, shape (heads,), over real tokens."""
     import torch
 
     layers = _bert_layers(hf_model(st_model))

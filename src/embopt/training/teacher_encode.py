@@ -2,15 +2,14 @@
 
 The ONNX path exports the teacher with pooling and L2 normalisation inside the graph
 (:func:`embopt.export.onnx.export_onnx`), applies ORT's fp32 fusions, and runs it with
-:class:`embopt.serving.runtime.Embedder`: the Rust tokenizer, length-sorted batches that
-pad only to their own longest sentence, one session call per batch. The embeddings are
-the torch teacher's up to float rounding (cosine >= 0.9999, tested); the ONNX files live in
-a temporary folder and are not a stage output.
+:class:`embopt.serving.runtime.Embedder`: the Rust tokenizer, length-sorted batches that pad only to their
+own longest sentence, one session call per batch. The embeddings are the torch teacher's up to float
+rounding (cosine >= 0.9999, tested); the ONNX files live in a temporary folder and are not a stage output.
 
-:func:`encode_in_chunks` makes the stage resumable: the corpus is encoded in fixed chunks,
-each saved as it finishes, so a killed run starts again at the first missing chunk and
-ends with the same rows as an uninterrupted one. :func:`spark_teacher_encoder` runs the same ONNX
-teacher as Spark jobs (``teacher_embed.engine: spark``), one job per chunk, so it resumes alike.
+:func:`encode_in_chunks` makes the stage resumable: the corpus is encoded in fixed chunks, each saved as it
+finishes, so a killed run starts again at the first missing chunk and ends with the same rows as an
+uninterrupted one. :func:`spark_teacher_encoder` runs the same ONNX teacher as Spark jobs
+(``teacher_embed.engine: spark``), one job per chunk, so it resumes alike.
 """
 
 from __future__ import annotations
@@ -169,18 +168,13 @@ def logged_encoder(encode: Encoder, what: str, every: int) -> Encoder:
 
 def encode_in_chunks(encode: Encoder, sentences: Sequence[str], chunk_sentences: int,
                      ckpt_dir: Path | None = None, job_id: str = "") -> tuple[np.ndarray, int]:
-    """Encode ``sentences`` chunk by chunk, saving each finished chunk under ``ckpt_dir``.
+    """Encode ``sentences`` (in output row order) chunk by chunk, saving each finished one under ``ckpt_dir``.
 
-    Args:
-        encode: sentences -> float32 rows (length-sorted batches form within a chunk).
-        sentences: all sentences, in output row order.
-        chunk_sentences: sentences per chunk; the boundaries are fixed, so a resumed run
-            encodes exactly the batches an uninterrupted one would.
-        ckpt_dir: where chunks go (None: nothing saved); chunks of the same ``job_id`` are reused.
-        job_id: :func:`chunk_job_id` of the settings; a different one discards the old chunks.
-
-    Returns:
-        (embeddings, number of sentences taken from saved chunks).
+    ``encode`` maps sentences to float32 rows (length-sorted batches form within a chunk). The chunk
+    boundaries (``chunk_sentences`` each) are fixed, so a resumed run encodes exactly the batches an
+    uninterrupted one would. ``ckpt_dir``: None saves nothing; chunks of the same ``job_id``
+    (:func:`chunk_job_id` of the settings) are reused, another one discards them.
+    Returns (embeddings, number of sentences taken from saved chunks).
     """
     if chunk_sentences < 1:
         raise ValueError(f"chunk_sentences must be >= 1, got {chunk_sentences}")
