@@ -54,14 +54,11 @@ def iter_corpus_files(paths: Iterable[Path]) -> Iterator[Path]:
         if p.is_file():
             yield p
         elif p.is_dir():
-            found = False
-            for f in sorted(p.rglob("*")):
-                skip = f.name.startswith(".") or f.name.lower() in ("readme.md", "license")
-                if f.is_file() and not skip:
-                    found = True
-                    yield f
-            if not found:
+            files = [f for f in sorted(p.rglob("*")) if f.is_file() and not f.name.startswith(".")
+                     and f.name.lower() not in ("readme.md", "license")]
+            if not files:
                 raise DataError(f"data.corpus_path: no corpus files in {p}")
+            yield from files
         else:
             raise DataError(f"data.corpus_path: not found: {p}")
 
@@ -74,10 +71,8 @@ _INNER_END = re.compile(r"[.!?][\"')\]]*\s+\S")
 
 
 def split_paragraph(text: str) -> list[str]:
-    """Sentences of a paragraph by pysbd's rules (a one-sentence line stays whole).
-
-    WikiExtractor files keep :func:`split_sentences`, so the default corpus is unchanged.
-    """
+    """Sentences of a paragraph by pysbd's rules (a one-sentence line stays whole). WikiExtractor files
+    keep :func:`split_sentences`, so the default corpus is unchanged."""
     text = text.strip()
     if not _INNER_END.search(text):
         return [text] if text else []
@@ -277,12 +272,10 @@ def build_corpus(paths: list[Path], exclude: set[str], head: list[str], max_sent
             elif admit(s.lower(), files):
                 pool.append(s)
     if not pool:
-        raise DataError(
-            f"data.corpus_path: no corpus sentence kept from {files['files']} file(s) in "
-            f"{', '.join(map(str, paths))} (read {files['raw']}: too short {files['too_short']}, "
-            f"too long {files['too_long']}, duplicate {files['duplicate']}, "
-            f"in STS val/dev/test {files['excluded_sts_eval']}); STSb train alone is too small to distil on"
-        )
+        raise DataError(f"data.corpus_path: no corpus sentence kept from {files['files']} file(s) in "
+                        f"{', '.join(map(str, paths))} (read {files['raw']}: too short {files['too_short']}, "
+                        f"too long {files['too_long']}, duplicate {files['duplicate']}, in STS val/dev/test "
+                        f"{files['excluded_sts_eval']}); STSb train alone is too small to distil on")
     rng = random.Random(seed)
     rng.shuffle(pool)
     n_head = min(len(kept_head), max(round(max_sentences * head_share), max_sentences - len(pool)))

@@ -1,10 +1,6 @@
-"""Data preparation: STS Benchmark pairs and the unlabeled distillation corpus.
-
-STS comes from a local STS Benchmark folder (tab-separated, no quoting, >= 7
-columns: genre, file, year, id, score, sentence1, sentence2) or from the hub dataset
-``sentence-transformers/stsb``. The corpus comes from plain text (one sentence a
-line) or WikiExtractor output (``<doc ...>`` blocks, a title line, one paragraph a
-line). Validation (carved from train), dev and test sentences never enter the corpus.
+"""STS Benchmark pairs: from a local STS Benchmark folder (tab-separated, no quoting, >= 7 columns: genre,
+file, year, id, score, sentence1, sentence2) or from the hub dataset ``sentence-transformers/stsb``.
+Validation (carved from train), dev and test sentences never enter the corpus (:mod:`embopt.data.corpus`).
 """
 
 from __future__ import annotations
@@ -31,11 +27,7 @@ class StsPair:
 
 
 def read_sts_file(path: Path) -> list[StsPair]:
-    """Parse one STS Benchmark file.
-
-    Raises:
-        DataError: naming the file and line of the first malformed row.
-    """
+    """Parse one STS Benchmark file; a DataError names the file and line of the first malformed row."""
     pairs: list[StsPair] = []
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -72,10 +64,8 @@ def load_sts_hub(dataset_id: str) -> dict[str, list[StsPair]]:
     """Load STS with ``datasets.load_dataset`` (a hub id, or a local dataset folder laid out the same way).
 
     The hub's STSb (``sentence-transformers/stsb``) has splits train/validation/test with columns
-    sentence1, sentence2 and a 0..1 score, rescaled here to the local files' 0..5.
-
-    Raises:
-        DataError: one line when the hub cannot be reached (offline) or the dataset lacks a split/column.
+    sentence1, sentence2 and a 0..1 score, rescaled here to the local files' 0..5. A DataError of one line
+    when the hub cannot be reached (offline) or the dataset lacks a split/column.
     """
     import datasets
 
@@ -84,10 +74,9 @@ def load_sts_hub(dataset_id: str) -> dict[str, list[StsPair]]:
         splits = datasets.load_dataset(dataset_id)
     except Exception as exc:  # offline, unknown id, no network: all end the same way for the user
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DataError(
-            f"data.sts_hub_id={dataset_id}: cannot load from the hub ({type(exc).__name__}: {reason}); "
-            "go online (HF_HUB_OFFLINE unset) or set data.source: local with data.sts_dir"
-        ) from None
+        raise DataError(f"data.sts_hub_id={dataset_id}: cannot load from the hub ({type(exc).__name__}: "
+                        f"{reason}); go online (HF_HUB_OFFLINE unset) or set data.source: local with "
+                        "data.sts_dir") from None
     out: dict[str, list[StsPair]] = {}
     for split, hub_split in (("train", "train"), ("dev", "validation"), ("test", "test")):
         if hub_split not in splits:
@@ -142,13 +131,9 @@ def unique_sentences(pairs: Iterable[StsPair]) -> list[str]:
 
 
 def split_validation(pairs: list[StsPair], n_val: int, seed: int) -> tuple[list[StsPair], list[StsPair]]:
-    """Carve a validation split of whole *pairs* from STSb train, by a seeded shuffle.
-
-    Every selection the pipeline makes (best checkpoint, int8 candidate, PCA, champion)
-    is made on this split, so STSb dev stays a report split that nothing was tuned on.
-
-    Returns:
-        (train, val): the remaining train pairs, and ``n_val`` validation pairs.
+    """(train, val): a validation split of ``n_val`` whole *pairs* carved from STSb train by a seeded
+    shuffle, and the remaining train pairs. Every selection the pipeline makes (best checkpoint, int8
+    candidate, PCA, champion) is made on this split, so STSb dev stays a report split nothing was tuned on.
     """
     if not 0 < n_val < len(pairs):
         raise DataError(f"data.val_pairs={n_val}: must be between 1 and {len(pairs) - 1} (STS train has "
@@ -156,9 +141,7 @@ def split_validation(pairs: list[StsPair], n_val: int, seed: int) -> tuple[list[
     order = list(range(len(pairs)))
     random.Random(seed).shuffle(order)
     val_idx = set(order[:n_val])
-    train = [p for i, p in enumerate(pairs) if i not in val_idx]
-    val = [pairs[i] for i in sorted(val_idx)]
-    return train, val
+    return [p for i, p in enumerate(pairs) if i not in val_idx], [pairs[i] for i in sorted(val_idx)]
 
 
 def split_digest(pairs: Iterable[StsPair]) -> str:

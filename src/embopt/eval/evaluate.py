@@ -1,10 +1,9 @@
 """Evaluate every variant on the same sentences with the same threads.
 
-Accuracy on two splits: the validation split (carved from STSb train), on which
-promote *chooses*, and STSb dev, which is only *reported*, with a bootstrap 95%
-interval. Speed is timed on validation sentences, interleaved across variants
-(each round runs every variant once, in a rotated order), so a load change on the
-machine hits all of them alike; the spread over rounds is the noise promote uses.
+Accuracy on two splits: the validation split (carved from STSb train), on which promote *chooses*, and
+STSb dev, which is only *reported*, with a bootstrap 95% interval. Speed is timed on validation sentences,
+interleaved across variants (each round runs every variant once, in a rotated order), so a load change on
+the machine hits all of them alike; the spread over rounds is the noise promote uses.
 """
 
 from __future__ import annotations

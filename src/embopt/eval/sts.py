@@ -12,8 +12,7 @@ EncodeFn = Callable[[Sequence[str]], np.ndarray]
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.clip(np.linalg.norm(a, axis=1, keepdims=True), 1e-12, None)
-    b = b / np.clip(np.linalg.norm(b, axis=1, keepdims=True), 1e-12, None)
+    a, b = (x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None) for x in (a, b))
     return np.sum(a * b, axis=1)
 
 

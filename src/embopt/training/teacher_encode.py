@@ -36,12 +36,9 @@ Encoder = Callable[[Sequence[str]], np.ndarray]
 
 def torch_encoder(st_model, batch_size: int, show_progress: bool = False) -> Encoder:
     """L2-normalised float32 embeddings from the SentenceTransformer itself."""
-
-    def encode(sentences: Sequence[str]) -> np.ndarray:
-        return st_model.encode(list(sentences), batch_size=batch_size, convert_to_numpy=True,
-                               normalize_embeddings=True, show_progress_bar=show_progress).astype(np.float32)
-
-    return encode
+    return lambda sentences: st_model.encode(list(sentences), batch_size=batch_size, convert_to_numpy=True,
+                                             normalize_embeddings=True,
+                                             show_progress_bar=show_progress).astype(np.float32)
 
 
 def build_teacher_bundle(st_model, bundle: Path, max_seq_length: int, optimize: bool = True) -> Path:
@@ -101,11 +98,7 @@ def teacher_encoder(st_model, backend: str, batch_size: int, max_seq_length: int
         bundle = build_teacher_bundle(st_model.to("cpu"), Path(tmp) / "bundle", max_seq_length)
         embedder = Embedder(bundle, variant="onnx_fp32", threads=threads, batch_size=batch_size)
     log.info("teacher as fp32 ONNX (%s), %s threads, batch %d", embedder.providers[0], threads, batch_size)
-
-    def encode(sentences: Sequence[str]) -> np.ndarray:
-        return embedder.embed(list(sentences), show_progress=show_progress)
-
-    return encode
+    return lambda sentences: embedder.embed(list(sentences), show_progress=show_progress)
 
 
 @contextlib.contextmanager
@@ -127,12 +120,8 @@ def spark_teacher_encoder(st_model, spark, batch_size: int, max_seq_length: int)
     with tempfile.TemporaryDirectory(prefix="embopt_teacher_spark_") as tmp:
         bundle = build_teacher_bundle(st_model.to("cpu"), Path(tmp) / "bundle", max_seq_length)
         log.info("teacher as fp32 ONNX on Spark (%s), batch %d", spark.sparkContext.master, batch_size)
-
-        def encode(sentences: Sequence[str]) -> np.ndarray:
-            return embed_texts(spark, list(sentences), bundle, Path(tmp), variant="onnx_fp32",
-                               batch_size=batch_size)
-
-        yield encode
+        yield lambda sentences: embed_texts(spark, list(sentences), bundle, Path(tmp), variant="onnx_fp32",
+                                            batch_size=batch_size)
 
 
 def chunk_job_id(**settings) -> str:
@@ -148,11 +137,8 @@ def clear_chunks(ckpt_dir: Path) -> None:
 
 
 def logged_encoder(encode: Encoder, what: str, every: int) -> Encoder:
-    """``encode`` in slices of ``every`` sentences, logging sentences done and the rate after each.
-
-    For steps that encode a few thousand sentences at once (the teacher's STS validation),
-    which with a big teacher on CPU run for minutes.
-    """
+    """``encode`` in slices of ``every`` sentences, logging sentences done and the rate after each: for steps
+    that encode a few thousand sentences at once (the teacher's STS validation), minutes on CPU."""
 
     def run(sentences: Sequence[str]) -> np.ndarray:
         n, parts, t0 = len(sentences), [], time.perf_counter()
