@@ -225,7 +225,8 @@ def build_corpus(paths: list[Path], exclude: set[str], head: list[str], max_sent
                  max_words: int, seed: int, head_share: float = 1.0, fmt: str = "auto", column: str = "text",
                  ) -> tuple[list[str], dict]:
     """Collect, filter, deduplicate and shuffle the distillation corpus; returns the sentences, and per
-    source how many were read, kept and dropped (and why).
+    source how many were read, kept and dropped (and why). A DataError when there is no corpus file, or
+    none of their sentences survives the filters.
 
     Args:
         paths: corpus files or folders, read as ``fmt``/``column`` say (:func:`iter_file_sentences`).
@@ -234,9 +235,6 @@ def build_corpus(paths: list[Path], exclude: set[str], head: list[str], max_sent
         max_sentences: cap on the total; ``head_share``: the share of it ``head`` may take (either source
             fills what the other lacks, so a small cap still gets corpus sentences).
         min_words, max_words: length filter for the corpus files' sentences; ``seed``: shuffle seed.
-
-    Raises:
-        DataError: no corpus file, or none of their sentences survives the filters.
     """
     excl = {s.strip().lower() for s in exclude}
     seen: set[str] = set()

@@ -106,8 +106,7 @@ def load_sts(source: str, sts_dir: Path, hub_id: str) -> tuple[dict[str, list[St
 def write_sts_tsv(path: Path, pairs: Iterable[StsPair]) -> None:
     with open(path, "w", encoding="utf-8") as fh:
         fh.write("score\tsentence1\tsentence2\n")
-        for p in pairs:
-            fh.write(f"{p.score:.3f}\t{p.s1}\t{p.s2}\n")
+        fh.writelines(f"{p.score:.3f}\t{p.s1}\t{p.s2}\n" for p in pairs)
 
 
 def read_sts_tsv(path: Path) -> list[StsPair]:

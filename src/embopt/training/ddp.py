@@ -56,11 +56,9 @@ def all_reduce_gradients(params: Sequence, weight: float, extra: float) -> float
     flat = torch.cat([g.reshape(-1) for g in grads] + [has, has.new_tensor([extra])]) * weight
     flat[-1 - len(params):-1] = has  # presence flags are counted, not weighted
     dist.all_reduce(flat)
-    offset = 0
-    for p, g, present in zip(params, grads, flat[-1 - len(params):-1].tolist(), strict=True):
-        n = g.numel()
-        p.grad = flat[offset:offset + n].view_as(g).clone() if present else None
-        offset += n
+    chunks = flat[:-1 - len(params)].split([g.numel() for g in grads])
+    for p, g, chunk, present in zip(params, grads, chunks, flat[-1 - len(params):-1].tolist(), strict=True):
+        p.grad = chunk.view_as(g).clone() if present else None
     return float(flat[-1])
 
 

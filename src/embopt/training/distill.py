@@ -53,11 +53,9 @@ class TrainConfig:
     early_stopping_patience: int
     seed: int
     log_every: int = 25
-    # Weight of the intermediate hidden-state loss (MiniLM/TinyBERT style); 0 = off, and then
-    # the teacher does not run during training (the default: targets are precomputed).
+    # Weight of the hidden-state loss (MiniLM/TinyBERT style); 0 (default): off, the teacher does not run.
     hidden_weight: float = 0.0
-    # Batches of sentences of similar token length (shuffled in chunks, then batch order shuffled):
-    # far fewer padded tokens per step on a corpus of mixed lengths.
+    # Batches of sentences of similar token length (see epoch_batches): far fewer padded tokens per step.
     group_by_length: bool = False
     # Softmax temperature of the ``kl`` structure loss (over in-batch cosine similarities).
     temperature: float = 0.05

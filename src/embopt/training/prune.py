@@ -200,13 +200,12 @@ def prune_model(st_model, sentences: Sequence[str], ffn_keep_ratio: float, heads
                 ) -> PruneReport:
     """Score with real activations, then remove heads and FFN neurons in place."""
     hf = hf_model(st_model)
-    layers = _bert_layers(hf)
+    _bert_layers(hf)  # an unsupported architecture fails here, before any work
     if heads_to_prune > 0:
         check_head_pruning(hf)
     params_before = count_params(st_model)
-    heads_before = sum(_n_heads(layers))
     ffn_act, head_act = collect_importance(st_model, sentences)
-    _, heads_after = prune_heads(st_model, head_act, heads_to_prune)
+    heads_before, heads_after = prune_heads(st_model, head_act, heads_to_prune)
     ffn_before, ffn_after = prune_ffn(st_model, ffn_act, ffn_keep_ratio)
     report = PruneReport(ffn_before, ffn_after, heads_before, heads_after, params_before,
                          count_params(st_model))

@@ -74,9 +74,7 @@ def resolve_backend(backend: str, device: str) -> str:
     """``auto``: ONNX on CPU (faster there, see the README), torch where the teacher sits on a GPU."""
     if backend not in BACKENDS:
         raise EmboptError(f"teacher_embed.backend: '{backend}' is not one of {', '.join(BACKENDS)}")
-    if backend == "auto":
-        return "torch" if device.startswith("cuda") else "onnx"
-    return backend
+    return ("torch" if device.startswith("cuda") else "onnx") if backend == "auto" else backend
 
 
 def teacher_encoder(st_model, backend: str, batch_size: int, max_seq_length: int, threads: int | None = None,
@@ -178,12 +176,10 @@ def encode_in_chunks(encode: Encoder, sentences: Sequence[str], chunk_sentences:
     for i, start in enumerate(range(0, n, chunk_sentences)):
         rows = min(chunk_sentences, n - start)
         path = ckpt_dir / f"chunk_{i:05d}.npy" if ckpt_dir is not None else None
-        if path is not None and path.exists():
-            emb = np.load(path)
-            if emb.shape[0] == rows:
-                parts.append(emb)
-                resumed += rows
-                continue
+        if path is not None and path.exists() and (emb := np.load(path)).shape[0] == rows:
+            parts.append(emb)
+            resumed += rows
+            continue
         emb = np.ascontiguousarray(encode(sentences[start:start + rows]), dtype=np.float32)
         if path is not None:
             with atomic_file(path, "wb") as fh:  # a kill mid-save leaves no half chunk to resume from
