@@ -54,14 +54,11 @@ def iter_corpus_files(paths: Iterable[Path]) -> Iterator[Path]:
         if p.is_file():
             yield p
         elif p.is_dir():
-            found = False
-            for f in sorted(p.rglob("*")):
-                skip = f.name.startswith(".") or f.name.lower() in ("readme.md", "license")
-                if f.is_file() and not skip:
-                    found = True
-                    yield f
-            if not found:
+            files = [f for f in sorted(p.rglob("*")) if f.is_file() and not f.name.startswith(".")
+                     and f.name.lower() not in ("readme.md", "license")]
+            if not files:
                 raise DataError(f"data.corpus_path: no corpus files in {p}")
+            yield from files
         else:
             raise DataError(f"data.corpus_path: not found: {p}")
 
@@ -74,10 +71,8 @@ _INNER_END = re.compile(r"[.!?][\"')\]]*\s+\S")
 
 
 def split_paragraph(text: str) -> list[str]:
-    """Sentences of a paragraph by pysbd's rules (a one-sentence line stays whole).
-
-    WikiExtractor files keep :func:`split_sentences`, so the default corpus is unchanged.
-    """
+    """Sentences of a paragraph by pysbd's rules (a one-sentence line stays whole). WikiExtractor files
+    keep :func:`split_sentences`, so the default corpus is unchanged."""
     text = text.strip()
     if not _INNER_END.search(text):
         return [text] if text else []
@@ -115,27 +110,21 @@ def file_format(path: Path, declared: str = "auto") -> str:
     """The format a corpus file is read as: declared, or guessed from suffix and first lines."""
     if declared != "auto":
         return declared
-    if Path(path).suffix.lower() in _SUFFIX_FORMATS:
-        return _SUFFIX_FORMATS[Path(path).suffix.lower()]
+    if (suffix := Path(path).suffix.lower()) in _SUFFIX_FORMATS:
+        return _SUFFIX_FORMATS[suffix]
     with open(path, encoding="utf-8", errors="replace") as fh:
         head = [fh.readline() for _ in range(50)]
     return "wiki" if any(line.startswith("<doc ") for line in head) else "paragraphs"
 
 
 def iter_file_sentences(path: Path, fmt: str = "auto", column: str = "text") -> Iterator[str]:
-    """Sentences of one corpus file.
-
-    Args:
-        path: the file.
-        fmt: wiki | lines (one sentence a line, not split) | paragraphs (split) | jsonl | csv |
-            parquet (the ``column`` of each row, split), or auto (see :func:`file_format`).
-        column: the text field of jsonl/csv/parquet rows.
-    """
+    """Sentences of one corpus file read as ``fmt``: wiki | lines (one sentence a line, not split) |
+    paragraphs (split) | jsonl | csv | parquet (the ``column`` of each row, split), or auto (see
+    :func:`file_format`)."""
     fmt = file_format(path, fmt)
     if fmt in ("jsonl", "csv", "parquet"):
         for text in read_text_column(path, fmt, column):
-            for s in split_paragraph(text):
-                yield _clean(s)
+            yield from map(_clean, split_paragraph(text))
         return
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
@@ -151,14 +140,12 @@ def iter_file_sentences(path: Path, fmt: str = "auto", column: str = "text") -> 
     for line in lines:
         if line.startswith("<doc "):
             expect_title = True
+        elif line.startswith("</doc>") or not line.strip():
             continue
-        if line.startswith("</doc>") or not line.strip():
-            continue
-        if expect_title:  # the line after <doc ...> repeats the title
+        elif expect_title:  # the line after <doc ...> repeats the title
             expect_title = False
-            continue
-        for s in split_sentences(line):
-            yield _clean(s)
+        else:
+            yield from map(_clean, split_sentences(line))
 
 
 def read_text_column(path: Path, fmt: str, column: str) -> Iterator[str]:
@@ -229,43 +216,25 @@ def _parquet_column(path: Path, column: str) -> Iterator[str]:
         raise DataError(f"{path}: not a Parquet file ({str(exc).splitlines()[0]})") from None
     if column not in pf.schema_arrow.names:
         raise DataError(f"{path}: no column '{column}' (data.text_column); has {pf.schema_arrow.names}")
-    n = 0
-    for batch in pf.iter_batches(columns=[column]):
-        for value in batch.column(0).to_pylist():
-            n += 1
-            yield from _cell(path, n, value)
+    values = (value for batch in pf.iter_batches(columns=[column]) for value in batch.column(0).to_pylist())
+    for n, value in enumerate(values, 1):
+        yield from _cell(path, n, value)
 
 
-def build_corpus(
-    paths: list[Path],
-    exclude: set[str],
-    head: list[str],
-    max_sentences: int,
-    min_words: int,
-    max_words: int,
-    seed: int,
-    head_share: float = 1.0,
-    fmt: str = "auto",
-    column: str = "text",
-) -> tuple[list[str], dict]:
-    """Collect, filter, deduplicate and shuffle the distillation corpus.
+def build_corpus(paths: list[Path], exclude: set[str], head: list[str], max_sentences: int, min_words: int,
+                 max_words: int, seed: int, head_share: float = 1.0, fmt: str = "auto", column: str = "text",
+                 ) -> tuple[list[str], dict]:
+    """Collect, filter, deduplicate and shuffle the distillation corpus; returns the sentences, and per
+    source how many were read, kept and dropped (and why). A DataError when there is no corpus file, or
+    none of their sentences survives the filters.
 
     Args:
-        paths: corpus files or folders.
+        paths: corpus files or folders, read as ``fmt``/``column`` say (:func:`iter_file_sentences`).
         exclude: sentences that must never appear (STS val/dev/test).
         head: in-domain sentences (STS train), not length-filtered.
-        max_sentences: cap on the total.
-        min_words, max_words: length filter for the corpus files' sentences.
-        seed: shuffle seed.
-        head_share: the share of the cap ``head`` may take; either source fills what the
-            other lacks, so a small cap still gets corpus sentences.
-        fmt, column: how corpus files are read (:func:`iter_file_sentences`).
-
-    Returns:
-        The sentences, and per source how many were read, kept and dropped (and why).
-
-    Raises:
-        DataError: no corpus file, or none of their sentences survives the filters.
+        max_sentences: cap on the total; ``head_share``: the share of it ``head`` may take (either source
+            fills what the other lacks, so a small cap still gets corpus sentences).
+        min_words, max_words: length filter for the corpus files' sentences; ``seed``: shuffle seed.
     """
     excl = {s.strip().lower() for s in exclude}
     seen: set[str] = set()
@@ -301,12 +270,10 @@ def build_corpus(
             elif admit(s.lower(), files):
                 pool.append(s)
     if not pool:
-        raise DataError(
-            f"data.corpus_path: no corpus sentence kept from {files['files']} file(s) in "
-            f"{', '.join(map(str, paths))} (read {files['raw']}: too short {files['too_short']}, "
-            f"too long {files['too_long']}, duplicate {files['duplicate']}, "
-            f"in STS val/dev/test {files['excluded_sts_eval']}); STSb train alone is too small to distil on"
-        )
+        raise DataError(f"data.corpus_path: no corpus sentence kept from {files['files']} file(s) in "
+                        f"{', '.join(map(str, paths))} (read {files['raw']}: too short {files['too_short']}, "
+                        f"too long {files['too_long']}, duplicate {files['duplicate']}, in STS val/dev/test "
+                        f"{files['excluded_sts_eval']}); STSb train alone is too small to distil on")
     rng = random.Random(seed)
     rng.shuffle(pool)
     n_head = min(len(kept_head), max(round(max_sentences * head_share), max_sentences - len(pool)))
@@ -325,8 +292,7 @@ def build_corpus(
 
 def write_lines(path: Path, lines: Iterable[str]) -> None:
     with open(path, "w", encoding="utf-8") as fh:
-        for line in lines:
-            fh.write(line.replace("\n", " ") + "\n")
+        fh.writelines(line.replace("\n", " ") + "\n" for line in lines)
 
 
 def read_lines(path: Path) -> list[str]:

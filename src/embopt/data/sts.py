@@ -1,10 +1,6 @@
-"""Data preparation: STS Benchmark pairs and the unlabeled distillation corpus.
-
-STS comes from a local STS Benchmark folder (tab-separated, no quoting, >= 7
-columns: genre, file, year, id, score, sentence1, sentence2) or from the hub dataset
-``sentence-transformers/stsb``. The corpus comes from plain text (one sentence a
-line) or WikiExtractor output (``<doc ...>`` blocks, a title line, one paragraph a
-line). Validation (carved from train), dev and test sentences never enter the corpus.
+"""STS Benchmark pairs: from a local STS Benchmark folder (tab-separated, no quoting, >= 7 columns: genre,
+file, year, id, score, sentence1, sentence2) or from the hub dataset ``sentence-transformers/stsb``.
+Validation (carved from train), dev and test sentences never enter the corpus (:mod:`embopt.data.corpus`).
 """
 
 from __future__ import annotations
@@ -30,15 +26,8 @@ class StsPair:
     score: float  # 0..5, the STS Benchmark scale
 
 
-# --------------------------------------------------------------------------- STS
-
-
 def read_sts_file(path: Path) -> list[StsPair]:
-    """Parse one STS Benchmark file.
-
-    Raises:
-        DataError: naming the file and line of the first malformed row.
-    """
+    """Parse one STS Benchmark file; a DataError names the file and line of the first malformed row."""
     pairs: list[StsPair] = []
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -64,11 +53,7 @@ def read_sts_file(path: Path) -> list[StsPair]:
 
 def load_sts_local(sts_dir: Path) -> dict[str, list[StsPair]]:
     """Read ``sts-train.csv`` and ``sts-dev.csv`` (and ``sts-test.csv`` if present)."""
-    out: dict[str, list[StsPair]] = {}
-    for split in SPLITS:
-        f = Path(sts_dir) / f"sts-{split}.csv"
-        if f.exists():
-            out[split] = read_sts_file(f)
+    out = {split: read_sts_file(f) for split in SPLITS if (f := Path(sts_dir) / f"sts-{split}.csv").exists()}
     for required in ("train", "dev"):
         if required not in out:
             raise DataError(f"{sts_dir}: missing sts-{required}.csv")
@@ -79,10 +64,8 @@ def load_sts_hub(dataset_id: str) -> dict[str, list[StsPair]]:
     """Load STS with ``datasets.load_dataset`` (a hub id, or a local dataset folder laid out the same way).
 
     The hub's STSb (``sentence-transformers/stsb``) has splits train/validation/test with columns
-    sentence1, sentence2 and a 0..1 score, rescaled here to the local files' 0..5.
-
-    Raises:
-        DataError: one line when the hub cannot be reached (offline) or the dataset lacks a split/column.
+    sentence1, sentence2 and a 0..1 score, rescaled here to the local files' 0..5. A DataError of one line
+    when the hub cannot be reached (offline) or the dataset lacks a split/column.
     """
     import datasets
 
@@ -91,31 +74,23 @@ def load_sts_hub(dataset_id: str) -> dict[str, list[StsPair]]:
         splits = datasets.load_dataset(dataset_id)
     except Exception as exc:  # offline, unknown id, no network: all end the same way for the user
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DataError(
-            f"data.sts_hub_id={dataset_id}: cannot load from the hub ({type(exc).__name__}: {reason}); "
-            "go online (HF_HUB_OFFLINE unset) or set data.source: local with data.sts_dir"
-        ) from None
+        raise DataError(f"data.sts_hub_id={dataset_id}: cannot load from the hub ({type(exc).__name__}: "
+                        f"{reason}); go online (HF_HUB_OFFLINE unset) or set data.source: local with "
+                        "data.sts_dir") from None
     out: dict[str, list[StsPair]] = {}
     for split, hub_split in (("train", "train"), ("dev", "validation"), ("test", "test")):
         if hub_split not in splits:
             if split == "test":
                 continue
             raise DataError(f"data.sts_hub_id={dataset_id}: no '{hub_split}' split")
-        out[split] = _hub_pairs(dataset_id, hub_split, splits[hub_split])
+        rows = splits[hub_split]
+        missing = {"sentence1", "sentence2", "score"} - set(rows.column_names)
+        if missing:
+            raise DataError(f"data.sts_hub_id={dataset_id} split {hub_split}: no column(s) {sorted(missing)} "
+                            "(expected sentence1, sentence2, score)")
+        out[split] = [StsPair(a, b, float(score) * 5.0) for a, b, score in
+                      zip(rows["sentence1"], rows["sentence2"], rows["score"], strict=True)]
     return out
-
-
-def _hub_pairs(dataset_id: str, split: str, rows) -> list[StsPair]:
-    missing = {"sentence1", "sentence2", "score"} - set(rows.column_names)
-    if missing:
-        raise DataError(
-            f"data.sts_hub_id={dataset_id} split {split}: no column(s) {sorted(missing)} "
-            "(expected sentence1, sentence2, score)"
-        )
-    return [
-        StsPair(a, b, float(score) * 5.0)
-        for a, b, score in zip(rows["sentence1"], rows["sentence2"], rows["score"], strict=True)
-    ]
 
 
 def load_sts(source: str, sts_dir: Path, hub_id: str) -> tuple[dict[str, list[StsPair]], str]:
@@ -131,8 +106,7 @@ def load_sts(source: str, sts_dir: Path, hub_id: str) -> tuple[dict[str, list[St
 def write_sts_tsv(path: Path, pairs: Iterable[StsPair]) -> None:
     with open(path, "w", encoding="utf-8") as fh:
         fh.write("score\tsentence1\tsentence2\n")
-        for p in pairs:
-            fh.write(f"{p.score:.3f}\t{p.s1}\t{p.s2}\n")
+        fh.writelines(f"{p.score:.3f}\t{p.s1}\t{p.s2}\n" for p in pairs)
 
 
 def read_sts_tsv(path: Path) -> list[StsPair]:
@@ -152,21 +126,13 @@ def read_sts_tsv(path: Path) -> list[StsPair]:
 
 def unique_sentences(pairs: Iterable[StsPair]) -> list[str]:
     """Sentences of the pairs, first occurrence order, no duplicates."""
-    seen: dict[str, None] = {}
-    for p in pairs:
-        seen.setdefault(p.s1, None)
-        seen.setdefault(p.s2, None)
-    return list(seen)
+    return list(dict.fromkeys(s for p in pairs for s in (p.s1, p.s2)))
 
 
 def split_validation(pairs: list[StsPair], n_val: int, seed: int) -> tuple[list[StsPair], list[StsPair]]:
-    """Carve a validation split of whole *pairs* from STSb train, by a seeded shuffle.
-
-    Every selection the pipeline makes (best checkpoint, int8 candidate, PCA, champion)
-    is made on this split, so STSb dev stays a report split that nothing was tuned on.
-
-    Returns:
-        (train, val): the remaining train pairs, and ``n_val`` validation pairs.
+    """(train, val): a validation split of ``n_val`` whole *pairs* carved from STSb train by a seeded
+    shuffle, and the remaining train pairs. Every selection the pipeline makes (best checkpoint, int8
+    candidate, PCA, champion) is made on this split, so STSb dev stays a report split nothing was tuned on.
     """
     if not 0 < n_val < len(pairs):
         raise DataError(f"data.val_pairs={n_val}: must be between 1 and {len(pairs) - 1} (STS train has "
@@ -174,9 +140,7 @@ def split_validation(pairs: list[StsPair], n_val: int, seed: int) -> tuple[list[
     order = list(range(len(pairs)))
     random.Random(seed).shuffle(order)
     val_idx = set(order[:n_val])
-    train = [p for i, p in enumerate(pairs) if i not in val_idx]
-    val = [pairs[i] for i in sorted(val_idx)]
-    return train, val
+    return [p for i, p in enumerate(pairs) if i not in val_idx], [pairs[i] for i in sorted(val_idx)]
 
 
 def split_digest(pairs: Iterable[StsPair]) -> str:

@@ -1,10 +1,9 @@
 """Evaluate every variant on the same sentences with the same threads.
 
-Accuracy on two splits: the validation split (carved from STSb train), on which
-promote *chooses*, and STSb dev, which is only *reported*, with a bootstrap 95%
-interval. Speed is timed on validation sentences, interleaved across variants
-(each round runs every variant once, in a rotated order), so a load change on the
-machine hits all of them alike; the spread over rounds is the noise promote uses.
+Accuracy on two splits: the validation split (carved from STSb train), on which promote *chooses*, and
+STSb dev, which is only *reported*, with a bootstrap 95% interval. Speed is timed on validation sentences,
+interleaved across variants (each round runs every variant once, in a rotated order), so a load change on
+the machine hits all of them alike; the spread over rounds is the noise promote uses.
 """
 
 from __future__ import annotations
@@ -75,8 +74,7 @@ def evaluate_all(variants: list[Variant], val: Sequence[StsPair], dev: Sequence[
     from tqdm.auto import tqdm
 
     val_s, dev_s = unique_sentences(val), unique_sentences(dev)
-    gold_val = np.array([p.score for p in val])
-    gold_dev = np.array([p.score for p in dev])
+    gold_val, gold_dev = np.array([p.score for p in val]), np.array([p.score for p in dev])
     rows, dev_cos, dev_emb = {}, {}, {}
     for v in tqdm(variants, desc="accuracy", unit="variant"):
         val_emb = np.asarray(v.encode(val_s), dtype=np.float32)
@@ -89,19 +87,11 @@ def evaluate_all(variants: list[Variant], val: Sequence[StsPair], dev: Sequence[
     for v in variants:
         row = rows[v.name]
         b = bootstrap_spearman(dev_cos[v.name], gold_dev, dev_cos[ref], n_boot, seed)
-        row.update(
-            {
-                "dev_spearman": round(b["spearman"], 4),
-                "dev_spearman_lo": round(b["spearman_lo"], 4),
-                "dev_spearman_hi": round(b["spearman_hi"], 4),
-                "retention": round(b["retention"], 5),
-                "retention_lo": round(b["retention_lo"], 5),
-                "retention_hi": round(b["retention_hi"], 5),
-                "val_spearman": round(row["val_spearman"], 4),
-                "val_retention": round(row["val_spearman"] / rows[ref]["val_spearman"], 5),
-                "cos_to_teacher": mean_cosine(dev_emb[v.name], dev_emb[ref]),
-            }
-        )
+        row.update({f"dev_{k}": round(b[k], 4) for k in ("spearman", "spearman_lo", "spearman_hi")})
+        row.update({k: round(b[k], 5) for k in ("retention", "retention_lo", "retention_hi")})
+        row.update(val_spearman=round(row["val_spearman"], 4),
+                   val_retention=round(row["val_spearman"] / rows[ref]["val_spearman"], 5),
+                   cos_to_teacher=mean_cosine(dev_emb[v.name], dev_emb[ref]))
         if incumbent is not None:
             row["cos_to_incumbent"] = mean_cosine(dev_emb[v.name], dev_emb[incumbent])
     speed_s = val_s[:throughput_n]
@@ -109,32 +99,19 @@ def evaluate_all(variants: list[Variant], val: Sequence[StsPair], dev: Sequence[
     for v in tqdm(variants, desc="latency", unit="variant"):
         lat = latency_ms(v.encode_one, val_s[:latency_n])
         sps = statistics.median(runs[v.name])
-        rows[v.name].update(
-            {"throughput_sps": round(sps, 1),
-             "throughput_spread": round((max(runs[v.name]) - min(runs[v.name])) / sps, 4),
-             "latency_ms_p50_bs1": round(lat["p50"], 3), "latency_ms_p95_bs1": round(lat["p95"], 3)}
-        )
+        rows[v.name].update(throughput_sps=round(sps, 1),
+                            throughput_spread=round((max(runs[v.name]) - min(runs[v.name])) / sps, 4),
+                            latency_ms_p50_bs1=round(lat["p50"], 3), latency_ms_p95_bs1=round(lat["p95"], 3))
     for name, row in rows.items():
         row["speedup_vs_teacher"] = round(row["throughput_sps"] / rows[ref]["throughput_sps"], 3)
         log.info("%-22s dev %.2f [%.2f, %.2f]  val retention %.4f  %8.1f sent/s (spread %.1f%%)  %.1f MB",
                  name, row["dev_spearman"], row["dev_spearman_lo"], row["dev_spearman_hi"],
                  row["val_retention"], row["throughput_sps"], 100 * row["throughput_spread"], row["size_mb"])
-    return {
-        "reference": ref,
-        "variants": rows,
-        "setup": {
-            "val_pairs": len(val),
-            "dev_pairs": len(dev),
-            "bootstrap_resamples": n_boot,
-            "throughput_sentences": len(speed_s),
-            "throughput_split": "val",
-            "latency_sentences": min(latency_n, len(val_s)),
-            "repeats": repeats,
-            "machine": platform.machine(),
-            "processor": cpu_name(),
-            "python": platform.python_version(),
-        },
-    }
+    setup = {"val_pairs": len(val), "dev_pairs": len(dev), "bootstrap_resamples": n_boot,
+             "throughput_sentences": len(speed_s), "throughput_split": "val",
+             "latency_sentences": min(latency_n, len(val_s)), "repeats": repeats,
+             "machine": platform.machine(), "processor": cpu_name(), "python": platform.python_version()}
+    return {"reference": ref, "variants": rows, "setup": setup}
 
 
 def cpu_name() -> str:
@@ -156,11 +133,8 @@ def headline(result: dict) -> dict:
 
 
 def markdown_table(result: dict) -> str:
-    head = (
-        "| variant | dev Spearman [95% CI] | retention (dev) [95% CI] | retention (val) | sent/s (spread) "
-        "| speedup | p50 ms | p95 ms | MB | dim |\n"
-    )
-    head += "|---|---|---|---|---|---|---|---|---|---|\n"
+    head = ("| variant | dev Spearman [95% CI] | retention (dev) [95% CI] | retention (val) "
+            "| sent/s (spread) | speedup | p50 ms | p95 ms | MB | dim |\n" + "|---" * 10 + "|\n")
     lines = [
         f"| {name} | {r['dev_spearman']:.2f} [{r['dev_spearman_lo']:.2f}, {r['dev_spearman_hi']:.2f}] | "
         f"{100 * r['retention']:.1f}% [{100 * r['retention_lo']:.1f}, {100 * r['retention_hi']:.1f}] | "

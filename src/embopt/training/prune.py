@@ -1,24 +1,18 @@
 """Structured pruning that physically shrinks the weight matrices.
 
-FFN: each layer's intermediate neurons are scored by ``mean|activation| x ||W_out[:, i]||``
-on real sentences (a neuron that rarely fires or whose output weights are small
-contributes little), and the lowest are removed by slicing ``intermediate.dense``
-rows and ``output.dense`` columns. Hugging Face BERT has one ``intermediate_size``
-for all layers, so every layer keeps the same count (its own best neurons).
+FFN: each layer's intermediate neurons are scored by ``mean|activation| x ||W_out[:, i]||`` on real
+sentences (a neuron that rarely fires or whose output weights are small contributes little); the lowest
+are removed by slicing ``intermediate.dense`` rows and ``output.dense`` columns. Hugging Face BERT has one
+``intermediate_size`` for all layers, so every layer keeps the same count (its own best neurons).
 
-Heads: each head is scored by the mean norm of its context vectors times the norm
-of its slice of the attention output projection, and removed with the model's own
-``prune_heads`` (which slices Q/K/V/O and records ``config.pruned_heads`` so that
-``from_pretrained`` rebuilds the smaller shapes).
+Heads: scored by :func:`head_scores`, removed with the model's own ``prune_heads`` (which slices Q/K/V/O
+and records ``config.pruned_heads`` so that ``from_pretrained`` rebuilds the smaller shapes).
 
-Architectures: BERT-style blocks (BERT, MiniLM: ``attention.self`` and
-``attention.output.dense``) and MPNet (``attention.attn`` with its ``o`` projection;
-FFN only: its relative position bias is one table shared by every layer's full set of
-heads, so a layer with fewer heads no longer matches it); anything else fails in one
-line that names ``prune.enabled: false``.
-
-Unlike ``torch.nn.utils.prune`` (masks, same matrix sizes), the result has fewer
-FLOPs and fewer parameters, and still loads with ``SentenceTransformer(path)``.
+Architectures: BERT-style blocks (BERT, MiniLM) and MPNet, FFN only (its relative position bias is one
+table shared by every layer's full set of heads, so a layer with fewer heads no longer matches it);
+anything else fails in one line that names ``prune.enabled: false``. Unlike ``torch.nn.utils.prune``
+(masks, same matrix sizes), the result has fewer FLOPs and parameters and still loads with
+``SentenceTransformer(path)``.
 """
 
 from __future__ import annotations
@@ -64,16 +58,13 @@ def attention_parts(layer):
 
 def _bert_layers(hf):
     if not (hasattr(hf, "encoder") and hasattr(hf.encoder, "layer")):
-        raise EmboptError(
-            f"prune: unsupported architecture {type(hf).__name__} (BERT-style encoder.layer expected); "
-            f"{SKIP_HINT}"
-        )
+        raise EmboptError(f"prune: unsupported architecture {type(hf).__name__} (BERT-style encoder.layer "
+                          f"expected); {SKIP_HINT}")
     layers = list(hf.encoder.layer)
     for layer in layers:
         if not (hasattr(layer, "intermediate") and hasattr(layer, "output") and hasattr(layer, "attention")):
-            raise EmboptError(
-                f"prune: layer type {type(layer).__name__} has no intermediate/output/attention; {SKIP_HINT}"
-            )
+            raise EmboptError(f"prune: layer type {type(layer).__name__} has no "
+                              f"intermediate/output/attention; {SKIP_HINT}")
         attention_parts(layer)
     return layers
 
@@ -86,50 +77,39 @@ def check_head_pruning(hf) -> None:
                           "prune.heads_to_prune: 0 (FFN pruning works)")
 
 
+def _n_heads(layers) -> list[int]:
+    return [attention_parts(layer)[0].num_attention_heads for layer in layers]
+
+
 def count_params(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
 def collect_importance(st_model, sentences: Sequence[str], batch_size: int = 32):
-    """Mean |activation| per FFN neuron and mean context norm per head, over real tokens.
-
-    Returns:
-        (ffn, heads): lists with one tensor per layer, of shape (intermediate,) and (heads,).
-    """
+    """(ffn, heads): per layer, the mean |activation| of each FFN neuron, shape (intermediate,), and the
+    mean context norm of each head, shape (heads,), over real tokens."""
     import torch
 
-    hf = hf_model(st_model)
-    layers = _bert_layers(hf)
-    ffn_sum = [None] * len(layers)
-    head_sum = [None] * len(layers)
+    layers = _bert_layers(hf_model(st_model))
+    ffn_sum, head_sum = [None] * len(layers), [None] * len(layers)
     tokens = 0
     mask_holder: dict[str, torch.Tensor] = {}
+
+    def add(store: list, i: int, values) -> None:  # values (B, T, n): summed over the batch's real tokens
+        s = (values * mask_holder["mask"].unsqueeze(-1).to(values.dtype)).sum(dim=(0, 1))
+        store[i] = s if store[i] is None else store[i] + s
+
+    def ffn_hook(i: int):
+        return lambda _module, _inp, out: add(ffn_sum, i, out.abs())
+
+    def head_hook(i: int, h: int):  # pre-hook on the output projection: its input is the context (B, T, h*d)
+        return lambda _module, inp: add(head_sum, i, inp[0].unflatten(-1, (h, -1)).norm(dim=-1))
+
     hooks = []
-
-    def ffn_hook(i):
-        def fn(_module, _inp, out):
-            m = mask_holder["mask"].unsqueeze(-1).to(out.dtype)
-            s = (out.abs() * m).sum(dim=(0, 1))
-            ffn_sum[i] = s if ffn_sum[i] is None else ffn_sum[i] + s
-
-        return fn
-
-    def head_hook(i, n_heads):
-        # A pre-hook on the output projection: its input is the per-head context (B, T, heads*d).
-        def fn(_module, inp):
-            ctx = inp[0]
-            b, t, hd = ctx.shape
-            norms = ctx.view(b, t, n_heads, hd // n_heads).norm(dim=-1)  # (B, T, heads)
-            m = mask_holder["mask"].unsqueeze(-1).to(norms.dtype)
-            s = (norms * m).sum(dim=(0, 1))
-            head_sum[i] = s if head_sum[i] is None else head_sum[i] + s
-
-        return fn
-
     for i, layer in enumerate(layers):
-        hooks.append(layer.intermediate.register_forward_hook(ffn_hook(i)))
         self_attn, out_proj = attention_parts(layer)
-        hooks.append(out_proj.register_forward_pre_hook(head_hook(i, self_attn.num_attention_heads)))
+        hooks += [layer.intermediate.register_forward_hook(ffn_hook(i)),
+                  out_proj.register_forward_pre_hook(head_hook(i, self_attn.num_attention_heads))]
     st_model.eval()
     prep = st_model.preprocess if hasattr(st_model, "preprocess") else st_model.tokenize
     try:
@@ -143,9 +123,7 @@ def collect_importance(st_model, sentences: Sequence[str], batch_size: int = 32)
     finally:
         for h in hooks:
             h.remove()
-    ffn = [s / max(tokens, 1) for s in ffn_sum]
-    heads = [s / max(tokens, 1) for s in head_sum]
-    return ffn, heads
+    return [s / max(tokens, 1) for s in ffn_sum], [s / max(tokens, 1) for s in head_sum]
 
 
 def prune_ffn(st_model, activation: list, keep_ratio: float) -> tuple[int, int]:
@@ -172,10 +150,8 @@ def slice_linear(linear, index, dim: int):
     """A new nn.Linear holding the selected output rows (dim=0) or input columns (dim=1)."""
     import torch
 
-    w = linear.weight.detach().index_select(dim, index).clone()
-    b = linear.bias.detach().clone() if linear.bias is not None else None
-    if dim == 0 and b is not None:
-        b = b.index_select(0, index).clone()
+    w = linear.weight.detach().index_select(dim, index)
+    b = linear.bias if linear.bias is None or dim == 1 else linear.bias.detach().index_select(0, index)
     new = torch.nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device=w.device, dtype=w.dtype)
     with torch.no_grad():
         new.weight.copy_(w)
@@ -196,50 +172,43 @@ def prune_heads(st_model, head_activation: list, n_prune: int) -> tuple[int, int
     """Remove the ``n_prune`` globally least important heads (at least one head stays per layer)."""
     hf = hf_model(st_model)
     layers = _bert_layers(hf)
-    total = sum(attention_parts(layer)[0].num_attention_heads for layer in layers)
+    total = sum(_n_heads(layers))
     if n_prune <= 0:
         return total, total
     check_head_pruning(hf)
     scored = []
     for li, (layer, act) in enumerate(zip(layers, head_activation, strict=True)):
-        att = layer.attention
         score = head_scores(layer, act)
         score = score / score.sum()  # per-layer normalisation: layers differ in scale
-        remaining = sorted(set(range(len(score) + len(att.pruned_heads))) - att.pruned_heads)
-        for local, s in enumerate(score.tolist()):
-            scored.append((s, li, remaining[local]))
-    scored.sort()
+        pruned = layer.attention.pruned_heads
+        remaining = sorted(set(range(len(score) + len(pruned))) - pruned)
+        scored += [(s, li, remaining[local]) for local, s in enumerate(score.tolist())]
     chosen: dict[int, list[int]] = {}
-    left = {li: attention_parts(layer)[0].num_attention_heads for li, layer in enumerate(layers)}
-    for _s, li, head in scored:
-        if sum(len(v) for v in chosen.values()) >= n_prune:
+    left = dict(enumerate(_n_heads(layers)))
+    for _s, li, head in sorted(scored):
+        if sum(map(len, chosen.values())) >= n_prune:
             break
-        if left[li] <= 1:
-            continue
-        chosen.setdefault(li, []).append(head)
-        left[li] -= 1
+        if left[li] > 1:
+            chosen.setdefault(li, []).append(head)
+            left[li] -= 1
     hf.prune_heads(chosen)
-    after = sum(attention_parts(layer)[0].num_attention_heads for layer in layers)
     log.info("pruned heads %s", chosen)
-    return total, after
+    return total, sum(_n_heads(layers))
 
 
-def prune_model(
-    st_model, sentences: Sequence[str], ffn_keep_ratio: float, heads_to_prune: int
-) -> PruneReport:
+def prune_model(st_model, sentences: Sequence[str], ffn_keep_ratio: float, heads_to_prune: int
+                ) -> PruneReport:
     """Score with real activations, then remove heads and FFN neurons in place."""
     hf = hf_model(st_model)
-    layers = _bert_layers(hf)
+    _bert_layers(hf)  # an unsupported architecture fails here, before any work
     if heads_to_prune > 0:
         check_head_pruning(hf)
     params_before = count_params(st_model)
-    heads_before = sum(attention_parts(layer)[0].num_attention_heads for layer in layers)
     ffn_act, head_act = collect_importance(st_model, sentences)
-    _, heads_after = prune_heads(st_model, head_act, heads_to_prune)
+    heads_before, heads_after = prune_heads(st_model, head_act, heads_to_prune)
     ffn_before, ffn_after = prune_ffn(st_model, ffn_act, ffn_keep_ratio)
-    report = PruneReport(
-        ffn_before, ffn_after, heads_before, heads_after, params_before, count_params(st_model)
-    )
+    report = PruneReport(ffn_before, ffn_after, heads_before, heads_after, params_before,
+                         count_params(st_model))
     log.info("pruned: FFN %d -> %d per layer, heads %d -> %d, params %d -> %d", ffn_before, ffn_after,
              heads_before, heads_after, report.params_before, report.params_after)
     return report

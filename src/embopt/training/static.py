@@ -1,11 +1,10 @@
 """A static embedding model: one vector per token, the sentence is their normalised mean.
 
-Two steps. :func:`distill_table` is Model2Vec's distillation (every vocabulary token through
-the teacher, SIF-weighted by token rank), re-indexed by the teacher tokenizer's ids so the
-bundle ships the teacher's own tokenizer. :func:`fit_table` then trains the table the way
-tokenlearn does: the mean of a corpus sentence's token vectors regresses (cosine loss) onto
-the teacher's embedding of that sentence, which the teacher_embed stage already wrote. The
-epoch kept is the one with the best validation-split Spearman.
+Two steps. :func:`distill_table` is Model2Vec's distillation (every vocabulary token through the teacher,
+SIF-weighted by token rank), re-indexed by the teacher tokenizer's ids so the bundle ships the teacher's
+own tokenizer. :func:`fit_table` then trains the table the way tokenlearn does: the mean of a corpus
+sentence's token vectors regresses (cosine loss) onto the teacher's embedding of that sentence, which the
+teacher_embed stage already wrote. The epoch kept is the one with the best validation-split Spearman.
 """
 
 from __future__ import annotations
@@ -34,14 +33,11 @@ def distill_table(teacher_dir: str, vocab: dict[str, int], special_ids: Sequence
     emb = np.asarray(static.embedding, dtype=np.float32)
     table = np.zeros((len(vocab), emb.shape[1]), dtype=np.float32)
     # Model2Vec rebuilds the tokenizer (drops [unused*], renumbers): map its rows back by token string.
-    matched = 0
-    for token, i in static.tokenizer.get_vocab().items():
-        j = vocab.get(token)
-        if j is not None:
-            table[j] = emb[i]
-            matched += 1
+    rows = [(vocab[token], i) for token, i in static.tokenizer.get_vocab().items() if token in vocab]
+    for j, i in rows:
+        table[j] = emb[i]
     table[list(special_ids)] = 0.0  # [CLS]/[SEP]/[PAD] carry no meaning in a bag of tokens
-    log.info("model2vec table: %d of the teacher's %d tokens matched by string", matched, len(vocab))
+    log.info("model2vec table: %d of the teacher's %d tokens matched by string", len(rows), len(vocab))
     return table
 
 
@@ -55,27 +51,14 @@ def encode_with_table(table: np.ndarray, ids: Sequence[Sequence[int]]) -> np.nda
     return out
 
 
-def fit_table(
-    table: np.ndarray,
-    ids: Sequence[Sequence[int]],
-    targets: np.ndarray,
-    score: Callable[[np.ndarray], float],
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    seed: int,
-) -> tuple[np.ndarray, list[float]]:
-    """Train ``table`` so each sentence's mean token vector points where the teacher's embedding does.
-
-    Args:
-        table: (vocab, dim) initial vectors.
-        ids: token ids of each corpus sentence (no special tokens).
-        targets: (len(ids), dim) teacher embeddings of the same sentences.
-        score: validation Spearman of a table (selection only).
-        epochs, batch_size, lr, seed: training schedule (SparseAdam: only rows in a batch move).
-
-    Returns:
-        The table of the best-scoring epoch (epoch 0: the initial table) and every epoch's score.
+def fit_table(table: np.ndarray, ids: Sequence[Sequence[int]], targets: np.ndarray,
+              score: Callable[[np.ndarray], float], epochs: int, batch_size: int, lr: float, seed: int,
+              ) -> tuple[np.ndarray, list[float]]:
+    """Train the (vocab, dim) ``table`` so each sentence's mean token vector points where the teacher's
+    embedding does: ``ids`` are each corpus sentence's token ids (no special tokens), ``targets`` their
+    teacher embeddings, ``score`` a table's validation Spearman (selection only); SparseAdam, so only rows
+    in a batch move. Returns the table of the best-scoring epoch (epoch 0: the initial table) and every
+    epoch's score.
     """
     import torch
 

@@ -2,15 +2,14 @@
 
 The ONNX path exports the teacher with pooling and L2 normalisation inside the graph
 (:func:`embopt.export.onnx.export_onnx`), applies ORT's fp32 fusions, and runs it with
-:class:`embopt.serving.runtime.Embedder`: the Rust tokenizer, length-sorted batches that
-pad only to their own longest sentence, one session call per batch. The embeddings are
-the torch teacher's up to float rounding (cosine >= 0.9999, tested); the ONNX files live in
-a temporary folder and are not a stage output.
+:class:`embopt.serving.runtime.Embedder`: the Rust tokenizer, length-sorted batches that pad only to their
+own longest sentence, one session call per batch. The embeddings are the torch teacher's up to float
+rounding (cosine >= 0.9999, tested); the ONNX files live in a temporary folder and are not a stage output.
 
-:func:`encode_in_chunks` makes the stage resumable: the corpus is encoded in fixed chunks,
-each saved as it finishes, so a killed run starts again at the first missing chunk and
-ends with the same rows as an uninterrupted one. :func:`spark_teacher_encoder` runs the same ONNX
-teacher as Spark jobs (``teacher_embed.engine: spark``), one job per chunk, so it resumes alike.
+:func:`encode_in_chunks` makes the stage resumable: the corpus is encoded in fixed chunks, each saved as it
+finishes, so a killed run starts again at the first missing chunk and ends with the same rows as an
+uninterrupted one. :func:`spark_teacher_encoder` runs the same ONNX teacher as Spark jobs
+(``teacher_embed.engine: spark``), one job per chunk, so it resumes alike.
 """
 
 from __future__ import annotations
@@ -37,26 +36,15 @@ Encoder = Callable[[Sequence[str]], np.ndarray]
 
 def torch_encoder(st_model, batch_size: int, show_progress: bool = False) -> Encoder:
     """L2-normalised float32 embeddings from the SentenceTransformer itself."""
-
-    def encode(sentences: Sequence[str]) -> np.ndarray:
-        return st_model.encode(list(sentences), batch_size=batch_size, convert_to_numpy=True,
-                               normalize_embeddings=True, show_progress_bar=show_progress).astype(np.float32)
-
-    return encode
+    return lambda sentences: st_model.encode(list(sentences), batch_size=batch_size, convert_to_numpy=True,
+                                             normalize_embeddings=True,
+                                             show_progress_bar=show_progress).astype(np.float32)
 
 
 def build_teacher_bundle(st_model, bundle: Path, max_seq_length: int, optimize: bool = True) -> Path:
-    """An fp32 bundle of ``st_model`` at ``bundle`` (tokenizer, ``onnx/model.onnx``, manifest).
-
-    Args:
-        st_model: the teacher SentenceTransformer (Transformer -> Pooling [-> Normalize]).
-        bundle: folder to create.
-        max_seq_length: truncation in tokens, written to the manifest.
-        optimize: apply ORT's fp32 transformer fusions (exact up to float rounding).
-
-    Returns:
-        The bundle folder.
-    """
+    """An fp32 bundle of the teacher ``st_model`` (Transformer -> Pooling [-> Normalize]) in the folder
+    ``bundle`` (tokenizer, ``onnx/model.onnx``, manifest with ``max_seq_length``); returns the folder.
+    ``optimize``: apply ORT's fp32 transformer fusions (exact up to float rounding)."""
     from embopt.export.onnx import export_onnx, optimize_onnx
     from embopt.serving.bundle import write_manifest
     from embopt.training.modeling import pooling_mode
@@ -76,17 +64,9 @@ def build_teacher_bundle(st_model, bundle: Path, max_seq_length: int, optimize: 
     else:
         raw.rename(model)
     get_dim = getattr(st_model, "get_embedding_dimension", None) or st_model.get_sentence_embedding_dimension
-    write_manifest(
-        bundle,
-        {"onnx_fp32": {"file": "onnx/model.onnx", "precision": "fp32"}},
-        "onnx_fp32",
-        dim=int(get_dim()),
-        max_seq_length=int(max_seq_length),
-        pooling=pooling_mode(st_model),
-        normalize=True,
-        pad_token=tok.pad_token or "[PAD]",
-        source_model="teacher",
-    )
+    write_manifest(bundle, {"onnx_fp32": {"file": "onnx/model.onnx", "precision": "fp32"}}, "onnx_fp32",
+                   dim=int(get_dim()), max_seq_length=int(max_seq_length), pooling=pooling_mode(st_model),
+                   normalize=True, pad_token=tok.pad_token or "[PAD]", source_model="teacher")
     return bundle
 
 
@@ -94,23 +74,17 @@ def resolve_backend(backend: str, device: str) -> str:
     """``auto``: ONNX on CPU (faster there, see the README), torch where the teacher sits on a GPU."""
     if backend not in BACKENDS:
         raise EmboptError(f"teacher_embed.backend: '{backend}' is not one of {', '.join(BACKENDS)}")
-    if backend == "auto":
-        return "torch" if device.startswith("cuda") else "onnx"
-    return backend
+    return ("torch" if device.startswith("cuda") else "onnx") if backend == "auto" else backend
 
 
 def teacher_encoder(st_model, backend: str, batch_size: int, max_seq_length: int, threads: int | None = None,
                     show_progress: bool = False) -> Encoder:
     """An encoder for ``backend``: a function from sentences to L2-normalised float32 rows.
 
-    Args:
-        st_model: the teacher, its ``max_seq_length`` already set for the torch path.
-        backend: ``auto`` (see :func:`resolve_backend`), ``onnx`` (fp32 graph through
-            :class:`~embopt.serving.runtime.Embedder`) or ``torch``.
-        batch_size: sentences per forward pass.
-        max_seq_length: truncation in tokens (the ONNX path's tokenizer).
-        threads: ORT intra-op threads (torch threads are pinned by the caller).
-        show_progress: a progress bar over sentences.
+    ``backend``: ``auto`` (see :func:`resolve_backend`), ``onnx`` (fp32 graph through
+    :class:`~embopt.serving.runtime.Embedder`) or ``torch`` (``st_model``'s ``max_seq_length`` already
+    set by the caller). ``max_seq_length``: the ONNX tokenizer's truncation; ``threads``: ORT intra-op
+    threads (torch threads are pinned by the caller); ``show_progress``: a progress bar over sentences.
     """
     backend = resolve_backend(backend, str(st_model.device))
     if backend == "torch":
@@ -122,11 +96,7 @@ def teacher_encoder(st_model, backend: str, batch_size: int, max_seq_length: int
         bundle = build_teacher_bundle(st_model.to("cpu"), Path(tmp) / "bundle", max_seq_length)
         embedder = Embedder(bundle, variant="onnx_fp32", threads=threads, batch_size=batch_size)
     log.info("teacher as fp32 ONNX (%s), %s threads, batch %d", embedder.providers[0], threads, batch_size)
-
-    def encode(sentences: Sequence[str]) -> np.ndarray:
-        return embedder.embed(list(sentences), show_progress=show_progress)
-
-    return encode
+    return lambda sentences: embedder.embed(list(sentences), show_progress=show_progress)
 
 
 @contextlib.contextmanager
@@ -140,23 +110,16 @@ def spark_teacher_encoder(st_model, spark, batch_size: int, max_seq_length: int)
     worker, one ORT thread per task), its vectors back in input order. The rows equal the
     local ``onnx`` backend's up to float rounding (the same graph; only the batches differ).
 
-    Args:
-        st_model: the teacher SentenceTransformer.
-        spark: the SparkSession (see :func:`embopt.serving.spark_embed.use_session`).
-        batch_size: sentences per ONNX Runtime call within a task.
-        max_seq_length: truncation in tokens.
+    ``spark``: the SparkSession (see :func:`embopt.serving.spark_embed.use_session`); ``batch_size``:
+    sentences per ONNX Runtime call within a task; ``max_seq_length``: truncation in tokens.
     """
     from embopt.serving.spark_embed import embed_texts
 
     with tempfile.TemporaryDirectory(prefix="embopt_teacher_spark_") as tmp:
         bundle = build_teacher_bundle(st_model.to("cpu"), Path(tmp) / "bundle", max_seq_length)
         log.info("teacher as fp32 ONNX on Spark (%s), batch %d", spark.sparkContext.master, batch_size)
-
-        def encode(sentences: Sequence[str]) -> np.ndarray:
-            return embed_texts(spark, list(sentences), bundle, Path(tmp), variant="onnx_fp32",
-                               batch_size=batch_size)
-
-        yield encode
+        yield lambda sentences: embed_texts(spark, list(sentences), bundle, Path(tmp), variant="onnx_fp32",
+                                            batch_size=batch_size)
 
 
 def chunk_job_id(**settings) -> str:
@@ -164,25 +127,16 @@ def chunk_job_id(**settings) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _chunk_file(ckpt_dir: Path, i: int) -> Path:
-    return ckpt_dir / f"chunk_{i:05d}.npy"
-
-
 def clear_chunks(ckpt_dir: Path) -> None:
     """Drop the chunks and the job file once the stage wrote its output."""
-    if not ckpt_dir.exists():
-        return
     for f in ckpt_dir.glob("chunk_*.npy"):
         f.unlink()
     (ckpt_dir / "job.json").unlink(missing_ok=True)
 
 
 def logged_encoder(encode: Encoder, what: str, every: int) -> Encoder:
-    """``encode`` in slices of ``every`` sentences, logging sentences done and the rate after each.
-
-    For steps that encode a few thousand sentences at once (the teacher's STS validation),
-    which with a big teacher on CPU run for minutes.
-    """
+    """``encode`` in slices of ``every`` sentences, logging sentences done and the rate after each: for steps
+    that encode a few thousand sentences at once (the teacher's STS validation), minutes on CPU."""
 
     def run(sentences: Sequence[str]) -> np.ndarray:
         n, parts, t0 = len(sentences), [], time.perf_counter()
@@ -198,18 +152,13 @@ def logged_encoder(encode: Encoder, what: str, every: int) -> Encoder:
 
 def encode_in_chunks(encode: Encoder, sentences: Sequence[str], chunk_sentences: int,
                      ckpt_dir: Path | None = None, job_id: str = "") -> tuple[np.ndarray, int]:
-    """Encode ``sentences`` chunk by chunk, saving each finished chunk under ``ckpt_dir``.
+    """Encode ``sentences`` (in output row order) chunk by chunk, saving each finished one under ``ckpt_dir``.
 
-    Args:
-        encode: sentences -> float32 rows (length-sorted batches form within a chunk).
-        sentences: all sentences, in output row order.
-        chunk_sentences: sentences per chunk; the boundaries are fixed, so a resumed run
-            encodes exactly the batches an uninterrupted one would.
-        ckpt_dir: where chunks go (None: nothing saved); chunks of the same ``job_id`` are reused.
-        job_id: :func:`chunk_job_id` of the settings; a different one discards the old chunks.
-
-    Returns:
-        (embeddings, number of sentences taken from saved chunks).
+    ``encode`` maps sentences to float32 rows (length-sorted batches form within a chunk). The chunk
+    boundaries (``chunk_sentences`` each) are fixed, so a resumed run encodes exactly the batches an
+    uninterrupted one would. ``ckpt_dir``: None saves nothing; chunks of the same ``job_id``
+    (:func:`chunk_job_id` of the settings) are reused, another one discards them.
+    Returns (embeddings, number of sentences taken from saved chunks).
     """
     if chunk_sentences < 1:
         raise ValueError(f"chunk_sentences must be >= 1, got {chunk_sentences}")
@@ -223,19 +172,14 @@ def encode_in_chunks(encode: Encoder, sentences: Sequence[str], chunk_sentences:
                 log.info("teacher chunks in %s are from other settings; starting over", ckpt_dir)
             clear_chunks(ckpt_dir)
             job_file.write_text(json.dumps({"job_id": job_id}) + "\n")
-    n = len(sentences)
-    parts, resumed = [], 0
-    t0 = time.perf_counter()
-    done_new = 0
+    n, parts, resumed, done_new, t0 = len(sentences), [], 0, 0, time.perf_counter()
     for i, start in enumerate(range(0, n, chunk_sentences)):
         rows = min(chunk_sentences, n - start)
-        path = _chunk_file(ckpt_dir, i) if ckpt_dir is not None else None
-        if path is not None and path.exists():
-            emb = np.load(path)
-            if emb.shape[0] == rows:
-                parts.append(emb)
-                resumed += rows
-                continue
+        path = ckpt_dir / f"chunk_{i:05d}.npy" if ckpt_dir is not None else None
+        if path is not None and path.exists() and (emb := np.load(path)).shape[0] == rows:
+            parts.append(emb)
+            resumed += rows
+            continue
         emb = np.ascontiguousarray(encode(sentences[start:start + rows]), dtype=np.float32)
         if path is not None:
             with atomic_file(path, "wb") as fh:  # a kill mid-save leaves no half chunk to resume from
