@@ -1,28 +1,19 @@
 """The one inference path for exported bundles: fast tokenizer -> ONNX Runtime.
 
-Used by the evaluate stage, the benchmark, the registered pyfunc model and the CLI,
-so the numbers measured are the numbers served. Per call:
+Used by the evaluate stage, the benchmark, the registered pyfunc model and the CLI, so the
+numbers measured are the numbers served. Per call: (1) optional cache look-up, hits skip the rest;
+(2) each text tokenized once, unpadded, truncated to ``max_seq_length`` (the Rust tokenizer, behind
+a chunk cache for BERT WordPiece: :mod:`embopt.serving.wordpiece`); (3) texts sorted by token
+count, so a batch pads only to its own longest, its int64 arrays filled by one vectorised numpy
+assignment; (4) one session call per batch, pooling and L2 normalisation inside the graph (another
+manifest ``backend``'s session here: :mod:`embopt.serving.backends`); (5) optional PCA, float32
+rows written back in input order. Everything outside (4) is overhead: :attr:`Embedder.timings`.
 
-1. cache look-up (optional): hits are copied out and skip everything below;
-2. every text is tokenized once (no padding), truncated to the bundle's ``max_seq_length``: by
-   the Rust tokenizer, behind a chunk cache for BERT WordPiece (:mod:`embopt.serving.wordpiece`);
-3. texts are sorted by token count, so each batch pads only to its own longest
-   sentence; the int64 ``input_ids``/``attention_mask`` arrays are filled with one
-   vectorised numpy assignment per batch (no per-row Python loop);
-4. one session call per batch: pooling and L2 normalisation run inside the graph;
-5. optional PCA projection; float32 rows written back in input order.
-
-Everything outside step 4 is overhead; :attr:`Embedder.timings` measures it. A variant whose
-manifest entry names another ``backend`` (OpenVINO IR, a static token table) is run in step 4 by
-that backend's session (:mod:`embopt.serving.backends`); the rest is the same.
-
-Modes (``embopt bench-runtime --modes`` measures them): ``bulk`` (files, evaluation) runs one
-single-threaded session per core, each a Python thread pulling the next length-sorted batch (ONNX
-Runtime and the Rust tokenizer release the GIL); ``latency`` (serving) one session whose intra-op
-threads share every request. ``token_budget`` packs batches as text-embeddings-inference does.
-
-Only numpy, onnxruntime and tokenizers are needed here (the served model ships
-this module): ``onnx`` is imported only to add pooling to a token-level graph.
+Modes (``embopt bench-runtime --modes``): ``bulk`` (files, evaluation) runs one single-threaded
+session per core, each a thread pulling the next length-sorted batch (ORT and the Rust tokenizer
+release the GIL); ``latency`` (serving) one session whose intra-op threads share every request.
+``token_budget`` packs batches as text-embeddings-inference does. Only numpy, onnxruntime and
+tokenizers are needed (the served model ships this module): ``onnx`` only to pool a token-level graph.
 """
 
 from __future__ import annotations
@@ -57,14 +48,9 @@ _FIRST = np.zeros(1, dtype=np.intp)
 
 def session_options(threads: int | None = None, graph_optimization: str = "all", inter_op_threads: int = 1,
                     spinning: bool = True):
-    """ONNX Runtime session options.
-
-    Args:
-        threads: intra-op threads (None: ORT's default, one per physical core).
-        graph_optimization: ``disable``, ``basic``, ``extended`` or ``all``.
-        inter_op_threads: threads across independent nodes (1: encoders are one chain of ops).
-        spinning: let idle intra-op threads spin between ops (lower latency; burns CPU when idle).
-    """
+    """ONNX Runtime session options: ``threads`` intra-op threads (None: ORT's default, one per
+    physical core); ``inter_op_threads`` 1 as encoders are one chain of ops; ``spinning``: idle intra-op
+    threads spin between ops (lower latency; burns CPU when idle)."""
     import onnxruntime as ort
 
     if graph_optimization not in GRAPH_OPTIMIZATION:
@@ -75,11 +61,8 @@ def session_options(threads: int | None = None, graph_optimization: str = "all",
         opts.intra_op_num_threads = int(threads)
     opts.inter_op_num_threads = int(inter_op_threads)
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
-    opts.graph_optimization_level = levels[graph_optimization]
+    level = {"disable": "DISABLE_ALL"}.get(graph_optimization, f"ENABLE_{graph_optimization.upper()}")
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_{level}")
     if not spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3  # ORT warns about unused initializers of fused graphs; not actionable
@@ -91,16 +74,12 @@ def available_providers(requested: Sequence[str] | None) -> list[str]:
     import onnxruntime as ort
 
     have = ort.get_available_providers()
-    chosen = []
-    for p in requested or ["CPUExecutionProvider"]:
-        if p in have:
-            chosen.append(p)
-        else:
+    for p in requested or ():
+        if p not in have:
             log.warning("execution provider %s is not available in this onnxruntime build (have: %s)",
                         p, ", ".join(have))
-    if "CPUExecutionProvider" not in chosen:
-        chosen.append("CPUExecutionProvider")
-    return chosen
+    chosen = [p for p in requested or () if p in have]
+    return chosen + ["CPUExecutionProvider"] * ("CPUExecutionProvider" not in chosen)
 
 
 def _describe(value: Any) -> str:
@@ -164,18 +143,9 @@ class Timings:
     tokenize_s: float = 0.0
 
     @property
-    def overhead_s(self) -> float:
-        return self.total_s - self.run_s
-
-    @property
     def overhead_fraction(self) -> float:
         """Share of wall time spent outside the ONNX Runtime session run."""
-        return self.overhead_s / self.total_s if self.total_s else 0.0
-
-    def as_dict(self) -> dict[str, float]:
-        return {"calls": self.calls, "sentences": self.sentences, "batches": self.batches,
-                "total_s": self.total_s, "run_s": self.run_s, "tokenize_s": self.tokenize_s,
-                "overhead_s": self.overhead_s, "overhead_fraction": self.overhead_fraction}
+        return (self.total_s - self.run_s) / self.total_s if self.total_s else 0.0
 
 
 class Embedder:
@@ -200,23 +170,12 @@ class Embedder:
         token_budget: padded tokens per batch (None: ``batch_size`` sentences per batch).
     """
 
-    def __init__(
-        self,
-        bundle: Path | str,
-        variant: str | None = None,
-        threads: int | None = None,
-        batch_size: int = 32,
-        max_seq_length: int | None = None,
-        providers: Sequence[str] | None = None,
-        onnx_path: Path | str | None = None,
-        graph_optimization: str = "all",
-        pca: Path | str | None = None,
-        cache: Any = None,
-        spinning: bool = True,
-        mode: str = "bulk",
-        tokenize_chunk: int = 0,
-        token_budget: int | None = None,
-    ):
+    def __init__(self, bundle: Path | str, variant: str | None = None, threads: int | None = None,
+                 batch_size: int = 32, max_seq_length: int | None = None,
+                 providers: Sequence[str] | None = None, onnx_path: Path | str | None = None,
+                 graph_optimization: str = "all", pca: Path | str | None = None, cache: Any = None,
+                 spinning: bool = True, mode: str = "bulk", tokenize_chunk: int = 0,
+                 token_budget: int | None = None):
         if batch_size < 1:
             raise EmboptError(f"batch_size must be >= 1, got {batch_size}")
         if mode not in MODES:
@@ -227,6 +186,7 @@ class Embedder:
         self.mode, self.tokenize_chunk, self.token_budget = mode, int(tokenize_chunk), token_budget
         # bulk: one single-threaded session per thread; latency: one session with all of them.
         workers = int(threads or len(os.sched_getaffinity(0))) if mode == "bulk" else 1
+        session_threads = 1 if mode == "bulk" else threads
         self.bundle = Path(bundle)
         self.manifest = read_manifest(self.bundle)
         if onnx_path is not None:
@@ -246,26 +206,27 @@ class Embedder:
         pad = self.tokenizer.token_to_id(self.manifest.get("pad_token", "[PAD]"))
         self.pad_id = int(pad) if pad is not None else 0
         self.graph_sha256 = sha256(self.onnx_path)
-        self._warn_if_not_manifest()
+        entry = self.manifest["variants"].get(self.variant, {})
+        recorded, own = entry.get("sha256"), self.bundle / str(entry.get("file", ""))
+        if recorded and own.resolve() == self.onnx_path.resolve() and recorded != self.graph_sha256:
+            log.warning("%s: file differs from the manifest's sha256 (replaced after export?); "
+                        "serving the file as it is now", self.onnx_path)
         weights = self.onnx_path.with_suffix(".bin")
         if self.onnx_path.suffix == ".xml" and weights.exists():  # an OpenVINO IR's weights are beside it
             self.graph_sha256 = hashlib.sha256(f"{self.graph_sha256}|{sha256(weights)}".encode()).hexdigest()
         self.timings = Timings()
         self.backend = backend_of(self.manifest["variants"].get(self.variant), self.onnx_path)
         if self.backend == "onnxruntime":
-            self._open_onnxruntime(1 if mode == "bulk" else threads, workers, graph_optimization, spinning,
-                                   providers)
+            self._open_onnxruntime(session_threads, workers, graph_optimization, spinning, providers)
         else:  # the backend hook: sessions with run(input_ids, attention_mask) -> pooled rows
             # An OpenVINO infer request serves one thread at a time: one per worker, as for ORT. A
             # static table is read-only numpy: one for all.
             n = workers if self.backend == "openvino" else 1
-            self.sessions = [open_session(self.backend, self.onnx_path, 1 if mode == "bulk" else threads)
-                             for _ in range(n)]
+            self.sessions = [open_session(self.backend, self.onnx_path, session_threads) for _ in range(n)]
             self.session = self.sessions[0]
             self.providers, self.input_names, self._extra_inputs = [], ["input_ids", "attention_mask"], []
             self.model_dim = self.session.dim
-        self.pca_path = Path(pca) if pca is not None else None
-        self._pca = self._load_pca(self.pca_path) if self.pca_path is not None else None
+        self._pca = self._load_pca(Path(pca)) if pca is not None else None
         if self._pca is not None:
             self.dim = int(self._pca["components"].shape[0])
         elif isinstance(self.model_dim, int):
@@ -273,7 +234,6 @@ class Embedder:
         else:  # symbolic output dim: ask the graph once
             self.dim = int(self._run(self.session, np.array([[self.pad_id]], dtype=np.int64),
                                      np.ones((1, 1), dtype=np.int64)).shape[1])
-        self._key: str | None = None
         self.cache = None
         if cache is not None:
             self.attach_cache(cache)
@@ -319,11 +279,10 @@ class Embedder:
                               "adding pooling needs `pip install onnx`") from None
         from embopt.serving.graph_pooling import add_pooling
 
-        proto = onnx.load(str(self.onnx_path))
-        pooled = add_pooling(proto, mode=self.manifest.get("pooling", "mean"),
-                             normalize=bool(self.manifest.get("normalize", True)))
+        mode = self.manifest.get("pooling", "mean")
+        pooled = add_pooling(onnx.load(str(self.onnx_path)), mode, bool(self.manifest.get("normalize", True)))
         log.info("%s outputs token embeddings: %s pooling + L2 normalisation added to the graph",
-                 self.onnx_path.name, self.manifest.get("pooling", "mean"))
+                 self.onnx_path.name, mode)
         return pooled.SerializeToString()
 
     def _load_pca(self, path: Path) -> dict[str, np.ndarray]:
@@ -341,25 +300,13 @@ class Embedder:
         pca["components_t"] = np.ascontiguousarray(pca["components"].T)
         return pca
 
-    def _warn_if_not_manifest(self) -> None:
-        entry = self.manifest["variants"].get(self.variant, {})
-        recorded = entry.get("sha256")
-        own = self.bundle / str(entry.get("file", ""))
-        if not recorded or own.resolve() != self.onnx_path.resolve():
-            return
-        if recorded != self.graph_sha256:
-            log.warning("%s: file differs from the manifest's sha256 (replaced after export?); "
-                        "serving the file as it is now", self.onnx_path)
-
     @property
     def key(self) -> str:
         """What the embeddings depend on (cache keys): the bytes of the graph and tokenizer files as
         loaded (hashed at load, not taken from the manifest), truncation and PCA."""
-        if self._key is None:
-            pca = self._pca_sha256 if self.pca_path is not None else ""
-            ident = f"{self.graph_sha256}|{self.tokenizer_sha256}|{self.max_seq_length}|{pca}"
-            self._key = hashlib.sha256(ident.encode()).hexdigest()[:24]
-        return self._key
+        pca = self._pca_sha256 if self._pca is not None else ""
+        ident = f"{self.graph_sha256}|{self.tokenizer_sha256}|{self.max_seq_length}|{pca}"
+        return hashlib.sha256(ident.encode()).hexdigest()[:24]
 
     def attach_cache(self, cache) -> None:
         """Serve repeats from ``cache`` (an :class:`embopt.serving.cache.EmbeddingCache`)."""
@@ -378,9 +325,9 @@ class Embedder:
     def _run(self, session, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         if self.backend != "onnxruntime":
             return session.run(input_ids, attention_mask)
-        feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
-        for extra in self._extra_inputs:  # token_type_ids of exports that keep it: all zeros
-            feeds[extra.name] = np.zeros_like(input_ids)
+        # token_type_ids of exports that keep it: all zeros
+        feeds = {extra.name: np.zeros_like(input_ids) for extra in self._extra_inputs}
+        feeds.update(input_ids=input_ids, attention_mask=attention_mask)
         return session.run([self.output_name], feeds)[0]
 
     def _groups(self, order: np.ndarray, lens: np.ndarray) -> list[np.ndarray]:
