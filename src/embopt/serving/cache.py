@@ -1,19 +1,14 @@
-"""Embedding cache: an in-memory LRU in front of an optional SQLite store.
+"""Embedding cache: an in-memory LRU (bounded in entries and in bytes) in front of an optional SQLite store.
 
-Queries repeat (search boxes, deduplicated feeds, retries), and a repeated text
-needs no tokenizer and no model run. Entries are keyed by the model key (graph,
-tokenizer, truncation and PCA hashes, see :attr:`embopt.serving.runtime.Embedder.key`)
-and the exact text, so a new model never reads an old model's vectors.
-
-The SQLite store is safe for several processes sharing one file: WAL journal, a
-busy timeout, one transaction per batch of writes, and ``INSERT OR IGNORE`` (the
-same key always maps to the same vector, so the first writer wins and no row is
-half-written or lost). Only the standard library and numpy are used.
-
-A store that breaks while serving (a corrupted page, a read-only file or folder, a full
-disk) never fails a request: the failing half (reads or writes) is bypassed for the rest of
-the process with one warning, and the in-memory LRU keeps working. The LRU is bounded both
-in entries and in bytes (vectors plus texts).
+Queries repeat (search boxes, deduplicated feeds, retries), and a repeated text needs no tokenizer
+and no model run. Entries are keyed by the model key (graph, tokenizer, truncation and PCA hashes,
+see :attr:`embopt.serving.runtime.Embedder.key`) and the exact text, so a new model never reads an
+old model's vectors. The store is safe for several processes sharing one file: WAL journal, a busy
+timeout, one transaction per batch of writes, and ``INSERT OR IGNORE`` (a key always maps to the
+same vector, so the first writer wins and no row is half-written or lost). A store that breaks
+while serving (corrupted page, read-only file or folder, full disk) never fails a request: the
+failing half (reads or writes) is bypassed for the rest of the process with one warning, and the
+LRU keeps working. Only the standard library and numpy are used.
 """
 
 from __future__ import annotations
@@ -85,16 +80,14 @@ class EmbeddingCache:
             self._connect()
 
     def _bypass(self, what: str, exc: BaseException) -> None:
-        """Stop using the store for ``what`` (reads, writes or both) in this process; warn once."""
-        if what in ("reads", "both") and not self._reads_off:
-            self._reads_off = True
+        """Stop using the store for ``what`` (``writes`` or ``both``) in this process; warn once."""
+        if what == "both" and not self._reads_off:
             log.warning("%s: embedding cache store unreadable (%s); bypassing it, serving without it",
                         self.path, exc)
-        if what in ("writes", "both") and not self._writes_off:
-            self._writes_off = True
-            if what == "writes":
-                log.warning("%s: embedding cache store not writable (%s); no more writes to it",
-                            self.path, exc)
+        elif what == "writes" and not self._writes_off:
+            log.warning("%s: embedding cache store not writable (%s); no more writes to it", self.path, exc)
+        self._reads_off = self._reads_off or what == "both"
+        self._writes_off = True
 
     @property
     def store_ok(self) -> bool:
@@ -143,25 +136,18 @@ class EmbeddingCache:
             for i, text in enumerate(texts):
                 vec = mem.get(text)
                 if vec is None:
-                    rows = missing.get(text)
-                    if rows is None:
-                        missing[text] = [i]
-                    else:
-                        rows.append(i)
+                    missing.setdefault(text, []).append(i)
                 else:
                     mem.move_to_end(text)
                     out[i] = vec
-            n_missing = sum(map(len, missing.values())) if missing else 0
-            self.hits += len(texts) - n_missing
+            self.hits += len(texts) - sum(map(len, missing.values()))
             if missing and self.path is not None and not self._reads_off:
-                found = self._load(list(missing))
-                for text, vec in found.items():
+                for text, vec in self._load(list(missing)).items():
                     rows = missing.pop(text)
                     out[rows] = vec
                     self.disk_hits += len(rows)
                     self._remember(text, vec)
-                n_missing = sum(map(len, missing.values())) if missing else 0
-            self.misses += n_missing
+            self.misses += sum(map(len, missing.values()))
         return missing
 
     def get(self, text: str) -> np.ndarray | None:
@@ -177,7 +163,6 @@ class EmbeddingCache:
         except EmboptError as exc:
             self._bypass("both", exc)
             return found
-        nbytes = self.dim * 4
         for start in range(0, len(texts), _CHUNK):
             chunk = texts[start: start + _CHUNK]
             marks = ",".join("?" * len(chunk))
@@ -196,7 +181,7 @@ class EmbeddingCache:
                 self._bypass("both", exc)
                 return found
             for text, dim, blob in rows:
-                if dim == self.dim and len(blob) == nbytes:
+                if dim == self.dim and len(blob) == self.dim * 4:
                     found[text] = np.frombuffer(blob, dtype=np.float32).copy()
         return found
 
@@ -210,7 +195,8 @@ class EmbeddingCache:
         if self.max_entries == 0:
             return
         size = self._entry_bytes(text, vec)
-        if self.max_bytes is not None and size > self.max_bytes:
+        limit = self.max_bytes if self.max_bytes is not None else float("inf")
+        if size > limit:
             return  # one entry larger than the whole bound is not kept
         mem = self._mem
         old = mem.pop(text, None)
@@ -218,7 +204,6 @@ class EmbeddingCache:
             self._mem_bytes -= self._entry_bytes(text, old)
         mem[text] = vec
         self._mem_bytes += size
-        limit = self.max_bytes if self.max_bytes is not None else float("inf")
         while len(mem) > self.max_entries or self._mem_bytes > limit:
             t, v = mem.popitem(last=False)
             self._mem_bytes -= self._entry_bytes(t, v)
@@ -303,13 +288,6 @@ class EmbeddingCache:
                     "hit_rate": served / total if total else 0.0, "entries": len(self._mem),
                     "max_entries": self.max_entries, "bytes": self._mem_bytes, "max_bytes": self.max_bytes,
                     "evictions": self.evictions, "writes": self.writes, "store_ok": self.store_ok}
-
-    def clear(self) -> None:
-        """Empty the in-memory LRU and reset statistics (the store is kept)."""
-        with self._lock:
-            self._mem.clear()
-            self._mem_bytes = 0
-            self.hits = self.disk_hits = self.misses = self.evictions = self.writes = 0
 
     def close(self) -> None:
         with self._lock:
