@@ -9,17 +9,15 @@ Python API::
     # or texts held by the driver (the teacher_embed stage's engine spark), vectors back in order:
     array = embed_texts(spark, texts, "models/export", workdir)
 
-How it runs: ``mapInPandas`` hands each task an iterator of Arrow batches; the task gets its
-Embedder from a per-process cache (:func:`_worker_embedder`), so with Spark's default worker reuse
-the ONNX session is built once per Python worker, not once per batch or per task. Only the
-bundle's *path* travels in the task closure: every executor must see that path (a local
-folder in local mode; a shared filesystem or the same install on a cluster). A registered
-model (``models:/embopt-encoder@champion``) is downloaded once on the driver.
+How it runs: ``mapInPandas`` hands each task an iterator of Arrow batches; the task's Embedder
+comes from a per-process cache (:func:`_worker_embedder`), so with Spark's default worker reuse the
+ONNX session is built once per Python worker. Only the bundle's *path* travels in the task closure:
+every executor must see it (a local folder in local mode; a shared filesystem or the same install
+on a cluster). A registered model (``models:/embopt-encoder@champion``) is downloaded on the driver.
 
-Output: a Parquet folder (Spark's part files in input order: part k holds the rows after part
-k-1's) with ``row`` (0-based position in the input; row i is row i of ``embopt embed``'s
-output for the same file), the input's ``id`` column when it has one, ``text`` and ``embedding``.
-It replaces OUTPUT only once complete.
+Output: a Parquet folder, replaced only once complete (part files in input order), with ``row``
+(0-based input position: row i of ``embopt embed``'s output for the same file), the input's ``id``
+column when it has one, ``text`` and ``embedding``.
 """
 
 from __future__ import annotations
@@ -38,7 +36,6 @@ from embopt.errors import DataError, EmboptError
 
 log = logging.getLogger("embopt.embed")
 
-INPUT_READERS = ("txt", "csv", "tsv", "jsonl", "parquet")
 # One Embedder per Python worker process, kept across tasks (spark.python.worker.reuse is on).
 _EMBEDDERS: dict[tuple, Any] = {}
 
@@ -231,7 +228,11 @@ def embed_files(input: Path, output: Path, bundle: str | Path, master: str = "lo
 def use_session(master: str = "local[*]", spark=None) -> Iterator:
     """``spark``, else the active session (a notebook, a test: left running), else a new one on ``master``
     that is stopped on exit. Raises :class:`EmboptError` (one line) where pyspark or Java is missing."""
-    spark = spark or _active_session()
+    if spark is None:
+        with contextlib.suppress(ImportError):
+            from pyspark.sql import SparkSession
+
+            spark = SparkSession.getActiveSession()
     own = spark is None
     spark = spark or spark_session(master)
     try:
@@ -239,14 +240,6 @@ def use_session(master: str = "local[*]", spark=None) -> Iterator:
     finally:
         if own:
             spark.stop()
-
-
-def _active_session():
-    try:
-        from pyspark.sql import SparkSession
-    except ImportError:
-        return None
-    return SparkSession.getActiveSession()
 
 
 def embed_texts(spark, texts: list[str], bundle: str | Path, workdir: Path, variant: str | None = None,
