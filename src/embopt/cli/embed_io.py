@@ -30,18 +30,13 @@ from embopt.pipeline.files import atomic_file
 
 log = logging.getLogger("embopt.embed")
 
-JSONL_SUFFIXES = (".jsonl", ".ndjson")
 CSV_SUFFIXES = {".csv": ",", ".tsv": "\t"}
+FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "csv"}  # anything else: lines
 OUTPUT_SUFFIXES = (".npy", ".parquet")
 
 
 def input_format(path: Path) -> str:
-    suffix = Path(path).suffix.lower()
-    if suffix in JSONL_SUFFIXES:
-        return "jsonl"
-    if suffix in CSV_SUFFIXES:
-        return "csv"
-    return "lines"
+    return FORMATS.get(Path(path).suffix.lower(), "lines")
 
 
 def check_output(path: Path) -> None:
@@ -199,23 +194,19 @@ def write_embeddings(path: Path, embeddings: np.ndarray, texts: list[str]) -> No
     check_output(path)
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     try:
-        _write(path, embeddings, texts)
+        if path.suffix.lower() == ".npy":
+            with atomic_file(path, "wb") as fh:
+                np.save(fh, embeddings)
+            return
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:  # pragma: no cover - pyarrow ships with mlflow
+            raise DataError(f"{path}: Parquet output needs pyarrow (pip install pyarrow)") from None
+        flat = pa.array(embeddings.reshape(-1), type=pa.float32())
+        vectors = pa.FixedSizeListArray.from_arrays(flat, embeddings.shape[1])
+        table = pa.table({"text": pa.array(texts, type=pa.string()), "embedding": vectors})
+        with atomic_file(path, "wb") as fh:
+            pq.write_table(table, fh)
     except OSError as exc:  # a full disk, a vanished folder: the temporary file is already removed
         raise DataError(f"{path}: cannot write ({exc.strerror or exc}); nothing was written") from None
-
-
-def _write(path: Path, embeddings: np.ndarray, texts: list[str]) -> None:
-    if path.suffix.lower() == ".npy":
-        with atomic_file(path, "wb") as fh:
-            np.save(fh, embeddings)
-        return
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:  # pragma: no cover - pyarrow ships with mlflow
-        raise DataError(f"{path}: Parquet output needs pyarrow (pip install pyarrow)") from None
-    dim = embeddings.shape[1]
-    vectors = pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1), type=pa.float32()), dim)
-    table = pa.table({"text": pa.array(texts, type=pa.string()), "embedding": vectors})
-    with atomic_file(path, "wb") as fh:
-        pq.write_table(table, fh)
