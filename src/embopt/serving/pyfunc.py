@@ -1,27 +1,23 @@
 """The MLflow pyfunc model registered by promote: the bundle behind :class:`Embedder`.
 
-At load time it needs only this package (shipped with the model via ``code_paths``),
-onnxruntime, tokenizers, numpy and pandas: nothing from the repository. Runtime
-settings travel as the model's ``model_config`` (written by promote from the
-``runtime`` section of params.yaml) and can be overridden at load time::
+At load time it needs only this package (shipped via ``code_paths``), onnxruntime, tokenizers,
+numpy and pandas. Runtime settings travel as the model's ``model_config`` (written by promote from
+params.yaml's ``runtime``), overridable at load time::
 
     mlflow.pyfunc.load_model("models:/embopt-encoder@champion",
                              model_config={"threads": 4, "cache_path": "/var/cache/embopt.sqlite"})
 
-Input rule (see :func:`to_texts`): strings only. A list, Series or 1-D array of strings; a
-DataFrame with a column named ``text`` (other columns are ignored) or with exactly one
-column of any name; a dict ``{"text": [...]}``. Anything else, and any value that is not a
-string (null, numbers, booleans, bytes, nested lists, dicts), is refused with the row named:
-``MlflowException(INVALID_PARAMETER_VALUE)``, HTTP 400 from ``mlflow models serve``.
-The texts of one request are bounded by ``max_request_bytes`` of UTF-8 (checked once MLflow
-has parsed the request: ``mlflow models serve`` has no body-size limit of its own, so put
-one in the proxy in front of it for the raw HTTP body).
+Input rule (:func:`to_texts`): strings only. A list, Series or 1-D array of strings; a DataFrame
+with a column named ``text`` (other columns ignored) or exactly one column; a dict ``{"text": [...]}``.
+Anything else, and any value that is not a string, is refused with the row named:
+``MlflowException(INVALID_PARAMETER_VALUE)``, HTTP 400 from ``mlflow models serve``. A request's
+texts are bounded by ``max_request_bytes`` of UTF-8, checked once MLflow has parsed it (``mlflow
+models serve`` has no body-size limit: put one in the proxy in front of it).
 
-The input schema is left open (``model_signature``): MLflow's schema enforcement for a
-string column converts every value with ``str(x)`` before the model sees it (null arrives
-as ``"None"``) and keeps only the first column of a DataFrame, so it cannot be what refuses
-bad input. One limit remains in MLflow's JSON parser: a number mixed into a list of
-strings sent as ``{"inputs": [...]}`` becomes a string there (numpy's array conversion);
+The input schema is left open (``model_signature``): MLflow's enforcement of a string column
+converts every value with ``str(x)`` (null arrives as ``"None"``) and keeps only a DataFrame's first
+column, so it cannot refuse bad input. One limit remains in MLflow's JSON parser: a number mixed
+into strings sent as ``{"inputs": [...]}`` becomes a string there (numpy's array conversion);
 ``dataframe_split``/``dataframe_records`` keep every value's JSON type.
 """
 
@@ -65,15 +61,6 @@ def model_signature(dim: int):
     return ModelSignature(inputs=None, outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, dim))]))
 
 
-def _column(frame) -> Any:
-    if "text" in frame.columns:
-        return frame["text"]
-    if frame.shape[1] == 1:
-        return frame.iloc[:, 0]
-    raise EmboptError(f"expected one column of strings or a column named 'text', got columns "
-                      f"{[str(c) for c in frame.columns]}")
-
-
 def to_texts(model_input: Any, max_bytes: int | None = None) -> list[str]:
     """Texts from the accepted input shapes (module docstring); non-strings are refused by row.
 
@@ -92,10 +79,11 @@ def to_texts(model_input: Any, max_bytes: int | None = None) -> list[str]:
             model_input = model_input[keys[0]]
         else:
             raise EmboptError(f"expected one input or an input named 'text', got {[str(k) for k in keys]}")
-        if isinstance(model_input, str):
-            model_input = [model_input]
     if isinstance(model_input, pd.DataFrame):
-        values = _column(model_input).tolist()
+        if "text" not in model_input.columns and model_input.shape[1] != 1:
+            raise EmboptError(f"expected one column of strings or a column named 'text', got columns "
+                              f"{[str(c) for c in model_input.columns]}")
+        values = (model_input["text"] if "text" in model_input.columns else model_input.iloc[:, 0]).tolist()
     elif isinstance(model_input, pd.Series):
         values = model_input.tolist()
     elif isinstance(model_input, str):
