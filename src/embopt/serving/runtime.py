@@ -87,9 +87,7 @@ def _describe(value: Any) -> str:
     if value is None or (isinstance(value, float) and value != value):
         return "null"
     shown = repr(value)
-    if len(shown) > 40:
-        shown = shown[:37] + "..."
-    return f"{type(value).__name__} {shown}"
+    return f"{type(value).__name__} {shown[:37] + '...' if len(shown) > 40 else shown}"
 
 
 def check_texts(texts: Sequence[Any], max_bytes: int | None = None) -> list[str]:
@@ -105,13 +103,12 @@ def check_texts(texts: Sequence[Any], max_bytes: int | None = None) -> list[str]
                 hint = " (decode bytes to str first)" if isinstance(t, (bytes, bytearray)) else ""
                 raise EmboptError(f"row {i}: {_describe(t)} is not a string{hint}")
         texts = [str(t) for t in texts]  # str subclasses (numpy.str_) as plain str
-    if max_bytes is not None:
-        chars = sum(map(len, texts))
-        if chars * 4 > max_bytes:  # UTF-8 takes at most 4 bytes a character: count only when it matters
-            size = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
-            if size > max_bytes:
-                raise EmboptError(f"request holds {size:,} bytes of text, over the limit of {max_bytes:,} "
-                                  "(runtime max_request_bytes); send it in smaller requests")
+    # UTF-8 takes at most 4 bytes a character: count the bytes only when it matters.
+    if max_bytes is not None and sum(map(len, texts)) * 4 > max_bytes:
+        size = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
+        if size > max_bytes:
+            raise EmboptError(f"request holds {size:,} bytes of text, over the limit of {max_bytes:,} "
+                              "(runtime max_request_bytes); send it in smaller requests")
     return texts
 
 
@@ -149,25 +146,22 @@ class Timings:
 
 
 class Embedder:
-    """Embed lists of strings with an exported bundle.
+    """Embed lists of strings with an exported bundle (folder with manifest.json, tokenizer.json, onnx/).
 
     Args:
-        bundle: folder with manifest.json, tokenizer.json and onnx/ files.
         variant: manifest variant name (default: the manifest's default_variant).
         threads: threads in all (None: one per CPU in bulk mode, ORT's default in latency mode).
-        batch_size: sentences per session call (unless ``token_budget``).
-        max_seq_length: truncation length in tokens (default: the manifest's).
-        providers: ORT execution providers in order of preference.
+        batch_size, max_seq_length: sentences per session call (unless ``token_budget``); truncation
+            in tokens (default: the manifest's).
+        providers, graph_optimization, spinning: ORT execution providers in order of preference; graph
+            optimisation level (``disable``/``basic``/``extended``/``all``); intra-op thread spinning.
         onnx_path: run this ONNX file instead of a manifest variant (same tokenizer).
-        graph_optimization: ORT graph optimisation level (``disable``/``basic``/``extended``/``all``).
         pca: optional ``.npz`` (mean, components) projecting the output to k dims (then L2-normalised).
         cache: an :class:`embopt.serving.cache.EmbeddingCache`; hits skip tokenization and the model.
-        spinning: ORT intra-op thread spinning (see :func:`session_options`).
-        mode: ``bulk`` (one 1-thread session per thread, run in parallel) or ``latency`` (one session
-            with every thread: serving).
-        tokenize_chunk: texts tokenized at a time, ahead of inference in a background thread
-            (0: all at once, before the first batch).
-        token_budget: padded tokens per batch (None: ``batch_size`` sentences per batch).
+        mode: ``bulk`` (one 1-thread session per thread, in parallel) or ``latency`` (one session with
+            every thread: serving).
+        tokenize_chunk: texts tokenized at a time, ahead of inference in a background thread (0: all
+            at once); token_budget: padded tokens per batch (None: ``batch_size`` sentences).
     """
 
     def __init__(self, bundle: Path | str, variant: str | None = None, threads: int | None = None,
@@ -237,8 +231,6 @@ class Embedder:
         self.cache = None
         if cache is not None:
             self.attach_cache(cache)
-
-    # ------------------------------------------------------------------ set-up helpers
 
     def _open_onnxruntime(self, threads, workers: int, graph_optimization: str, spinning: bool,
                           providers) -> None:
@@ -312,8 +304,6 @@ class Embedder:
         """Serve repeats from ``cache`` (an :class:`embopt.serving.cache.EmbeddingCache`)."""
         cache.bind(self.key, self.dim)
         self.cache = cache
-
-    # ------------------------------------------------------------------ inference
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids per text, truncated, without padding."""
