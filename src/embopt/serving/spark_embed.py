@@ -74,15 +74,6 @@ def spark_session(master: str = "local[*]", app_name: str = "embopt-embed"):
         raise EmboptError(f"cannot start Spark ({master}): {str(exc).splitlines()[0]}") from None
 
 
-def resolve_bundle(bundle: str | Path) -> Path:
-    """A local bundle folder; a model URI (``models:/name@alias``, ``runs:/...``) is downloaded first."""
-    if ":/" not in str(bundle):
-        return Path(bundle).resolve()
-    from embopt.pipeline.registry import model_bundle
-
-    return model_bundle(str(bundle))
-
-
 def _worker_embedder(spec: tuple):
     if spec not in _EMBEDDERS:
         from embopt.serving.runtime import Embedder
@@ -110,21 +101,20 @@ def _embed_partition(spec: tuple, text_col: str, batches: Iterator) -> Iterator:
 
 def embed_dataframe(df, bundle: str | Path, text_col: str = "text", variant: str | None = None,
                     threads: int | None = 1, batch_size: int = 32, max_seq_length: int | None = None):
-    """``df`` with a float32 ``embedding`` column (``array<float>``), rows and partitions unchanged.
-
-    Args:
-        df: a Spark DataFrame with a string column ``text_col``.
-        bundle: exported bundle folder seen by every executor, or a model URI (downloaded here).
-        variant: manifest variant (default: the bundle's default).
-        threads: ORT intra-op threads per task (1: Spark runs one task per core).
-        batch_size: sentences per ONNX Runtime call.
-        max_seq_length: truncation in tokens (default: the bundle's).
-    """
+    """``df`` (a string column ``text_col``) with a float32 ``embedding`` column (``array<float>``), rows
+    and partitions unchanged. ``bundle``: a folder every executor sees, or a model URI; ``threads``: ORT
+    intra-op threads per task (1: Spark runs one task per core); the rest as for :class:`Embedder`."""
     from pyspark.sql.types import ArrayType, FloatType, StructField, StructType
 
     if text_col not in df.columns:
         raise DataError(f"no column '{text_col}' (have: {', '.join(df.columns) or 'none'})")
-    spec = (str(resolve_bundle(bundle)), variant, threads, batch_size, max_seq_length)
+    if ":/" in str(bundle):  # a model URI (``models:/name@alias``, ``runs:/...``): downloaded here
+        from embopt.pipeline.registry import model_bundle
+
+        bundle = model_bundle(str(bundle))
+    else:
+        bundle = Path(bundle).resolve()
+    spec = (str(bundle), variant, threads, batch_size, max_seq_length)
     _worker_embedder(spec)  # fail here, on the driver, for a bad bundle or variant: one clear line
     schema = StructType([*df.schema.fields, StructField("embedding", ArrayType(FloatType(), False), False)])
     return df.mapInPandas(functools.partial(_embed_partition, spec, text_col), schema)
