@@ -81,8 +81,4 @@ class OpenVinoSession:
 
 def open_session(backend: str, path: Path, threads: int | None = None):
     """A session with ``run(input_ids, attention_mask) -> embeddings`` and ``dim``, for a non-ORT backend."""
-    if backend == "openvino":
-        return OpenVinoSession(path, threads)
-    if backend == "static":
-        return StaticSession(path)
-    raise EmboptError(f"{path}: backend '{backend}' is opened by the ONNX Runtime path, not here")
+    return OpenVinoSession(path, threads) if backend == "openvino" else StaticSession(path)
