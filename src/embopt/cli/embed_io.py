@@ -1,15 +1,13 @@
 """Reading texts for ``embopt embed`` and writing their embeddings.
 
-Inputs: plain text (one text a line, blank lines skipped), JSONL (one object a line
-with a text field, or a bare JSON string) and CSV/TSV (a named column; every row
-kept, so row i of the output is row i of the table). Outputs: ``.npy`` (float32
-(n, dim)) or Parquet (``text`` and a fixed-size float32 ``embedding`` column).
-Every problem is one line naming the file and line; outputs appear whole or not at all.
-Only text is embedded: a JSON value that is not a string, or a text holding NUL bytes
-(binary data, UTF-16 read as UTF-8), is refused with its line. CSV is parsed strictly, so a
-stray or unterminated quote that would swallow the following lines into one text is an
-error naming the line where the quote opened; a legitimately quoted multi-line text is
-kept and reported in the log.
+Inputs: plain text (one text a line, blank lines skipped), JSONL (one object a line with a text
+field, or a bare JSON string) and CSV/TSV (a named column; every row kept, so row i of the output is
+row i of the table). Outputs: ``.npy`` (float32 (n, dim)) or Parquet (``text`` and a fixed-size
+float32 ``embedding`` column), whole or not at all. Every problem is one line naming the file and
+line. Only text is embedded: a JSON non-string, or a text holding NUL bytes (binary data, UTF-16
+read as UTF-8), is refused. CSV is parsed strictly: a stray or unterminated quote that would swallow
+the following lines into one text is an error naming the line where it opened; a legitimately
+quoted multi-line text is kept and reported in the log.
 """
 
 from __future__ import annotations

@@ -44,15 +44,10 @@ DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 
 
 class EmbeddingCache:
-    """LRU of float32 vectors by exact text, with an optional persistent SQLite store.
-
-    Args:
-        max_entries: in-memory bound (least recently used entries are evicted).
-        max_bytes: in-memory bound in bytes (texts, vectors and a per-entry overhead; None: no bound).
-        path: SQLite file shared across runs and processes (None: memory only).
-        max_rows: bound on the store's rows per file (oldest inserted evicted first; None: unbounded).
-        timeout: seconds a writer waits for another process's lock before giving up on that batch.
-    """
+    """LRU of float32 vectors by exact text (at most ``max_entries``, and ``max_bytes`` of texts,
+    vectors and per-entry overhead; None: no byte bound), with an optional SQLite store at ``path``
+    shared across runs and processes (None: memory only) bounded to ``max_rows`` (oldest first; None:
+    unbounded). ``timeout``: seconds a writer waits for another process's lock before giving up."""
 
     def __init__(self, max_entries: int = 100_000, path: Path | str | None = None,
                  max_rows: int | None = None, timeout: float = 30.0,
@@ -63,18 +58,16 @@ class EmbeddingCache:
             raise EmboptError(f"cache max_bytes must be >= 0, got {max_bytes}")
         self.max_entries = int(max_entries)
         self.max_bytes = int(max_bytes) if max_bytes is not None else None
-        self._mem_bytes = 0
+        self._mem_bytes = self._since_trim = 0
         self._reads_off = self._writes_off = False  # set once when the store fails (see _bypass)
         self.path = Path(path) if path is not None else None
-        self.max_rows = max_rows
-        self.timeout = timeout
+        self.max_rows, self.timeout = max_rows, timeout
         self.model: str | None = None
         self.dim: int | None = None
         self._mem: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._conn_pid: int | None = None
-        self._since_trim = 0
         self.hits = self.disk_hits = self.misses = self.evictions = self.writes = 0
         if self.path is not None:
             self._connect()
@@ -93,8 +86,6 @@ class EmbeddingCache:
     def store_ok(self) -> bool:
         """True while the SQLite store is used for both reads and writes."""
         return self.path is not None and not (self._reads_off or self._writes_off)
-
-    # ------------------------------------------------------------------ store
 
     def _connect(self) -> sqlite3.Connection:
         # A connection must not cross fork(): a served model may be loaded before workers fork.
@@ -124,8 +115,6 @@ class EmbeddingCache:
     def _check_bound(self) -> None:
         if self.model is None or self.dim is None:
             raise EmboptError("embedding cache is not bound to a model (use Embedder(cache=...))")
-
-    # ------------------------------------------------------------------ look-ups
 
     def get_many(self, texts: Sequence[str], out: np.ndarray) -> dict[str, list[int]]:
         """Copy cached vectors into ``out`` rows; return the misses as ``{text: [row, ...]}``."""
@@ -184,8 +173,6 @@ class EmbeddingCache:
                 if dim == self.dim and len(blob) == self.dim * 4:
                     found[text] = np.frombuffer(blob, dtype=np.float32).copy()
         return found
-
-    # ------------------------------------------------------------------ writes
 
     @staticmethod
     def _entry_bytes(text: str, vec: np.ndarray) -> int:
@@ -269,8 +256,6 @@ class EmbeddingCache:
                 conn.execute("ROLLBACK")
                 raise
             return max(excess, 0)
-
-    # ------------------------------------------------------------------ bookkeeping
 
     def stored_rows(self) -> int:
         """Rows in the SQLite store for every model (0 without a store)."""

@@ -82,10 +82,8 @@ class CachedWordPiece:
         spec = json.loads(tokenizer.to_str())
         norm, pre = spec.get("normalizer") or {}, spec.get("pre_tokenizer") or {}
         model = spec.get("model") or {}
-        if (norm.get("type"), pre.get("type"), model.get("type")) != ("BertNormalizer", "BertPreTokenizer",
-                                                                      "WordPiece"):
-            return None
-        if not norm.get("clean_text", True):
+        kinds = (norm.get("type"), pre.get("type"), model.get("type"))
+        if kinds != ("BertNormalizer", "BertPreTokenizer", "WordPiece") or not norm.get("clean_text", True):
             return None
         return cls(tokenizer, bool(norm.get("lowercase", True)))
 
