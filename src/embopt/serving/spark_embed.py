@@ -122,18 +122,15 @@ def embed_dataframe(df, bundle: str | Path, text_col: str = "text", variant: str
 
 def read_input(spark, path: Path, column: str = "text"):
     """INPUT as (DataFrame ``row`` (0-based position), [``id``], ``text`` sorted by ``row``, row count).
-
-    ``.txt``: one text a line, blank lines skipped; ``.csv``/``.tsv``: header, RFC 4180 quoting
-    (quoted line breaks kept); ``.jsonl``/``.ndjson``: one object a line; ``.parquet``: a file or a
-    folder of files. Input order: files in name order, rows in file order.
-    """
+    ``.txt``: one text a line, blank lines skipped; ``.csv``/``.tsv``: header, RFC 4180 quoting (quoted
+    line breaks kept); ``.jsonl``/``.ndjson``: one object a line; ``.parquet``: a file or a folder of
+    files. Input order: files in name order, rows in file order."""
     from pyspark.sql import functions as F
 
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
-    suffix = path.suffix.lower()
-    read = spark.read
+    suffix, read = path.suffix.lower(), spark.read
     if suffix == ".parquet":
         df = read.parquet(str(path))
     elif suffix in (".csv", ".tsv"):
@@ -157,11 +154,8 @@ def read_input(spark, path: Path, column: str = "text"):
 
 def _with_row_number(df):
     """Add ``row``, the consecutive 0-based input position, and sort by it (a shuffle of the texts only).
-
-    Each file split is read by one task in order, so ``monotonically_increasing_id`` minus its
-    smallest value in the split is the row's place there; one small aggregate per split gives
-    each split's first row number.
-    """
+    Each file split is read by one task in order, so ``monotonically_increasing_id`` minus its smallest
+    value in the split is the row's place there; one small aggregate per split gives its first row."""
     from pyspark.sql import functions as F
 
     df = df.withColumn("_mid", F.monotonically_increasing_id())
@@ -186,11 +180,8 @@ def _with_row_number(df):
 def embed_files(input: Path, output: Path, bundle: str | Path, master: str = "local[*]",
                 variant: str | None = None, column: str = "text", batch_size: int = 32,
                 threads: int | None = 1, max_seq_length: int | None = None, spark=None) -> tuple[int, int]:
-    """Embed INPUT into the Parquet folder OUTPUT with Spark. Returns (rows, dim).
-
-    ``spark``: a session to use (default: the active one); ``master`` is used only when there is none,
-    and then the session started here is stopped at the end.
-    """
+    """Embed INPUT into the Parquet folder OUTPUT with Spark. Returns (rows, dim). ``spark``, the
+    active session or a new one on ``master``, stopped at the end (see :func:`use_session`)."""
     from embopt.pipeline.files import atomic_dir
 
     output = Path(output)
@@ -234,12 +225,9 @@ def use_session(master: str = "local[*]", spark=None) -> Iterator:
 
 def embed_texts(spark, texts: list[str], bundle: str | Path, workdir: Path, variant: str | None = None,
                 batch_size: int = 32, threads: int | None = 1):
-    """``texts`` (on the driver) embedded on Spark: a float32 (rows, dim) array in their order.
-
-    One Spark job: the texts are split over ``defaultParallelism`` partitions in order, and the
-    vectors come back through a Parquet folder under ``workdir`` read with pyarrow, so the driver
-    JVM never holds them (executors write there: on a cluster, a file system they share).
-    """
+    """``texts`` (on the driver) embedded on Spark: a float32 (rows, dim) array in their order. The
+    vectors come back through a Parquet folder under ``workdir`` read with pyarrow, so the driver JVM
+    never holds them (executors write there: on a cluster, a file system they share)."""
     import numpy as np
     import pandas as pd
     from pyspark.errors import PySparkException
@@ -270,10 +258,6 @@ def read_embeddings(output: Path):
 def _spark_error(exc: Exception) -> str:
     """The one line of a Spark failure that says what went wrong (a worker's EmboptError, or Spark's)."""
     lines = str(exc).splitlines()
-    for line in lines:
-        if "EmboptError: " in line:
-            return line.split("EmboptError: ", 1)[1]
-    for line in lines:
-        if "Exception:" in line or "Error:" in line:
-            return line.strip()
-    return lines[0] if lines else type(exc).__name__
+    ours = [line.split("EmboptError: ", 1)[1] for line in lines if "EmboptError: " in line]
+    theirs = [line.strip() for line in lines if "Exception:" in line or "Error:" in line]
+    return (ours + theirs + lines + [type(exc).__name__])[0]
