@@ -1,10 +1,9 @@
 """Append pooling and L2 normalisation to an ONNX graph that returns token embeddings.
 
-Optimum / sentence-transformers ONNX exports (``backend="onnx"``) output
-``last_hidden_state`` (batch, seq, hidden) and pool in torch afterwards. Folding the
-pooling into the graph lets :class:`embopt.serving.runtime.Embedder` run those files as they
-are, with one session call per batch and nothing computed in Python: the same
-contract as the graphs our own export writes.
+Optimum / sentence-transformers ONNX exports (``backend="onnx"``) output ``last_hidden_state``
+(batch, seq, hidden) and pool in torch afterwards. Pooling folded into the graph lets
+:class:`embopt.serving.runtime.Embedder` run those files as they are, one session call per batch
+and nothing computed in Python: the contract of the graphs our own export writes.
 """
 
 from __future__ import annotations

@@ -1,16 +1,14 @@
 """BERT WordPiece tokenization with a chunk cache: the Rust tokenizer's ids, in a fifth of the time.
 
 For the short sentences embopt serves, the Rust tokenizer costs more than a static model's whole
-forward pass: per text it builds an ``Encoding`` (tokens, type ids, masks, word ids) and moves
-it into Python. For printable ASCII text a BERT tokenizer is simple: its normaliser lower-cases
-(accents and CJK do not occur), its pre-tokenizer splits on whitespace, then on ASCII
-punctuation, and the WordPiece ids of each whitespace-separated chunk ("off.", "don't") depend on
-that chunk alone. So a text is split on whitespace (``str.split``, in C: a regular expression
-splitting off the punctuation as well took twice the time), and each chunk's ids are looked up
-(a whole-word vocabulary entry) or computed once from its words and punctuation marks (a new word
-by the Rust tokenizer) and cached. Every other text (non-ASCII, control characters, a special
-token written out) goes to the Rust tokenizer as before, so the ids are always the Rust
-tokenizer's (tests compare them).
+forward pass: per text it builds an ``Encoding`` (tokens, type ids, masks, word ids) and moves it
+into Python. For printable ASCII text a BERT tokenizer is simple: it lower-cases (no accents or
+CJK), splits on whitespace, then on ASCII punctuation, so the ids of each whitespace-separated
+chunk ("off.", "don't") depend on that chunk alone. A text is split with ``str.split`` (in C: a
+regular expression splitting off the punctuation too took twice the time), and each chunk's ids are
+looked up (a whole-word vocabulary entry) or computed once from its words and punctuation marks (a
+new word by the Rust tokenizer) and cached. Every other text (non-ASCII, control characters, a
+special token written out) goes to the Rust tokenizer, so the ids are always its ids (tests compare).
 """
 
 from __future__ import annotations
