@@ -29,8 +29,7 @@ def embed(
     variant: str = typer.Option(None, "--variant", help="Manifest variant (default: the bundle's default)."),
     column: str = typer.Option("text", "--column", "-c", help="CSV column or JSONL field holding the text."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Sentences per ONNX Runtime call."),
-    threads: int = typer.Option(None, "--threads", min=1,
-                                help="Threads in all (default: one per CPU)."),
+    threads: int = typer.Option(None, "--threads", min=1, help="Threads in all (default: one per CPU)."),
     mode: str = typer.Option("bulk", "--mode", help="bulk: one 1-thread ONNX Runtime session per thread, "
                              "batches in parallel (fastest for files); latency: one session on all threads."),
     max_seq_length: int = typer.Option(None, "--max-seq-length", min=2,

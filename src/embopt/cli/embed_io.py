@@ -157,8 +157,7 @@ def _read_csv(path: Path, content: str, column: str, delimiter: str) -> list[str
     if column not in header:
         raise DataError(f"{path}:1: no column '{column}' (have: {', '.join(header) or 'none'})")
     col = header.index(column)
-    texts = []
-    multiline: list[int] = []
+    texts, multiline = [], []
     while True:
         start = reader.line_num + 1  # the line this row begins on
         try:

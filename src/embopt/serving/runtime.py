@@ -146,22 +146,18 @@ class Timings:
 
 
 class Embedder:
-    """Embed lists of strings with an exported bundle (folder with manifest.json, tokenizer.json, onnx/).
+    """Embed lists of strings with an exported ``bundle`` (folder with manifest.json, tokenizer.json, onnx/).
 
-    Args:
-        variant: manifest variant name (default: the manifest's default_variant).
-        threads: threads in all (None: one per CPU in bulk mode, ORT's default in latency mode).
-        batch_size, max_seq_length: sentences per session call (unless ``token_budget``); truncation
-            in tokens (default: the manifest's).
-        providers, graph_optimization, spinning: ORT execution providers in order of preference; graph
-            optimisation level (``disable``/``basic``/``extended``/``all``); intra-op thread spinning.
-        onnx_path: run this ONNX file instead of a manifest variant (same tokenizer).
-        pca: optional ``.npz`` (mean, components) projecting the output to k dims (then L2-normalised).
-        cache: an :class:`embopt.serving.cache.EmbeddingCache`; hits skip tokenization and the model.
-        mode: ``bulk`` (one 1-thread session per thread, in parallel) or ``latency`` (one session with
-            every thread: serving).
-        tokenize_chunk: texts tokenized at a time, ahead of inference in a background thread (0: all
-            at once); token_budget: padded tokens per batch (None: ``batch_size`` sentences).
+    ``variant``: manifest variant (default: the manifest's default_variant); ``onnx_path``: this ONNX
+    file instead (same tokenizer). ``threads``: in all (None: one per CPU in bulk mode, ORT's default in
+    latency mode). ``batch_size``: sentences per session call (unless ``token_budget``, padded tokens
+    per batch); ``max_seq_length``: truncation (default: the manifest's). ``providers``,
+    ``graph_optimization`` (``disable``/``basic``/``extended``/``all``), ``spinning``: ORT settings.
+    ``pca``: optional ``.npz`` (mean, components) projecting to k dims (then L2-normalised).
+    ``cache``: an :class:`embopt.serving.cache.EmbeddingCache`; hits skip tokenization and the model.
+    ``mode``: ``bulk`` (one 1-thread session per thread, in parallel) or ``latency`` (one session with
+    every thread: serving). ``tokenize_chunk``: texts tokenized at a time, ahead of inference in a
+    background thread (0: all at once).
     """
 
     def __init__(self, bundle: Path | str, variant: str | None = None, threads: int | None = None,
@@ -258,10 +254,9 @@ class Embedder:
         missing = {"input_ids", "attention_mask"} - set(self.input_names)
         if missing:
             raise EmboptError(f"{self.onnx_path}: graph lacks input(s) {', '.join(sorted(missing))}")
-        self._extra_inputs = [i for i in self.session.get_inputs()
-                              if i.name not in ("input_ids", "attention_mask")]
-        self.output_name = self.session.get_outputs()[0].name
-        self.model_dim = self.session.get_outputs()[0].shape[-1]
+        self._extra_inputs = [n for n in self.input_names if n not in ("input_ids", "attention_mask")]
+        output = self.session.get_outputs()[0]
+        self.output_name, self.model_dim = output.name, output.shape[-1]
 
     def _pooled_graph(self) -> bytes:
         try:
@@ -316,7 +311,7 @@ class Embedder:
         if self.backend != "onnxruntime":
             return session.run(input_ids, attention_mask)
         # token_type_ids of exports that keep it: all zeros
-        feeds = {extra.name: np.zeros_like(input_ids) for extra in self._extra_inputs}
+        feeds = {name: np.zeros_like(input_ids) for name in self._extra_inputs}
         feeds.update(input_ids=input_ids, attention_mask=attention_mask)
         return session.run([self.output_name], feeds)[0]
 

@@ -97,7 +97,7 @@ class CachedWordPiece:
         # The Rust tokenizer cuts the words and keeps its special tokens within max_length.
         keep = trunc["max_length"] - len(self.suffix) if trunc else None
         out: list[list[int] | None] = []
-        slow: list[int] = []
+        slow = []
         chunk_ids, suspect, prefix, suffix = self.words.__getitem__, self.suspect, self.prefix, self.suffix
         for i, text in enumerate(texts):
             norm = text.lower() if self.lowercase else text
