@@ -93,12 +93,9 @@ def copy_tokenizer(model_dir: Path, bundle: Path) -> list[str]:
     """Copy the fast-tokenizer files of a SentenceTransformer folder into the bundle."""
     import shutil
 
-    copied = []
-    for name in TOKENIZER_FILES:
-        src = Path(model_dir) / name
-        if src.exists():
-            shutil.copy2(src, Path(bundle) / name)
-            copied.append(name)
+    copied = [name for name in TOKENIZER_FILES if (Path(model_dir) / name).exists()]
+    for name in copied:
+        shutil.copy2(Path(model_dir) / name, Path(bundle) / name)
     if "tokenizer.json" not in copied:
         raise EmboptError(f"{model_dir}: no tokenizer.json (a fast tokenizer is required)")
     return copied

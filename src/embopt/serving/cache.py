@@ -43,6 +43,11 @@ _ENTRY_OVERHEAD = 100  # bytes per LRU entry beyond the text and the vector (dic
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 
 
+def _locked(exc: sqlite3.Error) -> bool:
+    """Another process held the lock past the timeout."""
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
+
+
 class EmbeddingCache:
     """LRU of float32 vectors by exact text (at most ``max_entries``, and ``max_bytes`` of texts,
     vectors and per-entry overhead; None: no byte bound), with an optional SQLite store at ``path``
@@ -160,14 +165,11 @@ class EmbeddingCache:
                     f"SELECT text, dim, vec FROM embeddings WHERE model = ? AND text IN ({marks})",
                     [self.model, *chunk],
                 ).fetchall()
-            except sqlite3.OperationalError as exc:
-                if "locked" in str(exc) or "busy" in str(exc):  # locked past the timeout: treat as misses
+            except sqlite3.Error as exc:  # corrupted page ("database disk image is malformed") and the like
+                if _locked(exc):  # locked past the timeout: treat as misses
                     log.warning("%s: cache read skipped (%s)", self.path, exc)
                 else:
                     self._bypass("both", exc)
-                return found
-            except sqlite3.Error as exc:  # corrupted page ("database disk image is malformed") and the like
-                self._bypass("both", exc)
                 return found
             for text, dim, blob in rows:
                 if dim == self.dim and len(blob) == self.dim * 4:
@@ -226,7 +228,7 @@ class EmbeddingCache:
                     raise
                 break
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
+                if not _locked(exc):
                     raise
                 time.sleep(0.05 * (attempt + 1))
         else:

@@ -13,13 +13,6 @@ from embopt.errors import EmboptError
 POOLED_OUTPUT = "sentence_embedding"
 
 
-def _opset(model) -> int:
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
-            return int(imp.version)
-    return 0
-
-
 def add_pooling(model, mode: str = "mean", normalize: bool = True):
     """Return ``model`` (an ``onnx.ModelProto`` with an ``attention_mask`` input and a (batch, seq,
     hidden) first output; modified in place) with one output, ``sentence_embedding`` (batch, hidden):
@@ -28,7 +21,8 @@ def add_pooling(model, mode: str = "mean", normalize: bool = True):
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
-    graph, opset = model.graph, _opset(model)
+    graph = model.graph
+    opset = next((int(i.version) for i in model.opset_import if i.domain in ("", "ai.onnx")), 0)
     if opset < 13:
         raise EmboptError(f"pooling needs ONNX opset >= 13, graph has {opset}")
     if "attention_mask" not in {i.name for i in graph.input}:

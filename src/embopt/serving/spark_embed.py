@@ -78,9 +78,7 @@ def _worker_embedder(spec: tuple):
     if spec not in _EMBEDDERS:
         from embopt.serving.runtime import Embedder
 
-        bundle, variant, threads, batch_size, max_seq_length = spec
-        _EMBEDDERS[spec] = Embedder(bundle, variant=variant, threads=threads, batch_size=batch_size,
-                                    max_seq_length=max_seq_length)
+        _EMBEDDERS[spec] = Embedder(*spec)  # (bundle, variant, threads, batch_size, max_seq_length)
     return _EMBEDDERS[spec]
 
 
