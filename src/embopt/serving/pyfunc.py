@@ -138,11 +138,9 @@ class EmbedderModel(mlflow.pyfunc.PythonModel):
         cfg = runtime_config(getattr(context, "model_config", None))
         self.max_request_bytes = cfg["max_request_bytes"]
         cache = _open_cache(cfg) if cfg["cache"] else None
-        self.embedder = Embedder(
-            context.artifacts["bundle"], threads=cfg["threads"], mode=cfg["mode"],
-            batch_size=int(cfg["batch_size"]),
-            graph_optimization=cfg["graph_optimization"], providers=cfg["providers"], cache=cache,
-        )
+        self.embedder = Embedder(context.artifacts["bundle"], threads=cfg["threads"], mode=cfg["mode"],
+                                 batch_size=int(cfg["batch_size"]), providers=cfg["providers"],
+                                 graph_optimization=cfg["graph_optimization"], cache=cache)
 
     def predict(self, context, model_input, params=None) -> np.ndarray:
         from mlflow.exceptions import MlflowException

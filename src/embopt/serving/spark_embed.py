@@ -41,11 +41,8 @@ _EMBEDDERS: dict[tuple, Any] = {}
 
 
 def spark_session(master: str = "local[*]", app_name: str = "embopt-embed"):
-    """A SparkSession for embedding: UI off, few shuffle partitions, workers on this Python.
-
-    Raises:
-        EmboptError: pyspark or Java missing (one line saying what to install).
-    """
+    """A SparkSession for embedding: UI off, few shuffle partitions, workers on this Python. Raises
+    :class:`EmboptError` where pyspark or Java is missing (one line saying what to install)."""
     try:
         from pyspark.sql import SparkSession
     except ImportError:

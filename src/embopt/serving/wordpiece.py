@@ -85,9 +85,6 @@ class CachedWordPiece:
             return None
         return cls(tokenizer, bool(norm.get("lowercase", True)))
 
-    def _needs_rust(self, norm: str) -> bool:
-        return self.control(norm) is not None or any(s in norm for s in self.special)
-
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Ids per text, as the Rust tokenizer gives them."""
         # Truncation is read at each call: a caller may change it on the tokenizer (bench's sweep does).
@@ -102,7 +99,8 @@ class CachedWordPiece:
         for i, text in enumerate(texts):
             norm = text.lower() if self.lowercase else text
             # text, not norm: lower() maps some non-ASCII letters to ASCII (the Kelvin sign to "k").
-            if not text.isascii() or (suspect(norm) and self._needs_rust(norm)):
+            if not text.isascii() or (suspect(norm) and (self.control(norm) is not None
+                                                         or any(s in norm for s in self.special))):
                 slow.append(i)
                 out.append(None)
                 continue
