@@ -1,13 +1,9 @@
 """Bulk embedding on Spark: the same :class:`Embedder` in every executor's Python workers.
 
-Python API::
-
-    from embopt.serving.spark_embed import spark_session, embed_dataframe, embed_files, embed_texts
-    embed_files("texts.csv", "vectors.parquet", bundle="models/export", master="local[*]")
-    # or, inside an existing Spark job (``df`` has a string column ``text``):
-    vectors = embed_dataframe(df, "models/export")   # adds ``embedding`` (array<float>)
-    # or texts held by the driver (the teacher_embed stage's engine spark), vectors back in order:
-    array = embed_texts(spark, texts, "models/export", workdir)
+Python API: :func:`embed_files` (a file to a Parquet folder, ``embopt embed --engine spark``);
+:func:`embed_dataframe` inside a Spark job (adds ``embedding``, array<float>, to a DataFrame with a
+string column ``text``); :func:`embed_texts` for texts held by the driver (teacher_embed's engine
+spark), vectors back in order.
 
 How it runs: ``mapInPandas`` hands each task an iterator of Arrow batches; the task's Embedder
 comes from a per-process cache (:func:`_worker_embedder`), so with Spark's default worker reuse the
