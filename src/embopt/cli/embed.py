@@ -96,7 +96,7 @@ def run_embed(
     log.info("model %s (%s), dim %d, max_seq_length %d, batch %d, %s mode on %d session(s)",
              embedder.onnx_path, embedder.variant, embedder.dim, embedder.max_seq_length, batch_size, mode,
              len(embedder.sessions))
-    io.check_space(output, io.output_bytes(output, len(texts), embedder.dim, texts))
+    io.check_space(output, embedder.dim, texts)
     out = np.empty((len(texts), embedder.dim), dtype=np.float32)
     t0 = time.perf_counter()
     with tqdm(total=len(texts), desc="embed", unit="text", disable=not progress) as bar:

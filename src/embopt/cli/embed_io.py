@@ -16,7 +16,6 @@ import csv
 import io
 import json
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -53,23 +52,18 @@ def check_output(path: Path) -> None:
     except OSError as exc:
         raise DataError(f"{path}: cannot create folder {parent} ({exc.strerror or exc})") from None
     try:  # the write itself goes through a temporary sibling: check that one can be made
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=parent)
-        os.close(fd)
-        os.unlink(probe)
+        with tempfile.NamedTemporaryFile(prefix=f".{path.name}.tmp-", dir=parent):
+            pass
     except OSError as exc:
         raise DataError(f"{path}: cannot write in {parent} ({exc.strerror or exc})") from None
 
 
-def output_bytes(path: Path, n: int, dim: int, texts: list[str] | None = None) -> int:
-    """A generous estimate of the output's size on disk."""
-    size = n * dim * 4 + 4096
+def check_space(path: Path, dim: int, texts: list[str]) -> None:
+    """Fail before the embedding work when the output's disk has less free than a generous estimate
+    of the output's size (``texts`` embedded in ``dim`` floats)."""
+    nbytes = len(texts) * dim * 4 + 4096
     if Path(path).suffix.lower() == ".parquet":
-        size += sum(len(t.encode("utf-8")) for t in texts or []) + 64 * n
-    return size
-
-
-def check_space(path: Path, nbytes: int) -> None:
-    """Fail before the embedding work when the output's disk has less than ``nbytes`` free."""
+        nbytes += sum(len(t.encode("utf-8")) for t in texts) + 64 * len(texts)
     free = shutil.disk_usage(Path(path).parent).free
     if free < nbytes:
         raise DataError(f"{path}: needs about {_size(nbytes)}, only {_size(free)} free on its disk")
@@ -101,11 +95,8 @@ def _check_text(path: Path, lineno: int, text: str) -> str:
 
 
 def read_texts(path: Path, column: str = "text") -> list[str]:
-    """Texts of ``path`` in file order (format from the suffix, see the module docstring).
-
-    Raises:
-        DataError: missing, undecodable, malformed or empty input (file and line named).
-    """
+    """Texts of ``path`` in file order (format from the suffix, see the module docstring); a
+    :class:`DataError` naming file and line for missing, undecodable, malformed or empty input."""
     path = Path(path)
     content = _decode(path)
     fmt = input_format(path)
