@@ -8,9 +8,8 @@ from embopt.cli.bench import bench  # every variant against the anchors (bench.p
 from embopt.cli.embed import embed  # a file of texts to embeddings (embed.py holds the options)
 from embopt.cli.runtime_bench import bench_runtime  # the runtime's own benchmark
 
-app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="embopt: fast sentence embeddings, measured."
-)
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="embopt: fast sentence embeddings, measured.")
 
 
 @app.callback()

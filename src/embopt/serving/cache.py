@@ -181,12 +181,10 @@ class EmbeddingCache:
         return sys.getsizeof(text) + vec.nbytes + _ENTRY_OVERHEAD
 
     def _remember(self, text: str, vec: np.ndarray) -> None:
-        if self.max_entries == 0:
-            return
         size = self._entry_bytes(text, vec)
         limit = self.max_bytes if self.max_bytes is not None else float("inf")
-        if size > limit:
-            return  # one entry larger than the whole bound is not kept
+        if self.max_entries == 0 or size > limit:  # one entry larger than the whole bound is not kept
+            return
         mem = self._mem
         old = mem.pop(text, None)
         if old is not None:

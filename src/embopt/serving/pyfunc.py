@@ -101,12 +101,11 @@ def to_texts(model_input: Any, max_bytes: int | None = None) -> list[str]:
 
 def runtime_config(model_config: dict[str, Any] | None) -> dict[str, Any]:
     """``DEFAULT_CONFIG`` updated with ``model_config``; unknown keys are refused by name."""
-    cfg = dict(DEFAULT_CONFIG)
     unknown = set(model_config or {}) - set(DEFAULT_CONFIG)
     if unknown:
         raise ValueError(f"unknown model_config key(s): {', '.join(sorted(unknown))} "
                          f"(known: {', '.join(DEFAULT_CONFIG)})")
-    cfg.update(model_config or {})
+    cfg = {**DEFAULT_CONFIG, **(model_config or {})}
     for key, low in (("max_request_bytes", 1), ("cache_max_bytes", 0)):
         value = cfg[key]
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):

@@ -91,11 +91,8 @@ def _describe(value: Any) -> str:
 
 
 def check_texts(texts: Sequence[Any], max_bytes: int | None = None) -> list[str]:
-    """``texts`` as a list of ``str``, or an :class:`EmboptError` naming the first row that is not text.
-
-    Nothing is converted: null, numbers, booleans, bytes, lists and dicts are refused, not embedded
-    as ``str(x)``. ``max_bytes`` bounds the UTF-8 size of all texts together (None: no bound).
-    """
+    """``texts`` as a list of ``str``, or an :class:`EmboptError` naming the first row that is not text
+    (refused, not embedded as ``str(x)``). ``max_bytes`` bounds the UTF-8 size of all texts together."""
     texts = texts if isinstance(texts, list) else list(texts)
     if not all(type(t) is str for t in texts):  # noqa: E721 - the fast path; subclasses checked below
         for i, t in enumerate(texts):
