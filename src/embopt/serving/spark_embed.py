@@ -26,14 +26,10 @@ import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from embopt.errors import DataError, EmboptError
 
 log = logging.getLogger("embopt.embed")
-
-# One Embedder per Python worker process, kept across tasks (spark.python.worker.reuse is on).
-_EMBEDDERS: dict[tuple, Any] = {}
 
 
 def spark_session(master: str = "local[*]", app_name: str = "embopt-embed"):
@@ -55,8 +51,7 @@ def spark_session(master: str = "local[*]", app_name: str = "embopt-embed"):
     if src not in paths:
         os.environ["PYTHONPATH"] = os.pathsep.join([src, *filter(None, paths)])
     builder = (SparkSession.builder.master(master).appName(app_name)
-               .config("spark.ui.enabled", "false")
-               .config("spark.sql.shuffle.partitions", "4"))
+               .config("spark.ui.enabled", "false").config("spark.sql.shuffle.partitions", "4"))
     if master.startswith("local"):  # loopback only: nothing listens on the network interfaces
         builder = (builder.config("spark.driver.bindAddress", "127.0.0.1")
                    .config("spark.driver.host", "127.0.0.1"))
@@ -67,16 +62,16 @@ def spark_session(master: str = "local[*]", app_name: str = "embopt-embed"):
         raise EmboptError(f"cannot start Spark ({master}): {str(exc).splitlines()[0]}") from None
 
 
+@functools.cache
 def _worker_embedder(spec: tuple):
-    if spec not in _EMBEDDERS:
-        from embopt.serving.runtime import Embedder
+    """One Embedder per Python worker process, kept across tasks (spark.python.worker.reuse is on)."""
+    from embopt.serving.runtime import Embedder
 
-        _EMBEDDERS[spec] = Embedder(*spec)  # (bundle, variant, threads, batch_size, max_seq_length)
-    return _EMBEDDERS[spec]
+    return Embedder(*spec)  # (bundle, variant, threads, batch_size, max_seq_length)
 
 
 def _embed_partition(spec: tuple, text_col: str, batches: Iterator) -> Iterator:
-    """mapInPandas body (module level: pickled by reference, so ``_EMBEDDERS`` is the worker's own)."""
+    """mapInPandas body (module level: pickled by reference, so the Embedder cache is the worker's own)."""
     embedder = _worker_embedder(spec)
     for frame in batches:
         try:
