@@ -74,11 +74,9 @@ def embed(
              n / seconds if seconds else 0.0)
 
 
-def run_embed(
-    input: Path, output: Path, bundle: Path, variant: str | None = None, column: str = "text",
-    batch_size: int = 32, threads: int | None = None, max_seq_length: int | None = None,
-    pca: Path | None = None, cache: Path | None = None, progress: bool = True, mode: str = "bulk",
-) -> tuple[int, int, float]:
+def run_embed(input: Path, output: Path, bundle: Path, variant: str | None, column: str, batch_size: int,
+              threads: int | None, max_seq_length: int | None, pca: Path | None, cache: Path | None,
+              progress: bool, mode: str) -> tuple[int, int, float]:
     """Read, embed, write. Returns (texts, dim, seconds)."""
     import numpy as np
     from tqdm.auto import tqdm
