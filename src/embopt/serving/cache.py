@@ -101,9 +101,7 @@ class EmbeddingCache:
         try:
             conn = sqlite3.connect(str(self.path), timeout=self.timeout, isolation_level=None,
                                    check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(SCHEMA)
+            conn.executescript(f"PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; {SCHEMA}")
         except sqlite3.DatabaseError as exc:
             raise EmboptError(f"{self.path}: cannot open embedding cache ({exc})") from None
         self._conn, self._conn_pid = conn, os.getpid()

@@ -403,13 +403,12 @@ class Embedder:
 
             progress = tqdm(total=n, desc="embed", unit="sent")
         try:
-            if self.cache is None:
-                if n == 1:  # a query: none of the sorting and padding below
-                    self._embed_one(texts[0], out)
-                elif n:
-                    self._embed_uncached(texts, out, progress)
-            else:
+            if self.cache is not None:
                 self._embed_with_cache(texts, out, progress)
+            elif n == 1:  # a query: none of the sorting and padding below
+                self._embed_one(texts[0], out)
+            elif n:
+                self._embed_uncached(texts, out, progress)
         except (UnicodeEncodeError, TypeError):  # a lone surrogate ("\ud800" in JSON): not valid Unicode
             for i, t in enumerate(texts):
                 try:
