@@ -1,18 +1,16 @@
 """The MLflow pyfunc model registered by promote: the bundle behind :class:`Embedder`.
 
-At load time it needs only this package (shipped via ``code_paths``), onnxruntime, tokenizers,
-numpy and pandas. Runtime settings travel as the model's ``model_config`` (written by promote from
-params.yaml's ``runtime``), overridable at load time::
+It needs only this package (shipped via ``code_paths``), onnxruntime, tokenizers, numpy and pandas.
+Settings travel as ``model_config`` (promote writes params.yaml's ``runtime``), overridable::
 
     mlflow.pyfunc.load_model("models:/embopt-encoder@champion",
                              model_config={"threads": 4, "cache_path": "/var/cache/embopt.sqlite"})
 
 Input rule (:func:`to_texts`): strings only. A list, Series or 1-D array of strings; a DataFrame
 with a column named ``text`` (other columns ignored) or exactly one column; a dict ``{"text": [...]}``.
-Anything else, and any value that is not a string, is refused with the row named:
-``MlflowException(INVALID_PARAMETER_VALUE)``, HTTP 400 from ``mlflow models serve``. A request's
-texts are bounded by ``max_request_bytes`` of UTF-8, checked once MLflow has parsed it (``mlflow
-models serve`` has no body-size limit: put one in the proxy in front of it).
+Anything else, and any non-string value, is refused with the row named: ``MlflowException(
+INVALID_PARAMETER_VALUE)``, HTTP 400 from ``mlflow models serve``. A request's texts are bounded by
+``max_request_bytes`` of UTF-8 once parsed (the server has no body-size limit: put one in a proxy).
 
 The input schema is left open (``model_signature``): MLflow's enforcement of a string column
 converts every value with ``str(x)`` (null arrives as ``"None"``) and keeps only a DataFrame's first
@@ -33,8 +31,7 @@ from embopt.errors import EmboptError
 
 log = logging.getLogger(__name__)
 
-# model_config keys the model understands, with their defaults.
-DEFAULT_CONFIG: dict[str, Any] = {
+DEFAULT_CONFIG: dict[str, Any] = {  # model_config keys the model understands, with their defaults
     "threads": None,  # ORT intra-op threads; None: ORT's default (one per physical core)
     "mode": "latency",  # a request at a time on all threads (Embedder's "bulk": batch scoring, spark_udf)
     "batch_size": 32,
@@ -66,13 +63,9 @@ def to_texts(model_input: Any, max_bytes: int | None = None) -> list[str]:
     from embopt.serving.runtime import check_texts
 
     if isinstance(model_input, dict):
-        keys = list(model_input)
-        if "text" in model_input:
-            model_input = model_input["text"]
-        elif len(keys) == 1:
-            model_input = model_input[keys[0]]
-        else:
-            raise EmboptError(f"expected one input or an input named 'text', got {[str(k) for k in keys]}")
+        if "text" not in model_input and len(model_input) != 1:
+            raise EmboptError(f"expected one input or an input named 'text', got {[str(k) for k in model_input]}")
+        model_input = model_input["text"] if "text" in model_input else next(iter(model_input.values()))
     if isinstance(model_input, pd.DataFrame):
         if "text" not in model_input.columns and model_input.shape[1] != 1:
             raise EmboptError(f"expected one column of strings or a column named 'text', got columns "

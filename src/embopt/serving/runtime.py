@@ -171,7 +171,6 @@ class Embedder:
             raise EmboptError(f"tokenize_chunk must be >= 0 and token_budget >= 1, got {tokenize_chunk} "
                               f"and {token_budget}")
         self.mode, self.tokenize_chunk, self.token_budget = mode, int(tokenize_chunk), token_budget
-        # bulk: one single-threaded session per thread; latency: one session with all of them.
         workers = int(threads or len(os.sched_getaffinity(0))) if mode == "bulk" else 1
         session_threads = 1 if mode == "bulk" else threads
         self.bundle = Path(bundle)
@@ -301,14 +300,12 @@ class Embedder:
         """Token ids per text, truncated, without padding."""
         if self._wordpiece is not None:
             return self._wordpiece.encode(texts)
-        # encode_batch_fast skips character offsets we never use.
-        return [e.ids for e in self.tokenizer.encode_batch_fast(list(texts))]
+        return [e.ids for e in self.tokenizer.encode_batch_fast(list(texts))]  # _fast: no char offsets
 
     def _run(self, session, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         if self.backend != "onnxruntime":
             return session.run(input_ids, attention_mask)
-        # token_type_ids of exports that keep it: all zeros
-        feeds = {name: np.zeros_like(input_ids) for name in self._extra_inputs}
+        feeds = {name: np.zeros_like(input_ids) for name in self._extra_inputs}  # token_type_ids: zeros
         feeds.update(input_ids=input_ids, attention_mask=attention_mask)
         return session.run([self.output_name], feeds)[0]
 
@@ -447,8 +444,8 @@ class Embedder:
 
 
 def _ahead(items: Iterator[Batch], depth: int) -> Iterator[Batch]:
-    """``items``, produced up to ``depth`` ahead by a background thread (tokenization overlaps the
-    inference of the batches before it: both release the GIL). Errors reach the consumer."""
+    """``items`` produced up to ``depth`` ahead by a thread (tokenization overlaps the inference of
+    the batches before it: both release the GIL). Errors reach the consumer."""
     q: queue.Queue = queue.Queue(depth)
     stop, end = threading.Event(), object()
 
