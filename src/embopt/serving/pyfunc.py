@@ -64,7 +64,8 @@ def to_texts(model_input: Any, max_bytes: int | None = None) -> list[str]:
 
     if isinstance(model_input, dict):
         if "text" not in model_input and len(model_input) != 1:
-            raise EmboptError(f"expected one input or an input named 'text', got {[str(k) for k in model_input]}")
+            raise EmboptError(f"expected one input or an input named 'text', got "
+                              f"{[str(k) for k in model_input]}")
         model_input = model_input["text"] if "text" in model_input else next(iter(model_input.values()))
     if isinstance(model_input, pd.DataFrame):
         if "text" not in model_input.columns and model_input.shape[1] != 1:
