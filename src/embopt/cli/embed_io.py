@@ -182,19 +182,17 @@ def write_embeddings(path: Path, embeddings: np.ndarray, texts: list[str]) -> No
     check_output(path)
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     try:
-        if path.suffix.lower() == ".npy":
-            with atomic_file(path, "wb") as fh:
-                np.save(fh, embeddings)
-            return
-        try:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-        except ImportError:  # pragma: no cover - pyarrow ships with mlflow
-            raise DataError(f"{path}: Parquet output needs pyarrow (pip install pyarrow)") from None
-        flat = pa.array(embeddings.reshape(-1), type=pa.float32())
-        vectors = pa.FixedSizeListArray.from_arrays(flat, embeddings.shape[1])
-        table = pa.table({"text": pa.array(texts, type=pa.string()), "embedding": vectors})
         with atomic_file(path, "wb") as fh:
-            pq.write_table(table, fh)
+            if path.suffix.lower() == ".npy":
+                np.save(fh, embeddings)
+                return
+            try:
+                import pyarrow as pa
+                import pyarrow.parquet as pq
+            except ImportError:  # pragma: no cover - pyarrow ships with mlflow
+                raise DataError(f"{path}: Parquet output needs pyarrow (pip install pyarrow)") from None
+            flat = pa.array(embeddings.reshape(-1), type=pa.float32())
+            vectors = pa.FixedSizeListArray.from_arrays(flat, embeddings.shape[1])
+            pq.write_table(pa.table({"text": pa.array(texts, type=pa.string()), "embedding": vectors}), fh)
     except OSError as exc:  # a full disk, a vanished folder: the temporary file is already removed
         raise DataError(f"{path}: cannot write ({exc.strerror or exc}); nothing was written") from None

@@ -161,8 +161,7 @@ class EmbeddingCache:
             try:
                 rows = conn.execute(
                     f"SELECT text, dim, vec FROM embeddings WHERE model = ? AND text IN ({marks})",
-                    [self.model, *chunk],
-                ).fetchall()
+                    [self.model, *chunk]).fetchall()
             except sqlite3.Error as exc:  # corrupted page ("database disk image is malformed") and the like
                 if _locked(exc):  # locked past the timeout: treat as misses
                     log.warning("%s: cache read skipped (%s)", self.path, exc)
