@@ -29,8 +29,7 @@ def add_pooling(model, mode: str = "mean", normalize: bool = True):
         raise EmboptError("pooling needs an 'attention_mask' graph input")
     dims = graph.output[0].type.tensor_type.shape.dim
     hidden = dims[-1].dim_value if len(dims) == 3 and dims[-1].dim_value else "hidden"
-    tok = graph.output[0].name
-    p = "embopt_pool_"  # prefix keeps our node and tensor names clear of the exporter's
+    tok, p = graph.output[0].name, "embopt_pool_"  # the prefix keeps our names clear of the exporter's
 
     def init(name: str, value, dtype=np.int64):
         return numpy_helper.from_array(np.array(value, dtype=dtype), p + name)
@@ -59,11 +58,9 @@ def add_pooling(model, mode: str = "mean", normalize: bool = True):
             inits.append(init("axis_seq", [1]))
     else:
         raise EmboptError(f"pooling mode '{mode}' not supported (mean, cls, max)")
-    last = "pooled"
     if normalize:
-        nodes.append(node("LpNormalization", [last], "normed", axis=1, p=2))
-        last = "normed"
-    nodes.append(helper.make_node("Identity", [p + last], [POOLED_OUTPUT]))
+        nodes.append(node("LpNormalization", ["pooled"], "normed", axis=1, p=2))
+    nodes.append(helper.make_node("Identity", [p + ("normed" if normalize else "pooled")], [POOLED_OUTPUT]))
     graph.node.extend(nodes)
     graph.initializer.extend(inits)
     del graph.output[:]
