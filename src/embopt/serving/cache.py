@@ -243,8 +243,7 @@ class EmbeddingCache:
             self._since_trim = 0
             conn.execute("BEGIN IMMEDIATE")
             try:
-                (count,) = conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()
-                excess = count - self.max_rows
+                excess = conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0] - self.max_rows
                 if excess > 0:
                     conn.execute("DELETE FROM embeddings WHERE rowid IN "
                                  "(SELECT rowid FROM embeddings ORDER BY rowid LIMIT ?)", (excess,))
