@@ -29,7 +29,6 @@ log = logging.getLogger("embopt.embed")
 
 CSV_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "csv"}  # anything else: lines
-OUTPUT_SUFFIXES = (".npy", ".parquet")
 
 
 def input_format(path: Path) -> str:
@@ -40,7 +39,7 @@ def check_output(path: Path) -> None:
     """Fail before any work when the output cannot be written: unknown format, a folder in the way,
     a parent that is a file, a folder we cannot create files in."""
     path = Path(path)
-    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+    if path.suffix.lower() not in (".npy", ".parquet"):
         raise DataError(f"{path}: unsupported output format '{path.suffix}' (use .npy or .parquet)")
     if path.is_dir():
         raise DataError(f"{path}: is a folder; name an output file")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +92,6 @@ def write_manifest(bundle: Path, variants: dict[str, dict[str, Any]], default_va
 
 def copy_tokenizer(model_dir: Path, bundle: Path) -> list[str]:
     """Copy the fast-tokenizer files of a SentenceTransformer folder into the bundle."""
-    import shutil
-
     copied = [name for name in TOKENIZER_FILES if (Path(model_dir) / name).exists()]
     for name in copied:
         shutil.copy2(Path(model_dir) / name, Path(bundle) / name)

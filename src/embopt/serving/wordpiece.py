@@ -51,8 +51,7 @@ class CachedWordPiece:
     def __init__(self, tokenizer, lowercase: bool):
         from tokenizers import Tokenizer
 
-        self.tokenizer = tokenizer
-        self.lowercase = lowercase
+        self.tokenizer, self.lowercase = tokenizer, lowercase
         # Misses are tokenized whole: the caller's tokenizer may truncate (a chunk's ids must not be).
         whole = Tokenizer.from_str(tokenizer.to_str())
         whole.no_truncation()
@@ -78,9 +77,8 @@ class CachedWordPiece:
     @classmethod
     def for_tokenizer(cls, tokenizer) -> CachedWordPiece | None:
         spec = json.loads(tokenizer.to_str())
-        norm, pre = spec.get("normalizer") or {}, spec.get("pre_tokenizer") or {}
-        model = spec.get("model") or {}
-        kinds = (norm.get("type"), pre.get("type"), model.get("type"))
+        norm = spec.get("normalizer") or {}
+        kinds = tuple((spec.get(part) or {}).get("type") for part in ("normalizer", "pre_tokenizer", "model"))
         if kinds != ("BertNormalizer", "BertPreTokenizer", "WordPiece") or not norm.get("clean_text", True):
             return None
         return cls(tokenizer, bool(norm.get("lowercase", True)))
@@ -108,8 +106,6 @@ class CachedWordPiece:
             if keep is not None:
                 del ids[keep:]
             out.append(ids + suffix)
-        if slow:
-            encoded = self.tokenizer.encode_batch_fast([texts[i] for i in slow])
-            for i, enc in zip(slow, encoded, strict=True):
-                out[i] = enc.ids
+        for i, enc in zip(slow, self.tokenizer.encode_batch_fast([texts[i] for i in slow]), strict=True):
+            out[i] = enc.ids
         return out  # type: ignore[return-value]
