@@ -97,8 +97,7 @@ def read_texts(path: Path, column: str = "text") -> list[str]:
     """Texts of ``path`` in file order (format from the suffix, see the module docstring); a
     :class:`DataError` naming file and line for missing, undecodable, malformed or empty input."""
     path = Path(path)
-    content = _decode(path)
-    fmt = input_format(path)
+    content, fmt = _decode(path), input_format(path)
     if fmt == "lines":
         texts = [_check_text(path, i, line) for i, line in enumerate(content.splitlines(), start=1)
                  if line.strip()]
