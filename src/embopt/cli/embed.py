@@ -29,8 +29,7 @@ def embed(
     variant: str = typer.Option(None, "--variant", help="Manifest variant (default: the bundle's default)."),
     column: str = typer.Option("text", "--column", "-c", help="CSV column or JSONL field holding the text."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Sentences per ONNX Runtime call."),
-    threads: int = typer.Option(None, "--threads", min=1,
-                                help="Threads in all (default: one per CPU)."),
+    threads: int = typer.Option(None, "--threads", min=1, help="Threads in all (default: one per CPU)."),
     mode: str = typer.Option("bulk", "--mode", help="bulk: one 1-thread ONNX Runtime session per thread, "
                              "batches in parallel (fastest for files); latency: one session on all threads."),
     max_seq_length: int = typer.Option(None, "--max-seq-length", min=2,
@@ -51,8 +50,15 @@ def embed(
     previous = exit_on_sigterm()  # a SIGTERM unwinds like Ctrl-C: the temporary output file is removed
     try:
         if engine == "spark":
-            n, dim, seconds = run_spark(input, output, bundle, master, variant, column, batch_size, threads,
-                                        max_seq_length, pca, cache)
+            from embopt.serving.spark_embed import embed_files
+
+            if pca is not None or cache is not None:
+                raise EmboptError("--pca and --cache work with --engine local only")
+            t0 = time.perf_counter()
+            # One ORT thread per task by default: Spark already runs one task per core.
+            n, dim = embed_files(input, output, bundle, master, variant, column, batch_size, threads or 1,
+                                 max_seq_length)
+            seconds = time.perf_counter() - t0
         elif engine == "local":
             n, dim, seconds = run_embed(input, output, bundle, variant, column, batch_size, threads,
                                         max_seq_length, pca, cache, progress, mode)
@@ -68,70 +74,36 @@ def embed(
              n / seconds if seconds else 0.0)
 
 
-def run_spark(
-    input: Path, output: Path, bundle: str, master: str, variant: str | None = None, column: str = "text",
-    batch_size: int = 32, threads: int | None = None, max_seq_length: int | None = None,
-    pca: Path | None = None, cache: Path | None = None,
-) -> tuple[int, int, float]:
-    """``embopt embed --engine spark`` (see :mod:`embopt.serving.spark_embed`): (texts, dim, seconds)."""
-    from embopt.serving.spark_embed import embed_files
-
-    if pca is not None or cache is not None:
-        raise EmboptError("--pca and --cache work with --engine local only")
-    t0 = time.perf_counter()
-    # One ORT thread per task by default: Spark already runs one task per core.
-    n, dim = embed_files(input, output, bundle, master, variant, column, batch_size, threads or 1,
-                         max_seq_length)
-    return n, dim, time.perf_counter() - t0
-
-
-def run_embed(
-    input: Path, output: Path, bundle: Path, variant: str | None = None, column: str = "text",
-    batch_size: int = 32, threads: int | None = None, max_seq_length: int | None = None,
-    pca: Path | None = None, cache: Path | None = None, progress: bool = True, mode: str = "bulk",
-) -> tuple[int, int, float]:
+def run_embed(input: Path, output: Path, bundle: Path, variant: str | None, column: str, batch_size: int,
+              threads: int | None, max_seq_length: int | None, pca: Path | None, cache: Path | None,
+              progress: bool, mode: str) -> tuple[int, int, float]:
     """Read, embed, write. Returns (texts, dim, seconds)."""
     import numpy as np
+    from tqdm.auto import tqdm
 
-    from embopt.cli.embed_io import (
-        check_output,
-        check_space,
-        input_format,
-        output_bytes,
-        read_texts,
-        write_embeddings,
-    )
+    from embopt.cli import embed_io as io
     from embopt.serving.cache import EmbeddingCache
     from embopt.serving.runtime import Embedder
 
-    check_output(output)  # a folder in the way, an unwritable place: before reading or embedding anything
-    texts = read_texts(input, column)
-    log.info("%d texts from %s (%s)", len(texts), input, input_format(input))
+    io.check_output(output)  # a folder in the way, an unwritable place: before reading or embedding anything
+    texts = io.read_texts(input, column)
+    log.info("%d texts from %s (%s)", len(texts), input, io.input_format(input))
     embedder = Embedder(bundle, variant=variant, threads=threads, batch_size=batch_size,
                         max_seq_length=max_seq_length, pca=pca, mode=mode,
                         cache=EmbeddingCache(max_entries=0, path=cache) if cache is not None else None)
     log.info("model %s (%s), dim %d, max_seq_length %d, batch %d, %s mode on %d session(s)",
              embedder.onnx_path, embedder.variant, embedder.dim, embedder.max_seq_length, batch_size, mode,
              len(embedder.sessions))
-    check_space(output, output_bytes(output, len(texts), embedder.dim, texts))
+    io.check_space(output, embedder.dim, texts)
     out = np.empty((len(texts), embedder.dim), dtype=np.float32)
     t0 = time.perf_counter()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(texts), desc="embed", unit="text")
-    try:
+    with tqdm(total=len(texts), desc="embed", unit="text", disable=not progress) as bar:
         for start in range(0, len(texts), CHUNK):
             chunk = texts[start: start + CHUNK]
             out[start: start + len(chunk)] = embedder.embed(chunk)
-            if bar is not None:
-                bar.update(len(chunk))
-    finally:
-        if bar is not None:
-            bar.close()
+            bar.update(len(chunk))
     seconds = time.perf_counter() - t0
     if embedder.cache is not None:
         log.info("cache %s: %s", cache, embedder.cache.stats())
-    write_embeddings(output, out, texts)
+    io.write_embeddings(output, out, texts)
     return len(texts), embedder.dim, seconds

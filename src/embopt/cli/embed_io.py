@@ -1,15 +1,13 @@
 """Reading texts for ``embopt embed`` and writing their embeddings.
 
-Inputs: plain text (one text a line, blank lines skipped), JSONL (one object a line
-with a text field, or a bare JSON string) and CSV/TSV (a named column; every row
-kept, so row i of the output is row i of the table). Outputs: ``.npy`` (float32
-(n, dim)) or Parquet (``text`` and a fixed-size float32 ``embedding`` column).
-Every problem is one line naming the file and line; outputs appear whole or not at all.
-Only text is embedded: a JSON value that is not a string, or a text holding NUL bytes
-(binary data, UTF-16 read as UTF-8), is refused with its line. CSV is parsed strictly, so a
-stray or unterminated quote that would swallow the following lines into one text is an
-error naming the line where the quote opened; a legitimately quoted multi-line text is
-kept and reported in the log.
+Inputs: plain text (one text a line, blank lines skipped), JSONL (one object a line with a text
+field, or a bare JSON string) and CSV/TSV (a named column; every row kept, so row i of the output is
+row i of the table). Outputs: ``.npy`` (float32 (n, dim)) or Parquet (``text`` and a fixed-size
+float32 ``embedding`` column), whole or not at all. Every problem is one line naming the file and
+line. Only text is embedded: a JSON non-string, or a text holding NUL bytes (binary data, UTF-16
+read as UTF-8), is refused. CSV is parsed strictly: a stray or unterminated quote that would swallow
+the following lines into one text is an error naming the line where it opened; a legitimately
+quoted multi-line text is kept and reported in the log.
 """
 
 from __future__ import annotations
@@ -18,7 +16,6 @@ import csv
 import io
 import json
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -30,25 +27,19 @@ from embopt.pipeline.files import atomic_file
 
 log = logging.getLogger("embopt.embed")
 
-JSONL_SUFFIXES = (".jsonl", ".ndjson")
 CSV_SUFFIXES = {".csv": ",", ".tsv": "\t"}
-OUTPUT_SUFFIXES = (".npy", ".parquet")
+FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "csv"}  # anything else: lines
 
 
 def input_format(path: Path) -> str:
-    suffix = Path(path).suffix.lower()
-    if suffix in JSONL_SUFFIXES:
-        return "jsonl"
-    if suffix in CSV_SUFFIXES:
-        return "csv"
-    return "lines"
+    return FORMATS.get(Path(path).suffix.lower(), "lines")
 
 
 def check_output(path: Path) -> None:
     """Fail before any work when the output cannot be written: unknown format, a folder in the way,
     a parent that is a file, a folder we cannot create files in."""
     path = Path(path)
-    if path.suffix.lower() not in OUTPUT_SUFFIXES:
+    if path.suffix.lower() not in (".npy", ".parquet"):
         raise DataError(f"{path}: unsupported output format '{path.suffix}' (use .npy or .parquet)")
     if path.is_dir():
         raise DataError(f"{path}: is a folder; name an output file")
@@ -60,23 +51,18 @@ def check_output(path: Path) -> None:
     except OSError as exc:
         raise DataError(f"{path}: cannot create folder {parent} ({exc.strerror or exc})") from None
     try:  # the write itself goes through a temporary sibling: check that one can be made
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=parent)
-        os.close(fd)
-        os.unlink(probe)
+        with tempfile.NamedTemporaryFile(prefix=f".{path.name}.tmp-", dir=parent):
+            pass
     except OSError as exc:
         raise DataError(f"{path}: cannot write in {parent} ({exc.strerror or exc})") from None
 
 
-def output_bytes(path: Path, n: int, dim: int, texts: list[str] | None = None) -> int:
-    """A generous estimate of the output's size on disk."""
-    size = n * dim * 4 + 4096
+def check_space(path: Path, dim: int, texts: list[str]) -> None:
+    """Fail before the embedding work when the output's disk has less free than a generous estimate
+    of the output's size (``texts`` embedded in ``dim`` floats)."""
+    nbytes = len(texts) * dim * 4 + 4096
     if Path(path).suffix.lower() == ".parquet":
-        size += sum(len(t.encode("utf-8")) for t in texts or []) + 64 * n
-    return size
-
-
-def check_space(path: Path, nbytes: int) -> None:
-    """Fail before the embedding work when the output's disk has less than ``nbytes`` free."""
+        nbytes += sum(len(t.encode("utf-8")) for t in texts) + 64 * len(texts)
     free = shutil.disk_usage(Path(path).parent).free
     if free < nbytes:
         raise DataError(f"{path}: needs about {_size(nbytes)}, only {_size(free)} free on its disk")
@@ -108,14 +94,10 @@ def _check_text(path: Path, lineno: int, text: str) -> str:
 
 
 def read_texts(path: Path, column: str = "text") -> list[str]:
-    """Texts of ``path`` in file order (format from the suffix, see the module docstring).
-
-    Raises:
-        DataError: missing, undecodable, malformed or empty input (file and line named).
-    """
+    """Texts of ``path`` in file order (format from the suffix, see the module docstring); a
+    :class:`DataError` naming file and line for missing, undecodable, malformed or empty input."""
     path = Path(path)
-    content = _decode(path)
-    fmt = input_format(path)
+    content, fmt = _decode(path), input_format(path)
     if fmt == "lines":
         texts = [_check_text(path, i, line) for i, line in enumerate(content.splitlines(), start=1)
                  if line.strip()]
@@ -164,8 +146,7 @@ def _read_csv(path: Path, content: str, column: str, delimiter: str) -> list[str
     if column not in header:
         raise DataError(f"{path}:1: no column '{column}' (have: {', '.join(header) or 'none'})")
     col = header.index(column)
-    texts = []
-    multiline: list[int] = []
+    texts, multiline = [], []
     while True:
         start = reader.line_num + 1  # the line this row begins on
         try:
@@ -199,23 +180,17 @@ def write_embeddings(path: Path, embeddings: np.ndarray, texts: list[str]) -> No
     check_output(path)
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     try:
-        _write(path, embeddings, texts)
+        with atomic_file(path, "wb") as fh:
+            if path.suffix.lower() == ".npy":
+                np.save(fh, embeddings)
+                return
+            try:
+                import pyarrow as pa
+                import pyarrow.parquet as pq
+            except ImportError:  # pragma: no cover - pyarrow ships with mlflow
+                raise DataError(f"{path}: Parquet output needs pyarrow (pip install pyarrow)") from None
+            flat = pa.array(embeddings.reshape(-1), type=pa.float32())
+            vectors = pa.FixedSizeListArray.from_arrays(flat, embeddings.shape[1])
+            pq.write_table(pa.table({"text": pa.array(texts, type=pa.string()), "embedding": vectors}), fh)
     except OSError as exc:  # a full disk, a vanished folder: the temporary file is already removed
         raise DataError(f"{path}: cannot write ({exc.strerror or exc}); nothing was written") from None
-
-
-def _write(path: Path, embeddings: np.ndarray, texts: list[str]) -> None:
-    if path.suffix.lower() == ".npy":
-        with atomic_file(path, "wb") as fh:
-            np.save(fh, embeddings)
-        return
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:  # pragma: no cover - pyarrow ships with mlflow
-        raise DataError(f"{path}: Parquet output needs pyarrow (pip install pyarrow)") from None
-    dim = embeddings.shape[1]
-    vectors = pa.FixedSizeListArray.from_arrays(pa.array(embeddings.reshape(-1), type=pa.float32()), dim)
-    table = pa.table({"text": pa.array(texts, type=pa.string()), "embedding": vectors})
-    with atomic_file(path, "wb") as fh:
-        pq.write_table(table, fh)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import typer
 
-app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="embopt: fast sentence embeddings, measured."
-)
+from embopt.cli.bench import bench  # every variant against the anchors (bench.py holds the options)
+from embopt.cli.embed import embed  # a file of texts to embeddings (embed.py holds the options)
+from embopt.cli.runtime_bench import bench_runtime  # the runtime's own benchmark
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="embopt: fast sentence embeddings, measured.")
 
 
 @app.callback()
@@ -14,19 +17,8 @@ def _main() -> None:
     """embopt command line."""
 
 
-# embopt bench: every variant against the anchors (src/embopt/cli/bench.py holds the options).
-from embopt.cli.bench import bench  # noqa: E402
-
 app.command("bench")(bench)
-
-# embopt embed: a file of texts to embeddings (src/embopt/cli/embed.py holds the options).
-from embopt.cli.embed import embed  # noqa: E402
-
 app.command("embed")(embed)
-
-# embopt bench-runtime: the runtime's own benchmark (src/embopt/cli/runtime_bench.py).
-from embopt.cli.runtime_bench import bench_runtime  # noqa: E402
-
 app.command("bench-runtime")(bench_runtime)
 
 if __name__ == "__main__":

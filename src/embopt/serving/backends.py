@@ -1,10 +1,10 @@
 """Inference backends other than ONNX Runtime, behind one call: ``run(input_ids, attention_mask)``.
 
-A bundle's manifest names each variant's ``backend``: ``onnxruntime`` (the default, run by
-:class:`embopt.serving.runtime.Embedder` itself), ``openvino`` (an OpenVINO IR ``.xml`` with its
-``.bin``) or ``static`` (a token-embedding table ``.npy``: the sentence vector is the L2-normalised
-mean of its tokens' rows). Each session returns pooled, L2-normalised float32 rows, as the ONNX
-graphs do. Only numpy is needed here; ``openvino`` is imported when an OpenVINO variant is opened.
+A manifest variant's ``backend``: ``onnxruntime`` (the default, run by :class:`Embedder` itself),
+``openvino`` (an OpenVINO IR ``.xml`` with its ``.bin``) or ``static`` (a token-embedding table
+``.npy``: the sentence vector is the L2-normalised mean of its tokens' rows). Each session returns
+pooled, L2-normalised float32 rows, as the ONNX graphs do. Only numpy is needed here (``openvino``
+is imported when an OpenVINO variant is opened).
 """
 
 from __future__ import annotations
@@ -81,8 +81,4 @@ class OpenVinoSession:
 
 def open_session(backend: str, path: Path, threads: int | None = None):
     """A session with ``run(input_ids, attention_mask) -> embeddings`` and ``dim``, for a non-ORT backend."""
-    if backend == "openvino":
-        return OpenVinoSession(path, threads)
-    if backend == "static":
-        return StaticSession(path)
-    raise EmboptError(f"{path}: backend '{backend}' is opened by the ONNX Runtime path, not here")
+    return OpenVinoSession(path, threads) if backend == "openvino" else StaticSession(path)

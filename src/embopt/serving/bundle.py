@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -59,28 +60,24 @@ def member_path(bundle: Path, rel: Any, what: str = "file") -> Path:
     where = bundle / MANIFEST
     if not isinstance(rel, str) or not rel.strip():
         raise EmboptError(f"{where}: {what} entry {rel!r} is not a relative path")
-    parts = Path(rel).parts
-    if Path(rel).is_absolute() or "\\" in rel or ".." in parts:
+    if Path(rel).is_absolute() or "\\" in rel or ".." in Path(rel).parts:
         raise EmboptError(f"{where}: {what} entry '{rel}' leaves the bundle folder "
                           "(absolute paths and '..' are refused)")
     return bundle / rel
 
 
 def variant_file(bundle: Path, manifest: dict[str, Any], variant: str | None) -> tuple[str, Path]:
-    name = variant or manifest["default_variant"]
+    name, where = variant or manifest["default_variant"], Path(bundle) / MANIFEST
     if name not in manifest["variants"]:
-        raise EmboptError(
-            f"{Path(bundle) / MANIFEST}: no variant '{name}' (have: {', '.join(manifest['variants'])})"
-        )
+        raise EmboptError(f"{where}: no variant '{name}' (have: {', '.join(manifest['variants'])})")
     entry = manifest["variants"][name]
     if not isinstance(entry, dict) or "file" not in entry:
-        raise EmboptError(f"{Path(bundle) / MANIFEST}: variant '{name}' has no 'file'")
+        raise EmboptError(f"{where}: variant '{name}' has no 'file'")
     return name, member_path(bundle, entry["file"], f"variant '{name}' file")
 
 
-def write_manifest(
-    bundle: Path, variants: dict[str, dict[str, Any]], default_variant: str, **fields: Any
-) -> Path:
+def write_manifest(bundle: Path, variants: dict[str, dict[str, Any]], default_variant: str,
+                   **fields: Any) -> Path:
     """Write ``manifest.json``; each variant's sha256 is computed from its file."""
     bundle = Path(bundle)
     for name, v in variants.items():
@@ -95,14 +92,9 @@ def write_manifest(
 
 def copy_tokenizer(model_dir: Path, bundle: Path) -> list[str]:
     """Copy the fast-tokenizer files of a SentenceTransformer folder into the bundle."""
-    import shutil
-
-    copied = []
-    for name in TOKENIZER_FILES:
-        src = Path(model_dir) / name
-        if src.exists():
-            shutil.copy2(src, Path(bundle) / name)
-            copied.append(name)
+    copied = [name for name in TOKENIZER_FILES if (Path(model_dir) / name).exists()]
+    for name in copied:
+        shutil.copy2(Path(model_dir) / name, Path(bundle) / name)
     if "tokenizer.json" not in copied:
         raise EmboptError(f"{model_dir}: no tokenizer.json (a fast tokenizer is required)")
     return copied

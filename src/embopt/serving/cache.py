@@ -1,19 +1,14 @@
-"""Embedding cache: an in-memory LRU in front of an optional SQLite store.
+"""Embedding cache: an in-memory LRU (bounded in entries and in bytes) in front of an optional SQLite store.
 
-Queries repeat (search boxes, deduplicated feeds, retries), and a repeated text
-needs no tokenizer and no model run. Entries are keyed by the model key (graph,
-tokenizer, truncation and PCA hashes, see :attr:`embopt.serving.runtime.Embedder.key`)
-and the exact text, so a new model never reads an old model's vectors.
-
-The SQLite store is safe for several processes sharing one file: WAL journal, a
-busy timeout, one transaction per batch of writes, and ``INSERT OR IGNORE`` (the
-same key always maps to the same vector, so the first writer wins and no row is
-half-written or lost). Only the standard library and numpy are used.
-
-A store that breaks while serving (a corrupted page, a read-only file or folder, a full
-disk) never fails a request: the failing half (reads or writes) is bypassed for the rest of
-the process with one warning, and the in-memory LRU keeps working. The LRU is bounded both
-in entries and in bytes (vectors plus texts).
+Queries repeat (search boxes, deduplicated feeds, retries), and a repeated text needs no tokenizer
+and no model run. Entries are keyed by the model key (graph, tokenizer, truncation and PCA hashes,
+see :attr:`embopt.serving.runtime.Embedder.key`) and the exact text, so a new model never reads an
+old model's vectors. The store is safe for several processes sharing one file: WAL journal, a busy
+timeout, one transaction per batch of writes, and ``INSERT OR IGNORE`` (a key always maps to the
+same vector, so the first writer wins and no row is half-written or lost). A store that breaks
+while serving (corrupted page, read-only file or folder, full disk) never fails a request: the
+failing half (reads or writes) is bypassed for the rest of the process with one warning, and the
+LRU keeps working. Only the standard library and numpy are used.
 """
 
 from __future__ import annotations
@@ -48,16 +43,16 @@ _ENTRY_OVERHEAD = 100  # bytes per LRU entry beyond the text and the vector (dic
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 
 
-class EmbeddingCache:
-    """LRU of float32 vectors by exact text, with an optional persistent SQLite store.
+def _locked(exc: sqlite3.Error) -> bool:
+    """Another process held the lock past the timeout."""
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in str(exc) or "busy" in str(exc))
 
-    Args:
-        max_entries: in-memory bound (least recently used entries are evicted).
-        max_bytes: in-memory bound in bytes (texts, vectors and a per-entry overhead; None: no bound).
-        path: SQLite file shared across runs and processes (None: memory only).
-        max_rows: bound on the store's rows per file (oldest inserted evicted first; None: unbounded).
-        timeout: seconds a writer waits for another process's lock before giving up on that batch.
-    """
+
+class EmbeddingCache:
+    """LRU of float32 vectors by exact text (at most ``max_entries``, and ``max_bytes`` of texts,
+    vectors and per-entry overhead; None: no byte bound), with an optional SQLite store at ``path``
+    shared across runs and processes (None: memory only) bounded to ``max_rows`` (oldest first; None:
+    unbounded). ``timeout``: seconds a writer waits for another process's lock before giving up."""
 
     def __init__(self, max_entries: int = 100_000, path: Path | str | None = None,
                  max_rows: int | None = None, timeout: float = 30.0,
@@ -68,40 +63,34 @@ class EmbeddingCache:
             raise EmboptError(f"cache max_bytes must be >= 0, got {max_bytes}")
         self.max_entries = int(max_entries)
         self.max_bytes = int(max_bytes) if max_bytes is not None else None
-        self._mem_bytes = 0
+        self._mem_bytes = self._since_trim = 0
         self._reads_off = self._writes_off = False  # set once when the store fails (see _bypass)
         self.path = Path(path) if path is not None else None
-        self.max_rows = max_rows
-        self.timeout = timeout
+        self.max_rows, self.timeout = max_rows, timeout
         self.model: str | None = None
         self.dim: int | None = None
         self._mem: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._conn_pid: int | None = None
-        self._since_trim = 0
         self.hits = self.disk_hits = self.misses = self.evictions = self.writes = 0
         if self.path is not None:
             self._connect()
 
     def _bypass(self, what: str, exc: BaseException) -> None:
-        """Stop using the store for ``what`` (reads, writes or both) in this process; warn once."""
-        if what in ("reads", "both") and not self._reads_off:
-            self._reads_off = True
+        """Stop using the store for ``what`` (``writes`` or ``both``) in this process; warn once."""
+        if what == "both" and not self._reads_off:
             log.warning("%s: embedding cache store unreadable (%s); bypassing it, serving without it",
                         self.path, exc)
-        if what in ("writes", "both") and not self._writes_off:
-            self._writes_off = True
-            if what == "writes":
-                log.warning("%s: embedding cache store not writable (%s); no more writes to it",
-                            self.path, exc)
+        elif what == "writes" and not self._writes_off:
+            log.warning("%s: embedding cache store not writable (%s); no more writes to it", self.path, exc)
+        self._reads_off = self._reads_off or what == "both"
+        self._writes_off = True
 
     @property
     def store_ok(self) -> bool:
         """True while the SQLite store is used for both reads and writes."""
         return self.path is not None and not (self._reads_off or self._writes_off)
-
-    # ------------------------------------------------------------------ store
 
     def _connect(self) -> sqlite3.Connection:
         # A connection must not cross fork(): a served model may be loaded before workers fork.
@@ -112,9 +101,7 @@ class EmbeddingCache:
         try:
             conn = sqlite3.connect(str(self.path), timeout=self.timeout, isolation_level=None,
                                    check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(SCHEMA)
+            conn.executescript(f"PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; {SCHEMA}")
         except sqlite3.DatabaseError as exc:
             raise EmboptError(f"{self.path}: cannot open embedding cache ({exc})") from None
         self._conn, self._conn_pid = conn, os.getpid()
@@ -132,8 +119,6 @@ class EmbeddingCache:
         if self.model is None or self.dim is None:
             raise EmboptError("embedding cache is not bound to a model (use Embedder(cache=...))")
 
-    # ------------------------------------------------------------------ look-ups
-
     def get_many(self, texts: Sequence[str], out: np.ndarray) -> dict[str, list[int]]:
         """Copy cached vectors into ``out`` rows; return the misses as ``{text: [row, ...]}``."""
         self._check_bound()
@@ -143,25 +128,18 @@ class EmbeddingCache:
             for i, text in enumerate(texts):
                 vec = mem.get(text)
                 if vec is None:
-                    rows = missing.get(text)
-                    if rows is None:
-                        missing[text] = [i]
-                    else:
-                        rows.append(i)
+                    missing.setdefault(text, []).append(i)
                 else:
                     mem.move_to_end(text)
                     out[i] = vec
-            n_missing = sum(map(len, missing.values())) if missing else 0
-            self.hits += len(texts) - n_missing
+            self.hits += len(texts) - sum(map(len, missing.values()))
             if missing and self.path is not None and not self._reads_off:
-                found = self._load(list(missing))
-                for text, vec in found.items():
+                for text, vec in self._load(list(missing)).items():
                     rows = missing.pop(text)
                     out[rows] = vec
                     self.disk_hits += len(rows)
                     self._remember(text, vec)
-                n_missing = sum(map(len, missing.values())) if missing else 0
-            self.misses += n_missing
+            self.misses += sum(map(len, missing.values()))
         return missing
 
     def get(self, text: str) -> np.ndarray | None:
@@ -177,48 +155,39 @@ class EmbeddingCache:
         except EmboptError as exc:
             self._bypass("both", exc)
             return found
-        nbytes = self.dim * 4
         for start in range(0, len(texts), _CHUNK):
             chunk = texts[start: start + _CHUNK]
             marks = ",".join("?" * len(chunk))
             try:
                 rows = conn.execute(
                     f"SELECT text, dim, vec FROM embeddings WHERE model = ? AND text IN ({marks})",
-                    [self.model, *chunk],
-                ).fetchall()
-            except sqlite3.OperationalError as exc:
-                if "locked" in str(exc) or "busy" in str(exc):  # locked past the timeout: treat as misses
+                    [self.model, *chunk]).fetchall()
+            except sqlite3.Error as exc:  # corrupted page ("database disk image is malformed") and the like
+                if _locked(exc):  # locked past the timeout: treat as misses
                     log.warning("%s: cache read skipped (%s)", self.path, exc)
                 else:
                     self._bypass("both", exc)
                 return found
-            except sqlite3.Error as exc:  # corrupted page ("database disk image is malformed") and the like
-                self._bypass("both", exc)
-                return found
             for text, dim, blob in rows:
-                if dim == self.dim and len(blob) == nbytes:
+                if dim == self.dim and len(blob) == self.dim * 4:
                     found[text] = np.frombuffer(blob, dtype=np.float32).copy()
         return found
-
-    # ------------------------------------------------------------------ writes
 
     @staticmethod
     def _entry_bytes(text: str, vec: np.ndarray) -> int:
         return sys.getsizeof(text) + vec.nbytes + _ENTRY_OVERHEAD
 
     def _remember(self, text: str, vec: np.ndarray) -> None:
-        if self.max_entries == 0:
-            return
         size = self._entry_bytes(text, vec)
-        if self.max_bytes is not None and size > self.max_bytes:
-            return  # one entry larger than the whole bound is not kept
+        limit = self.max_bytes if self.max_bytes is not None else float("inf")
+        if self.max_entries == 0 or size > limit:  # one entry larger than the whole bound is not kept
+            return
         mem = self._mem
         old = mem.pop(text, None)
         if old is not None:
             self._mem_bytes -= self._entry_bytes(text, old)
         mem[text] = vec
         self._mem_bytes += size
-        limit = self.max_bytes if self.max_bytes is not None else float("inf")
         while len(mem) > self.max_entries or self._mem_bytes > limit:
             t, v = mem.popitem(last=False)
             self._mem_bytes -= self._entry_bytes(t, v)
@@ -254,7 +223,7 @@ class EmbeddingCache:
                     raise
                 break
             except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
+                if not _locked(exc):
                     raise
                 time.sleep(0.05 * (attempt + 1))
         else:
@@ -274,8 +243,7 @@ class EmbeddingCache:
             self._since_trim = 0
             conn.execute("BEGIN IMMEDIATE")
             try:
-                (count,) = conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()
-                excess = count - self.max_rows
+                excess = conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0] - self.max_rows
                 if excess > 0:
                     conn.execute("DELETE FROM embeddings WHERE rowid IN "
                                  "(SELECT rowid FROM embeddings ORDER BY rowid LIMIT ?)", (excess,))
@@ -284,8 +252,6 @@ class EmbeddingCache:
                 conn.execute("ROLLBACK")
                 raise
             return max(excess, 0)
-
-    # ------------------------------------------------------------------ bookkeeping
 
     def stored_rows(self) -> int:
         """Rows in the SQLite store for every model (0 without a store)."""
@@ -303,13 +269,6 @@ class EmbeddingCache:
                     "hit_rate": served / total if total else 0.0, "entries": len(self._mem),
                     "max_entries": self.max_entries, "bytes": self._mem_bytes, "max_bytes": self.max_bytes,
                     "evictions": self.evictions, "writes": self.writes, "store_ok": self.store_ok}
-
-    def clear(self) -> None:
-        """Empty the in-memory LRU and reset statistics (the store is kept)."""
-        with self._lock:
-            self._mem.clear()
-            self._mem_bytes = 0
-            self.hits = self.disk_hits = self.misses = self.evictions = self.writes = 0
 
     def close(self) -> None:
         with self._lock:

@@ -1,27 +1,21 @@
 """The MLflow pyfunc model registered by promote: the bundle behind :class:`Embedder`.
 
-At load time it needs only this package (shipped with the model via ``code_paths``),
-onnxruntime, tokenizers, numpy and pandas: nothing from the repository. Runtime
-settings travel as the model's ``model_config`` (written by promote from the
-``runtime`` section of params.yaml) and can be overridden at load time::
+It needs only this package (shipped via ``code_paths``), onnxruntime, tokenizers, numpy and pandas.
+Settings travel as ``model_config`` (promote writes params.yaml's ``runtime``), overridable::
 
     mlflow.pyfunc.load_model("models:/embopt-encoder@champion",
                              model_config={"threads": 4, "cache_path": "/var/cache/embopt.sqlite"})
 
-Input rule (see :func:`to_texts`): strings only. A list, Series or 1-D array of strings; a
-DataFrame with a column named ``text`` (other columns are ignored) or with exactly one
-column of any name; a dict ``{"text": [...]}``. Anything else, and any value that is not a
-string (null, numbers, booleans, bytes, nested lists, dicts), is refused with the row named:
-``MlflowException(INVALID_PARAMETER_VALUE)``, HTTP 400 from ``mlflow models serve``.
-The texts of one request are bounded by ``max_request_bytes`` of UTF-8 (checked once MLflow
-has parsed the request: ``mlflow models serve`` has no body-size limit of its own, so put
-one in the proxy in front of it for the raw HTTP body).
+Input rule (:func:`to_texts`): strings only. A list, Series or 1-D array of strings; a DataFrame
+with a column named ``text`` (other columns ignored) or exactly one column; a dict ``{"text": [...]}``.
+Anything else, and any non-string value, is refused with the row named: ``MlflowException(
+INVALID_PARAMETER_VALUE)``, HTTP 400 from ``mlflow models serve``. A request's texts are bounded by
+``max_request_bytes`` of UTF-8 once parsed (the server has no body-size limit: put one in a proxy).
 
-The input schema is left open (``model_signature``): MLflow's schema enforcement for a
-string column converts every value with ``str(x)`` before the model sees it (null arrives
-as ``"None"``) and keeps only the first column of a DataFrame, so it cannot be what refuses
-bad input. One limit remains in MLflow's JSON parser: a number mixed into a list of
-strings sent as ``{"inputs": [...]}`` becomes a string there (numpy's array conversion);
+The input schema is left open (``model_signature``): MLflow's enforcement of a string column
+converts every value with ``str(x)`` (null arrives as ``"None"``) and keeps only a DataFrame's first
+column, so it cannot refuse bad input. One limit remains in MLflow's JSON parser: a number mixed
+into strings sent as ``{"inputs": [...]}`` becomes a string there (numpy's array conversion);
 ``dataframe_split``/``dataframe_records`` keep every value's JSON type.
 """
 
@@ -37,8 +31,7 @@ from embopt.errors import EmboptError
 
 log = logging.getLogger(__name__)
 
-# model_config keys the model understands, with their defaults.
-DEFAULT_CONFIG: dict[str, Any] = {
+DEFAULT_CONFIG: dict[str, Any] = {  # model_config keys the model understands, with their defaults
     "threads": None,  # ORT intra-op threads; None: ORT's default (one per physical core)
     "mode": "latency",  # a request at a time on all threads (Embedder's "bulk": batch scoring, spark_udf)
     "batch_size": 32,
@@ -54,48 +47,31 @@ DEFAULT_CONFIG: dict[str, Any] = {
 
 
 def model_signature(dim: int):
-    """The registered model's signature: float32 (n, dim) out; the input schema left open on purpose.
-
-    MLflow enforces a ``ColSpec("string")`` input by converting values with ``str(x)`` and by
-    dropping extra DataFrame columns, before :meth:`EmbedderModel.predict` can refuse them.
-    """
+    """The registered model's signature: float32 (n, dim) out; the input schema left open on purpose
+    (see the module docstring: MLflow's string enforcement would convert bad input before we refuse it)."""
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
     return ModelSignature(inputs=None, outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, dim))]))
 
 
-def _column(frame) -> Any:
-    if "text" in frame.columns:
-        return frame["text"]
-    if frame.shape[1] == 1:
-        return frame.iloc[:, 0]
-    raise EmboptError(f"expected one column of strings or a column named 'text', got columns "
-                      f"{[str(c) for c in frame.columns]}")
-
-
 def to_texts(model_input: Any, max_bytes: int | None = None) -> list[str]:
-    """Texts from the accepted input shapes (module docstring); non-strings are refused by row.
-
-    Raises:
-        EmboptError: an input shape or value that is not text, or more than ``max_bytes`` of text.
-    """
+    """Texts from the accepted input shapes (module docstring). Raises :class:`EmboptError` for a shape
+    or value that is not text (naming the row), or more than ``max_bytes`` of text."""
     import pandas as pd
 
     from embopt.serving.runtime import check_texts
 
     if isinstance(model_input, dict):
-        keys = list(model_input)
-        if "text" in model_input:
-            model_input = model_input["text"]
-        elif len(keys) == 1:
-            model_input = model_input[keys[0]]
-        else:
-            raise EmboptError(f"expected one input or an input named 'text', got {[str(k) for k in keys]}")
-        if isinstance(model_input, str):
-            model_input = [model_input]
+        if "text" not in model_input and len(model_input) != 1:
+            raise EmboptError(f"expected one input or an input named 'text', got "
+                              f"{[str(k) for k in model_input]}")
+        model_input = model_input["text"] if "text" in model_input else next(iter(model_input.values()))
     if isinstance(model_input, pd.DataFrame):
-        values = _column(model_input).tolist()
+        if "text" not in model_input.columns and model_input.shape[1] != 1:
+            raise EmboptError(f"expected one column of strings or a column named 'text', got columns "
+                              f"{[str(c) for c in model_input.columns]}")
+        values = (model_input["text"] if "text" in model_input.columns else model_input.iloc[:, 0]).tolist()
     elif isinstance(model_input, pd.Series):
         values = model_input.tolist()
     elif isinstance(model_input, str):
@@ -119,12 +95,11 @@ def to_texts(model_input: Any, max_bytes: int | None = None) -> list[str]:
 
 def runtime_config(model_config: dict[str, Any] | None) -> dict[str, Any]:
     """``DEFAULT_CONFIG`` updated with ``model_config``; unknown keys are refused by name."""
-    cfg = dict(DEFAULT_CONFIG)
     unknown = set(model_config or {}) - set(DEFAULT_CONFIG)
     if unknown:
         raise ValueError(f"unknown model_config key(s): {', '.join(sorted(unknown))} "
                          f"(known: {', '.join(DEFAULT_CONFIG)})")
-    cfg.update(model_config or {})
+    cfg = {**DEFAULT_CONFIG, **(model_config or {})}
     for key, low in (("max_request_bytes", 1), ("cache_max_bytes", 0)):
         value = cfg[key]
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
@@ -156,11 +131,9 @@ class EmbedderModel(mlflow.pyfunc.PythonModel):
         cfg = runtime_config(getattr(context, "model_config", None))
         self.max_request_bytes = cfg["max_request_bytes"]
         cache = _open_cache(cfg) if cfg["cache"] else None
-        self.embedder = Embedder(
-            context.artifacts["bundle"], threads=cfg["threads"], mode=cfg["mode"],
-            batch_size=int(cfg["batch_size"]),
-            graph_optimization=cfg["graph_optimization"], providers=cfg["providers"], cache=cache,
-        )
+        self.embedder = Embedder(context.artifacts["bundle"], threads=cfg["threads"], mode=cfg["mode"],
+                                 batch_size=int(cfg["batch_size"]), providers=cfg["providers"],
+                                 graph_optimization=cfg["graph_optimization"], cache=cache)
 
     def predict(self, context, model_input, params=None) -> np.ndarray:
         from mlflow.exceptions import MlflowException

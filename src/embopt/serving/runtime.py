@@ -1,28 +1,19 @@
 """The one inference path for exported bundles: fast tokenizer -> ONNX Runtime.
 
-Used by the evaluate stage, the benchmark, the registered pyfunc model and the CLI,
-so the numbers measured are the numbers served. Per call:
+Used by the evaluate stage, the benchmark, the registered pyfunc model and the CLI, so the
+numbers measured are the numbers served. Per call: (1) optional cache look-up, hits skip the rest;
+(2) each text tokenized once, unpadded, truncated to ``max_seq_length`` (the Rust tokenizer, behind
+a chunk cache for BERT WordPiece: :mod:`embopt.serving.wordpiece`); (3) texts sorted by token
+count, so a batch pads only to its own longest, its int64 arrays filled by one vectorised numpy
+assignment; (4) one session call per batch, pooling and L2 normalisation inside the graph (another
+manifest ``backend``'s session here: :mod:`embopt.serving.backends`); (5) optional PCA, float32
+rows written back in input order. Everything outside (4) is overhead: :attr:`Embedder.timings`.
 
-1. cache look-up (optional): hits are copied out and skip everything below;
-2. every text is tokenized once (no padding), truncated to the bundle's ``max_seq_length``: by
-   the Rust tokenizer, behind a chunk cache for BERT WordPiece (:mod:`embopt.serving.wordpiece`);
-3. texts are sorted by token count, so each batch pads only to its own longest
-   sentence; the int64 ``input_ids``/``attention_mask`` arrays are filled with one
-   vectorised numpy assignment per batch (no per-row Python loop);
-4. one session call per batch: pooling and L2 normalisation run inside the graph;
-5. optional PCA projection; float32 rows written back in input order.
-
-Everything outside step 4 is overhead; :attr:`Embedder.timings` measures it. A variant whose
-manifest entry names another ``backend`` (OpenVINO IR, a static token table) is run in step 4 by
-that backend's session (:mod:`embopt.serving.backends`); the rest is the same.
-
-Modes (``embopt bench-runtime --modes`` measures them): ``bulk`` (files, evaluation) runs one
-single-threaded session per core, each a Python thread pulling the next length-sorted batch (ONNX
-Runtime and the Rust tokenizer release the GIL); ``latency`` (serving) one session whose intra-op
-threads share every request. ``token_budget`` packs batches as text-embeddings-inference does.
-
-Only numpy, onnxruntime and tokenizers are needed here (the served model ships
-this module): ``onnx`` is imported only to add pooling to a token-level graph.
+Modes (``embopt bench-runtime --modes``): ``bulk`` (files, evaluation) runs one single-threaded
+session per core, each a thread pulling the next length-sorted batch (ORT and the Rust tokenizer
+release the GIL); ``latency`` (serving) one session whose intra-op threads share every request.
+``token_budget`` packs batches as text-embeddings-inference does. Only numpy, onnxruntime and
+tokenizers are needed (the served model ships this module): ``onnx`` only to pool a token-level graph.
 """
 
 from __future__ import annotations
@@ -57,14 +48,9 @@ _FIRST = np.zeros(1, dtype=np.intp)
 
 def session_options(threads: int | None = None, graph_optimization: str = "all", inter_op_threads: int = 1,
                     spinning: bool = True):
-    """ONNX Runtime session options.
-
-    Args:
-        threads: intra-op threads (None: ORT's default, one per physical core).
-        graph_optimization: ``disable``, ``basic``, ``extended`` or ``all``.
-        inter_op_threads: threads across independent nodes (1: encoders are one chain of ops).
-        spinning: let idle intra-op threads spin between ops (lower latency; burns CPU when idle).
-    """
+    """ONNX Runtime session options: ``threads`` intra-op threads (None: ORT's default, one per
+    physical core); ``inter_op_threads`` 1 as encoders are one chain of ops; ``spinning``: idle intra-op
+    threads spin between ops (lower latency; burns CPU when idle)."""
     import onnxruntime as ort
 
     if graph_optimization not in GRAPH_OPTIMIZATION:
@@ -75,11 +61,8 @@ def session_options(threads: int | None = None, graph_optimization: str = "all",
         opts.intra_op_num_threads = int(threads)
     opts.inter_op_num_threads = int(inter_op_threads)
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    levels = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-              "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
-    opts.graph_optimization_level = levels[graph_optimization]
+    level = {"disable": "DISABLE_ALL"}.get(graph_optimization, f"ENABLE_{graph_optimization.upper()}")
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_{level}")
     if not spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3  # ORT warns about unused initializers of fused graphs; not actionable
@@ -91,16 +74,12 @@ def available_providers(requested: Sequence[str] | None) -> list[str]:
     import onnxruntime as ort
 
     have = ort.get_available_providers()
-    chosen = []
-    for p in requested or ["CPUExecutionProvider"]:
-        if p in have:
-            chosen.append(p)
-        else:
+    for p in requested or ():
+        if p not in have:
             log.warning("execution provider %s is not available in this onnxruntime build (have: %s)",
                         p, ", ".join(have))
-    if "CPUExecutionProvider" not in chosen:
-        chosen.append("CPUExecutionProvider")
-    return chosen
+    chosen = [p for p in requested or () if p in have]
+    return chosen + ["CPUExecutionProvider"] * ("CPUExecutionProvider" not in chosen)
 
 
 def _describe(value: Any) -> str:
@@ -108,17 +87,12 @@ def _describe(value: Any) -> str:
     if value is None or (isinstance(value, float) and value != value):
         return "null"
     shown = repr(value)
-    if len(shown) > 40:
-        shown = shown[:37] + "..."
-    return f"{type(value).__name__} {shown}"
+    return f"{type(value).__name__} {shown[:37] + '...' if len(shown) > 40 else shown}"
 
 
 def check_texts(texts: Sequence[Any], max_bytes: int | None = None) -> list[str]:
-    """``texts`` as a list of ``str``, or an :class:`EmboptError` naming the first row that is not text.
-
-    Nothing is converted: null, numbers, booleans, bytes, lists and dicts are refused, not embedded
-    as ``str(x)``. ``max_bytes`` bounds the UTF-8 size of all texts together (None: no bound).
-    """
+    """``texts`` as a list of ``str``, or an :class:`EmboptError` naming the first row that is not text
+    (refused, not embedded as ``str(x)``). ``max_bytes`` bounds the UTF-8 size of all texts together."""
     texts = texts if isinstance(texts, list) else list(texts)
     if not all(type(t) is str for t in texts):  # noqa: E721 - the fast path; subclasses checked below
         for i, t in enumerate(texts):
@@ -126,13 +100,12 @@ def check_texts(texts: Sequence[Any], max_bytes: int | None = None) -> list[str]
                 hint = " (decode bytes to str first)" if isinstance(t, (bytes, bytearray)) else ""
                 raise EmboptError(f"row {i}: {_describe(t)} is not a string{hint}")
         texts = [str(t) for t in texts]  # str subclasses (numpy.str_) as plain str
-    if max_bytes is not None:
-        chars = sum(map(len, texts))
-        if chars * 4 > max_bytes:  # UTF-8 takes at most 4 bytes a character: count only when it matters
-            size = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
-            if size > max_bytes:
-                raise EmboptError(f"request holds {size:,} bytes of text, over the limit of {max_bytes:,} "
-                                  "(runtime max_request_bytes); send it in smaller requests")
+    # UTF-8 takes at most 4 bytes a character: count the bytes only when it matters.
+    if max_bytes is not None and sum(map(len, texts)) * 4 > max_bytes:
+        size = sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
+        if size > max_bytes:
+            raise EmboptError(f"request holds {size:,} bytes of text, over the limit of {max_bytes:,} "
+                              "(runtime max_request_bytes); send it in smaller requests")
     return texts
 
 
@@ -164,59 +137,32 @@ class Timings:
     tokenize_s: float = 0.0
 
     @property
-    def overhead_s(self) -> float:
-        return self.total_s - self.run_s
-
-    @property
     def overhead_fraction(self) -> float:
         """Share of wall time spent outside the ONNX Runtime session run."""
-        return self.overhead_s / self.total_s if self.total_s else 0.0
-
-    def as_dict(self) -> dict[str, float]:
-        return {"calls": self.calls, "sentences": self.sentences, "batches": self.batches,
-                "total_s": self.total_s, "run_s": self.run_s, "tokenize_s": self.tokenize_s,
-                "overhead_s": self.overhead_s, "overhead_fraction": self.overhead_fraction}
+        return (self.total_s - self.run_s) / self.total_s if self.total_s else 0.0
 
 
 class Embedder:
-    """Embed lists of strings with an exported bundle.
+    """Embed lists of strings with an exported ``bundle`` (folder with manifest.json, tokenizer.json, onnx/).
 
-    Args:
-        bundle: folder with manifest.json, tokenizer.json and onnx/ files.
-        variant: manifest variant name (default: the manifest's default_variant).
-        threads: threads in all (None: one per CPU in bulk mode, ORT's default in latency mode).
-        batch_size: sentences per session call (unless ``token_budget``).
-        max_seq_length: truncation length in tokens (default: the manifest's).
-        providers: ORT execution providers in order of preference.
-        onnx_path: run this ONNX file instead of a manifest variant (same tokenizer).
-        graph_optimization: ORT graph optimisation level (``disable``/``basic``/``extended``/``all``).
-        pca: optional ``.npz`` (mean, components) projecting the output to k dims (then L2-normalised).
-        cache: an :class:`embopt.serving.cache.EmbeddingCache`; hits skip tokenization and the model.
-        spinning: ORT intra-op thread spinning (see :func:`session_options`).
-        mode: ``bulk`` (one 1-thread session per thread, run in parallel) or ``latency`` (one session
-            with every thread: serving).
-        tokenize_chunk: texts tokenized at a time, ahead of inference in a background thread
-            (0: all at once, before the first batch).
-        token_budget: padded tokens per batch (None: ``batch_size`` sentences per batch).
+    ``variant``: manifest variant (default: the manifest's default_variant); ``onnx_path``: this ONNX
+    file instead (same tokenizer). ``threads``: in all (None: one per CPU in bulk mode, ORT's default in
+    latency mode). ``batch_size``: sentences per session call (unless ``token_budget``, padded tokens
+    per batch); ``max_seq_length``: truncation (default: the manifest's). ``providers``,
+    ``graph_optimization`` (``disable``/``basic``/``extended``/``all``), ``spinning``: ORT settings.
+    ``pca``: optional ``.npz`` (mean, components) projecting to k dims (then L2-normalised).
+    ``cache``: an :class:`embopt.serving.cache.EmbeddingCache`; hits skip tokenization and the model.
+    ``mode``: ``bulk`` (one 1-thread session per thread, in parallel) or ``latency`` (one session with
+    every thread: serving). ``tokenize_chunk``: texts tokenized at a time, ahead of inference in a
+    background thread (0: all at once).
     """
 
-    def __init__(
-        self,
-        bundle: Path | str,
-        variant: str | None = None,
-        threads: int | None = None,
-        batch_size: int = 32,
-        max_seq_length: int | None = None,
-        providers: Sequence[str] | None = None,
-        onnx_path: Path | str | None = None,
-        graph_optimization: str = "all",
-        pca: Path | str | None = None,
-        cache: Any = None,
-        spinning: bool = True,
-        mode: str = "bulk",
-        tokenize_chunk: int = 0,
-        token_budget: int | None = None,
-    ):
+    def __init__(self, bundle: Path | str, variant: str | None = None, threads: int | None = None,
+                 batch_size: int = 32, max_seq_length: int | None = None,
+                 providers: Sequence[str] | None = None, onnx_path: Path | str | None = None,
+                 graph_optimization: str = "all", pca: Path | str | None = None, cache: Any = None,
+                 spinning: bool = True, mode: str = "bulk", tokenize_chunk: int = 0,
+                 token_budget: int | None = None):
         if batch_size < 1:
             raise EmboptError(f"batch_size must be >= 1, got {batch_size}")
         if mode not in MODES:
@@ -225,8 +171,8 @@ class Embedder:
             raise EmboptError(f"tokenize_chunk must be >= 0 and token_budget >= 1, got {tokenize_chunk} "
                               f"and {token_budget}")
         self.mode, self.tokenize_chunk, self.token_budget = mode, int(tokenize_chunk), token_budget
-        # bulk: one single-threaded session per thread; latency: one session with all of them.
         workers = int(threads or len(os.sched_getaffinity(0))) if mode == "bulk" else 1
+        session_threads = 1 if mode == "bulk" else threads
         self.bundle = Path(bundle)
         self.manifest = read_manifest(self.bundle)
         if onnx_path is not None:
@@ -246,26 +192,27 @@ class Embedder:
         pad = self.tokenizer.token_to_id(self.manifest.get("pad_token", "[PAD]"))
         self.pad_id = int(pad) if pad is not None else 0
         self.graph_sha256 = sha256(self.onnx_path)
-        self._warn_if_not_manifest()
+        entry = self.manifest["variants"].get(self.variant, {})
+        recorded, own = entry.get("sha256"), self.bundle / str(entry.get("file", ""))
+        if recorded and own.resolve() == self.onnx_path.resolve() and recorded != self.graph_sha256:
+            log.warning("%s: file differs from the manifest's sha256 (replaced after export?); "
+                        "serving the file as it is now", self.onnx_path)
         weights = self.onnx_path.with_suffix(".bin")
         if self.onnx_path.suffix == ".xml" and weights.exists():  # an OpenVINO IR's weights are beside it
             self.graph_sha256 = hashlib.sha256(f"{self.graph_sha256}|{sha256(weights)}".encode()).hexdigest()
         self.timings = Timings()
         self.backend = backend_of(self.manifest["variants"].get(self.variant), self.onnx_path)
         if self.backend == "onnxruntime":
-            self._open_onnxruntime(1 if mode == "bulk" else threads, workers, graph_optimization, spinning,
-                                   providers)
+            self._open_onnxruntime(session_threads, workers, graph_optimization, spinning, providers)
         else:  # the backend hook: sessions with run(input_ids, attention_mask) -> pooled rows
             # An OpenVINO infer request serves one thread at a time: one per worker, as for ORT. A
             # static table is read-only numpy: one for all.
             n = workers if self.backend == "openvino" else 1
-            self.sessions = [open_session(self.backend, self.onnx_path, 1 if mode == "bulk" else threads)
-                             for _ in range(n)]
+            self.sessions = [open_session(self.backend, self.onnx_path, session_threads) for _ in range(n)]
             self.session = self.sessions[0]
             self.providers, self.input_names, self._extra_inputs = [], ["input_ids", "attention_mask"], []
             self.model_dim = self.session.dim
-        self.pca_path = Path(pca) if pca is not None else None
-        self._pca = self._load_pca(self.pca_path) if self.pca_path is not None else None
+        self._pca = self._load_pca(Path(pca)) if pca is not None else None
         if self._pca is not None:
             self.dim = int(self._pca["components"].shape[0])
         elif isinstance(self.model_dim, int):
@@ -273,12 +220,9 @@ class Embedder:
         else:  # symbolic output dim: ask the graph once
             self.dim = int(self._run(self.session, np.array([[self.pad_id]], dtype=np.int64),
                                      np.ones((1, 1), dtype=np.int64)).shape[1])
-        self._key: str | None = None
         self.cache = None
         if cache is not None:
             self.attach_cache(cache)
-
-    # ------------------------------------------------------------------ set-up helpers
 
     def _open_onnxruntime(self, threads, workers: int, graph_optimization: str, spinning: bool,
                           providers) -> None:
@@ -306,10 +250,9 @@ class Embedder:
         missing = {"input_ids", "attention_mask"} - set(self.input_names)
         if missing:
             raise EmboptError(f"{self.onnx_path}: graph lacks input(s) {', '.join(sorted(missing))}")
-        self._extra_inputs = [i for i in self.session.get_inputs()
-                              if i.name not in ("input_ids", "attention_mask")]
-        self.output_name = self.session.get_outputs()[0].name
-        self.model_dim = self.session.get_outputs()[0].shape[-1]
+        self._extra_inputs = [n for n in self.input_names if n not in ("input_ids", "attention_mask")]
+        output = self.session.get_outputs()[0]
+        self.output_name, self.model_dim = output.name, output.shape[-1]
 
     def _pooled_graph(self) -> bytes:
         try:
@@ -319,11 +262,10 @@ class Embedder:
                               "adding pooling needs `pip install onnx`") from None
         from embopt.serving.graph_pooling import add_pooling
 
-        proto = onnx.load(str(self.onnx_path))
-        pooled = add_pooling(proto, mode=self.manifest.get("pooling", "mean"),
-                             normalize=bool(self.manifest.get("normalize", True)))
+        mode = self.manifest.get("pooling", "mean")
+        pooled = add_pooling(onnx.load(str(self.onnx_path)), mode, bool(self.manifest.get("normalize", True)))
         log.info("%s outputs token embeddings: %s pooling + L2 normalisation added to the graph",
-                 self.onnx_path.name, self.manifest.get("pooling", "mean"))
+                 self.onnx_path.name, mode)
         return pooled.SerializeToString()
 
     def _load_pca(self, path: Path) -> dict[str, np.ndarray]:
@@ -341,46 +283,30 @@ class Embedder:
         pca["components_t"] = np.ascontiguousarray(pca["components"].T)
         return pca
 
-    def _warn_if_not_manifest(self) -> None:
-        entry = self.manifest["variants"].get(self.variant, {})
-        recorded = entry.get("sha256")
-        own = self.bundle / str(entry.get("file", ""))
-        if not recorded or own.resolve() != self.onnx_path.resolve():
-            return
-        if recorded != self.graph_sha256:
-            log.warning("%s: file differs from the manifest's sha256 (replaced after export?); "
-                        "serving the file as it is now", self.onnx_path)
-
     @property
     def key(self) -> str:
         """What the embeddings depend on (cache keys): the bytes of the graph and tokenizer files as
         loaded (hashed at load, not taken from the manifest), truncation and PCA."""
-        if self._key is None:
-            pca = self._pca_sha256 if self.pca_path is not None else ""
-            ident = f"{self.graph_sha256}|{self.tokenizer_sha256}|{self.max_seq_length}|{pca}"
-            self._key = hashlib.sha256(ident.encode()).hexdigest()[:24]
-        return self._key
+        pca = self._pca_sha256 if self._pca is not None else ""
+        ident = f"{self.graph_sha256}|{self.tokenizer_sha256}|{self.max_seq_length}|{pca}"
+        return hashlib.sha256(ident.encode()).hexdigest()[:24]
 
     def attach_cache(self, cache) -> None:
         """Serve repeats from ``cache`` (an :class:`embopt.serving.cache.EmbeddingCache`)."""
         cache.bind(self.key, self.dim)
         self.cache = cache
 
-    # ------------------------------------------------------------------ inference
-
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids per text, truncated, without padding."""
         if self._wordpiece is not None:
             return self._wordpiece.encode(texts)
-        # encode_batch_fast skips character offsets we never use.
-        return [e.ids for e in self.tokenizer.encode_batch_fast(list(texts))]
+        return [e.ids for e in self.tokenizer.encode_batch_fast(list(texts))]  # _fast: no char offsets
 
     def _run(self, session, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         if self.backend != "onnxruntime":
             return session.run(input_ids, attention_mask)
-        feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
-        for extra in self._extra_inputs:  # token_type_ids of exports that keep it: all zeros
-            feeds[extra.name] = np.zeros_like(input_ids)
+        feeds = {name: np.zeros_like(input_ids) for name in self._extra_inputs}  # token_type_ids: zeros
+        feeds.update(input_ids=input_ids, attention_mask=attention_mask)
         return session.run([self.output_name], feeds)[0]
 
     def _groups(self, order: np.ndarray, lens: np.ndarray) -> list[np.ndarray]:
@@ -474,13 +400,12 @@ class Embedder:
 
             progress = tqdm(total=n, desc="embed", unit="sent")
         try:
-            if self.cache is None:
-                if n == 1:  # a query: none of the sorting and padding below
-                    self._embed_one(texts[0], out)
-                elif n:
-                    self._embed_uncached(texts, out, progress)
-            else:
+            if self.cache is not None:
                 self._embed_with_cache(texts, out, progress)
+            elif n == 1:  # a query: none of the sorting and padding below
+                self._embed_one(texts[0], out)
+            elif n:
+                self._embed_uncached(texts, out, progress)
         except (UnicodeEncodeError, TypeError):  # a lone surrogate ("\ud800" in JSON): not valid Unicode
             for i, t in enumerate(texts):
                 try:
@@ -519,8 +444,8 @@ class Embedder:
 
 
 def _ahead(items: Iterator[Batch], depth: int) -> Iterator[Batch]:
-    """``items``, produced up to ``depth`` ahead by a background thread (tokenization overlaps the
-    inference of the batches before it: both release the GIL). Errors reach the consumer."""
+    """``items`` produced up to ``depth`` ahead by a thread (tokenization overlaps the inference of
+    the batches before it: both release the GIL). Errors reach the consumer."""
     q: queue.Queue = queue.Queue(depth)
     stop, end = threading.Event(), object()
 

@@ -1,25 +1,19 @@
 """Bulk embedding on Spark: the same :class:`Embedder` in every executor's Python workers.
 
-Python API::
+Python API: :func:`embed_files` (a file to a Parquet folder, ``embopt embed --engine spark``);
+:func:`embed_dataframe` inside a Spark job (adds ``embedding``, array<float>, to a DataFrame with a
+string column ``text``); :func:`embed_texts` for texts held by the driver (teacher_embed's engine
+spark), vectors back in order.
 
-    from embopt.serving.spark_embed import spark_session, embed_dataframe, embed_files, embed_texts
-    embed_files("texts.csv", "vectors.parquet", bundle="models/export", master="local[*]")
-    # or, inside an existing Spark job (``df`` has a string column ``text``):
-    vectors = embed_dataframe(df, "models/export")   # adds ``embedding`` (array<float>)
-    # or texts held by the driver (the teacher_embed stage's engine spark), vectors back in order:
-    array = embed_texts(spark, texts, "models/export", workdir)
+How it runs: ``mapInPandas`` hands each task an iterator of Arrow batches; the task's Embedder
+comes from a per-process cache (:func:`_worker_embedder`), so with Spark's default worker reuse the
+ONNX session is built once per Python worker. Only the bundle's *path* travels in the task closure:
+every executor must see it (a local folder in local mode; a shared filesystem or the same install
+on a cluster). A registered model (``models:/embopt-encoder@champion``) is downloaded on the driver.
 
-How it runs: ``mapInPandas`` hands each task an iterator of Arrow batches; the task gets its
-Embedder from a per-process cache (:func:`_worker_embedder`), so with Spark's default worker reuse
-the ONNX session is built once per Python worker, not once per batch or per task. Only the
-bundle's *path* travels in the task closure: every executor must see that path (a local
-folder in local mode; a shared filesystem or the same install on a cluster). A registered
-model (``models:/embopt-encoder@champion``) is downloaded once on the driver.
-
-Output: a Parquet folder (Spark's part files in input order: part k holds the rows after part
-k-1's) with ``row`` (0-based position in the input; row i is row i of ``embopt embed``'s
-output for the same file), the input's ``id`` column when it has one, ``text`` and ``embedding``.
-It replaces OUTPUT only once complete.
+Output: a Parquet folder, replaced only once complete (part files in input order), with ``row``
+(0-based input position: row i of ``embopt embed``'s output for the same file), the input's ``id``
+column when it has one, ``text`` and ``embedding``.
 """
 
 from __future__ import annotations
@@ -32,23 +26,15 @@ import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from embopt.errors import DataError, EmboptError
 
 log = logging.getLogger("embopt.embed")
 
-INPUT_READERS = ("txt", "csv", "tsv", "jsonl", "parquet")
-# One Embedder per Python worker process, kept across tasks (spark.python.worker.reuse is on).
-_EMBEDDERS: dict[tuple, Any] = {}
-
 
 def spark_session(master: str = "local[*]", app_name: str = "embopt-embed"):
-    """A SparkSession for embedding: UI off, few shuffle partitions, workers on this Python.
-
-    Raises:
-        EmboptError: pyspark or Java missing (one line saying what to install).
-    """
+    """A SparkSession for embedding: UI off, few shuffle partitions, workers on this Python. Raises
+    :class:`EmboptError` where pyspark or Java is missing (one line saying what to install)."""
     try:
         from pyspark.sql import SparkSession
     except ImportError:
@@ -65,8 +51,7 @@ def spark_session(master: str = "local[*]", app_name: str = "embopt-embed"):
     if src not in paths:
         os.environ["PYTHONPATH"] = os.pathsep.join([src, *filter(None, paths)])
     builder = (SparkSession.builder.master(master).appName(app_name)
-               .config("spark.ui.enabled", "false")
-               .config("spark.sql.shuffle.partitions", "4"))
+               .config("spark.ui.enabled", "false").config("spark.sql.shuffle.partitions", "4"))
     if master.startswith("local"):  # loopback only: nothing listens on the network interfaces
         builder = (builder.config("spark.driver.bindAddress", "127.0.0.1")
                    .config("spark.driver.host", "127.0.0.1"))
@@ -77,27 +62,16 @@ def spark_session(master: str = "local[*]", app_name: str = "embopt-embed"):
         raise EmboptError(f"cannot start Spark ({master}): {str(exc).splitlines()[0]}") from None
 
 
-def resolve_bundle(bundle: str | Path) -> Path:
-    """A local bundle folder; a model URI (``models:/name@alias``, ``runs:/...``) is downloaded first."""
-    if ":/" not in str(bundle):
-        return Path(bundle).resolve()
-    from embopt.pipeline.registry import model_bundle
-
-    return model_bundle(str(bundle))
-
-
+@functools.cache
 def _worker_embedder(spec: tuple):
-    if spec not in _EMBEDDERS:
-        from embopt.serving.runtime import Embedder
+    """One Embedder per Python worker process, kept across tasks (spark.python.worker.reuse is on)."""
+    from embopt.serving.runtime import Embedder
 
-        bundle, variant, threads, batch_size, max_seq_length = spec
-        _EMBEDDERS[spec] = Embedder(bundle, variant=variant, threads=threads, batch_size=batch_size,
-                                    max_seq_length=max_seq_length)
-    return _EMBEDDERS[spec]
+    return Embedder(*spec)  # (bundle, variant, threads, batch_size, max_seq_length)
 
 
 def _embed_partition(spec: tuple, text_col: str, batches: Iterator) -> Iterator:
-    """mapInPandas body (module level: pickled by reference, so ``_EMBEDDERS`` is the worker's own)."""
+    """mapInPandas body (module level: pickled by reference, so the Embedder cache is the worker's own)."""
     embedder = _worker_embedder(spec)
     for frame in batches:
         try:
@@ -113,21 +87,20 @@ def _embed_partition(spec: tuple, text_col: str, batches: Iterator) -> Iterator:
 
 def embed_dataframe(df, bundle: str | Path, text_col: str = "text", variant: str | None = None,
                     threads: int | None = 1, batch_size: int = 32, max_seq_length: int | None = None):
-    """``df`` with a float32 ``embedding`` column (``array<float>``), rows and partitions unchanged.
-
-    Args:
-        df: a Spark DataFrame with a string column ``text_col``.
-        bundle: exported bundle folder seen by every executor, or a model URI (downloaded here).
-        variant: manifest variant (default: the bundle's default).
-        threads: ORT intra-op threads per task (1: Spark runs one task per core).
-        batch_size: sentences per ONNX Runtime call.
-        max_seq_length: truncation in tokens (default: the bundle's).
-    """
+    """``df`` (a string column ``text_col``) with a float32 ``embedding`` column (``array<float>``), rows
+    and partitions unchanged. ``bundle``: a folder every executor sees, or a model URI; ``threads``: ORT
+    intra-op threads per task (1: Spark runs one task per core); the rest as for :class:`Embedder`."""
     from pyspark.sql.types import ArrayType, FloatType, StructField, StructType
 
     if text_col not in df.columns:
         raise DataError(f"no column '{text_col}' (have: {', '.join(df.columns) or 'none'})")
-    spec = (str(resolve_bundle(bundle)), variant, threads, batch_size, max_seq_length)
+    if ":/" in str(bundle):  # a model URI (``models:/name@alias``, ``runs:/...``): downloaded here
+        from embopt.pipeline.registry import model_bundle
+
+        bundle = model_bundle(str(bundle))
+    else:
+        bundle = Path(bundle).resolve()
+    spec = (str(bundle), variant, threads, batch_size, max_seq_length)
     _worker_embedder(spec)  # fail here, on the driver, for a bad bundle or variant: one clear line
     schema = StructType([*df.schema.fields, StructField("embedding", ArrayType(FloatType(), False), False)])
     return df.mapInPandas(functools.partial(_embed_partition, spec, text_col), schema)
@@ -135,18 +108,15 @@ def embed_dataframe(df, bundle: str | Path, text_col: str = "text", variant: str
 
 def read_input(spark, path: Path, column: str = "text"):
     """INPUT as (DataFrame ``row`` (0-based position), [``id``], ``text`` sorted by ``row``, row count).
-
-    ``.txt``: one text a line, blank lines skipped; ``.csv``/``.tsv``: header, RFC 4180 quoting
-    (quoted line breaks kept); ``.jsonl``/``.ndjson``: one object a line; ``.parquet``: a file or a
-    folder of files. Input order: files in name order, rows in file order.
-    """
+    ``.txt``: one text a line, blank lines skipped; ``.csv``/``.tsv``: header, RFC 4180 quoting (quoted
+    line breaks kept); ``.jsonl``/``.ndjson``: one object a line; ``.parquet``: a file or a folder of
+    files. Input order: files in name order, rows in file order."""
     from pyspark.sql import functions as F
 
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
-    suffix = path.suffix.lower()
-    read = spark.read
+    suffix, read = path.suffix.lower(), spark.read
     if suffix == ".parquet":
         df = read.parquet(str(path))
     elif suffix in (".csv", ".tsv"):
@@ -170,11 +140,8 @@ def read_input(spark, path: Path, column: str = "text"):
 
 def _with_row_number(df):
     """Add ``row``, the consecutive 0-based input position, and sort by it (a shuffle of the texts only).
-
-    Each file split is read by one task in order, so ``monotonically_increasing_id`` minus its
-    smallest value in the split is the row's place there; one small aggregate per split gives
-    each split's first row number.
-    """
+    Each file split is read by one task in order, so ``monotonically_increasing_id`` minus its smallest
+    value in the split is the row's place there; one small aggregate per split gives its first row."""
     from pyspark.sql import functions as F
 
     df = df.withColumn("_mid", F.monotonically_increasing_id())
@@ -199,11 +166,8 @@ def _with_row_number(df):
 def embed_files(input: Path, output: Path, bundle: str | Path, master: str = "local[*]",
                 variant: str | None = None, column: str = "text", batch_size: int = 32,
                 threads: int | None = 1, max_seq_length: int | None = None, spark=None) -> tuple[int, int]:
-    """Embed INPUT into the Parquet folder OUTPUT with Spark. Returns (rows, dim).
-
-    ``spark``: a session to use (default: the active one); ``master`` is used only when there is none,
-    and then the session started here is stopped at the end.
-    """
+    """Embed INPUT into the Parquet folder OUTPUT with Spark. Returns (rows, dim). ``spark``, the
+    active session or a new one on ``master``, stopped at the end (see :func:`use_session`)."""
     from embopt.pipeline.files import atomic_dir
 
     output = Path(output)
@@ -231,7 +195,11 @@ def embed_files(input: Path, output: Path, bundle: str | Path, master: str = "lo
 def use_session(master: str = "local[*]", spark=None) -> Iterator:
     """``spark``, else the active session (a notebook, a test: left running), else a new one on ``master``
     that is stopped on exit. Raises :class:`EmboptError` (one line) where pyspark or Java is missing."""
-    spark = spark or _active_session()
+    if spark is None:
+        with contextlib.suppress(ImportError):
+            from pyspark.sql import SparkSession
+
+            spark = SparkSession.getActiveSession()
     own = spark is None
     spark = spark or spark_session(master)
     try:
@@ -241,22 +209,11 @@ def use_session(master: str = "local[*]", spark=None) -> Iterator:
             spark.stop()
 
 
-def _active_session():
-    try:
-        from pyspark.sql import SparkSession
-    except ImportError:
-        return None
-    return SparkSession.getActiveSession()
-
-
 def embed_texts(spark, texts: list[str], bundle: str | Path, workdir: Path, variant: str | None = None,
                 batch_size: int = 32, threads: int | None = 1):
-    """``texts`` (on the driver) embedded on Spark: a float32 (rows, dim) array in their order.
-
-    One Spark job: the texts are split over ``defaultParallelism`` partitions in order, and the
-    vectors come back through a Parquet folder under ``workdir`` read with pyarrow, so the driver
-    JVM never holds them (executors write there: on a cluster, a file system they share).
-    """
+    """``texts`` (on the driver) embedded on Spark: a float32 (rows, dim) array in their order. The
+    vectors come back through a Parquet folder under ``workdir`` read with pyarrow, so the driver JVM
+    never holds them (executors write there: on a cluster, a file system they share)."""
     import numpy as np
     import pandas as pd
     from pyspark.errors import PySparkException
@@ -287,10 +244,6 @@ def read_embeddings(output: Path):
 def _spark_error(exc: Exception) -> str:
     """The one line of a Spark failure that says what went wrong (a worker's EmboptError, or Spark's)."""
     lines = str(exc).splitlines()
-    for line in lines:
-        if "EmboptError: " in line:
-            return line.split("EmboptError: ", 1)[1]
-    for line in lines:
-        if "Exception:" in line or "Error:" in line:
-            return line.strip()
-    return lines[0] if lines else type(exc).__name__
+    ours = [line.split("EmboptError: ", 1)[1] for line in lines if "EmboptError: " in line]
+    theirs = [line.strip() for line in lines if "Exception:" in line or "Error:" in line]
+    return (ours + theirs + lines + [type(exc).__name__])[0]

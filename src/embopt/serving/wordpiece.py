@@ -1,16 +1,14 @@
 """BERT WordPiece tokenization with a chunk cache: the Rust tokenizer's ids, in a fifth of the time.
 
 For the short sentences embopt serves, the Rust tokenizer costs more than a static model's whole
-forward pass: per text it builds an ``Encoding`` (tokens, type ids, masks, word ids) and moves
-it into Python. For printable ASCII text a BERT tokenizer is simple: its normaliser lower-cases
-(accents and CJK do not occur), its pre-tokenizer splits on whitespace, then on ASCII
-punctuation, and the WordPiece ids of each whitespace-separated chunk ("off.", "don't") depend on
-that chunk alone. So a text is split on whitespace (``str.split``, in C: a regular expression
-splitting off the punctuation as well took twice the time), and each chunk's ids are looked up
-(a whole-word vocabulary entry) or computed once from its words and punctuation marks (a new word
-by the Rust tokenizer) and cached. Every other text (non-ASCII, control characters, a special
-token written out) goes to the Rust tokenizer as before, so the ids are always the Rust
-tokenizer's (tests compare them).
+forward pass: per text it builds an ``Encoding`` (tokens, type ids, masks, word ids) and moves it
+into Python. For printable ASCII text a BERT tokenizer is simple: it lower-cases (no accents or
+CJK), splits on whitespace, then on ASCII punctuation, so the ids of each whitespace-separated
+chunk ("off.", "don't") depend on that chunk alone. A text is split with ``str.split`` (in C: a
+regular expression splitting off the punctuation too took twice the time), and each chunk's ids are
+looked up (a whole-word vocabulary entry) or computed once from its words and punctuation marks (a
+new word by the Rust tokenizer) and cached. Every other text (non-ASCII, control characters, a
+special token written out) goes to the Rust tokenizer, so the ids are always its ids (tests compare).
 """
 
 from __future__ import annotations
@@ -53,8 +51,7 @@ class CachedWordPiece:
     def __init__(self, tokenizer, lowercase: bool):
         from tokenizers import Tokenizer
 
-        self.tokenizer = tokenizer
-        self.lowercase = lowercase
+        self.tokenizer, self.lowercase = tokenizer, lowercase
         # Misses are tokenized whole: the caller's tokenizer may truncate (a chunk's ids must not be).
         whole = Tokenizer.from_str(tokenizer.to_str())
         whole.no_truncation()
@@ -80,17 +77,11 @@ class CachedWordPiece:
     @classmethod
     def for_tokenizer(cls, tokenizer) -> CachedWordPiece | None:
         spec = json.loads(tokenizer.to_str())
-        norm, pre = spec.get("normalizer") or {}, spec.get("pre_tokenizer") or {}
-        model = spec.get("model") or {}
-        if (norm.get("type"), pre.get("type"), model.get("type")) != ("BertNormalizer", "BertPreTokenizer",
-                                                                      "WordPiece"):
-            return None
-        if not norm.get("clean_text", True):
+        norm = spec.get("normalizer") or {}
+        kinds = tuple((spec.get(part) or {}).get("type") for part in ("normalizer", "pre_tokenizer", "model"))
+        if kinds != ("BertNormalizer", "BertPreTokenizer", "WordPiece") or not norm.get("clean_text", True):
             return None
         return cls(tokenizer, bool(norm.get("lowercase", True)))
-
-    def _needs_rust(self, norm: str) -> bool:
-        return self.control(norm) is not None or any(s in norm for s in self.special)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Ids per text, as the Rust tokenizer gives them."""
@@ -101,12 +92,13 @@ class CachedWordPiece:
         # The Rust tokenizer cuts the words and keeps its special tokens within max_length.
         keep = trunc["max_length"] - len(self.suffix) if trunc else None
         out: list[list[int] | None] = []
-        slow: list[int] = []
+        slow = []
         chunk_ids, suspect, prefix, suffix = self.words.__getitem__, self.suspect, self.prefix, self.suffix
         for i, text in enumerate(texts):
             norm = text.lower() if self.lowercase else text
             # text, not norm: lower() maps some non-ASCII letters to ASCII (the Kelvin sign to "k").
-            if not text.isascii() or (suspect(norm) and self._needs_rust(norm)):
+            if not text.isascii() or (suspect(norm) and (self.control(norm) is not None
+                                                         or any(s in norm for s in self.special))):
                 slow.append(i)
                 out.append(None)
                 continue
@@ -114,8 +106,6 @@ class CachedWordPiece:
             if keep is not None:
                 del ids[keep:]
             out.append(ids + suffix)
-        if slow:
-            encoded = self.tokenizer.encode_batch_fast([texts[i] for i in slow])
-            for i, enc in zip(slow, encoded, strict=True):
-                out[i] = enc.ids
+        for i, enc in zip(slow, self.tokenizer.encode_batch_fast([texts[i] for i in slow]), strict=True):
+            out[i] = enc.ids
         return out  # type: ignore[return-value]
