@@ -106,6 +106,7 @@ class CachedWordPiece:
             if keep is not None:
                 del ids[keep:]
             out.append(ids + suffix)
-        for i, enc in zip(slow, self.tokenizer.encode_batch_fast([texts[i] for i in slow]), strict=True):
-            out[i] = enc.ids
+        if slow:  # most batches have none: no call into the Rust tokenizer on the hot path
+            for i, enc in zip(slow, self.tokenizer.encode_batch_fast([texts[i] for i in slow]), strict=True):
+                out[i] = enc.ids
         return out  # type: ignore[return-value]
