@@ -24,12 +24,10 @@ import numpy as np
 
 from embopt.errors import EmboptError
 from embopt.export.onnx import INPUT_NAMES, check_onnx
-from embopt.export.quantize import check_op_types
+from embopt.export.quantize import check_op_types, qtype
 from embopt.pipeline.files import quiet_root_logger
 
 log = logging.getLogger(__name__)
-
-METHODS = ("minmax", "entropy", "percentile")
 
 
 @dataclass(frozen=True)
@@ -63,19 +61,13 @@ class SentenceReader:
         for start in range(0, len(ids), batch_size):
             chunk = ids[start : start + batch_size]
             width = max(len(x) for x in chunk)
-            input_ids = np.full((len(chunk), width), pad_id, dtype=np.int64)
-            mask = np.zeros((len(chunk), width), dtype=np.int64)
-            for row, seq in enumerate(chunk):
-                input_ids[row, : len(seq)] = seq
-                mask[row, : len(seq)] = 1
+            input_ids = np.array([seq + [pad_id] * (width - len(seq)) for seq in chunk], dtype=np.int64)
+            mask = np.array([[1] * len(seq) + [0] * (width - len(seq)) for seq in chunk], dtype=np.int64)
             self.batches.append({INPUT_NAMES[0]: input_ids, INPUT_NAMES[1]: mask})
         self._iter = iter(self.batches)
 
     def get_next(self) -> dict | None:
         return next(self._iter, None)
-
-    def rewind(self) -> None:
-        self._iter = iter(self.batches)
 
     def set_range(self, start_index: int, end_index: int) -> None:
         """Serve only batches [start, end): ORT calls this to calibrate one stride at a time."""
@@ -83,22 +75,6 @@ class SentenceReader:
 
     def __len__(self) -> int:
         return len(self.batches)
-
-
-def _calibration_method(method: str):
-    from onnxruntime.quantization import CalibrationMethod
-
-    table = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-             "percentile": CalibrationMethod.Percentile}
-    if method not in table:
-        raise EmboptError(f"quantize.static.methods: '{method}' is not one of {', '.join(METHODS)}")
-    return table[method]
-
-
-def _qtype(name: str):
-    from onnxruntime.quantization import QuantType
-
-    return {"qint8": QuantType.QInt8, "quint8": QuantType.QUInt8}[name]
 
 
 def quantize_static_qdq(
@@ -114,11 +90,14 @@ def quantize_static_qdq(
     Raises:
         EmboptError: empty calibration set, unknown method, unsupported op type, or ORT failure.
     """
-    from onnxruntime.quantization import QuantFormat, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
     check_onnx(src)
     check_op_types(src, recipe.op_types, "static", "quantize.static.op_types")
-    method = _calibration_method(recipe.method)
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    if recipe.method not in methods:
+        raise EmboptError(f"quantize.static.methods: '{recipe.method}' is not one of {', '.join(methods)}")
     ranges_path = Path(ranges_path)
     reader = None
     if not ranges_path.exists():
@@ -143,13 +122,11 @@ def quantize_static_qdq(
             quantize_static(
                 str(typed), str(dst), calibration_data_reader=reader, quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=list(recipe.op_types), per_channel=recipe.per_channel,
-                activation_type=_qtype(recipe.activation_type), weight_type=_qtype("qint8"),
+                activation_type=qtype(recipe.activation_type), weight_type=qtype("qint8"),
                 nodes_to_exclude=list(nodes_to_exclude or []),
-                nodes_to_quantize=list(nodes_to_quantize or []), calibrate_method=method,
+                nodes_to_quantize=list(nodes_to_quantize or []), calibrate_method=methods[recipe.method],
                 extra_options=extra, calibration_cache_path=str(ranges_path),
             )
-    except EmboptError:
-        raise
     except Exception as exc:  # ORT raises bare Exceptions/ValueErrors for unsupported graphs
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EmboptError(f"{src}: static int8 ({recipe.method}) quantization failed: {first}") from None
@@ -178,19 +155,13 @@ def with_tensor_types(src: Path, dst: Path) -> Path:
 def read_ranges(path: Path) -> dict[str, list[float]]:
     """Tensor name -> [low, high] from a calibration ranges file."""
     raw = json.loads(Path(path).read_text(encoding="utf-8"))
-    data = raw.get("data", raw)
-    out = {}
-    for name, entry in data.items():
-        if isinstance(entry, dict) and "lowest" in entry:
-            out[name] = [float(np.asarray(_decode(entry["lowest"])).ravel()[0]),
-                         float(np.asarray(_decode(entry["highest"])).ravel()[0])]
-    return out
 
+    def first(value) -> float:  # a number, or an array written as {"data": [...]}
+        value = value["data"] if isinstance(value, dict) and "data" in value else value
+        return float(np.asarray(value).ravel()[0])
 
-def _decode(value):
-    if isinstance(value, dict) and "data" in value:
-        return value["data"]
-    return value
+    return {name: [first(entry["lowest"]), first(entry["highest"])]
+            for name, entry in raw.get("data", raw).items() if isinstance(entry, dict) and "lowest" in entry}
 
 
 def is_tensorrt_qdq(path: Path) -> tuple[bool, str]:

@@ -95,13 +95,13 @@ def check_reachable(uri: str | None = None, seconds: float | None = None) -> Non
 
 
 def git_commit() -> str:
+    def git(*args: str, check: bool) -> str:
+        return subprocess.run(["git", *args], cwd=config.PROJ_ROOT, capture_output=True, text=True,
+                              check=check).stdout.strip()
+
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=config.PROJ_ROOT, capture_output=True, text=True, check=True
-        )
-        commit = out.stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=config.PROJ_ROOT,
-                               capture_output=True, text=True, check=False).stdout.strip()
+        commit = git("rev-parse", "HEAD", check=True)
+        dirty = git("status", "--porcelain", "--untracked-files=no", check=False)
         return f"{commit}-dirty" if dirty else commit
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -153,11 +153,10 @@ def ensure_experiment(name: str) -> str:
         if exp.tags.get(KIND_TAG) != KIND:  # created before embopt set the kind
             mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, KIND_TAG, KIND)
         return exp.experiment_id
-    artifact_location = None
-    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, so compare URIs, not the variable.
-    if tracking_uri() == default_tracking_uri():
-        # Keep artifacts beside the sqlite store, whatever the current directory is.
-        artifact_location = (config.workspace_root() / "mlartifacts").as_uri()
+    # Keep artifacts beside the sqlite store, whatever the current directory is. mlflow.set_tracking_uri
+    # exports MLFLOW_TRACKING_URI, so compare URIs, not the variable.
+    default = tracking_uri() == default_tracking_uri()
+    artifact_location = (config.workspace_root() / "mlartifacts").as_uri() if default else None
     return mlflow.create_experiment(name, artifact_location=artifact_location, tags={KIND_TAG: KIND})
 
 
@@ -189,19 +188,15 @@ class StageRun:
     pipeline_id: str | None = None
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None, prefix: str = "") -> None:
-        clean = _numbers(metrics, prefix)
-        if clean:
+        if clean := _numbers(metrics, prefix):
             _mlflow().log_metrics(clean, step=step)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         path = Path(path)
-        if not path.exists():
-            return
-        mlflow = _mlflow()
-        if path.is_dir():
-            mlflow.log_artifacts(str(path), artifact_path=artifact_path)
-        else:
-            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        if path.exists():
+            mlflow = _mlflow()
+            log_fn = mlflow.log_artifacts if path.is_dir() else mlflow.log_artifact
+            log_fn(str(path), artifact_path=artifact_path)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         _mlflow().set_tags({k: str(v) for k, v in tags.items()})
@@ -222,24 +217,17 @@ class StageRun:
 
     def record_gates(self, results: list[GateResult]) -> None:
         """Put every gate outcome on the run: a tag per gate and an overall status."""
-        if not results:
-            self.set_tags({"gate.status": "none"})
-            return
-        tags = {f"gate.{r.metric}": r.line() for r in results}
-        tags["gate.status"] = "passed" if all(r.passed for r in results) else "failed"
-        self.set_tags(tags)
+        status = ("passed" if all(r.passed for r in results) else "failed") if results else "none"
+        self.set_tags({**{f"gate.{r.metric}": r.line() for r in results}, "gate.status": status})
         for r in results:
             log.info(r.line())
 
 
 @contextlib.contextmanager
 def stage_run(stage: str, params: Params, sections: list[str]) -> Iterator[StageRun]:
-    """Open the MLflow run for one stage execution, as a child of its pipeline's parent run.
+    """Open the MLflow run of one execution of DVC stage ``stage``, a child of its pipeline's parent run.
 
-    Args:
-        stage: DVC stage name.
-        params: the validated params.yaml.
-        sections: the params sections this stage reads (``base`` is always logged).
+    It logs the params ``sections`` the stage reads, and ``base``.
     """
     check_reachable()  # before any output is written: a down server fails in seconds, with one line
     exp_id = ensure_experiment(params.base.experiment)
@@ -260,8 +248,8 @@ def stage_run(stage: str, params: Params, sections: list[str]) -> Iterator[Stage
     try:
         with _run(exp_id, tags, logged, stage) as handle:
             handle.parent_id, handle.pipeline_id = parent, pid
-            uri = masked(tracking_uri())
-            log.info("mlflow run %s (stage=%s, pipeline=%s) in %s", handle.run_id, stage, pid, uri)
+            log.info("mlflow run %s (stage=%s, pipeline=%s) in %s", handle.run_id, stage, pid,
+                     masked(tracking_uri()))
             yield handle
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
@@ -339,13 +327,13 @@ def _open_parent(client, exp_id: str, pid: str, commit: str, stage: str, params:
         existing = found[0].data.params
     else:
         exp_name = os.environ.get("DVC_EXP_NAME")
-        tags = {"embopt.kind": PIPELINE_KIND, "pipeline.id": pid, "git.commit": commit}
-        if exp_name:
-            tags["dvc.exp_name"] = exp_name
+        tags = {"embopt.kind": PIPELINE_KIND, "pipeline.id": pid, "git.commit": commit,
+                **({"dvc.exp_name": exp_name} if exp_name else {})}
         parent = client.create_run(exp_id, tags=tags, run_name=exp_name or f"pipeline-{pid}").info
         existing = {}
-    new = {k: v for k, v in _param_values(params).items() if k not in existing}
-    changed = [k for k, v in _param_values(params).items() if k in existing and existing[k] != v]
+    values = _param_values(params)
+    new = {k: v for k, v in values.items() if k not in existing}
+    changed = [k for k, v in values.items() if k in existing and existing[k] != v]
     if changed:  # MLflow params are immutable; one params.yaml per pipeline run makes this rare
         log.warning("pipeline run %s already logged other values for %s", parent.run_id, ", ".join(changed))
     from mlflow.entities import Param, RunTag
