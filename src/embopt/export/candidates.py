@@ -10,6 +10,7 @@ passes becomes ``onnx_int8``, the variant the rest of the pipeline carries forwa
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 from collections.abc import Sequence
@@ -92,11 +93,8 @@ class Builder:
 
     def __init__(self, parents: dict[str, Path], calibration: Sequence[str], tokenizer, ranges_dir: Path,
                  pad_id: int = 0):
-        self.parents = parents
-        self.calibration = list(calibration)
-        self.tokenizer = tokenizer
-        self.ranges_dir = ranges_dir
-        self.pad_id = pad_id
+        self.parents, self.calibration, self.tokenizer = parents, list(calibration), tokenizer
+        self.ranges_dir, self.pad_id = ranges_dir, pad_id
 
     def __call__(self, c: Candidate, dst: Path, nodes_to_quantize: Sequence[str] | None = None,
                  nodes_to_exclude: Sequence[str] | None = None) -> Path:
@@ -143,13 +141,10 @@ def run_fallback(c: Candidate, path: Path, build: Builder, scorer: Scorer, paren
     reference = scorer.embed(parent_path, sample)
     log.info("%s misses the gate: measuring the sensitivity of its %d quantized nodes on %d sentences",
              c.name, len(nodes), len(sample))
-    sens = node_sensitivity(
-        nodes, lambda dst, **kw: build(c, dst, **kw), lambda p: scorer.embed(p, sample), reference, workdir,
-    )
-    return exclude_until_pass(
-        sens, lambda dst, **kw: build(c, dst, **kw), lambda p: retention(scorer.spearman(p), parent_score),
-        threshold, path, max_nodes,
-    )
+    build_c = functools.partial(build, c)
+    sens = node_sensitivity(nodes, build_c, lambda p: scorer.embed(p, sample), reference, workdir)
+    return exclude_until_pass(sens, build_c, lambda p: retention(scorer.spearman(p), parent_score), threshold,
+                              path, max_nodes)
 
 
 def pick(candidates: Sequence[Candidate]) -> Candidate:

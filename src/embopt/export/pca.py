@@ -62,25 +62,15 @@ def fold_into_onnx(src: Path, dst: Path, pca: dict[str, np.ndarray]) -> Path:
     for node in graph.node:
         node.output[:] = [full if o == OUTPUT_NAME else o for o in node.output]
     k = int(pca["components"].shape[0])
-    graph.initializer.extend(
-        [
-            numpy_helper.from_array(pca["mean"].reshape(1, -1).astype(np.float32), "pca_mean"),
-            numpy_helper.from_array(
-                np.ascontiguousarray(pca["components"].T, dtype=np.float32), "pca_components_t"
-            ),
-        ]
-    )
-    graph.node.extend(
-        [
-            helper.make_node("Sub", [full, "pca_mean"], ["pca_centred"], name="pca_sub"),
-            helper.make_node(
-                "MatMul", ["pca_centred", "pca_components_t"], ["pca_projected"], name="pca_matmul"
-            ),
-            helper.make_node(
-                "LpNormalization", ["pca_projected"], [OUTPUT_NAME], name="pca_l2norm", axis=1, p=2
-            ),
-        ]
-    )
+    mean = pca["mean"].reshape(1, -1).astype(np.float32)
+    components_t = np.ascontiguousarray(pca["components"].T, dtype=np.float32)
+    graph.initializer.extend([numpy_helper.from_array(mean, "pca_mean"),
+                              numpy_helper.from_array(components_t, "pca_components_t")])
+    graph.node.extend([
+        helper.make_node("Sub", [full, "pca_mean"], ["pca_centred"], name="pca_sub"),
+        helper.make_node("MatMul", ["pca_centred", "pca_components_t"], ["pca_projected"], name="pca_matmul"),
+        helper.make_node("LpNormalization", ["pca_projected"], [OUTPUT_NAME], name="pca_l2norm", axis=1, p=2),
+    ])
     graph.output.remove(outputs[0])
     graph.output.append(helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", k]))
     onnx.checker.check_model(model)

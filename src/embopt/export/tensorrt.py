@@ -87,11 +87,8 @@ def _has_contrib_ops(path: Path) -> bool:
 
 def engine_specs(p, bundle: Path, manifest: dict[str, Any], timing_cache: Path | None) -> tuple[
         list[EngineSpec], dict[str, str]]:
-    """The engines ``export.tensorrt`` asks for, each from a source TensorRT can parse.
-
-    Returns:
-        (specs, skipped): engines to build, and engine name -> why it is not built.
-    """
+    """(engines to build, engine name -> why it is not built) for what ``export.tensorrt`` asks for,
+    each engine from a source TensorRT can parse."""
     profile = Profile.from_params(p.min_shape, p.opt_shape, p.max_shape, manifest.get("max_seq_length"))
     sources = manifest.get("tensorrt_sources") or {}
     specs, skipped = [], {}
@@ -123,16 +120,13 @@ def availability() -> tuple[bool, str]:
     """(True, "") when an engine can be built here, else (False, reason)."""
     if importlib.util.find_spec("tensorrt") is None:
         return False, "the tensorrt package is not installed (pip install tensorrt; needs an NVIDIA GPU)"
-    has_gpu = False
     try:
         import torch
 
         has_gpu = torch.cuda.is_available()
     except ImportError:
         has_gpu = shutil.which("nvidia-smi") is not None
-    if not has_gpu:
-        return False, "no CUDA GPU is visible on this machine"
-    return True, ""
+    return (True, "") if has_gpu else (False, "no CUDA GPU is visible on this machine")
 
 
 def configure(trt, builder, spec: EngineSpec, cache_bytes: bytes = b""):
@@ -149,8 +143,7 @@ def configure(trt, builder, spec: EngineSpec, cache_bytes: bytes = b""):
     for name, (lo, mid, hi) in spec.profile.for_inputs().items():
         profile.set_shape(name, lo, mid, hi)
     config.add_optimization_profile(profile)
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=False)
     return config
 
 

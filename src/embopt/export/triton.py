@@ -9,6 +9,7 @@ package is installed.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -32,22 +33,15 @@ def config_pbtxt(name: str, platform: str, dim: int, max_batch_size: int, prefer
         raise EmboptError(f"export.triton.max_batch_size: must be >= 1, got {max_batch_size}")
     kind = kind or ("KIND_GPU" if platform == "tensorrt_plan" else "KIND_CPU")
     preferred = sorted({b for b in preferred_batch_sizes if 1 <= b <= max_batch_size})
-    backend = PLATFORMS[platform][0]
+    preferred_line = f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]\n" if preferred else ""
     inputs = ",\n".join(
         f'  {{\n    name: "{n}"\n    data_type: TYPE_INT64\n    dims: [ -1 ]\n  }}' for n in INPUT_NAMES
     )
-    batching = "dynamic_batching {\n"
-    if preferred:
-        batching += f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]\n"
-    batching += f"  max_queue_delay_microseconds: {max_queue_delay_us}\n}}\n"
     return (
-        f'name: "{name}"\n'
-        f'platform: "{platform}"\n'
-        f'backend: "{backend}"\n'
-        f"max_batch_size: {max_batch_size}\n"
-        f"input [\n{inputs}\n]\n"
+        f'name: "{name}"\nplatform: "{platform}"\nbackend: "{PLATFORMS[platform][0]}"\n'
+        f"max_batch_size: {max_batch_size}\ninput [\n{inputs}\n]\n"
         f'output [\n  {{\n    name: "{OUTPUT_NAME}"\n    data_type: TYPE_FP32\n    dims: [ {dim} ]\n  }}\n]\n'
-        f"{batching}"
+        f"dynamic_batching {{\n{preferred_line}  max_queue_delay_microseconds: {max_queue_delay_us}\n}}\n"
         f"instance_group [\n  {{\n    count: {instances}\n    kind: {kind}\n  }}\n]\n"
     )
 
@@ -80,10 +74,8 @@ def add_model(
     text = config_pbtxt(name, platform, dim, max_batch_size, preferred_batch_sizes, max_queue_delay_us,
                         instances, kind)
     if validate:
-        try:
+        with contextlib.suppress(ImportError):  # serving needs no tritonclient; the tests check every config
             parse_config(text)
-        except ImportError:
-            pass  # serving does not need tritonclient; the tests check every config with it
     folder = Path(repo) / name
     (folder / "1").mkdir(parents=True, exist_ok=True)
     shutil.copy2(model_file, folder / "1" / PLATFORMS[platform][1])

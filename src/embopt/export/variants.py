@@ -27,13 +27,9 @@ def unavailable_variants(export_dir: Path = config.EXPORT_DIR) -> dict[str, str]
     import onnxruntime as ort
 
     have = ort.get_available_providers()
-    out = {}
-    for name, v in read_manifest(export_dir)["variants"].items():
-        if v.get("requires") == "cuda" and "CUDAExecutionProvider" not in have:
-            out[name] = (
-                f"requires CUDA; this onnxruntime has no CUDAExecutionProvider (have: {', '.join(have)})"
-            )
-    return out
+    why = f"requires CUDA; this onnxruntime has no CUDAExecutionProvider (have: {', '.join(have)})"
+    return {name: why for name, v in read_manifest(export_dir)["variants"].items()
+            if v.get("requires") == "cuda" and "CUDAExecutionProvider" not in have}
 
 
 def onnx_variants(export_dir: Path = config.EXPORT_DIR, pca_dir: Path = config.PCA_DIR) -> dict[str, Path]:
@@ -94,9 +90,8 @@ def package_variant(export_dir: Path, variant: str, onnx_file: Path, dst: Path) 
     entry = {"file": f"{folder}/{onnx_file.name}", "dim": dim, "sha256": sha256(target)}
     if backend != "onnxruntime":
         entry["backend"] = backend
-    packaged = {
-        k: v for k, v in manifest.items() if k not in ("variants", "default_variant", "tensorrt", "triton")
-    }
+    dropped = ("variants", "default_variant", "tensorrt", "triton")
+    packaged = {k: v for k, v in manifest.items() if k not in dropped}
     packaged.update({"format": FORMAT, "default_variant": variant, "dim": dim, "variants": {variant: entry}})
     (dst / MANIFEST).write_text(json.dumps(packaged, indent=2) + "\n", encoding="utf-8")
     return dst

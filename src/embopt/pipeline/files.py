@@ -119,15 +119,11 @@ def atomic_file(target: Path, mode: str = "w") -> Iterator[Any]:
     remove_stale_temporaries(target)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent)
     try:
-        os.fchmod(fd, 0o666 & ~current_umask())
-        os.close(fd)
-        fd = -1
-        with open(tmp_name, mode, encoding=None if "b" in mode else "utf-8") as fh:
+        with open(fd, mode, encoding=None if "b" in mode else "utf-8") as fh:
+            os.fchmod(fd, 0o666 & ~current_umask())
             yield fh
         os.replace(tmp_name, target)
     except BaseException:
-        if fd >= 0:
-            os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
@@ -141,8 +137,7 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def dir_size_mb(path: Path, patterns: tuple[str, ...] = ("*",)) -> float:
@@ -150,23 +145,14 @@ def dir_size_mb(path: Path, patterns: tuple[str, ...] = ("*",)) -> float:
     path = Path(path)
     if path.is_file():
         return path.stat().st_size / 1e6
-    total = 0
-    seen: set[Path] = set()
-    for pat in patterns:
-        for f in path.rglob(pat):
-            if f.is_file() and f not in seen:
-                seen.add(f)
-                total += f.stat().st_size
-    return total / 1e6
+    files = {f for pat in patterns for f in path.rglob(pat) if f.is_file()}
+    return sum(f.stat().st_size for f in files) / 1e6
 
 
 @contextlib.contextmanager
 def quiet_root_logger(level: int = 30) -> Iterator[None]:
-    """Raise the root logger to WARNING for a block.
-
-    onnxruntime's optimizer and quantizer log every fusion at INFO on the root
-    logger; the stage logs one summary line instead.
-    """
+    """Raise the root logger to ``level`` (WARNING) for a block: onnxruntime's optimizer and quantizer
+    log every fusion at INFO on the root logger; the stage logs one summary line instead."""
     root = logging.getLogger()
     old = root.level
     root.setLevel(max(level, old))

@@ -43,11 +43,8 @@ def evaluate_gates(stage: str, gate: BaseModel | Mapping, metrics: Mapping[str, 
     for key, threshold in items.items():
         if threshold is None:
             continue
-        if key.startswith("min_"):
-            metric, op = key[4:], ">="
-        elif key.startswith("max_"):
-            metric, op = key[4:], "<="
-        else:
+        metric, op = key[4:], {"min_": ">=", "max_": "<="}.get(key[:4])
+        if op is None:
             raise KeyError(f"gate key '{stage}.gate.{key}' must start with min_ or max_")
         if metric not in metrics:
             raise KeyError(f"gate '{stage}.gate.{key}' names metric '{metric}' that {stage} did not compute")

@@ -66,11 +66,9 @@ def report(run, stage: str, metrics: dict, gate=None, details: dict | None = Non
         run.log_artifact(detail_path)
         logger.info("details -> %s", detail_path)
     if gate is not None:
-        results = evaluate_gates(stage, gate, _flat_numbers(metrics))
+        # Gates name top-level metrics; nested tables (fused op counts, per-variant rows) are reports.
+        numbers = {k: v for k, v in metrics.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        results = evaluate_gates(stage, gate, numbers)
         run.record_gates(results)
         enforce(results)
-
-
-def _flat_numbers(metrics: dict) -> dict:
-    # Gates name top-level metrics; nested tables (fused op counts, per-variant rows) are reports.
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
