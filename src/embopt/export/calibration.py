@@ -1,15 +1,13 @@
 """Static int8 (QDQ) quantization calibrated on corpus sentences.
 
-Activation ranges come from running the fp32 model on N corpus sentences and
-reducing what each tensor saw with MinMax, Entropy (KL divergence between the
-float and the quantized histograms) or Percentile. The ranges are written to a
-JSON file (ORT's calibration cache format) that ships in the bundle as an
-artifact, and that the accuracy fallback reuses instead of calibrating again.
+Activation ranges come from running the fp32 model on N corpus sentences and reducing what each
+tensor saw with MinMax, Entropy (KL divergence between the float and the quantized histograms) or
+Percentile. The ranges are written to a JSON file (ORT's calibration cache format) that ships in
+the bundle as an artifact, and that the accuracy fallback reuses instead of calibrating again.
 
-The QDQ format keeps the float graph and wraps quantized tensors in
-QuantizeLinear/DequantizeLinear pairs; ORT fuses them into int8 kernels at load
-time, and TensorRT builds explicit int8 engines from the same file when the QDQ
-pairs are symmetric int8 (zero point 0) and every op is a standard ONNX op.
+The QDQ format keeps the float graph and wraps quantized tensors in QuantizeLinear/DequantizeLinear
+pairs; ORT fuses them into int8 kernels at load time, and TensorRT builds explicit int8 engines from
+the same file when the QDQ pairs are symmetric int8 (zero point 0) and every op is a standard one.
 """
 
 from __future__ import annotations
@@ -84,11 +82,9 @@ def quantize_static_qdq(
 ) -> Path:
     """Write a static QDQ int8 copy of ``src`` to ``dst``, calibrated on ``sentences``.
 
-    ``ranges_path`` is the calibration artifact: written on the first call, reused
-    (no new calibration) when it already exists, as it does for fallback rebuilds.
-
-    Raises:
-        EmboptError: empty calibration set, unknown method, unsupported op type, or ORT failure.
+    ``ranges_path`` is the calibration artifact: written on the first call, reused (no new
+    calibration) when it already exists, as it does for fallback rebuilds. EmboptError: empty
+    calibration set, unknown method, unsupported op type, or ORT failure.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 

@@ -1,15 +1,13 @@
 """Accuracy-driven fallback: keep the int8 model's most sensitive nodes in fp32 until the gate passes.
 
-1. Sensitivity: for every node the recipe quantizes, build a model with *only that
-   node* quantized and measure how far its embeddings move from the fp32 parent's
-   on a dev sample (mean cosine distance). One quantized node at a time isolates
-   each node's own damage, which is what excluding it would undo.
-2. Fallback: exclude the 1, 2, 3, ... most sensitive nodes (rebuild the int8 model
-   with them in fp32) and re-score the gate metric, until it passes or
-   ``max_nodes`` are excluded.
+1. Sensitivity: for every node the recipe quantizes, build a model with *only that node* quantized
+   and measure how far its embeddings move from the fp32 parent's on a dev sample (mean cosine
+   distance). One node at a time isolates each node's own damage, which excluding it would undo.
+2. Fallback: exclude the 1, 2, 3, ... most sensitive nodes (rebuild the int8 model with them in
+   fp32) and re-score the gate metric, until it passes or ``max_nodes`` are excluded.
 
-The quantizer, the embedding function and the gate score are passed in, so the same
-loop serves dynamic and static recipes and is unit-tested with a fake scorer.
+The quantizer, the embedding function and the gate score are passed in, so the same loop serves
+dynamic and static recipes and is unit-tested with a fake scorer.
 """
 
 from __future__ import annotations
@@ -36,14 +34,9 @@ class FallbackResult:
     steps: list[dict] = field(default_factory=list)  # one per rebuild: k, score
 
     def report(self, top: int = 10) -> dict:
-        return {
-            "passed": self.passed,
-            "nodes_kept_fp32": self.excluded,
-            "score": round(self.score, 5),
-            "steps": self.steps,
-            "most_sensitive": [{"node": n, "cosine_distance": float(f"{s:.3g}")}
-                               for n, s in self.sensitivity[:top]],
-        }
+        return {"passed": self.passed, "nodes_kept_fp32": self.excluded, "score": round(self.score, 5),
+                "steps": self.steps, "most_sensitive": [{"node": n, "cosine_distance": float(f"{s:.3g}")}
+                                                        for n, s in self.sensitivity[:top]]}
 
 
 def cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -52,10 +45,8 @@ def cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
     The same quantity as ``1 - cosine``, but exact for the tiny distances a single
     int8 node causes, where ``1 - cos`` in float32 is below rounding noise.
     """
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    a = a / np.clip(np.linalg.norm(a, axis=1, keepdims=True), 1e-12, None)
-    b = b / np.clip(np.linalg.norm(b, axis=1, keepdims=True), 1e-12, None)
+    a, b = (np.asarray(x, dtype=np.float64) for x in (a, b))
+    a, b = (x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None) for x in (a, b))
     return float(np.mean(0.5 * np.sum((a - b) ** 2, axis=1)))
 
 
@@ -70,11 +61,9 @@ def node_sensitivity(
     path = Path(workdir) / "sensitivity.onnx"
     for node in tqdm(list(nodes), desc="int8 sensitivity", unit="node"):
         build(path, nodes_to_quantize=[node])
-        emb = embed(path)
-        out.append((node, cosine_distance(emb, reference)))
+        out.append((node, cosine_distance(embed(path), reference)))
     path.unlink(missing_ok=True)
-    out.sort(key=lambda x: -x[1])
-    return out
+    return sorted(out, key=lambda x: -x[1])
 
 
 def exclude_until_pass(

@@ -1,9 +1,8 @@
 """ONNX export with pooling and L2 normalisation inside the graph, and ORT graph fusion.
 
-The graph takes ``input_ids`` and ``attention_mask`` (int64, dynamic batch and
-sequence axes) and returns ``sentence_embedding`` (float32, L2-normalised), so a
-runtime needs only a tokenizer and one session call: no numpy pooling code to
-get subtly wrong.
+The graph takes ``input_ids`` and ``attention_mask`` (int64, dynamic batch and sequence axes) and
+returns ``sentence_embedding`` (float32, L2-normalised), so a runtime needs only a tokenizer and one
+session call: no numpy pooling code to get subtly wrong.
 """
 
 from __future__ import annotations

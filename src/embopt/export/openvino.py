@@ -1,9 +1,9 @@
 """OpenVINO variants: the fp32 IR converted from the unfused ONNX graph, and NNCF int8 of it.
 
 The unfused graph is the source because ORT's fused ops (``com.microsoft`` Attention,
-SkipLayerNormalization) are not ONNX ops OpenVINO can read. int8 is NNCF post-training
-quantization with the transformer preset (it keeps LayerNorm/Softmax-sensitive spots in fp32),
-calibrated on the same corpus sentences as ORT's static int8.
+SkipLayerNormalization) are not ONNX ops OpenVINO can read. int8 is NNCF post-training quantization
+with the transformer preset (it keeps LayerNorm/Softmax-sensitive spots in fp32), calibrated on the
+same corpus sentences as ORT's static int8.
 """
 
 from __future__ import annotations

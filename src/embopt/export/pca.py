@@ -1,7 +1,6 @@
-"""PCA to fewer output dimensions, folded into the exported ONNX graph.
+"""PCA to fewer output dimensions (cheaper storage and vector search), folded into the ONNX graph.
 
-Fewer dimensions make storage and vector search cheaper. The projection is saved
-as ``.npz`` (mean, components; no pickle) and appended to the graph as
+The projection is saved as ``.npz`` (mean, components; no pickle) and appended to the graph as
 Sub -> MatMul -> LpNormalization, so the served model emits k-dim unit vectors.
 """
 

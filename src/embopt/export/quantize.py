@@ -1,14 +1,12 @@
 """ONNX Runtime dynamic int8 quantization, with instruction-set presets and node exclusion.
 
-Dynamic quantization stores weights as int8 and quantizes activations on the fly:
-no calibration data, and on CPUs with VNNI/AMX int8 GEMMs it is the fastest
-accuracy-preserving step for transformer encoders. ``reduce_range`` (7-bit
-weights) avoids saturation on CPUs without VNNI (plain AVX2).
+Dynamic quantization stores weights as int8 and quantizes activations on the fly: no calibration
+data, and on CPUs with VNNI/AMX int8 GEMMs it is the fastest accuracy-preserving step for
+transformer encoders. ``reduce_range`` (7-bit weights) avoids saturation on CPUs without VNNI.
 
-The preset (``avx512_vnni``, ``avx2``, ``arm64``) is read from the CPU unless a
-param forces one; explicit ``per_channel`` / ``reduce_range`` / ``weight_type``
-params override what the preset says. ``nodes_to_exclude`` keeps named nodes in
-fp32: the accuracy fallback (:mod:`embopt.export.fallback`) uses it.
+The preset (``avx512_vnni``, ``avx2``, ``arm64``) is read from the CPU unless a param forces one;
+explicit ``per_channel`` / ``reduce_range`` / ``weight_type`` params override it.
+``nodes_to_exclude`` keeps named nodes in fp32 for the accuracy fallback (:mod:`.fallback`).
 """
 
 from __future__ import annotations
@@ -139,9 +137,8 @@ def quantize_dynamic_int8(src: Path, dst: Path, per_channel: bool = False, reduc
                           nodes_to_quantize: Sequence[str] | None = None) -> Path:
     """Write a dynamically quantized (int8 weights, uint8 activations) copy of ``src`` to ``dst``.
 
-    Args:
-        nodes_to_exclude: node names kept in fp32 (accuracy fallback).
-        nodes_to_quantize: when given, only these nodes are quantized (sensitivity analysis).
+    ``nodes_to_exclude`` stay fp32 (accuracy fallback); ``nodes_to_quantize``, when given, are the
+    only ones quantized (sensitivity analysis).
     """
     import onnx
     from onnxruntime.quantization import quantize_dynamic

@@ -1,18 +1,17 @@
 """TensorRT engines from the exported ONNX (official ``tensorrt`` Python API, TRT 10).
 
-Two engines, each from the file TensorRT can parse (standard ONNX ops only, so the
-*unfused* graph: ORT's fused Attention/SkipLayerNormalization are contrib ops):
+Each engine is built from a file TensorRT can parse (standard ONNX ops only, so the *unfused* graph:
+ORT's fused Attention/SkipLayerNormalization are contrib ops):
 
 - ``fp16``: the fp32 graph with FP16 kernels allowed;
-- ``int8``: the symmetric int8 QDQ model (explicit quantization: TensorRT places int8
-  kernels where the Q/DQ pairs are, FP16 elsewhere).
+- ``int8``: the symmetric int8 QDQ model (explicit quantization: TensorRT places int8 kernels where
+  the Q/DQ pairs are, FP16 elsewhere).
 
-One optimisation profile (min/opt/max batch and sequence length from params) and a
-timing cache kept across builds. Attempted only where an NVIDIA GPU and the
-``tensorrt`` package exist; otherwise :func:`availability` says why it is skipped.
-Everything that needs no GPU (the profile, which engines to build from what, the
-builder configuration, applied to any object with TensorRT's API) is plain Python
-and unit-tested on CPU.
+One optimisation profile (min/opt/max batch and sequence length from params) and a timing cache
+kept across builds. Attempted only where an NVIDIA GPU and the ``tensorrt`` package exist, else
+:func:`availability` says why it is skipped. All but the build (the profile, which engines to build
+from what, the builder configuration applied to any object with TensorRT's API) is plain Python,
+unit-tested on CPU.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """Project paths, in one place (cookiecutter-data-science style).
 
-Paths resolve from the working directory DVC gives the stage (the repository root,
-or an experiment's own copy of it under ``.dvc/tmp/exps/``), never from where the
-package is installed: an editable install points at the main checkout, and a queued
-``dvc exp run`` must read and write its own copy. Tests and the CLI may set
-``EMBOPT_ROOT`` explicitly.
+Paths resolve from the working directory DVC gives the stage (the repository root, or an
+experiment's own copy of it under ``.dvc/tmp/exps/``), never from where the package is installed:
+an editable install points at the main checkout, and a queued ``dvc exp run`` must read and write
+its own copy. Tests and the CLI may set ``EMBOPT_ROOT`` explicitly.
 """
 
 from __future__ import annotations

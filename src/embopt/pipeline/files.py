@@ -1,13 +1,13 @@
 """Atomic writes: outputs appear complete or not at all.
 
-Every stage writes into a temporary sibling (``.<name>.tmp-*``) and renames it into
-place, so a crash or a failed check never leaves a half-written model folder or metrics
-file behind. The temporary is removed on any exception, KeyboardInterrupt included; a
-SIGTERM does the same once :func:`exit_on_sigterm` turned it into an exception. Outputs get
-the permissions of a normally created file or folder (0644/0755 under umask 022), not the
-private 0600/0700 of ``mkstemp``/``mkdtemp``, so a shared model folder stays readable.
-A SIGKILL leaves the temporary behind; its name carries the writer's pid, and the next write
-of the same target removes the temporaries of writers no longer alive.
+Every stage writes into a temporary sibling (``.<name>.tmp-*``) and renames it into place, so a
+crash or a failed check never leaves a half-written model folder or metrics file behind. The
+temporary is removed on any exception, KeyboardInterrupt included; a SIGTERM does the same once
+:func:`exit_on_sigterm` turned it into an exception. Outputs get the permissions of a normally
+created file or folder (0644/0755 under umask 022), not the private 0600/0700 of
+``mkstemp``/``mkdtemp``, so a shared model folder stays readable. A SIGKILL leaves the temporary
+behind; its name carries the writer's pid, and the next write of the same target removes the
+temporaries of writers no longer alive.
 """
 
 from __future__ import annotations
@@ -42,10 +42,8 @@ def current_umask() -> int:
 
 def exit_on_sigterm() -> Any:
     """Turn SIGTERM into ``SystemExit(143)`` so ``finally`` and ``except`` blocks run: temporary
-    outputs are removed and runs can be closed, as on Ctrl-C. Only from the main thread.
-
-    Returns:
-        The previous handler (for ``signal.signal(signal.SIGTERM, previous)``), or None off the main thread.
+    outputs are removed and runs can be closed, as on Ctrl-C. Only from the main thread: returns
+    the previous handler (for ``signal.signal(signal.SIGTERM, previous)``), or None off it.
     """
     if threading.current_thread() is not threading.main_thread():
         return None

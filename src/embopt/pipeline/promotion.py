@@ -1,9 +1,9 @@
 """What "best" means, as code: the objective, the tie rule and champion/challenger.
 
-Every number here comes from the validation split (accuracy) and interleaved
-timing rounds (speed, with their spread): STSb dev is never used to choose.
-A speed difference smaller than the measured noise (or ``noise_floor``) is a tie,
-and ties go to the more accurate variant, so timing noise cannot flip the choice.
+Every number here comes from the validation split (accuracy) and interleaved timing rounds (speed,
+with their spread): STSb dev is never used to choose. A speed difference smaller than the measured
+noise (or ``noise_floor``) is a tie, and ties go to the more accurate variant, so timing noise
+cannot flip the choice.
 """
 
 from __future__ import annotations

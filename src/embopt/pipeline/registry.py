@@ -1,7 +1,7 @@
 """The pipeline's one registry write: the bundle as an MLflow pyfunc model, registered and aliased.
 
-Apart from ``tracking.py`` because only the promote stage registers models, and this
-module pulls in the serving package the model ships.
+Apart from ``tracking.py`` because only the promote stage registers models, and this module pulls
+in the serving package the model ships.
 """
 
 from __future__ import annotations

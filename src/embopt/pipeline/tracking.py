@@ -122,19 +122,13 @@ def pipeline_id() -> str:
                 argv = proc.cmdline()
             except (psutil.AccessDenied, psutil.ZombieProcess):
                 continue
-            if _is_dvc(argv):
+            if any(Path(a).name in ("dvc", "dvc.exe") for a in argv[:2]) or argv[1:3] == ["-m", "dvc"]:
                 # One dvc process may run several queued experiments: keep them apart.
                 key = f"{proc.pid}-{proc.create_time()}-{os.environ.get('DVC_EXP_NAME', '')}"
                 return hashlib.sha1(key.encode()).hexdigest()[:12]
     except ImportError:  # psutil ships with mlflow; stay usable without it
         pass
     return uuid.uuid4().hex[:12]
-
-
-def _is_dvc(argv: list[str]) -> bool:
-    if any(Path(a).name in ("dvc", "dvc.exe") for a in argv[:2]):
-        return True
-    return len(argv) >= 3 and argv[1] == "-m" and argv[2] == "dvc"
 
 
 def _mlflow():
