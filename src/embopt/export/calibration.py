@@ -86,7 +86,9 @@ def quantize_static_qdq(
     calibration) when it already exists, as it does for fallback rebuilds. EmboptError: empty
     calibration set, unknown method, unsupported op type, or ORT failure.
     """
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     check_onnx(src)
     check_op_types(src, recipe.op_types, "static", "quantize.static.op_types")
@@ -101,19 +103,20 @@ def quantize_static_qdq(
             raise EmboptError("quantize.static.calibration_sentences: the calibration set is empty "
                               "(no corpus sentences to calibrate on)")
         reader = SentenceReader(tokenizer, sentences, recipe.batch_size, pad_id)
-    extra = {
-        "ActivationSymmetric": recipe.symmetric_activations,
-        "WeightSymmetric": True,
-        "CalibPercentile": recipe.percentile,
-        # One batch per collection step: ORT's histogram collector stacks a step's batches with
-        # np.asarray, which fails when batches differ in shape (they do: padded per batch).
-        "CalibStridedMinMax": 1,
-        # Fused contrib ops defeat ONNX shape inference; untyped tensors are float32 activations.
-        "DefaultTensorType": 1,
-    }
+    extra = {"ActivationSymmetric": recipe.symmetric_activations, "WeightSymmetric": True,
+             "CalibPercentile": recipe.percentile,
+             # One batch per collection step: ORT's histogram collector stacks a step's batches with
+             # np.asarray, which fails when batches differ in shape (they do: padded per batch).
+             "CalibStridedMinMax": 1,
+             # Fused contrib ops defeat ONNX shape inference; untyped tensors are float32 activations.
+             "DefaultTensorType": 1}
     typed = Path(dst).with_name(Path(dst).stem + ".typed.onnx")
     try:
-        with_tensor_types(src, typed)
+        # Every intermediate tensor typed (ORT's symbolic shape inference): the calibrator picks float
+        # tensors from the model's value_info, and plain ONNX shape inference stops at ORT's fused
+        # contrib ops (Attention, SkipLayerNormalization), which would leave nothing calibrated.
+        infer = SymbolicShapeInference.infer_shapes
+        onnx.save(infer(onnx.load(str(src)), auto_merge=True, guess_output_rank=True), str(typed))
         with quiet_root_logger(40):  # ORT warns "consider pre-processing" on every call
             quantize_static(
                 str(typed), str(dst), calibration_data_reader=reader, quant_format=QuantFormat.QDQ,
@@ -130,21 +133,6 @@ def quantize_static_qdq(
         typed.unlink(missing_ok=True)
     log.info("int8 (static QDQ, %s, %d sentences, %d node(s) kept fp32) -> %s (ranges: %s)", recipe.method,
              len(sentences or []), len(nodes_to_exclude or []), dst, ranges_path.name)
-    return dst
-
-
-def with_tensor_types(src: Path, dst: Path) -> Path:
-    """Copy of ``src`` with every intermediate tensor typed (ORT's symbolic shape inference).
-
-    The calibrator picks float tensors from the model's value_info; plain ONNX shape
-    inference stops at ORT's fused contrib ops (Attention, SkipLayerNormalization), which
-    would leave a fused graph with nothing calibrated.
-    """
-    import onnx
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-    model = SymbolicShapeInference.infer_shapes(onnx.load(str(src)), auto_merge=True, guess_output_rank=True)
-    onnx.save(model, str(dst))
     return dst
 
 

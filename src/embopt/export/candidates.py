@@ -81,10 +81,8 @@ def plan_candidates(p, has_unfused: bool) -> list[Candidate]:
                          percentile=s.percentile, calibration_sentences=s.calibration_sentences)
         name = f"onnx_int8_static_{method}"
         out.append(Candidate(name, "static", fused, r, f"model_{name.removeprefix('onnx_')}.onnx"))
-    seen: dict[str, Candidate] = {}
-    for c in out:
-        seen.setdefault(c.name, c)  # an extra equal to the preset's recipe adds nothing
-    return list(seen.values())
+    names = [c.name for c in out]  # an extra equal to the preset's recipe adds nothing
+    return [c for i, c in enumerate(out) if c.name not in names[:i]]
 
 
 class Builder:

