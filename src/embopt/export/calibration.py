@@ -75,11 +75,10 @@ class SentenceReader:
         return len(self.batches)
 
 
-def quantize_static_qdq(
-    src: Path, dst: Path, recipe: StaticRecipe, sentences: Sequence[str] | None, tokenizer, ranges_path: Path,
-    pad_id: int = 0, nodes_to_exclude: Sequence[str] | None = None,
-    nodes_to_quantize: Sequence[str] | None = None,
-) -> Path:
+def quantize_static_qdq(src: Path, dst: Path, recipe: StaticRecipe, sentences: Sequence[str] | None,
+                        tokenizer, ranges_path: Path, pad_id: int = 0,
+                        nodes_to_exclude: Sequence[str] | None = None,
+                        nodes_to_quantize: Sequence[str] | None = None) -> Path:
     """Write a static QDQ int8 copy of ``src`` to ``dst``, calibrated on ``sentences``.
 
     ``ranges_path`` is the calibration artifact: written on the first call, reused (no new
@@ -118,14 +117,13 @@ def quantize_static_qdq(
         infer = SymbolicShapeInference.infer_shapes
         onnx.save(infer(onnx.load(str(src)), auto_merge=True, guess_output_rank=True), str(typed))
         with quiet_root_logger(40):  # ORT warns "consider pre-processing" on every call
-            quantize_static(
-                str(typed), str(dst), calibration_data_reader=reader, quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=list(recipe.op_types), per_channel=recipe.per_channel,
-                activation_type=qtype(recipe.activation_type), weight_type=qtype("qint8"),
-                nodes_to_exclude=list(nodes_to_exclude or []),
-                nodes_to_quantize=list(nodes_to_quantize or []), calibrate_method=methods[recipe.method],
-                extra_options=extra, calibration_cache_path=str(ranges_path),
-            )
+            quantize_static(str(typed), str(dst), calibration_data_reader=reader,
+                            quant_format=QuantFormat.QDQ, op_types_to_quantize=list(recipe.op_types),
+                            per_channel=recipe.per_channel, activation_type=qtype(recipe.activation_type),
+                            weight_type=qtype("qint8"), nodes_to_exclude=list(nodes_to_exclude or []),
+                            nodes_to_quantize=list(nodes_to_quantize or []),
+                            calibrate_method=methods[recipe.method], extra_options=extra,
+                            calibration_cache_path=str(ranges_path))
     except Exception as exc:  # ORT raises bare Exceptions/ValueErrors for unsupported graphs
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EmboptError(f"{src}: static int8 ({recipe.method}) quantization failed: {first}") from None

@@ -102,11 +102,10 @@ class Builder:
         self.ranges_dir.mkdir(parents=True, exist_ok=True)
         # ORT's histogram calibrators print progress to stdout; the stage logs one line instead.
         with contextlib.redirect_stdout(io.StringIO()):
-            return quantize_static_qdq(
-                src, dst, c.recipe, self.calibration[: c.recipe.calibration_sentences], self.tokenizer,
-                self.ranges_dir / f"{c.name}.ranges.json", pad_id=self.pad_id,
-                nodes_to_exclude=nodes_to_exclude, nodes_to_quantize=nodes_to_quantize,
-            )
+            return quantize_static_qdq(src, dst, c.recipe, self.calibration[: c.recipe.calibration_sentences],
+                                       self.tokenizer, self.ranges_dir / f"{c.name}.ranges.json",
+                                       pad_id=self.pad_id, nodes_to_exclude=nodes_to_exclude,
+                                       nodes_to_quantize=nodes_to_quantize)
 
 
 class Scorer:

@@ -50,10 +50,8 @@ def cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(0.5 * np.sum((a - b) ** 2, axis=1)))
 
 
-def node_sensitivity(
-    nodes: Sequence[str], build: BuildFn, embed: Callable[[Path], np.ndarray], reference: np.ndarray,
-    workdir: Path,
-) -> list[tuple[str, float]]:
+def node_sensitivity(nodes: Sequence[str], build: BuildFn, embed: Callable[[Path], np.ndarray],
+                     reference: np.ndarray, workdir: Path) -> list[tuple[str, float]]:
     """(node, mean cosine distance of its single-node int8 model to fp32), most sensitive first."""
     from tqdm.auto import tqdm
 
@@ -66,10 +64,9 @@ def node_sensitivity(
     return sorted(out, key=lambda x: -x[1])
 
 
-def exclude_until_pass(
-    sensitivity: Sequence[tuple[str, float]], build: BuildFn, score: Callable[[Path], float],
-    threshold: float, dst: Path, max_nodes: int,
-) -> FallbackResult:
+def exclude_until_pass(sensitivity: Sequence[tuple[str, float]], build: BuildFn,
+                       score: Callable[[Path], float], threshold: float, dst: Path,
+                       max_nodes: int) -> FallbackResult:
     """Rebuild ``dst`` with the k most sensitive nodes in fp32, k = 1.., until ``score(dst) >= threshold``.
 
     When no k up to ``max_nodes`` passes, ``dst`` holds the best-scoring model found.

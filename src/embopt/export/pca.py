@@ -25,11 +25,8 @@ def fit_pca(embeddings: np.ndarray, k: int, seed: int) -> dict[str, np.ndarray]:
     if k > min(n, d):
         raise EmboptError(f"pca.k: {k} exceeds min(samples={n}, dim={d})")
     pca = PCA(n_components=k, random_state=seed).fit(embeddings)
-    return {
-        "mean": pca.mean_.astype(np.float32),
-        "components": pca.components_.astype(np.float32),  # (k, d)
-        "explained_variance_ratio": pca.explained_variance_ratio_.astype(np.float32),
-    }
+    return {"mean": pca.mean_.astype(np.float32), "components": pca.components_.astype(np.float32),  # (k, d)
+            "explained_variance_ratio": pca.explained_variance_ratio_.astype(np.float32)}
 
 
 def save_pca(path: Path, pca: dict[str, np.ndarray]) -> None:

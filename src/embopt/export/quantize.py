@@ -98,10 +98,8 @@ def check_op_types(src: Path, op_types: Sequence[str], mode: str, setting: str) 
     supported = set(IntegerOpsRegistry if mode == "dynamic" else QDQRegistry)
     bad = [t for t in op_types if t not in supported]
     if bad:
-        raise EmboptError(
-            f"{setting}: op type(s) {', '.join(bad)} cannot be quantized {mode}ally by onnxruntime "
-            f"(supported: {', '.join(sorted(supported))})"
-        )
+        raise EmboptError(f"{setting}: op type(s) {', '.join(bad)} cannot be quantized {mode}ally by "
+                          f"onnxruntime (supported: {', '.join(sorted(supported))})")
     graph = onnx.load(str(src), load_external_data=False).graph
     nodes = [n.name for n in graph.node if n.op_type in set(op_types)]
     if not nodes:
@@ -156,8 +154,7 @@ def quantize_dynamic_int8(src: Path, dst: Path, per_channel: bool = False, reduc
                 nodes_to_quantize=list(nodes_to_quantize or []),
                 # Fused contrib ops (Attention with pruned heads) defeat ONNX shape inference; the
                 # tensors it cannot type are float32 activations.
-                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-            )
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     except Exception as exc:  # ORT raises bare Exceptions for unsupported graphs
         raise EmboptError(f"{src}: dynamic int8 quantization failed: {str(exc).splitlines()[0]}") from None
     log.info("int8 (dynamic, per_channel=%s, reduce_range=%s, weights=%s, %d node(s) kept fp32) -> %s",

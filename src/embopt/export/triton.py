@@ -29,9 +29,8 @@ def config_pbtxt(name: str, platform: str, dim: int, max_batch_size: int, prefer
     kind = kind or ("KIND_GPU" if platform == "tensorrt_plan" else "KIND_CPU")
     preferred = sorted({b for b in preferred_batch_sizes if 1 <= b <= max_batch_size})
     preferred_line = f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]\n" if preferred else ""
-    inputs = ",\n".join(
-        f'  {{\n    name: "{n}"\n    data_type: TYPE_INT64\n    dims: [ -1 ]\n  }}' for n in INPUT_NAMES
-    )
+    inputs = ",\n".join(f'  {{\n    name: "{n}"\n    data_type: TYPE_INT64\n    dims: [ -1 ]\n  }}'
+                         for n in INPUT_NAMES)
     return (
         f'name: "{name}"\nplatform: "{platform}"\nbackend: "{PLATFORMS[platform][0]}"\n'
         f"max_batch_size: {max_batch_size}\ninput [\n{inputs}\n]\n"
@@ -59,11 +58,9 @@ def parse_config(text: str):
         raise EmboptError(f"invalid Triton config.pbtxt: {exc}") from None
 
 
-def add_model(
-    repo: Path, name: str, model_file: Path, platform: str, dim: int, max_batch_size: int,
-    preferred_batch_sizes: list[int], max_queue_delay_us: int, instances: int, kind: str | None = None,
-    validate: bool = True,
-) -> Path:
+def add_model(repo: Path, name: str, model_file: Path, platform: str, dim: int, max_batch_size: int,
+              preferred_batch_sizes: list[int], max_queue_delay_us: int, instances: int,
+              kind: str | None = None, validate: bool = True) -> Path:
     """Copy ``model_file`` into ``repo/name/1/`` and write its config.pbtxt (checked with tritonclient)."""
     text = config_pbtxt(name, platform, dim, max_batch_size, preferred_batch_sizes, max_queue_delay_us,
                         instances, kind)

@@ -48,9 +48,8 @@ def best(contenders: Sequence[Contender], objective: str, noise_floor: float) ->
     return max(tied, key=lambda c: (c.val_retention, c.sps, c.name))
 
 
-def decide(
-    challenger: Contender, incumbent: Contender | None, objective: str, noise_floor: float
-) -> tuple[bool, str]:
+def decide(challenger: Contender, incumbent: Contender | None, objective: str,
+           noise_floor: float) -> tuple[bool, str]:
     """Whether the challenger takes the champion alias, and why (one line for the log and the registry)."""
     if incumbent is None:
         return True, "no champion yet: promoted directly"
@@ -63,7 +62,6 @@ def decide(
         narrower = challenger.dim < incumbent.dim
         return narrower, f"dim {challenger.dim} vs incumbent {incumbent.dim}"
     better = challenger.val_retention > incumbent.val_retention
-    return better, (
-        f"tie on the objective; val retention {challenger.val_retention:.5f} vs incumbent "
-        f"{incumbent.val_retention:.5f}: " + ("challenger is more accurate" if better else "incumbent kept")
-    )
+    verdict = "challenger is more accurate" if better else "incumbent kept"
+    return better, (f"tie on the objective; val retention {challenger.val_retention:.5f} vs incumbent "
+                    f"{incumbent.val_retention:.5f}: {verdict}")

@@ -47,17 +47,12 @@ def log_and_register_embedder(run: StageRun, bundle_dir: Path, model_name: str, 
     reqs = [f"{pkg}=={md.version(pkg)}" for pkg in pkgs]
     code_dir = Path(tempfile.mkdtemp(prefix="embopt-code-"))
     info = mlflow.pyfunc.log_model(
-        name="model",
-        python_model=EmbedderModel(),
-        artifacts={"bundle": str(bundle_dir)},
+        name="model", python_model=EmbedderModel(), artifacts={"bundle": str(bundle_dir)},
         code_paths=[str(_serving_package(code_dir))],
         # The model checks its own input (strings only, row named); see serving.pyfunc.model_signature.
-        signature=model_signature(dim),
-        input_example=pd.DataFrame({"text": example}),
-        pip_requirements=reqs,
+        signature=model_signature(dim), input_example=pd.DataFrame({"text": example}), pip_requirements=reqs,
         # Every key is logged (defaults filled in): MLflow lets a consumer override only logged keys.
-        model_config=runtime_config(dict(model_config or {})),
-    )
+        model_config=runtime_config(dict(model_config or {})))
     shutil.rmtree(code_dir, ignore_errors=True)
     client = mlflow.MlflowClient()
     try:
@@ -65,10 +60,8 @@ def log_and_register_embedder(run: StageRun, bundle_dir: Path, model_name: str, 
     except MlflowException as exc:
         if exc.error_code not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
             raise
-    mv = client.create_model_version(
-        model_name, info.model_uri, run_id=run.run_id, tags={k: str(v) for k, v in tags.items()},
-        description=description, model_id=info.model_id,
-    )
+    mv = client.create_model_version(model_name, info.model_uri, run_id=run.run_id, description=description,
+                                     tags={k: str(v) for k, v in tags.items()}, model_id=info.model_id)
     version = str(mv.version)
     client.set_registered_model_alias(model_name, alias, version)
     log.info("registered %s version %s as @%s (%s)", model_name, version, alias, info.model_uri)

@@ -198,10 +198,8 @@ class StageRun:
 
             now = int(time.time() * 1000)
             _mlflow().MlflowClient().log_batch(
-                self.parent_id,
-                metrics=[Metric(k, v, now, 0) for k, v in _numbers(metrics or {}).items()],
-                tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
-            )
+                self.parent_id, metrics=[Metric(k, v, now, 0) for k, v in _numbers(metrics or {}).items()],
+                tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
 
     def record_gates(self, results: list[GateResult]) -> None:
         """Put every gate outcome on the run: a tag per gate and an overall status."""
@@ -213,10 +211,10 @@ class StageRun:
 
 @contextlib.contextmanager
 def stage_run(stage: str, params: Params, sections: list[str]) -> Iterator[StageRun]:
-    """Open the MLflow run of one execution of DVC stage ``stage``, a child of its pipeline's parent run.
+    """Open the MLflow run of one execution of DVC stage ``stage``, a child of its pipeline's parent run,
+    with ``base`` and the params ``sections`` the stage reads."""
+    import psutil
 
-    It logs the params ``sections`` the stage reads, and ``base``.
-    """
     check_reachable()  # before any output is written: a down server fails in seconds, with one line
     exp_id = ensure_experiment(params.base.experiment)
     pid = pipeline_id()
@@ -229,7 +227,8 @@ def stage_run(stage: str, params: Params, sections: list[str]) -> Iterator[Stage
     # so the file describes every output of this pipeline run, and two runs compare key by key.
     parent = _open_parent(client, exp_id, pid, commit, stage, flatten(dumped))
     tags = {"dvc.stage": stage, "git.commit": commit, "pipeline.id": pid, "mlflow.runName": f"{stage}-{pid}",
-            "mlflow.parentRunId": parent, PROCESS_TAG: _this_process()}
+            "mlflow.parentRunId": parent,
+            PROCESS_TAG: f"{socket.gethostname()}:{os.getpid()}:{psutil.Process().create_time()}"}
     if os.environ.get("DVC_EXP_NAME"):  # set by dvc exp run
         tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
     status, error = "FINISHED", None
@@ -249,12 +248,6 @@ def stage_run(stage: str, params: Params, sections: list[str]) -> Iterator[Stage
         raise
     finally:
         _best_effort(_close_parent, client, parent, stage, status, error)
-
-
-def _this_process() -> str:
-    import psutil
-
-    return f"{socket.gethostname()}:{os.getpid()}:{psutil.Process().create_time()}"
 
 
 def _end_orphans(client, exp_id: str) -> None:
