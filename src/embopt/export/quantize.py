@@ -87,11 +87,8 @@ def resolve_recipe(isa: str = "auto", per_channel: bool | None = None, reduce_ra
 
 
 def check_op_types(src: Path, op_types: Sequence[str], mode: str, setting: str) -> list[str]:
-    """Validate ``op_types`` for ``mode`` (``dynamic``: integer ops, ``static``: QDQ) and the model.
-
-    Returns the model's nodes of those types. Raises EmboptError for an op type ORT cannot
-    quantize this way, or a model with none of them.
-    """
+    """The model's nodes of ``op_types``, validated for ``mode`` (``dynamic``: integer ops, ``static``:
+    QDQ); EmboptError for an op type ORT cannot quantize this way, or a model with none of them."""
     import onnx
     from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry
 
@@ -134,10 +131,8 @@ def quantize_dynamic_int8(src: Path, dst: Path, per_channel: bool = False, reduc
                           nodes_to_exclude: Sequence[str] | None = None,
                           nodes_to_quantize: Sequence[str] | None = None) -> Path:
     """Write a dynamically quantized (int8 weights, uint8 activations) copy of ``src`` to ``dst``.
-
-    ``nodes_to_exclude`` stay fp32 (accuracy fallback); ``nodes_to_quantize``, when given, are the
-    only ones quantized (sensitivity analysis).
-    """
+    ``nodes_to_exclude`` stay fp32 (accuracy fallback); ``nodes_to_quantize``, when given, are the only
+    ones quantized (sensitivity analysis)."""
     import onnx
     from onnxruntime.quantization import quantize_dynamic
 

@@ -129,10 +129,8 @@ def availability() -> tuple[bool, str]:
 
 
 def configure(trt, builder, spec: EngineSpec, cache_bytes: bytes = b""):
-    """A builder config for ``spec``: memory pool, precision flags, optimisation level, profile, timing cache.
-
-    ``trt`` is the tensorrt module (or a stand-in with the same names, in tests).
-    """
+    """A builder config for ``spec``: memory pool, precision flags, optimisation level, profile, timing
+    cache. ``trt`` is the tensorrt module (or a stand-in with the same names, in tests)."""
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, spec.workspace_mb << 20)
     for flag in spec.flags:

@@ -41,11 +41,8 @@ def config_pbtxt(name: str, platform: str, dim: int, max_batch_size: int, prefer
 
 
 def parse_config(text: str):
-    """Parse ``config.pbtxt`` text into Triton's ``inference.ModelConfig`` message.
-
-    ImportError without tritonclient (``pip install 'tritonclient[grpc]'``); EmboptError for a text
-    that is not a valid ModelConfig.
-    """
+    """Parse ``config.pbtxt`` text into Triton's ``inference.ModelConfig`` message. ImportError without
+    tritonclient (``pip install 'tritonclient[grpc]'``); EmboptError for a text that is not a valid one."""
     try:
         from google.protobuf import text_format
         from tritonclient.grpc import model_config_pb2

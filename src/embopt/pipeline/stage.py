@@ -44,12 +44,10 @@ def run_stage(name: str, fn: Callable[[], None]) -> None:
 
 def report(run, stage: str, metrics: dict, gate=None, details: dict | None = None) -> None:
     """Write ``metrics/<stage>.json`` (and ``reports/pipeline/<stage>.json``), log both, check the gate.
-
-    ``metrics`` holds the headline numbers a reader compares across experiments (what
-    ``dvc exp show`` and ``dvc metrics diff`` list); ``details`` holds the tables behind
-    them (per-candidate rows, op counts), kept out of the metrics columns. Both are
-    written even when the gate fails, so a miss can be inspected.
-    """
+    ``metrics`` holds the headline numbers a reader compares across experiments (what ``dvc exp show``
+    and ``dvc metrics diff`` list); ``details`` holds the tables behind them (per-candidate rows, op
+    counts), kept out of the metrics columns. Both are written even when the gate fails, so a miss can
+    be inspected."""
     from embopt.pipeline import config
     from embopt.pipeline.files import write_json
     from embopt.pipeline.gates import enforce, evaluate_gates
