@@ -48,9 +48,8 @@ def quantize_ir(ir_path: Path, dst: Path, sentences: Sequence[str], tokenizer) -
 
     def feeds(text: str) -> dict[str, np.ndarray]:
         ids = np.array([tokenizer.encode(text).ids], dtype=np.int64)
-        out = {n: np.zeros_like(ids) for n in names}  # token_type_ids where the graph kept it
-        out.update(input_ids=ids, attention_mask=np.ones_like(ids))
-        return out
+        zeros = {n: np.zeros_like(ids) for n in names}  # token_type_ids where the graph kept it
+        return {**zeros, "input_ids": ids, "attention_mask": np.ones_like(ids)}
 
     quantized = nncf.quantize(model, nncf.Dataset(list(sentences), feeds),
                               model_type=nncf.ModelType.TRANSFORMER, subset_size=len(sentences))

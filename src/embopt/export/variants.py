@@ -80,9 +80,8 @@ def package_variant(export_dir: Path, variant: str, onnx_file: Path, dst: Path) 
     if backend == "openvino":  # the IR's weights
         shutil.copy2(onnx_file.with_suffix(".bin"), target.with_suffix(".bin"))
     dim = _output_dim(backend, target)
-    entry = {"file": f"{folder}/{onnx_file.name}", "dim": dim, "sha256": sha256(target)}
-    if backend != "onnxruntime":
-        entry["backend"] = backend
+    entry = {"file": f"{folder}/{onnx_file.name}", "dim": dim, "sha256": sha256(target),
+             **({"backend": backend} if backend != "onnxruntime" else {})}
     dropped = ("variants", "default_variant", "tensorrt", "triton")
     packaged = {k: v for k, v in manifest.items() if k not in dropped}
     packaged.update({"format": FORMAT, "default_variant": variant, "dim": dim, "variants": {variant: entry}})

@@ -30,11 +30,10 @@ log = logging.getLogger(__name__)
 
 def current_umask() -> int:
     """The process umask, read without changing it where Linux allows (/proc), else set and restored."""
-    with contextlib.suppress(OSError, ValueError):
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -56,11 +55,10 @@ def exit_on_sigterm() -> Any:
 
 def _pid_alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        with contextlib.suppress(PermissionError):  # another user's live process
+            os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's live process
-        return True
     return True
 
 
@@ -76,8 +74,7 @@ def remove_stale_temporaries(target: Path) -> None:
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)
         else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            Path(path).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -122,8 +119,7 @@ def atomic_file(target: Path, mode: str = "w") -> Iterator[Any]:
             yield fh
         os.replace(tmp_name, target)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
+        Path(tmp_name).unlink(missing_ok=True)
         raise
 
 
