@@ -38,10 +38,6 @@ class Candidate:
     file: str  # file name under onnx/
     row: dict[str, Any] = field(default_factory=dict)  # measured: spearman, retention, speed, fallback
 
-    @property
-    def op_types(self) -> list[str]:
-        return list(self.recipe.op_types)
-
     def manifest_entry(self) -> dict[str, Any]:
         entry = {"file": f"onnx/{self.file}", "precision": f"int8-{self.kind}", "recipe": self.name,
                  "parent": self.parent, **self.recipe.as_dict()}
@@ -133,7 +129,7 @@ def run_fallback(c: Candidate, path: Path, build: Builder, scorer: Scorer, paren
                  parent_score: float, threshold: float, sample: Sequence[str], max_nodes: int,
                  workdir: Path) -> FallbackResult:
     """Per-node sensitivity of ``c``, then fp32 fallback of its most sensitive nodes until the gate passes."""
-    nodes = quantized_nodes(parent_path, path, c.op_types)
+    nodes = quantized_nodes(parent_path, path, c.recipe.op_types)
     reference = scorer.embed(parent_path, sample)
     log.info("%s misses the gate: measuring the sensitivity of its %d quantized nodes on %d sentences",
              c.name, len(nodes), len(sample))

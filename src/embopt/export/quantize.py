@@ -11,6 +11,7 @@ explicit ``per_channel`` / ``reduce_range`` / ``weight_type`` params override it
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 from collections.abc import Sequence
@@ -50,13 +51,10 @@ ISA_PRESETS = {isa: DynamicRecipe(isa=isa, reduce_range=isa == "avx2")
 
 def cpu_flags() -> set[str]:
     """CPU feature flags from /proc/cpuinfo (empty where that file does not exist)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return set(line.split(":", 1)[1].split())
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith(("flags", "Features")):
+                return set(line.split(":", 1)[1].split())
     return set()
 
 
@@ -79,10 +77,9 @@ def resolve_recipe(isa: str = "auto", per_channel: bool | None = None, reduce_ra
         raise EmboptError(f"quantize.isa: '{isa}' is not one of auto, {', '.join(ISA_PRESETS)}")
     if weight_type is not None and weight_type not in WEIGHT_TYPES:
         raise EmboptError(f"quantize.weight_type: '{weight_type}' is not one of {', '.join(WEIGHT_TYPES)}")
+    op_types = None if op_types is None else tuple(op_types)
     changes = {k: v for k, v in (("per_channel", per_channel), ("reduce_range", reduce_range),
-                                 ("weight_type", weight_type)) if v is not None}
-    if op_types is not None:
-        changes["op_types"] = tuple(op_types)
+                                 ("weight_type", weight_type), ("op_types", op_types)) if v is not None}
     return replace(ISA_PRESETS[chosen], **changes)
 
 

@@ -1,7 +1,5 @@
-"""The wrapper every stage entry point runs in: logging set-up and exit codes.
-
-Exit codes: 0 done, 1 bad input or params (one line names the file/key), 2 a gate missed.
-"""
+"""The wrapper every stage entry point runs in: logging set-up and exit codes (0 done, 1 bad input or
+params, with one line naming the file/key, 2 a gate missed)."""
 
 from __future__ import annotations
 
@@ -13,8 +11,7 @@ from collections.abc import Callable
 from embopt.errors import EmboptError, GateFailed
 from embopt.pipeline.files import exit_on_sigterm
 
-EXIT_ERROR = 1
-EXIT_GATE = 2
+EXIT_ERROR, EXIT_GATE = 1, 2
 
 
 def setup_logging(level: int = logging.INFO) -> None:
