@@ -32,11 +32,10 @@ def unavailable_variants(export_dir: Path = config.EXPORT_DIR) -> dict[str, str]
 def onnx_variants(export_dir: Path = config.EXPORT_DIR, pca_dir: Path = config.PCA_DIR) -> dict[str, Path]:
     """Variant name -> ONNX file, for the export bundle's variants and the PCA-folded one, less those
     that cannot run on this machine (see :func:`unavailable_variants`)."""
-    manifest = read_manifest(export_dir)
+    variants = read_manifest(export_dir)["variants"].items()
     skip = unavailable_variants(export_dir)
     for name, why in skip.items():
         log.info("skipping variant %s: %s", name, why)
-    variants = manifest["variants"].items()
     out = {name: member_path(export_dir, v["file"]) for name, v in variants if name not in skip}
     info_path = pca_dir / PCA_INFO
     if info_path.exists():

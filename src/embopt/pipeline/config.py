@@ -45,5 +45,4 @@ def workspace_root(root: Path = PROJ_ROOT) -> Path:
 
 def resolve(path: str | Path) -> Path:
     """Resolve a path from params.yaml: relative paths are relative to the project root."""
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else (PROJ_ROOT / p)
+    return PROJ_ROOT / Path(path).expanduser()  # an absolute path stays as it is

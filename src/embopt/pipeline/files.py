@@ -126,8 +126,7 @@ def atomic_file(target: Path, mode: str = "w") -> Iterator[Any]:
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically, pretty-printed and with a trailing newline (diff-friendly)."""
     with atomic_file(Path(path)) as fh:
-        json.dump(data, fh, indent=2, sort_keys=False)
-        fh.write("\n")
+        fh.write(json.dumps(data, indent=2) + "\n")
 
 
 def read_json(path: Path) -> Any:
@@ -137,9 +136,7 @@ def read_json(path: Path) -> Any:
 def dir_size_mb(path: Path, patterns: tuple[str, ...] = ("*",)) -> float:
     """Size on disk of the files under ``path`` matching any of ``patterns`` (MB = 1e6 bytes)."""
     path = Path(path)
-    if path.is_file():
-        return path.stat().st_size / 1e6
-    files = {f for pat in patterns for f in path.rglob(pat) if f.is_file()}
+    files = [path] if path.is_file() else {f for pat in patterns for f in path.rglob(pat) if f.is_file()}
     return sum(f.stat().st_size for f in files) / 1e6
 
 

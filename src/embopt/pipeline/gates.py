@@ -51,8 +51,7 @@ def evaluate_gates(stage: str, gate: BaseModel | Mapping, metrics: Mapping[str, 
 
 def enforce(results: list[GateResult]) -> None:
     """Raise GateFailed (one line per miss) when any result failed."""
-    failed = [r for r in results if not r.passed]
-    if failed:
+    if failed := [r for r in results if not r.passed]:
         raise GateFailed("; ".join(r.line() for r in failed))
 
 
