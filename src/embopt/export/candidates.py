@@ -54,10 +54,9 @@ def plan_candidates(p, has_unfused: bool) -> list[Candidate]:
     fused = "fused" if p.optimize else "unfused"
 
     def dyn_name(r: DynamicRecipe, parent: str) -> str:
-        name = "onnx_int8_dynamic_" + ("per_channel" if r.per_channel else "per_tensor")
-        if r.reduce_range:
-            name += "_reduce_range"
-        return name + ("_unfused" if parent == "unfused" and p.optimize else "")
+        return ("onnx_int8_dynamic_" + ("per_channel" if r.per_channel else "per_tensor")
+                + ("_reduce_range" if r.reduce_range else "")
+                + ("_unfused" if parent == "unfused" and p.optimize else ""))
 
     out = [Candidate(dyn_name(base, fused), "dynamic", fused, base, "model_qint8.onnx")]
     for extra in p.dynamic_extra:
