@@ -59,8 +59,7 @@ def decide(challenger: Contender, incumbent: Contender | None, objective: str,
                         f"(±{100 * max(challenger.spread, incumbent.spread, noise_floor):.1f}%): "
                         + ("challenger is faster" if faster else "incumbent is faster"))
     if objective == "vector_bytes" and challenger.dim != incumbent.dim:
-        narrower = challenger.dim < incumbent.dim
-        return narrower, f"dim {challenger.dim} vs incumbent {incumbent.dim}"
+        return challenger.dim < incumbent.dim, f"dim {challenger.dim} vs incumbent {incumbent.dim}"
     better = challenger.val_retention > incumbent.val_retention
     verdict = "challenger is more accurate" if better else "incumbent kept"
     return better, (f"tie on the objective; val retention {challenger.val_retention:.5f} vs incumbent "
