@@ -1,7 +1,5 @@
 """Errors that stages turn into one clear line and a non-zero exit code."""
 
-from __future__ import annotations
-
 
 class EmboptError(Exception):
     """A user-facing error: bad input, bad params, missing file. Printed as one line."""

@@ -1,15 +1,13 @@
 """Static int8 (QDQ) quantization calibrated on corpus sentences.
 
-Activation ranges come from running the fp32 model on N corpus sentences and
-reducing what each tensor saw with MinMax, Entropy (KL divergence between the
-float and the quantized histograms) or Percentile. The ranges are written to a
-JSON file (ORT's calibration cache format) that ships in the bundle as an
-artifact, and that the accuracy fallback reuses instead of calibrating again.
+Activation ranges come from running the fp32 model on N corpus sentences and reducing what each
+tensor saw with MinMax, Entropy (KL divergence between the float and the quantized histograms) or
+Percentile. The ranges are written to a JSON file (ORT's calibration cache format) that ships in
+the bundle as an artifact, and that the accuracy fallback reuses instead of calibrating again.
 
-The QDQ format keeps the float graph and wraps quantized tensors in
-QuantizeLinear/DequantizeLinear pairs; ORT fuses them into int8 kernels at load
-time, and TensorRT builds explicit int8 engines from the same file when the QDQ
-pairs are symmetric int8 (zero point 0) and every op is a standard ONNX op.
+The QDQ format keeps the float graph and wraps quantized tensors in QuantizeLinear/DequantizeLinear
+pairs; ORT fuses them into int8 kernels at load time, and TensorRT builds explicit int8 engines from
+the same file when the QDQ pairs are symmetric int8 (zero point 0) and every op is a standard one.
 """
 
 from __future__ import annotations
@@ -24,12 +22,10 @@ import numpy as np
 
 from embopt.errors import EmboptError
 from embopt.export.onnx import INPUT_NAMES, check_onnx
-from embopt.export.quantize import check_op_types
+from embopt.export.quantize import check_op_types, qtype
 from embopt.pipeline.files import quiet_root_logger
 
 log = logging.getLogger(__name__)
-
-METHODS = ("minmax", "entropy", "percentile")
 
 
 @dataclass(frozen=True)
@@ -63,19 +59,13 @@ class SentenceReader:
         for start in range(0, len(ids), batch_size):
             chunk = ids[start : start + batch_size]
             width = max(len(x) for x in chunk)
-            input_ids = np.full((len(chunk), width), pad_id, dtype=np.int64)
-            mask = np.zeros((len(chunk), width), dtype=np.int64)
-            for row, seq in enumerate(chunk):
-                input_ids[row, : len(seq)] = seq
-                mask[row, : len(seq)] = 1
+            input_ids = np.array([seq + [pad_id] * (width - len(seq)) for seq in chunk], dtype=np.int64)
+            mask = np.array([[1] * len(seq) + [0] * (width - len(seq)) for seq in chunk], dtype=np.int64)
             self.batches.append({INPUT_NAMES[0]: input_ids, INPUT_NAMES[1]: mask})
         self._iter = iter(self.batches)
 
     def get_next(self) -> dict | None:
         return next(self._iter, None)
-
-    def rewind(self) -> None:
-        self._iter = iter(self.batches)
 
     def set_range(self, start_index: int, end_index: int) -> None:
         """Serve only batches [start, end): ORT calls this to calibrate one stride at a time."""
@@ -85,40 +75,24 @@ class SentenceReader:
         return len(self.batches)
 
 
-def _calibration_method(method: str):
-    from onnxruntime.quantization import CalibrationMethod
-
-    table = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-             "percentile": CalibrationMethod.Percentile}
-    if method not in table:
-        raise EmboptError(f"quantize.static.methods: '{method}' is not one of {', '.join(METHODS)}")
-    return table[method]
-
-
-def _qtype(name: str):
-    from onnxruntime.quantization import QuantType
-
-    return {"qint8": QuantType.QInt8, "quint8": QuantType.QUInt8}[name]
-
-
-def quantize_static_qdq(
-    src: Path, dst: Path, recipe: StaticRecipe, sentences: Sequence[str] | None, tokenizer, ranges_path: Path,
-    pad_id: int = 0, nodes_to_exclude: Sequence[str] | None = None,
-    nodes_to_quantize: Sequence[str] | None = None,
-) -> Path:
+def quantize_static_qdq(src: Path, dst: Path, recipe: StaticRecipe, sentences: Sequence[str] | None,
+                        tokenizer, ranges_path: Path, pad_id: int = 0,
+                        nodes_to_exclude: Sequence[str] | None = None,
+                        nodes_to_quantize: Sequence[str] | None = None) -> Path:
     """Write a static QDQ int8 copy of ``src`` to ``dst``, calibrated on ``sentences``.
-
-    ``ranges_path`` is the calibration artifact: written on the first call, reused
-    (no new calibration) when it already exists, as it does for fallback rebuilds.
-
-    Raises:
-        EmboptError: empty calibration set, unknown method, unsupported op type, or ORT failure.
-    """
-    from onnxruntime.quantization import QuantFormat, quantize_static
+    ``ranges_path`` is the calibration artifact: written on the first call, reused (no new calibration) when
+    it already exists, as it does for fallback rebuilds. EmboptError: empty calibration set, unknown method,
+    unsupported op type, or ORT failure."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     check_onnx(src)
     check_op_types(src, recipe.op_types, "static", "quantize.static.op_types")
-    method = _calibration_method(recipe.method)
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    if recipe.method not in methods:
+        raise EmboptError(f"quantize.static.methods: '{recipe.method}' is not one of {', '.join(methods)}")
     ranges_path = Path(ranges_path)
     reader = None
     if not ranges_path.exists():
@@ -126,30 +100,28 @@ def quantize_static_qdq(
             raise EmboptError("quantize.static.calibration_sentences: the calibration set is empty "
                               "(no corpus sentences to calibrate on)")
         reader = SentenceReader(tokenizer, sentences, recipe.batch_size, pad_id)
-    extra = {
-        "ActivationSymmetric": recipe.symmetric_activations,
-        "WeightSymmetric": True,
-        "CalibPercentile": recipe.percentile,
-        # One batch per collection step: ORT's histogram collector stacks a step's batches with
-        # np.asarray, which fails when batches differ in shape (they do: padded per batch).
-        "CalibStridedMinMax": 1,
-        # Fused contrib ops defeat ONNX shape inference; untyped tensors are float32 activations.
-        "DefaultTensorType": 1,
-    }
+    extra = {"ActivationSymmetric": recipe.symmetric_activations, "WeightSymmetric": True,
+             "CalibPercentile": recipe.percentile,
+             # One batch per collection step: ORT's histogram collector stacks a step's batches with
+             # np.asarray, which fails when batches differ in shape (they do: padded per batch).
+             "CalibStridedMinMax": 1,
+             # Fused contrib ops defeat ONNX shape inference; untyped tensors are float32 activations.
+             "DefaultTensorType": 1}
     typed = Path(dst).with_name(Path(dst).stem + ".typed.onnx")
     try:
-        with_tensor_types(src, typed)
+        # Every intermediate tensor typed (ORT's symbolic shape inference): the calibrator picks float
+        # tensors from the model's value_info, and plain ONNX shape inference stops at ORT's fused
+        # contrib ops (Attention, SkipLayerNormalization), which would leave nothing calibrated.
+        infer = SymbolicShapeInference.infer_shapes
+        onnx.save(infer(onnx.load(str(src)), auto_merge=True, guess_output_rank=True), str(typed))
         with quiet_root_logger(40):  # ORT warns "consider pre-processing" on every call
-            quantize_static(
-                str(typed), str(dst), calibration_data_reader=reader, quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=list(recipe.op_types), per_channel=recipe.per_channel,
-                activation_type=_qtype(recipe.activation_type), weight_type=_qtype("qint8"),
-                nodes_to_exclude=list(nodes_to_exclude or []),
-                nodes_to_quantize=list(nodes_to_quantize or []), calibrate_method=method,
-                extra_options=extra, calibration_cache_path=str(ranges_path),
-            )
-    except EmboptError:
-        raise
+            quantize_static(str(typed), str(dst), calibration_data_reader=reader,
+                            quant_format=QuantFormat.QDQ, op_types_to_quantize=list(recipe.op_types),
+                            per_channel=recipe.per_channel, activation_type=qtype(recipe.activation_type),
+                            weight_type=qtype("qint8"), nodes_to_exclude=list(nodes_to_exclude or []),
+                            nodes_to_quantize=list(nodes_to_quantize or []),
+                            calibrate_method=methods[recipe.method], extra_options=extra,
+                            calibration_cache_path=str(ranges_path))
     except Exception as exc:  # ORT raises bare Exceptions/ValueErrors for unsupported graphs
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise EmboptError(f"{src}: static int8 ({recipe.method}) quantization failed: {first}") from None
@@ -160,37 +132,16 @@ def quantize_static_qdq(
     return dst
 
 
-def with_tensor_types(src: Path, dst: Path) -> Path:
-    """Copy of ``src`` with every intermediate tensor typed (ORT's symbolic shape inference).
-
-    The calibrator picks float tensors from the model's value_info; plain ONNX shape
-    inference stops at ORT's fused contrib ops (Attention, SkipLayerNormalization), which
-    would leave a fused graph with nothing calibrated.
-    """
-    import onnx
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-    model = SymbolicShapeInference.infer_shapes(onnx.load(str(src)), auto_merge=True, guess_output_rank=True)
-    onnx.save(model, str(dst))
-    return dst
-
-
 def read_ranges(path: Path) -> dict[str, list[float]]:
     """Tensor name -> [low, high] from a calibration ranges file."""
     raw = json.loads(Path(path).read_text(encoding="utf-8"))
-    data = raw.get("data", raw)
-    out = {}
-    for name, entry in data.items():
-        if isinstance(entry, dict) and "lowest" in entry:
-            out[name] = [float(np.asarray(_decode(entry["lowest"])).ravel()[0]),
-                         float(np.asarray(_decode(entry["highest"])).ravel()[0])]
-    return out
 
+    def first(value) -> float:  # a number, or an array written as {"data": [...]}
+        value = value["data"] if isinstance(value, dict) and "data" in value else value
+        return float(np.asarray(value).ravel()[0])
 
-def _decode(value):
-    if isinstance(value, dict) and "data" in value:
-        return value["data"]
-    return value
+    return {name: [first(entry["lowest"]), first(entry["highest"])]
+            for name, entry in raw.get("data", raw).items() if isinstance(entry, dict) and "lowest" in entry}
 
 
 def is_tensorrt_qdq(path: Path) -> tuple[bool, str]:

@@ -1,15 +1,15 @@
 """int8 candidates of the quantize stage: plan, build, gate against the fp32 parent, fall back, pick.
 
-Each candidate is one recipe (dynamic int8 with a preset, static QDQ with a
-calibration method) applied to one fp32 parent (the fused or the unfused graph).
-Every candidate is scored on the same STS dev pairs as its parent; a candidate
-under the gate goes through the accuracy fallback; the fastest candidate that
-passes becomes ``onnx_int8``, the variant the rest of the pipeline carries forward.
+Each candidate is one recipe (dynamic int8 with a preset, static QDQ with a calibration method)
+applied to one fp32 parent (the fused or the unfused graph), and scored on the same STS dev pairs as
+its parent; one under the gate goes through the accuracy fallback; the fastest that passes becomes
+``onnx_int8``, the variant the rest of the pipeline carries forward.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 from collections.abc import Sequence
@@ -38,10 +38,6 @@ class Candidate:
     file: str  # file name under onnx/
     row: dict[str, Any] = field(default_factory=dict)  # measured: spearman, retention, speed, fallback
 
-    @property
-    def op_types(self) -> list[str]:
-        return list(self.recipe.op_types)
-
     def manifest_entry(self) -> dict[str, Any]:
         entry = {"file": f"onnx/{self.file}", "precision": f"int8-{self.kind}", "recipe": self.name,
                  "parent": self.parent, **self.recipe.as_dict()}
@@ -58,10 +54,9 @@ def plan_candidates(p, has_unfused: bool) -> list[Candidate]:
     fused = "fused" if p.optimize else "unfused"
 
     def dyn_name(r: DynamicRecipe, parent: str) -> str:
-        name = "onnx_int8_dynamic_" + ("per_channel" if r.per_channel else "per_tensor")
-        if r.reduce_range:
-            name += "_reduce_range"
-        return name + ("_unfused" if parent == "unfused" and p.optimize else "")
+        return ("onnx_int8_dynamic_" + ("per_channel" if r.per_channel else "per_tensor")
+                + ("_reduce_range" if r.reduce_range else "")
+                + ("_unfused" if parent == "unfused" and p.optimize else ""))
 
     out = [Candidate(dyn_name(base, fused), "dynamic", fused, base, "model_qint8.onnx")]
     for extra in p.dynamic_extra:
@@ -81,10 +76,8 @@ def plan_candidates(p, has_unfused: bool) -> list[Candidate]:
                          percentile=s.percentile, calibration_sentences=s.calibration_sentences)
         name = f"onnx_int8_static_{method}"
         out.append(Candidate(name, "static", fused, r, f"model_{name.removeprefix('onnx_')}.onnx"))
-    seen: dict[str, Candidate] = {}
-    for c in out:
-        seen.setdefault(c.name, c)  # an extra equal to the preset's recipe adds nothing
-    return list(seen.values())
+    names = [c.name for c in out]  # an extra equal to the preset's recipe adds nothing
+    return [c for i, c in enumerate(out) if c.name not in names[:i]]
 
 
 class Builder:
@@ -92,11 +85,8 @@ class Builder:
 
     def __init__(self, parents: dict[str, Path], calibration: Sequence[str], tokenizer, ranges_dir: Path,
                  pad_id: int = 0):
-        self.parents = parents
-        self.calibration = list(calibration)
-        self.tokenizer = tokenizer
-        self.ranges_dir = ranges_dir
-        self.pad_id = pad_id
+        self.parents, self.calibration, self.tokenizer = parents, list(calibration), tokenizer
+        self.ranges_dir, self.pad_id = ranges_dir, pad_id
 
     def __call__(self, c: Candidate, dst: Path, nodes_to_quantize: Sequence[str] | None = None,
                  nodes_to_exclude: Sequence[str] | None = None) -> Path:
@@ -107,11 +97,10 @@ class Builder:
         self.ranges_dir.mkdir(parents=True, exist_ok=True)
         # ORT's histogram calibrators print progress to stdout; the stage logs one line instead.
         with contextlib.redirect_stdout(io.StringIO()):
-            return quantize_static_qdq(
-                src, dst, c.recipe, self.calibration[: c.recipe.calibration_sentences], self.tokenizer,
-                self.ranges_dir / f"{c.name}.ranges.json", pad_id=self.pad_id,
-                nodes_to_exclude=nodes_to_exclude, nodes_to_quantize=nodes_to_quantize,
-            )
+            return quantize_static_qdq(src, dst, c.recipe, self.calibration[: c.recipe.calibration_sentences],
+                                       self.tokenizer, self.ranges_dir / f"{c.name}.ranges.json",
+                                       pad_id=self.pad_id, nodes_to_exclude=nodes_to_exclude,
+                                       nodes_to_quantize=nodes_to_quantize)
 
 
 class Scorer:
@@ -139,17 +128,14 @@ def run_fallback(c: Candidate, path: Path, build: Builder, scorer: Scorer, paren
                  parent_score: float, threshold: float, sample: Sequence[str], max_nodes: int,
                  workdir: Path) -> FallbackResult:
     """Per-node sensitivity of ``c``, then fp32 fallback of its most sensitive nodes until the gate passes."""
-    nodes = quantized_nodes(parent_path, path, c.op_types)
+    nodes = quantized_nodes(parent_path, path, c.recipe.op_types)
     reference = scorer.embed(parent_path, sample)
     log.info("%s misses the gate: measuring the sensitivity of its %d quantized nodes on %d sentences",
              c.name, len(nodes), len(sample))
-    sens = node_sensitivity(
-        nodes, lambda dst, **kw: build(c, dst, **kw), lambda p: scorer.embed(p, sample), reference, workdir,
-    )
-    return exclude_until_pass(
-        sens, lambda dst, **kw: build(c, dst, **kw), lambda p: retention(scorer.spearman(p), parent_score),
-        threshold, path, max_nodes,
-    )
+    build_c = functools.partial(build, c)
+    sens = node_sensitivity(nodes, build_c, lambda p: scorer.embed(p, sample), reference, workdir)
+    return exclude_until_pass(sens, build_c, lambda p: retention(scorer.spearman(p), parent_score), threshold,
+                              path, max_nodes)
 
 
 def pick(candidates: Sequence[Candidate]) -> Candidate:

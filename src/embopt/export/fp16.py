@@ -1,10 +1,9 @@
 """fp16 ONNX for GPUs, keeping float32 inputs/outputs.
 
-Half precision halves the weights and doubles tensor-core throughput on NVIDIA
-GPUs, but ONNX Runtime's CPU provider has few fp16 kernels (it inserts casts or
-fails), so this variant carries ``"requires": "cuda"`` in the manifest and is
-evaluated only where a CUDA provider exists. ``keep_io_types`` keeps the graph's
-interface (int64 ids in, float32 embedding out) unchanged for every runtime.
+Half precision halves the weights and doubles tensor-core throughput on NVIDIA GPUs, but ONNX
+Runtime's CPU provider has few fp16 kernels (it inserts casts or fails), so this variant carries
+``"requires": "cuda"`` in the manifest and is evaluated only where a CUDA provider exists.
+``keep_io_types`` keeps the interface (int64 ids in, float32 embedding out) for every runtime.
 """
 
 from __future__ import annotations

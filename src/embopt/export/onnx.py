@@ -1,9 +1,8 @@
 """ONNX export with pooling and L2 normalisation inside the graph, and ORT graph fusion.
 
-The graph takes ``input_ids`` and ``attention_mask`` (int64, dynamic batch and
-sequence axes) and returns ``sentence_embedding`` (float32, L2-normalised), so a
-runtime needs only a tokenizer and one session call: no numpy pooling code to
-get subtly wrong.
+The graph takes ``input_ids`` and ``attention_mask`` (int64, dynamic batch and sequence axes) and
+returns ``sentence_embedding`` (float32, L2-normalised), so a runtime needs only a tokenizer and one
+session call: no numpy pooling code to get subtly wrong.
 """
 
 from __future__ import annotations
@@ -22,24 +21,18 @@ INPUT_NAMES = ["input_ids", "attention_mask"]
 OUTPUT_NAME = "sentence_embedding"
 
 
-def _check_modules(st_model) -> None:
-    from sentence_transformers.models import Normalize, Pooling
-
-    for i, module in enumerate(st_model):
-        if i == 0 or isinstance(module, (Pooling, Normalize)):
-            continue
-        raise EmboptError(f"onnx export: module {i} ({type(module).__name__}) is not supported; "
-                          "supported pipelines are Transformer -> Pooling(mean|cls|max) [-> Normalize]")
-
-
 def build_wrapper(st_model):
     """A torch module: transformer -> pooling -> L2 normalise, traceable for ONNX."""
     import torch
+    from sentence_transformers.models import Normalize, Pooling
 
     mode = pooling_mode(st_model)
     if mode not in ("mean", "cls", "max"):
         raise EmboptError(f"onnx export: pooling mode '{mode}' not supported (mean, cls, max)")
-    _check_modules(st_model)
+    for i, module in enumerate(st_model):
+        if i > 0 and not isinstance(module, (Pooling, Normalize)):
+            raise EmboptError(f"onnx export: module {i} ({type(module).__name__}) is not supported; "
+                              "supported pipelines are Transformer -> Pooling(mean|cls|max) [-> Normalize]")
 
     class SentenceEncoder(torch.nn.Module):
         def __init__(self, transformer):
@@ -68,8 +61,7 @@ def export_onnx(st_model, path: Path, opset: int = 17) -> Path:
     ids = torch.ones(2, 16, dtype=torch.long)
     mask = torch.ones(2, 16, dtype=torch.long)
     mask[1, 10:] = 0  # exercise padding while tracing
-    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-            OUTPUT_NAME: {0: "batch"}}
+    axes = {**{name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}, OUTPUT_NAME: {0: "batch"}}
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")  # tracer warnings about python control flow in HF code
@@ -83,19 +75,13 @@ def export_onnx(st_model, path: Path, opset: int = 17) -> Path:
 
 def optimize_onnx(src: Path, dst: Path, num_heads: int = 0, hidden_size: int = 0) -> dict[str, int]:
     """ORT transformer optimizer: fuse embeddings+LayerNorm, attention, skip-LayerNorm, bias-GELU.
-
-    ``num_heads=0, hidden_size=0`` lets the optimizer read them from the graph, which
-    is what a head-pruned model (different head counts per layer) needs.
-
-    Returns:
-        Counts of fused operators, for the metrics.
-    """
+    ``num_heads=0, hidden_size=0`` lets the optimizer read them from the graph, which is what a head-pruned
+    model (different head counts per layer) needs. Returns the counts of fused operators."""
     from onnxruntime.transformers.optimizer import optimize_model
 
     with quiet_root_logger():
-        opt = optimize_model(
-            str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size, opt_level=1
-        )
+        opt = optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
+                             opt_level=1)
         opt.save_model_to_file(str(dst))
     stats = {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
     log.info("ORT fusion %s -> %s: %s", src.name, dst.name, stats)

@@ -1,9 +1,9 @@
 """OpenVINO variants: the fp32 IR converted from the unfused ONNX graph, and NNCF int8 of it.
 
 The unfused graph is the source because ORT's fused ops (``com.microsoft`` Attention,
-SkipLayerNormalization) are not ONNX ops OpenVINO can read. int8 is NNCF post-training
-quantization with the transformer preset (it keeps LayerNorm/Softmax-sensitive spots in fp32),
-calibrated on the same corpus sentences as ORT's static int8.
+SkipLayerNormalization) are not ONNX ops OpenVINO can read. int8 is NNCF post-training quantization
+with the transformer preset (it keeps LayerNorm/Softmax-sensitive spots in fp32), calibrated on the
+same corpus sentences as ORT's static int8.
 """
 
 from __future__ import annotations
@@ -48,9 +48,8 @@ def quantize_ir(ir_path: Path, dst: Path, sentences: Sequence[str], tokenizer) -
 
     def feeds(text: str) -> dict[str, np.ndarray]:
         ids = np.array([tokenizer.encode(text).ids], dtype=np.int64)
-        out = {n: np.zeros_like(ids) for n in names}  # token_type_ids where the graph kept it
-        out.update(input_ids=ids, attention_mask=np.ones_like(ids))
-        return out
+        zeros = {n: np.zeros_like(ids) for n in names}  # token_type_ids where the graph kept it
+        return {**zeros, "input_ids": ids, "attention_mask": np.ones_like(ids)}
 
     quantized = nncf.quantize(model, nncf.Dataset(list(sentences), feeds),
                               model_type=nncf.ModelType.TRANSFORMER, subset_size=len(sentences))

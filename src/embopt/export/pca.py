@@ -1,7 +1,6 @@
-"""PCA to fewer output dimensions, folded into the exported ONNX graph.
+"""PCA to fewer output dimensions (cheaper storage and vector search), folded into the ONNX graph.
 
-Fewer dimensions make storage and vector search cheaper. The projection is saved
-as ``.npz`` (mean, components; no pickle) and appended to the graph as
+The projection is saved as ``.npz`` (mean, components; no pickle) and appended to the graph as
 Sub -> MatMul -> LpNormalization, so the served model emits k-dim unit vectors.
 """
 
@@ -26,11 +25,8 @@ def fit_pca(embeddings: np.ndarray, k: int, seed: int) -> dict[str, np.ndarray]:
     if k > min(n, d):
         raise EmboptError(f"pca.k: {k} exceeds min(samples={n}, dim={d})")
     pca = PCA(n_components=k, random_state=seed).fit(embeddings)
-    return {
-        "mean": pca.mean_.astype(np.float32),
-        "components": pca.components_.astype(np.float32),  # (k, d)
-        "explained_variance_ratio": pca.explained_variance_ratio_.astype(np.float32),
-    }
+    return {"mean": pca.mean_.astype(np.float32), "components": pca.components_.astype(np.float32),  # (k, d)
+            "explained_variance_ratio": pca.explained_variance_ratio_.astype(np.float32)}
 
 
 def save_pca(path: Path, pca: dict[str, np.ndarray]) -> None:
@@ -62,25 +58,15 @@ def fold_into_onnx(src: Path, dst: Path, pca: dict[str, np.ndarray]) -> Path:
     for node in graph.node:
         node.output[:] = [full if o == OUTPUT_NAME else o for o in node.output]
     k = int(pca["components"].shape[0])
-    graph.initializer.extend(
-        [
-            numpy_helper.from_array(pca["mean"].reshape(1, -1).astype(np.float32), "pca_mean"),
-            numpy_helper.from_array(
-                np.ascontiguousarray(pca["components"].T, dtype=np.float32), "pca_components_t"
-            ),
-        ]
-    )
-    graph.node.extend(
-        [
-            helper.make_node("Sub", [full, "pca_mean"], ["pca_centred"], name="pca_sub"),
-            helper.make_node(
-                "MatMul", ["pca_centred", "pca_components_t"], ["pca_projected"], name="pca_matmul"
-            ),
-            helper.make_node(
-                "LpNormalization", ["pca_projected"], [OUTPUT_NAME], name="pca_l2norm", axis=1, p=2
-            ),
-        ]
-    )
+    mean = pca["mean"].reshape(1, -1).astype(np.float32)
+    components_t = np.ascontiguousarray(pca["components"].T, dtype=np.float32)
+    graph.initializer.extend([numpy_helper.from_array(mean, "pca_mean"),
+                              numpy_helper.from_array(components_t, "pca_components_t")])
+    graph.node.extend([
+        helper.make_node("Sub", [full, "pca_mean"], ["pca_centred"], name="pca_sub"),
+        helper.make_node("MatMul", ["pca_centred", "pca_components_t"], ["pca_projected"], name="pca_matmul"),
+        helper.make_node("LpNormalization", ["pca_projected"], [OUTPUT_NAME], name="pca_l2norm", axis=1, p=2),
+    ])
     graph.output.remove(outputs[0])
     graph.output.append(helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", k]))
     onnx.checker.check_model(model)

@@ -1,18 +1,17 @@
 """ONNX Runtime dynamic int8 quantization, with instruction-set presets and node exclusion.
 
-Dynamic quantization stores weights as int8 and quantizes activations on the fly:
-no calibration data, and on CPUs with VNNI/AMX int8 GEMMs it is the fastest
-accuracy-preserving step for transformer encoders. ``reduce_range`` (7-bit
-weights) avoids saturation on CPUs without VNNI (plain AVX2).
+Dynamic quantization stores weights as int8 and quantizes activations on the fly: no calibration
+data, and on CPUs with VNNI/AMX int8 GEMMs it is the fastest accuracy-preserving step for
+transformer encoders. ``reduce_range`` (7-bit weights) avoids saturation on CPUs without VNNI.
 
-The preset (``avx512_vnni``, ``avx2``, ``arm64``) is read from the CPU unless a
-param forces one; explicit ``per_channel`` / ``reduce_range`` / ``weight_type``
-params override what the preset says. ``nodes_to_exclude`` keeps named nodes in
-fp32: the accuracy fallback (:mod:`embopt.export.fallback`) uses it.
+The preset (``avx512_vnni``, ``avx2``, ``arm64``) is read from the CPU unless a param forces one;
+explicit ``per_channel`` / ``reduce_range`` / ``weight_type`` params override it.
+``nodes_to_exclude`` keeps named nodes in fp32 for the accuracy fallback (:mod:`.fallback`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 from collections.abc import Sequence
@@ -25,7 +24,6 @@ from embopt.pipeline.files import quiet_root_logger
 
 log = logging.getLogger(__name__)
 
-ISAS = ("avx512_vnni", "avx2", "arm64")
 WEIGHT_TYPES = ("qint8", "quint8")
 
 
@@ -47,20 +45,16 @@ class DynamicRecipe:
 # AutoQuantizationConfig recommend per instruction set. VNNI and ARM dot-product
 # instructions accumulate u8*s8 without saturating; plain AVX2 (vpmaddubsw) can saturate
 # 16-bit intermediates, which 7-bit weights (reduce_range) avoid.
-ISA_PRESETS: dict[str, DynamicRecipe] = {"avx512_vnni": DynamicRecipe(isa="avx512_vnni", reduce_range=False),
-                                         "avx2": DynamicRecipe(isa="avx2", reduce_range=True),
-                                         "arm64": DynamicRecipe(isa="arm64", reduce_range=False)}
+ISA_PRESETS = {isa: DynamicRecipe(isa=isa, reduce_range=isa == "avx2")
+               for isa in ("avx512_vnni", "avx2", "arm64")}
 
 
 def cpu_flags() -> set[str]:
     """CPU feature flags from /proc/cpuinfo (empty where that file does not exist)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return set(line.split(":", 1)[1].split())
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith(("flags", "Features")):
+                return set(line.split(":", 1)[1].split())
     return set()
 
 
@@ -80,39 +74,26 @@ def resolve_recipe(isa: str = "auto", per_channel: bool | None = None, reduce_ra
     """The preset for ``isa`` (``auto``: this CPU's), with any explicit setting applied on top."""
     chosen = detect_isa() if isa == "auto" else isa
     if chosen not in ISA_PRESETS:
-        raise EmboptError(f"quantize.isa: '{isa}' is not one of auto, {', '.join(ISAS)}")
-    recipe = ISA_PRESETS[chosen]
+        raise EmboptError(f"quantize.isa: '{isa}' is not one of auto, {', '.join(ISA_PRESETS)}")
     if weight_type is not None and weight_type not in WEIGHT_TYPES:
         raise EmboptError(f"quantize.weight_type: '{weight_type}' is not one of {', '.join(WEIGHT_TYPES)}")
+    op_types = None if op_types is None else tuple(op_types)
     changes = {k: v for k, v in (("per_channel", per_channel), ("reduce_range", reduce_range),
-                                 ("weight_type", weight_type)) if v is not None}
-    if op_types is not None:
-        changes["op_types"] = tuple(op_types)
-    return replace(recipe, **changes)
-
-
-def supported_op_types(mode: str) -> set[str]:
-    """Op types ORT can quantize in ``mode`` (``dynamic``: integer ops, ``static``: QDQ)."""
-    from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry
-
-    return set(IntegerOpsRegistry if mode == "dynamic" else QDQRegistry)
+                                 ("weight_type", weight_type), ("op_types", op_types)) if v is not None}
+    return replace(ISA_PRESETS[chosen], **changes)
 
 
 def check_op_types(src: Path, op_types: Sequence[str], mode: str, setting: str) -> list[str]:
-    """Validate ``op_types`` for ``mode`` and the model; return the model's nodes of those types.
-
-    Raises:
-        EmboptError: an op type ORT cannot quantize this way, or a model with none of them.
-    """
+    """The model's nodes of ``op_types``, validated for ``mode`` (``dynamic``: integer ops, ``static``:
+    QDQ); EmboptError for an op type ORT cannot quantize this way, or a model with none of them."""
     import onnx
+    from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry
 
-    supported = supported_op_types(mode)
+    supported = set(IntegerOpsRegistry if mode == "dynamic" else QDQRegistry)
     bad = [t for t in op_types if t not in supported]
     if bad:
-        raise EmboptError(
-            f"{setting}: op type(s) {', '.join(bad)} cannot be quantized {mode}ally by onnxruntime "
-            f"(supported: {', '.join(sorted(supported))})"
-        )
+        raise EmboptError(f"{setting}: op type(s) {', '.join(bad)} cannot be quantized {mode}ally by "
+                          f"onnxruntime (supported: {', '.join(sorted(supported))})")
     graph = onnx.load(str(src), load_external_data=False).graph
     nodes = [n.name for n in graph.node if n.op_type in set(op_types)]
     if not nodes:
@@ -128,20 +109,18 @@ def quantized_nodes(src: Path, dst: Path, op_types: Sequence[str]) -> list[str]:
 
     graph = onnx.load(str(src), load_external_data=False).graph
     before = [n.name for n in graph.node if n.op_type in op_types]
-    after = {n.name for n in onnx.load(str(dst), load_external_data=False).graph.node}
+    after = onnx.load(str(dst), load_external_data=False).graph.node
     # QDQ keeps the float node and wraps it in Q/DQ: look for a DequantizeLinear feeding it.
-    return [n for n in before if n not in after or _has_dq_input(dst, n)]
+    dequantized = {o for n in after if n.op_type == "DequantizeLinear" for o in n.output}
+    fed = {n.name: any(i in dequantized for i in n.input) for n in reversed(after)}  # first of a name wins
+    return [n for n in before if fed.get(n, True)]
 
 
-def _has_dq_input(path: Path, node_name: str) -> bool:
-    import onnx
+def qtype(name: str):
+    """ORT's QuantType for ``qint8`` / ``quint8``."""
+    from onnxruntime.quantization import QuantType
 
-    graph = onnx.load(str(path), load_external_data=False).graph
-    producers = {o: n for n in graph.node for o in n.output}
-    for n in graph.node:
-        if n.name == node_name:
-            return any(i in producers and producers[i].op_type == "DequantizeLinear" for i in n.input)
-    return False
+    return {"qint8": QuantType.QInt8, "quint8": QuantType.QUInt8}[name]
 
 
 def quantize_dynamic_int8(src: Path, dst: Path, per_channel: bool = False, reduce_range: bool = False,
@@ -149,30 +128,25 @@ def quantize_dynamic_int8(src: Path, dst: Path, per_channel: bool = False, reduc
                           nodes_to_exclude: Sequence[str] | None = None,
                           nodes_to_quantize: Sequence[str] | None = None) -> Path:
     """Write a dynamically quantized (int8 weights, uint8 activations) copy of ``src`` to ``dst``.
-
-    Args:
-        nodes_to_exclude: node names kept in fp32 (accuracy fallback).
-        nodes_to_quantize: when given, only these nodes are quantized (sensitivity analysis).
-    """
+    ``nodes_to_exclude`` stay fp32 (accuracy fallback); ``nodes_to_quantize``, when given, are the only
+    ones quantized (sensitivity analysis)."""
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import quantize_dynamic
 
     check_onnx(src)
     if op_types:
         check_op_types(src, op_types, "dynamic", "quantize.op_types")
-    wtype = {"qint8": QuantType.QInt8, "quint8": QuantType.QUInt8}[weight_type]
     try:
         with quiet_root_logger(40):  # ORT warns "consider pre-processing" on every call
             quantize_dynamic(
                 model_input=str(src), model_output=str(dst), per_channel=per_channel,
-                reduce_range=reduce_range, weight_type=wtype,
+                reduce_range=reduce_range, weight_type=qtype(weight_type),
                 op_types_to_quantize=list(op_types) if op_types else None,
                 nodes_to_exclude=list(nodes_to_exclude or []),
                 nodes_to_quantize=list(nodes_to_quantize or []),
                 # Fused contrib ops (Attention with pruned heads) defeat ONNX shape inference; the
                 # tensors it cannot type are float32 activations.
-                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-            )
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     except Exception as exc:  # ORT raises bare Exceptions for unsupported graphs
         raise EmboptError(f"{src}: dynamic int8 quantization failed: {str(exc).splitlines()[0]}") from None
     log.info("int8 (dynamic, per_channel=%s, reduce_range=%s, weights=%s, %d node(s) kept fp32) -> %s",

@@ -1,18 +1,17 @@
 """TensorRT engines from the exported ONNX (official ``tensorrt`` Python API, TRT 10).
 
-Two engines, each from the file TensorRT can parse (standard ONNX ops only, so the
-*unfused* graph: ORT's fused Attention/SkipLayerNormalization are contrib ops):
+Each engine is built from a file TensorRT can parse (standard ONNX ops only, so the *unfused* graph:
+ORT's fused Attention/SkipLayerNormalization are contrib ops):
 
 - ``fp16``: the fp32 graph with FP16 kernels allowed;
-- ``int8``: the symmetric int8 QDQ model (explicit quantization: TensorRT places int8
-  kernels where the Q/DQ pairs are, FP16 elsewhere).
+- ``int8``: the symmetric int8 QDQ model (explicit quantization: TensorRT places int8 kernels where
+  the Q/DQ pairs are, FP16 elsewhere).
 
-One optimisation profile (min/opt/max batch and sequence length from params) and a
-timing cache kept across builds. Attempted only where an NVIDIA GPU and the
-``tensorrt`` package exist; otherwise :func:`availability` says why it is skipped.
-Everything that needs no GPU (the profile, which engines to build from what, the
-builder configuration, applied to any object with TensorRT's API) is plain Python
-and unit-tested on CPU.
+One optimisation profile (min/opt/max batch and sequence length from params) and a timing cache
+kept across builds. Attempted only where an NVIDIA GPU and the ``tensorrt`` package exist, else
+:func:`availability` says why it is skipped. All but the build (the profile, which engines to build
+from what, the builder configuration applied to any object with TensorRT's API) is plain Python,
+unit-tested on CPU.
 """
 
 from __future__ import annotations
@@ -87,11 +86,8 @@ def _has_contrib_ops(path: Path) -> bool:
 
 def engine_specs(p, bundle: Path, manifest: dict[str, Any], timing_cache: Path | None) -> tuple[
         list[EngineSpec], dict[str, str]]:
-    """The engines ``export.tensorrt`` asks for, each from a source TensorRT can parse.
-
-    Returns:
-        (specs, skipped): engines to build, and engine name -> why it is not built.
-    """
+    """(engines to build, engine name -> why it is not built) for what ``export.tensorrt`` asks for,
+    each engine from a source TensorRT can parse."""
     profile = Profile.from_params(p.min_shape, p.opt_shape, p.max_shape, manifest.get("max_seq_length"))
     sources = manifest.get("tensorrt_sources") or {}
     specs, skipped = [], {}
@@ -123,23 +119,18 @@ def availability() -> tuple[bool, str]:
     """(True, "") when an engine can be built here, else (False, reason)."""
     if importlib.util.find_spec("tensorrt") is None:
         return False, "the tensorrt package is not installed (pip install tensorrt; needs an NVIDIA GPU)"
-    has_gpu = False
     try:
         import torch
 
         has_gpu = torch.cuda.is_available()
     except ImportError:
         has_gpu = shutil.which("nvidia-smi") is not None
-    if not has_gpu:
-        return False, "no CUDA GPU is visible on this machine"
-    return True, ""
+    return (True, "") if has_gpu else (False, "no CUDA GPU is visible on this machine")
 
 
 def configure(trt, builder, spec: EngineSpec, cache_bytes: bytes = b""):
-    """A builder config for ``spec``: memory pool, precision flags, optimisation level, profile, timing cache.
-
-    ``trt`` is the tensorrt module (or a stand-in with the same names, in tests).
-    """
+    """A builder config for ``spec``: memory pool, precision flags, optimisation level, profile, timing
+    cache. ``trt`` is the tensorrt module (or a stand-in with the same names, in tests)."""
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, spec.workspace_mb << 20)
     for flag in spec.flags:
@@ -149,8 +140,7 @@ def configure(trt, builder, spec: EngineSpec, cache_bytes: bytes = b""):
     for name, (lo, mid, hi) in spec.profile.for_inputs().items():
         profile.set_shape(name, lo, mid, hi)
     config.add_optimization_profile(profile)
-    cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=False)
     return config
 
 

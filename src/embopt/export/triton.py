@@ -1,14 +1,14 @@
 """Triton Inference Server model repository for the exported models.
 
-Layout: ``<repo>/<model>/config.pbtxt`` and ``<repo>/<model>/1/model.onnx`` (or
-``model.plan`` for TensorRT). Dims exclude the batch dimension because
-``max_batch_size > 0`` makes Triton add it. Every config is checked by parsing it
-into Triton's own ``ModelConfig`` protobuf (from ``tritonclient``) when that
-package is installed.
+Layout: ``<repo>/<model>/config.pbtxt`` and ``<repo>/<model>/1/model.onnx`` (or ``model.plan`` for
+TensorRT). Dims exclude the batch dimension because ``max_batch_size > 0`` makes Triton add it.
+Every config is checked by parsing it into Triton's own ``ModelConfig`` protobuf (from
+``tritonclient``) when that package is installed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -20,45 +20,29 @@ PLATFORMS = {"onnxruntime_onnx": ("onnxruntime", "model.onnx"), "tensorrt_plan":
 
 def config_pbtxt(name: str, platform: str, dim: int, max_batch_size: int, preferred_batch_sizes: list[int],
                  max_queue_delay_us: int, instances: int, kind: str | None = None) -> str:
-    """The text of a Triton ``config.pbtxt``.
-
-    Args:
-        platform: ``onnxruntime_onnx`` or ``tensorrt_plan``.
-        kind: ``KIND_CPU`` or ``KIND_GPU``; default GPU for TensorRT plans, CPU for ONNX.
-    """
+    """The text of a Triton ``config.pbtxt`` for ``platform`` ``onnxruntime_onnx`` or ``tensorrt_plan``;
+    ``kind`` (``KIND_CPU``/``KIND_GPU``) defaults to GPU for TensorRT plans, CPU for ONNX."""
     if platform not in PLATFORMS:
         raise EmboptError(f"triton: platform '{platform}' is not one of {', '.join(PLATFORMS)}")
     if max_batch_size < 1:
         raise EmboptError(f"export.triton.max_batch_size: must be >= 1, got {max_batch_size}")
     kind = kind or ("KIND_GPU" if platform == "tensorrt_plan" else "KIND_CPU")
     preferred = sorted({b for b in preferred_batch_sizes if 1 <= b <= max_batch_size})
-    backend = PLATFORMS[platform][0]
-    inputs = ",\n".join(
-        f'  {{\n    name: "{n}"\n    data_type: TYPE_INT64\n    dims: [ -1 ]\n  }}' for n in INPUT_NAMES
-    )
-    batching = "dynamic_batching {\n"
-    if preferred:
-        batching += f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]\n"
-    batching += f"  max_queue_delay_microseconds: {max_queue_delay_us}\n}}\n"
+    preferred_line = f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]\n" if preferred else ""
+    inputs = ",\n".join(f'  {{\n    name: "{n}"\n    data_type: TYPE_INT64\n    dims: [ -1 ]\n  }}'
+                         for n in INPUT_NAMES)
     return (
-        f'name: "{name}"\n'
-        f'platform: "{platform}"\n'
-        f'backend: "{backend}"\n'
-        f"max_batch_size: {max_batch_size}\n"
-        f"input [\n{inputs}\n]\n"
+        f'name: "{name}"\nplatform: "{platform}"\nbackend: "{PLATFORMS[platform][0]}"\n'
+        f"max_batch_size: {max_batch_size}\ninput [\n{inputs}\n]\n"
         f'output [\n  {{\n    name: "{OUTPUT_NAME}"\n    data_type: TYPE_FP32\n    dims: [ {dim} ]\n  }}\n]\n'
-        f"{batching}"
+        f"dynamic_batching {{\n{preferred_line}  max_queue_delay_microseconds: {max_queue_delay_us}\n}}\n"
         f"instance_group [\n  {{\n    count: {instances}\n    kind: {kind}\n  }}\n]\n"
     )
 
 
 def parse_config(text: str):
-    """Parse ``config.pbtxt`` text into Triton's ``inference.ModelConfig`` message.
-
-    Raises:
-        ImportError: tritonclient is not installed (``pip install 'tritonclient[grpc]'``).
-        EmboptError: the text is not a valid ModelConfig.
-    """
+    """Parse ``config.pbtxt`` text into Triton's ``inference.ModelConfig`` message. ImportError without
+    tritonclient (``pip install 'tritonclient[grpc]'``); EmboptError for a text that is not a valid one."""
     try:
         from google.protobuf import text_format
         from tritonclient.grpc import model_config_pb2
@@ -71,19 +55,15 @@ def parse_config(text: str):
         raise EmboptError(f"invalid Triton config.pbtxt: {exc}") from None
 
 
-def add_model(
-    repo: Path, name: str, model_file: Path, platform: str, dim: int, max_batch_size: int,
-    preferred_batch_sizes: list[int], max_queue_delay_us: int, instances: int, kind: str | None = None,
-    validate: bool = True,
-) -> Path:
+def add_model(repo: Path, name: str, model_file: Path, platform: str, dim: int, max_batch_size: int,
+              preferred_batch_sizes: list[int], max_queue_delay_us: int, instances: int,
+              kind: str | None = None, validate: bool = True) -> Path:
     """Copy ``model_file`` into ``repo/name/1/`` and write its config.pbtxt (checked with tritonclient)."""
     text = config_pbtxt(name, platform, dim, max_batch_size, preferred_batch_sizes, max_queue_delay_us,
                         instances, kind)
     if validate:
-        try:
+        with contextlib.suppress(ImportError):  # serving needs no tritonclient; the tests check every config
             parse_config(text)
-        except ImportError:
-            pass  # serving does not need tritonclient; the tests check every config with it
     folder = Path(repo) / name
     (folder / "1").mkdir(parents=True, exist_ok=True)
     shutil.copy2(model_file, folder / "1" / PLATFORMS[platform][1])

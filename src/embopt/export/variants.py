@@ -19,33 +19,23 @@ PCA_INFO = "pca.json"
 
 def unavailable_variants(export_dir: Path = config.EXPORT_DIR) -> dict[str, str]:
     """Variant name -> why it cannot run here, for variants whose manifest entry ``requires`` a device.
-
-    fp16 variants carry ``"requires": "cuda"``: ONNX Runtime's CPU provider would run
-    them through casts, slowly and unrepresentatively, so they are evaluated only where
-    a CUDA provider exists.
-    """
+    fp16 variants carry ``"requires": "cuda"``: ONNX Runtime's CPU provider would run them through casts,
+    slowly and unrepresentatively, so they are evaluated only where a CUDA provider exists."""
     import onnxruntime as ort
 
     have = ort.get_available_providers()
-    out = {}
-    for name, v in read_manifest(export_dir)["variants"].items():
-        if v.get("requires") == "cuda" and "CUDAExecutionProvider" not in have:
-            out[name] = (
-                f"requires CUDA; this onnxruntime has no CUDAExecutionProvider (have: {', '.join(have)})"
-            )
-    return out
+    why = f"requires CUDA; this onnxruntime has no CUDAExecutionProvider (have: {', '.join(have)})"
+    return {name: why for name, v in read_manifest(export_dir)["variants"].items()
+            if v.get("requires") == "cuda" and "CUDAExecutionProvider" not in have}
 
 
 def onnx_variants(export_dir: Path = config.EXPORT_DIR, pca_dir: Path = config.PCA_DIR) -> dict[str, Path]:
-    """Variant name -> ONNX file, for the export bundle's variants and the PCA-folded one.
-
-    Variants that cannot run on this machine (see :func:`unavailable_variants`) are left out.
-    """
-    manifest = read_manifest(export_dir)
+    """Variant name -> ONNX file, for the export bundle's variants and the PCA-folded one, less those
+    that cannot run on this machine (see :func:`unavailable_variants`)."""
+    variants = read_manifest(export_dir)["variants"].items()
     skip = unavailable_variants(export_dir)
     for name, why in skip.items():
         log.info("skipping variant %s: %s", name, why)
-    variants = manifest["variants"].items()
     out = {name: member_path(export_dir, v["file"]) for name, v in variants if name not in skip}
     info_path = pca_dir / PCA_INFO
     if info_path.exists():
@@ -72,10 +62,8 @@ def _output_dim(backend: str, path: Path) -> int:
 
 def package_variant(export_dir: Path, variant: str, onnx_file: Path, dst: Path) -> Path:
     """A self-contained bundle at ``dst`` holding one variant (the served one) and the tokenizer.
-
-    ``export_dir`` is the bundle the variant comes from; ``onnx_file`` its model file (ONNX, or
-    the OpenVINO IR / static table its manifest entry's ``backend`` names).
-    """
+    ``export_dir`` is the bundle the variant comes from; ``onnx_file`` its model file (ONNX, or the
+    OpenVINO IR / static table its manifest entry's ``backend`` names)."""
     manifest = read_manifest(export_dir)
     if not onnx_file.exists():
         raise EmboptError(f"{onnx_file}: model file for variant '{variant}' not found")
@@ -91,12 +79,10 @@ def package_variant(export_dir: Path, variant: str, onnx_file: Path, dst: Path) 
     if backend == "openvino":  # the IR's weights
         shutil.copy2(onnx_file.with_suffix(".bin"), target.with_suffix(".bin"))
     dim = _output_dim(backend, target)
-    entry = {"file": f"{folder}/{onnx_file.name}", "dim": dim, "sha256": sha256(target)}
-    if backend != "onnxruntime":
-        entry["backend"] = backend
-    packaged = {
-        k: v for k, v in manifest.items() if k not in ("variants", "default_variant", "tensorrt", "triton")
-    }
+    entry = {"file": f"{folder}/{onnx_file.name}", "dim": dim, "sha256": sha256(target),
+             **({"backend": backend} if backend != "onnxruntime" else {})}
+    dropped = ("variants", "default_variant", "tensorrt", "triton")
+    packaged = {k: v for k, v in manifest.items() if k not in dropped}
     packaged.update({"format": FORMAT, "default_variant": variant, "dim": dim, "variants": {variant: entry}})
     (dst / MANIFEST).write_text(json.dumps(packaged, indent=2) + "\n", encoding="utf-8")
     return dst

@@ -1,10 +1,9 @@
 """Project paths, in one place (cookiecutter-data-science style).
 
-Paths resolve from the working directory DVC gives the stage (the repository root,
-or an experiment's own copy of it under ``.dvc/tmp/exps/``), never from where the
-package is installed: an editable install points at the main checkout, and a queued
-``dvc exp run`` must read and write its own copy. Tests and the CLI may set
-``EMBOPT_ROOT`` explicitly.
+Paths resolve from the working directory DVC gives the stage (the repository root, or an
+experiment's own copy of it under ``.dvc/tmp/exps/``), never from where the package is installed:
+an editable install points at the main checkout, and a queued ``dvc exp run`` must read and write
+its own copy. Tests and the CLI may set ``EMBOPT_ROOT`` explicitly.
 """
 
 from __future__ import annotations
@@ -35,10 +34,8 @@ STATIC_DIR = MODELS_DIR / "static"
 
 def workspace_root(root: Path = PROJ_ROOT) -> Path:
     """The user's checkout: ``root`` itself, or the repo whose ``.dvc/tmp/exps/`` holds this copy.
-
-    Queued and ``--temp`` experiments run in a copy inside the workspace's ``.dvc/tmp/exps``;
-    their MLflow runs belong in the workspace's store, where the user looks for them.
-    """
+    Queued and ``--temp`` experiments run in a copy inside the workspace's ``.dvc/tmp/exps``; their
+    MLflow runs belong in the workspace's store, where the user looks for them."""
     parts = root.parts
     for i in range(len(parts) - 3):
         if parts[i : i + 3] == (".dvc", "tmp", "exps"):
@@ -48,5 +45,4 @@ def workspace_root(root: Path = PROJ_ROOT) -> Path:
 
 def resolve(path: str | Path) -> Path:
     """Resolve a path from params.yaml: relative paths are relative to the project root."""
-    p = Path(path).expanduser()
-    return p if p.is_absolute() else (PROJ_ROOT / p)
+    return PROJ_ROOT / Path(path).expanduser()  # an absolute path stays as it is

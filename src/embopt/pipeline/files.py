@@ -1,13 +1,13 @@
 """Atomic writes: outputs appear complete or not at all.
 
-Every stage writes into a temporary sibling (``.<name>.tmp-*``) and renames it into
-place, so a crash or a failed check never leaves a half-written model folder or metrics
-file behind. The temporary is removed on any exception, KeyboardInterrupt included; a
-SIGTERM does the same once :func:`exit_on_sigterm` turned it into an exception. Outputs get
-the permissions of a normally created file or folder (0644/0755 under umask 022), not the
-private 0600/0700 of ``mkstemp``/``mkdtemp``, so a shared model folder stays readable.
-A SIGKILL leaves the temporary behind; its name carries the writer's pid, and the next write
-of the same target removes the temporaries of writers no longer alive.
+Every stage writes into a temporary sibling (``.<name>.tmp-*``) and renames it into place, so a
+crash or a failed check never leaves a half-written model folder or metrics file behind. The
+temporary is removed on any exception, KeyboardInterrupt included; a SIGTERM does the same once
+:func:`exit_on_sigterm` turned it into an exception. Outputs get the permissions of a normally
+created file or folder (0644/0755 under umask 022), not the private 0600/0700 of
+``mkstemp``/``mkdtemp``, so a shared model folder stays readable. A SIGKILL leaves the temporary
+behind; its name carries the writer's pid, and the next write of the same target removes the
+temporaries of writers no longer alive.
 """
 
 from __future__ import annotations
@@ -30,11 +30,10 @@ log = logging.getLogger(__name__)
 
 def current_umask() -> int:
     """The process umask, read without changing it where Linux allows (/proc), else set and restored."""
-    with contextlib.suppress(OSError, ValueError):
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
+    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -42,10 +41,8 @@ def current_umask() -> int:
 
 def exit_on_sigterm() -> Any:
     """Turn SIGTERM into ``SystemExit(143)`` so ``finally`` and ``except`` blocks run: temporary
-    outputs are removed and runs can be closed, as on Ctrl-C. Only from the main thread.
-
-    Returns:
-        The previous handler (for ``signal.signal(signal.SIGTERM, previous)``), or None off the main thread.
+    outputs are removed and runs can be closed, as on Ctrl-C. Only from the main thread: returns
+    the previous handler (for ``signal.signal(signal.SIGTERM, previous)``), or None off it.
     """
     if threading.current_thread() is not threading.main_thread():
         return None
@@ -58,11 +55,10 @@ def exit_on_sigterm() -> Any:
 
 def _pid_alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        with contextlib.suppress(PermissionError):  # another user's live process
+            os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's live process
-        return True
     return True
 
 
@@ -78,8 +74,7 @@ def remove_stale_temporaries(target: Path) -> None:
         if os.path.isdir(path) and not os.path.islink(path):
             shutil.rmtree(path, ignore_errors=True)
         else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            Path(path).unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -119,54 +114,36 @@ def atomic_file(target: Path, mode: str = "w") -> Iterator[Any]:
     remove_stale_temporaries(target)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent)
     try:
-        os.fchmod(fd, 0o666 & ~current_umask())
-        os.close(fd)
-        fd = -1
-        with open(tmp_name, mode, encoding=None if "b" in mode else "utf-8") as fh:
+        with open(fd, mode, encoding=None if "b" in mode else "utf-8") as fh:
+            os.fchmod(fd, 0o666 & ~current_umask())
             yield fh
         os.replace(tmp_name, target)
     except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
+        Path(tmp_name).unlink(missing_ok=True)
         raise
 
 
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically, pretty-printed and with a trailing newline (diff-friendly)."""
     with atomic_file(Path(path)) as fh:
-        json.dump(data, fh, indent=2, sort_keys=False)
-        fh.write("\n")
+        fh.write(json.dumps(data, indent=2) + "\n")
 
 
 def read_json(path: Path) -> Any:
-    with open(path, encoding="utf-8") as fh:
-        return json.load(fh)
+    return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
 def dir_size_mb(path: Path, patterns: tuple[str, ...] = ("*",)) -> float:
     """Size on disk of the files under ``path`` matching any of ``patterns`` (MB = 1e6 bytes)."""
     path = Path(path)
-    if path.is_file():
-        return path.stat().st_size / 1e6
-    total = 0
-    seen: set[Path] = set()
-    for pat in patterns:
-        for f in path.rglob(pat):
-            if f.is_file() and f not in seen:
-                seen.add(f)
-                total += f.stat().st_size
-    return total / 1e6
+    files = [path] if path.is_file() else {f for pat in patterns for f in path.rglob(pat) if f.is_file()}
+    return sum(f.stat().st_size for f in files) / 1e6
 
 
 @contextlib.contextmanager
 def quiet_root_logger(level: int = 30) -> Iterator[None]:
-    """Raise the root logger to WARNING for a block.
-
-    onnxruntime's optimizer and quantizer log every fusion at INFO on the root
-    logger; the stage logs one summary line instead.
-    """
+    """Raise the root logger to ``level`` (WARNING) for a block: onnxruntime's optimizer and quantizer
+    log every fusion at INFO on the root logger; the stage logs one summary line instead."""
     root = logging.getLogger()
     old = root.level
     root.setLevel(max(level, old))

