@@ -17,9 +17,11 @@ from typing import Any
 
 
 def _max_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MB (1e6 bytes): ``VmHWM`` of /proc/self/status,
-    which belongs to the current program image (Linux carries ``ru_maxrss`` across fork+exec, so a child
-    started by a 700 MB parent would report at least 700 MB)."""
+    """Peak resident set size of this process so far, in MB (1e6 bytes).
+
+    ``VmHWM`` of /proc/self/status, which belongs to the current program image (Linux carries ``ru_maxrss``
+    across fork+exec, so a child started by a 700 MB parent would report at least 700 MB).
+    """
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmHWM:"):

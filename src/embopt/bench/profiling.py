@@ -20,9 +20,12 @@ PHASES = ("tokenize", "build_tensors", "model_run", "pooling_normalize", "other"
 
 
 def st_phases(model, texts: Sequence[str], batch_size: int) -> dict[str, float]:
-    """Seconds per phase of one real ``model.encode(texts)`` (sentence-transformers): forward hooks time
-    the Transformer module (model run) and the Pooling/Normalize modules; ``model.preprocess`` (the
-    tokenizer call) and ``BatchEncoding.convert_to_tensors`` (building its tensors) are wrapped."""
+    """Seconds per phase of one real ``model.encode(texts)`` (sentence-transformers).
+
+    Forward hooks time the Transformer module (model run) and the Pooling/Normalize modules;
+    ``model.preprocess`` (the tokenizer call) and ``BatchEncoding.convert_to_tensors`` (building its tensors)
+    are wrapped.
+    """
     import torch
     from transformers.tokenization_utils_base import BatchEncoding
 
@@ -85,8 +88,10 @@ def pooling_nodes(onnx_path: Path) -> set[str]:
 
 
 def ort_profile_summary(profile_json: Path, pooling: set[str] | None = None) -> dict[str, Any]:
-    """Aggregate an ONNX Runtime profile: time per op type and the pooling/normalisation share (``kind`` and
-    ``trace``: the file's name, for the report)."""
+    """Aggregate an ONNX Runtime profile: time per op type and the pooling/normalisation share.
+
+    ``kind`` and ``trace`` (the file's name) in the result are for the report.
+    """
     events = json.loads(Path(profile_json).read_text(encoding="utf-8"))
     by_op: dict[str, float] = defaultdict(float)
     pool_us = total_us = runs_us = 0.0
@@ -110,8 +115,10 @@ def ort_profile_summary(profile_json: Path, pooling: set[str] | None = None) -> 
 
 
 def profiling_options(threads: int, prefix: Path):
-    """ORT session options for ``threads`` threads with profiling on, written at ``prefix`` (the session's
-    ``end_profiling()`` returns the file)."""
+    """ORT session options for ``threads`` threads with profiling on, written at ``prefix``.
+
+    The session's ``end_profiling()`` returns the file.
+    """
     from embopt.serving.runtime import session_options
 
     prefix.parent.mkdir(parents=True, exist_ok=True)

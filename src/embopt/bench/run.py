@@ -113,8 +113,10 @@ def load_pairs(path: Path, limit: int | None = None) -> list[StsPair]:
 
 def long_texts(corpus: Path, n: int, min_words: int) -> list[str]:
     """``n`` long documents: consecutive corpus paragraphs joined until each has ``min_words`` words.
-    WikiExtractor files (``<doc>`` lines and titles dropped) or plain text (one paragraph a line);
-    headings (short lines) are skipped."""
+
+    WikiExtractor files (``<doc>`` lines and titles dropped) or plain text (one
+    paragraph a line). Headings (short lines) are skipped.
+    """
     out: list[str] = []
     cur: list[str] = []
     words = 0
@@ -325,8 +327,10 @@ def time_settings(variants: list[BenchVariant], settings: list[Setting], sets: d
 
 def closest_length(texts: Sequence[str], counts: list[int], n: int, target: int = 16
                    ) -> tuple[list[str], int]:
-    """Up to ``n`` of ``texts`` of ``target`` tokens (``counts``: special tokens included), else of the
-    closest count there is (the shorter on a tie); and that count."""
+    """Up to ``n`` of ``texts`` of ``target`` tokens, else of the closest count there is; and that count.
+
+    ``counts`` include special tokens; on a tie, the shorter count is taken.
+    """
     length = min(counts, key=lambda c: (abs(c - target), c))
     return [t for t, c in zip(texts, counts, strict=True) if c == length][:n], length
 

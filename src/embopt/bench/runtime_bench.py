@@ -74,8 +74,11 @@ class RuntimeBenchOptions:
 
 
 def prepare_models(opts: RuntimeBenchOptions) -> tuple[dict[str, dict[str, Path]], dict[str, Any]]:
-    """Teacher and student, each a SentenceTransformer folder with ST's ONNX files and our bundle:
-    ``{"teacher": paths, "student": paths}``, and a description (layers kept, int8 preset)."""
+    """Teacher and student, each as a SentenceTransformer folder with ST's ONNX files and our bundle.
+
+    Returns:
+        ``{"teacher": paths, "student": paths}`` and a description (layers kept, int8 preset).
+    """
     from embopt.bench.simple_bundle import build_simple_bundle
     from embopt.bench.variants import export_st_onnx, st_preset
     from embopt.training.modeling import load_sentence_model, num_layers

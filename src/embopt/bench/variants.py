@@ -47,8 +47,11 @@ def onnx_precision(path: Path) -> str:
 
 @dataclass
 class BenchVariant:
-    """Common fields; subclasses implement ``encode(texts, batch_size, threads)``, ``set_max_seq_length``,
-    ``token_counts``, ``phases(texts, batch_size, pooling_share)``, ``profile(texts, batch_size, dir)``."""
+    """Common fields; subclasses implement the methods listed below.
+
+    ``encode(texts, batch_size, threads)``, ``set_max_seq_length``, ``token_counts``,
+    ``phases(texts, batch_size, pooling_share)``, ``profile(texts, batch_size, dir)``.
+    """
 
     name: str
     group: str  # "anchor" (what a user would pick instead) or "ours"
@@ -68,8 +71,10 @@ class BenchVariant:
 
 def st_model(path: Path | str, threads: int, max_seq_length: int, onnx_file: str | None = None,
              session_opts=None):
-    """A SentenceTransformer on CPU: torch, or its ONNX backend on ``onnx_file`` with ``threads`` ORT threads
-    (or ``session_opts``: profiling)."""
+    """A SentenceTransformer on CPU: torch, or its ONNX backend on ``onnx_file`` with ``threads`` ORT threads.
+
+    Or with ``session_opts`` instead of the ``threads`` options (profiling).
+    """
     from sentence_transformers import SentenceTransformer
 
     from embopt.serving.runtime import session_options
@@ -189,10 +194,12 @@ class OrtVariant(BenchVariant):
         return [len(x) for x in self._embedder(self.threads).tokenize(list(texts))]
 
     def phases(self, texts: Sequence[str], batch_size: int, pooling_share: float = 0.0) -> dict[str, float]:
-        """Seconds per phase of one real ``Embedder.embed(texts)``, from the runtime's ``timings``. Its
-        session run holds the encoder and the in-graph pooling/normalisation, split by ``pooling_share``
+        """Seconds per phase of one real ``Embedder.embed(texts)``, from the runtime's ``timings``.
+
+        Its session run holds the encoder and the in-graph pooling/normalisation, split by ``pooling_share``
         (from an ORT profile); neither tokenizing nor the session run is building the padded arrays plus
-        Python bookkeeping."""
+        Python bookkeeping.
+        """
         emb = self._embedder(self.threads)
         emb.batch_size = batch_size
         emb.reset_timings()

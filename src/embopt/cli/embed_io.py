@@ -58,8 +58,10 @@ def check_output(path: Path) -> None:
 
 
 def check_space(path: Path, dim: int, texts: list[str]) -> None:
-    """Fail before the embedding work when the output's disk has less free than a generous estimate
-    of the output's size (``texts`` embedded in ``dim`` floats)."""
+    """Fail before the embedding work when the output's disk has too little free space.
+
+    Too little: less than a generous estimate of the output's size (``texts`` embedded in ``dim`` floats).
+    """
     nbytes = len(texts) * dim * 4 + 4096
     if Path(path).suffix.lower() == ".parquet":
         nbytes += sum(len(t.encode("utf-8")) for t in texts) + 64 * len(texts)
@@ -94,8 +96,11 @@ def _check_text(path: Path, lineno: int, text: str) -> str:
 
 
 def read_texts(path: Path, column: str = "text") -> list[str]:
-    """Texts of ``path`` in file order (format from the suffix, see the module docstring); a
-    :class:`DataError` naming file and line for missing, undecodable, malformed or empty input."""
+    """Texts of ``path`` in file order (format from the suffix, see the module docstring).
+
+    Raises:
+        DataError: missing, undecodable, malformed or empty input (file and line named).
+    """
     path = Path(path)
     content, fmt = _decode(path), input_format(path)
     if fmt == "lines":

@@ -13,9 +13,11 @@ T = TypeVar("T")
 
 
 def command(options: type[T]) -> Callable[[Callable[[T], Any]], Callable[..., Any]]:
-    """Decorate ``fn(opts: options)`` into a typer command with one option per field of ``options``
-    (``name: Annotated[type, typer.Option(...)] = default``): typer reads them from the command's
-    signature, and ``fn`` gets them back as one ``options`` instance."""
+    """Decorate ``fn(opts: options)`` into a typer command with one option per field of ``options``.
+
+    Each field is ``name: Annotated[type, typer.Option(...)] = default``; typer reads them from the
+    command's signature, and ``fn`` gets them back as one ``options`` instance.
+    """
 
     def wrap(fn: Callable[[T], Any]) -> Callable[..., Any]:
         hints = get_type_hints(options, include_extras=True)
