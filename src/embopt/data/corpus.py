@@ -71,8 +71,10 @@ _INNER_END = re.compile(r"[.!?][\"')\]]*\s+\S")
 
 
 def split_paragraph(text: str) -> list[str]:
-    """Sentences of a paragraph by pysbd's rules (a one-sentence line stays whole). WikiExtractor files
-    keep :func:`split_sentences`, so the default corpus is unchanged."""
+    """Sentences of a paragraph by pysbd's rules (a one-sentence line stays whole).
+
+    WikiExtractor files keep :func:`split_sentences`, so the default corpus is unchanged.
+    """
     text = text.strip()
     if not _INNER_END.search(text):
         return [text] if text else []
@@ -118,9 +120,11 @@ def file_format(path: Path, declared: str = "auto") -> str:
 
 
 def iter_file_sentences(path: Path, fmt: str = "auto", column: str = "text") -> Iterator[str]:
-    """Sentences of one corpus file read as ``fmt``: wiki | lines (one sentence a line, not split) |
-    paragraphs (split) | jsonl | csv | parquet (the ``column`` of each row, split), or auto (see
-    :func:`file_format`)."""
+    """Sentences of one corpus file read as ``fmt``.
+
+    ``fmt``: wiki | lines (one sentence a line, not split) | paragraphs (split) | jsonl | csv | parquet (the
+    ``column`` of each row, split), or auto (see :func:`file_format`).
+    """
     fmt = file_format(path, fmt)
     if fmt in ("jsonl", "csv", "parquet"):
         for text in read_text_column(path, fmt, column):
@@ -224,9 +228,10 @@ def _parquet_column(path: Path, column: str) -> Iterator[str]:
 def build_corpus(paths: list[Path], exclude: set[str], head: list[str], max_sentences: int, min_words: int,
                  max_words: int, seed: int, head_share: float = 1.0, fmt: str = "auto", column: str = "text",
                  ) -> tuple[list[str], dict]:
-    """Collect, filter, deduplicate and shuffle the distillation corpus; returns the sentences, and per
-    source how many were read, kept and dropped (and why). A DataError when there is no corpus file, or
-    none of their sentences survives the filters.
+    """Collect, filter, deduplicate and shuffle the distillation corpus.
+
+    Returns the sentences, and per source how many were read, kept and dropped (and why). A DataError when
+    there is no corpus file, or none of their sentences survives the filters.
 
     Args:
         paths: corpus files or folders, read as ``fmt``/``column`` say (:func:`iter_file_sentences`).

@@ -1,6 +1,8 @@
-"""STS Benchmark pairs: from a local STS Benchmark folder (tab-separated, no quoting, >= 7 columns: genre,
-file, year, id, score, sentence1, sentence2) or from the hub dataset ``sentence-transformers/stsb``.
-Validation (carved from train), dev and test sentences never enter the corpus (:mod:`embopt.data.corpus`).
+"""STS Benchmark pairs.
+
+From a local STS Benchmark folder (tab-separated, no quoting, >= 7 columns: genre, file, year, id, score,
+sentence1, sentence2) or from the hub dataset ``sentence-transformers/stsb``. Validation (carved from train),
+dev and test sentences never enter the corpus (:mod:`embopt.data.corpus`).
 """
 
 from __future__ import annotations
@@ -130,9 +132,13 @@ def unique_sentences(pairs: Iterable[StsPair]) -> list[str]:
 
 
 def split_validation(pairs: list[StsPair], n_val: int, seed: int) -> tuple[list[StsPair], list[StsPair]]:
-    """(train, val): a validation split of ``n_val`` whole *pairs* carved from STSb train by a seeded
-    shuffle, and the remaining train pairs. Every selection the pipeline makes (best checkpoint, int8
-    candidate, PCA, champion) is made on this split, so STSb dev stays a report split nothing was tuned on.
+    """Carve a validation split of whole *pairs* from STSb train, by a seeded shuffle.
+
+    Every selection the pipeline makes (best checkpoint, int8 candidate, PCA, champion)
+    is made on this split, so STSb dev stays a report split that nothing was tuned on.
+
+    Returns:
+        (train, val): the remaining train pairs, and ``n_val`` validation pairs.
     """
     if not 0 < n_val < len(pairs):
         raise DataError(f"data.val_pairs={n_val}: must be between 1 and {len(pairs) - 1} (STS train has "

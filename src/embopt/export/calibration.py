@@ -80,9 +80,13 @@ def quantize_static_qdq(src: Path, dst: Path, recipe: StaticRecipe, sentences: S
                         nodes_to_exclude: Sequence[str] | None = None,
                         nodes_to_quantize: Sequence[str] | None = None) -> Path:
     """Write a static QDQ int8 copy of ``src`` to ``dst``, calibrated on ``sentences``.
-    ``ranges_path`` is the calibration artifact: written on the first call, reused (no new calibration) when
-    it already exists, as it does for fallback rebuilds. EmboptError: empty calibration set, unknown method,
-    unsupported op type, or ORT failure."""
+
+    ``ranges_path`` is the calibration artifact: written on the first call, reused
+    (no new calibration) when it already exists, as it does for fallback rebuilds.
+
+    Raises:
+        EmboptError: empty calibration set, unknown method, unsupported op type, or ORT failure.
+    """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference

@@ -40,9 +40,11 @@ class FallbackResult:
 
 
 def cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean ``1 - cos`` of row pairs, computed as ``|a/|a| - b/|b||^2 / 2`` in float64: the same
-    quantity, but exact for the tiny distances a single int8 node causes, where ``1 - cos`` in float32 is
-    below rounding noise."""
+    """Mean ``1 - cos`` of row pairs, computed as ``|a/|a| - b/|b||^2 / 2`` in float64.
+
+    The same quantity as ``1 - cosine``, but exact for the tiny distances a single
+    int8 node causes, where ``1 - cos`` in float32 is below rounding noise.
+    """
     a, b = (np.asarray(x, dtype=np.float64) for x in (a, b))
     a, b = (x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None) for x in (a, b))
     return float(np.mean(0.5 * np.sum((a - b) ** 2, axis=1)))
@@ -65,8 +67,10 @@ def node_sensitivity(nodes: Sequence[str], build: BuildFn, embed: Callable[[Path
 def exclude_until_pass(sensitivity: Sequence[tuple[str, float]], build: BuildFn,
                        score: Callable[[Path], float], threshold: float, dst: Path,
                        max_nodes: int) -> FallbackResult:
-    """Rebuild ``dst`` with the k most sensitive nodes in fp32, k = 1.., until ``score(dst) >= threshold``;
-    when no k up to ``max_nodes`` passes, ``dst`` holds the best-scoring model found."""
+    """Rebuild ``dst`` with the k most sensitive nodes in fp32, k = 1.., until ``score(dst) >= threshold``.
+
+    When no k up to ``max_nodes`` passes, ``dst`` holds the best-scoring model found.
+    """
     order = [n for n, _ in sensitivity]
     steps: list[dict] = []
     best_score, best_k = float("nan"), 0  # k = 0: nothing to exclude

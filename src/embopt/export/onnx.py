@@ -75,8 +75,10 @@ def export_onnx(st_model, path: Path, opset: int = 17) -> Path:
 
 def optimize_onnx(src: Path, dst: Path, num_heads: int = 0, hidden_size: int = 0) -> dict[str, int]:
     """ORT transformer optimizer: fuse embeddings+LayerNorm, attention, skip-LayerNorm, bias-GELU.
+
     ``num_heads=0, hidden_size=0`` lets the optimizer read them from the graph, which is what a head-pruned
-    model (different head counts per layer) needs. Returns the counts of fused operators."""
+    model (different head counts per layer) needs. Returns the counts of fused operators.
+    """
     from onnxruntime.transformers.optimizer import optimize_model
 
     with quiet_root_logger():

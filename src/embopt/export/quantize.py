@@ -84,8 +84,10 @@ def resolve_recipe(isa: str = "auto", per_channel: bool | None = None, reduce_ra
 
 
 def check_op_types(src: Path, op_types: Sequence[str], mode: str, setting: str) -> list[str]:
-    """The model's nodes of ``op_types``, validated for ``mode`` (``dynamic``: integer ops, ``static``:
-    QDQ); EmboptError for an op type ORT cannot quantize this way, or a model with none of them."""
+    """The model's nodes of ``op_types``, validated for ``mode`` (``dynamic``: integer ops, ``static``: QDQ).
+
+    EmboptError for an op type ORT cannot quantize this way, or a model with none of them.
+    """
     import onnx
     from onnxruntime.quantization.registry import IntegerOpsRegistry, QDQRegistry
 
@@ -128,8 +130,11 @@ def quantize_dynamic_int8(src: Path, dst: Path, per_channel: bool = False, reduc
                           nodes_to_exclude: Sequence[str] | None = None,
                           nodes_to_quantize: Sequence[str] | None = None) -> Path:
     """Write a dynamically quantized (int8 weights, uint8 activations) copy of ``src`` to ``dst``.
-    ``nodes_to_exclude`` stay fp32 (accuracy fallback); ``nodes_to_quantize``, when given, are the only
-    ones quantized (sensitivity analysis)."""
+
+    Args:
+        nodes_to_exclude: node names kept in fp32 (accuracy fallback).
+        nodes_to_quantize: when given, only these nodes are quantized (sensitivity analysis).
+    """
     import onnx
     from onnxruntime.quantization import quantize_dynamic
 

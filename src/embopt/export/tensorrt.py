@@ -86,8 +86,11 @@ def _has_contrib_ops(path: Path) -> bool:
 
 def engine_specs(p, bundle: Path, manifest: dict[str, Any], timing_cache: Path | None) -> tuple[
         list[EngineSpec], dict[str, str]]:
-    """(engines to build, engine name -> why it is not built) for what ``export.tensorrt`` asks for,
-    each engine from a source TensorRT can parse."""
+    """The engines ``export.tensorrt`` asks for, each from a source TensorRT can parse.
+
+    Returns:
+        (specs, skipped): engines to build, and engine name -> why it is not built.
+    """
     profile = Profile.from_params(p.min_shape, p.opt_shape, p.max_shape, manifest.get("max_seq_length"))
     sources = manifest.get("tensorrt_sources") or {}
     specs, skipped = [], {}
@@ -129,8 +132,10 @@ def availability() -> tuple[bool, str]:
 
 
 def configure(trt, builder, spec: EngineSpec, cache_bytes: bytes = b""):
-    """A builder config for ``spec``: memory pool, precision flags, optimisation level, profile, timing
-    cache. ``trt`` is the tensorrt module (or a stand-in with the same names, in tests)."""
+    """A builder config for ``spec``: memory pool, precision flags, optimisation level, profile, timing cache.
+
+    ``trt`` is the tensorrt module (or a stand-in with the same names, in tests).
+    """
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, spec.workspace_mb << 20)
     for flag in spec.flags:

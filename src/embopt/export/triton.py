@@ -20,8 +20,12 @@ PLATFORMS = {"onnxruntime_onnx": ("onnxruntime", "model.onnx"), "tensorrt_plan":
 
 def config_pbtxt(name: str, platform: str, dim: int, max_batch_size: int, preferred_batch_sizes: list[int],
                  max_queue_delay_us: int, instances: int, kind: str | None = None) -> str:
-    """The text of a Triton ``config.pbtxt`` for ``platform`` ``onnxruntime_onnx`` or ``tensorrt_plan``;
-    ``kind`` (``KIND_CPU``/``KIND_GPU``) defaults to GPU for TensorRT plans, CPU for ONNX."""
+    """The text of a Triton ``config.pbtxt``.
+
+    Args:
+        platform: ``onnxruntime_onnx`` or ``tensorrt_plan``.
+        kind: ``KIND_CPU`` or ``KIND_GPU``; default GPU for TensorRT plans, CPU for ONNX.
+    """
     if platform not in PLATFORMS:
         raise EmboptError(f"triton: platform '{platform}' is not one of {', '.join(PLATFORMS)}")
     if max_batch_size < 1:
@@ -41,8 +45,12 @@ def config_pbtxt(name: str, platform: str, dim: int, max_batch_size: int, prefer
 
 
 def parse_config(text: str):
-    """Parse ``config.pbtxt`` text into Triton's ``inference.ModelConfig`` message. ImportError without
-    tritonclient (``pip install 'tritonclient[grpc]'``); EmboptError for a text that is not a valid one."""
+    """Parse ``config.pbtxt`` text into Triton's ``inference.ModelConfig`` message.
+
+    Raises:
+        ImportError: tritonclient is not installed (``pip install 'tritonclient[grpc]'``).
+        EmboptError: the text is not a valid ModelConfig.
+    """
     try:
         from google.protobuf import text_format
         from tritonclient.grpc import model_config_pb2

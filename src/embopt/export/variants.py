@@ -19,8 +19,11 @@ PCA_INFO = "pca.json"
 
 def unavailable_variants(export_dir: Path = config.EXPORT_DIR) -> dict[str, str]:
     """Variant name -> why it cannot run here, for variants whose manifest entry ``requires`` a device.
-    fp16 variants carry ``"requires": "cuda"``: ONNX Runtime's CPU provider would run them through casts,
-    slowly and unrepresentatively, so they are evaluated only where a CUDA provider exists."""
+
+    fp16 variants carry ``"requires": "cuda"``: ONNX Runtime's CPU provider would run
+    them through casts, slowly and unrepresentatively, so they are evaluated only where
+    a CUDA provider exists.
+    """
     import onnxruntime as ort
 
     have = ort.get_available_providers()
@@ -30,8 +33,10 @@ def unavailable_variants(export_dir: Path = config.EXPORT_DIR) -> dict[str, str]
 
 
 def onnx_variants(export_dir: Path = config.EXPORT_DIR, pca_dir: Path = config.PCA_DIR) -> dict[str, Path]:
-    """Variant name -> ONNX file, for the export bundle's variants and the PCA-folded one, less those
-    that cannot run on this machine (see :func:`unavailable_variants`)."""
+    """Variant name -> ONNX file, for the export bundle's variants and the PCA-folded one.
+
+    Variants that cannot run on this machine (see :func:`unavailable_variants`) are left out.
+    """
     variants = read_manifest(export_dir)["variants"].items()
     skip = unavailable_variants(export_dir)
     for name, why in skip.items():
@@ -62,8 +67,10 @@ def _output_dim(backend: str, path: Path) -> int:
 
 def package_variant(export_dir: Path, variant: str, onnx_file: Path, dst: Path) -> Path:
     """A self-contained bundle at ``dst`` holding one variant (the served one) and the tokenizer.
-    ``export_dir`` is the bundle the variant comes from; ``onnx_file`` its model file (ONNX, or the
-    OpenVINO IR / static table its manifest entry's ``backend`` names)."""
+
+    ``export_dir`` is the bundle the variant comes from; ``onnx_file`` its model file (ONNX, or
+    the OpenVINO IR / static table its manifest entry's ``backend`` names).
+    """
     manifest = read_manifest(export_dir)
     if not onnx_file.exists():
         raise EmboptError(f"{onnx_file}: model file for variant '{variant}' not found")
