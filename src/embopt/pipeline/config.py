@@ -34,8 +34,10 @@ STATIC_DIR = MODELS_DIR / "static"
 
 def workspace_root(root: Path = PROJ_ROOT) -> Path:
     """The user's checkout: ``root`` itself, or the repo whose ``.dvc/tmp/exps/`` holds this copy.
-    Queued and ``--temp`` experiments run in a copy inside the workspace's ``.dvc/tmp/exps``; their
-    MLflow runs belong in the workspace's store, where the user looks for them."""
+
+    Queued and ``--temp`` experiments run in a copy inside the workspace's ``.dvc/tmp/exps``;
+    their MLflow runs belong in the workspace's store, where the user looks for them.
+    """
     parts = root.parts
     for i in range(len(parts) - 3):
         if parts[i : i + 3] == (".dvc", "tmp", "exps"):

@@ -142,8 +142,11 @@ def dir_size_mb(path: Path, patterns: tuple[str, ...] = ("*",)) -> float:
 
 @contextlib.contextmanager
 def quiet_root_logger(level: int = 30) -> Iterator[None]:
-    """Raise the root logger to ``level`` (WARNING) for a block: onnxruntime's optimizer and quantizer
-    log every fusion at INFO on the root logger; the stage logs one summary line instead."""
+    """Raise the root logger to ``level`` (WARNING) for a block.
+
+    onnxruntime's optimizer and quantizer log every fusion at INFO on the root logger; the stage logs one
+    summary line instead.
+    """
     root = logging.getLogger()
     old = root.level
     root.setLevel(max(level, old))

@@ -33,8 +33,11 @@ class GateResult:
 
 
 def evaluate_gates(stage: str, gate: BaseModel | Mapping, metrics: Mapping[str, float]) -> list[GateResult]:
-    """Compare ``metrics`` with every active threshold in ``gate``; KeyError when a threshold names a
-    metric the stage did not produce (a bug, not a miss)."""
+    """Compare ``metrics`` with every active threshold in ``gate``.
+
+    Raises:
+        KeyError: a threshold names a metric the stage did not produce (a bug, not a miss).
+    """
     items = gate.model_dump() if isinstance(gate, BaseModel) else dict(gate)
     results = []
     for key, threshold in items.items():

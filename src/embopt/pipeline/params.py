@@ -362,11 +362,17 @@ def _describe(err: ValidationError, path: Path) -> str:
 
 
 def load_params(path: Path | str | None = None, sections: tuple[str, ...] | list[str] = ()) -> Params:
-    """Load and validate ``path`` (default: the project's params.yaml).
-    Each of ``sections`` (the top-level sections the caller reads) must be in the file, so a deleted or
-    empty section fails instead of running on built-in defaults. Keys left out of a present section take
-    the defaults, which agree with the shipped params.yaml. ParamsError: one line naming the file and the
-    offending or missing key."""
+    """Load and validate params.yaml.
+
+    Args:
+        path: the file (default: the project's params.yaml).
+        sections: top-level sections the caller reads; each must be in the file, so a deleted
+            or empty section fails instead of running on built-in defaults. Keys left out of a
+            present section take the defaults, which agree with the shipped params.yaml.
+
+    Raises:
+        ParamsError: one line naming the file and the offending or missing key.
+    """
     path = Path(path) if path is not None else config.PARAMS_FILE
     if not path.exists():
         raise ParamsError(f"{path}: file not found")

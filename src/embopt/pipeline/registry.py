@@ -25,11 +25,14 @@ def log_and_register_embedder(run: StageRun, bundle_dir: Path, model_name: str, 
                               model_config: Mapping[str, Any] | None = None,
                               description: str | None = None) -> dict[str, Any]:
     """Log the bundle as a pyfunc model with a signature, register it and point ``alias`` at it.
+
     ``model_config`` carries the runtime settings (threads, providers, cache; see
-    ``embopt.serving.pyfunc.DEFAULT_CONFIG``); a consumer may override them at load time. The version is
-    created with its ``tags`` and ``description`` in one registry call, so a run killed after
-    registration leaves no version without them. Call only after every gate passed: this is the
-    pipeline's one registry write."""
+    ``embopt.serving.pyfunc.DEFAULT_CONFIG``); a consumer may override them at load time.
+    The version is created with its ``tags`` and ``description`` in one registry call, so a
+    run killed after registration leaves no version without them.
+
+    Call only after every gate passed: this is the pipeline's one registry write.
+    """
     import importlib.metadata as md
 
     import pandas as pd
@@ -102,8 +105,10 @@ def model_bundle(uri: str) -> Path:
 
 def alias_bundle(model_name: str, alias: str, dst: Path) -> dict[str, Any] | None:
     """Download the bundle of ``models:/<name>@<alias>`` into ``dst``; None when the alias is unset.
-    evaluate measures the incumbent champion this way, beside the new variants, with the same sentences
-    and threads, so promote compares like with like."""
+
+    evaluate measures the incumbent champion this way, beside the new variants, with the
+    same sentences and threads, so promote compares like with like.
+    """
     from mlflow.exceptions import MlflowException
 
     mlflow = _mlflow()

@@ -1,5 +1,7 @@
-"""The wrapper every stage entry point runs in: logging set-up and exit codes (0 done, 1 bad input or
-params, with one line naming the file/key, 2 a gate missed)."""
+"""The wrapper every stage entry point runs in: logging set-up and exit codes.
+
+Exit codes: 0 done, 1 bad input or params (one line names the file/key), 2 a gate missed.
+"""
 
 from __future__ import annotations
 
@@ -41,10 +43,12 @@ def run_stage(name: str, fn: Callable[[], None]) -> None:
 
 def report(run, stage: str, metrics: dict, gate=None, details: dict | None = None) -> None:
     """Write ``metrics/<stage>.json`` (and ``reports/pipeline/<stage>.json``), log both, check the gate.
-    ``metrics`` holds the headline numbers a reader compares across experiments (what ``dvc exp show``
-    and ``dvc metrics diff`` list); ``details`` holds the tables behind them (per-candidate rows, op
-    counts), kept out of the metrics columns. Both are written even when the gate fails, so a miss can
-    be inspected."""
+
+    ``metrics`` holds the headline numbers a reader compares across experiments (what
+    ``dvc exp show`` and ``dvc metrics diff`` list); ``details`` holds the tables behind
+    them (per-candidate rows, op counts), kept out of the metrics columns. Both are
+    written even when the gate fails, so a miss can be inspected.
+    """
     from embopt.pipeline import config
     from embopt.pipeline.files import write_json
     from embopt.pipeline.gates import enforce, evaluate_gates

@@ -67,8 +67,10 @@ def masked(uri: str, replacement: str = "***@") -> str:
 
 def check_reachable(uri: str | None = None, seconds: float | None = None) -> None:
     """Fail with one line when an http(s) tracking server does not answer within ``seconds``.
-    Any HTTP answer counts (even 401/404: the server is there); a refused or timed-out connection is
-    retried until the budget is spent. Other stores (sqlite) are not checked."""
+
+    Any HTTP answer counts (even 401/404: the server is there); a refused or timed-out
+    connection is retried until the budget is spent. Other stores (sqlite) are not checked.
+    """
     uri = uri or tracking_uri()
     if not uri.startswith(("http://", "https://")):
         return
@@ -105,9 +107,11 @@ def git_commit() -> str:
 
 def pipeline_id() -> str:
     """An id shared by every stage that one ``dvc repro`` / ``dvc exp run`` starts.
-    DVC starts each stage as a child process, so the id is derived from the nearest ancestor ``dvc``
-    process (pid + start time): stable across its stages, different for the next invocation. A stage
-    run by hand gets a fresh id."""
+
+    DVC starts each stage as a child process, so the id is derived from the
+    nearest ancestor ``dvc`` process (pid + start time): stable across its stages,
+    different for the next invocation. A stage run by hand gets a fresh id.
+    """
     try:
         import psutil
 
@@ -207,8 +211,10 @@ class StageRun:
 
 @contextlib.contextmanager
 def stage_run(stage: str, params: Params, sections: list[str]) -> Iterator[StageRun]:
-    """Open the MLflow run of one execution of DVC stage ``stage``, a child of its pipeline's parent run,
-    with ``base`` and the params ``sections`` the stage reads."""
+    """Open the MLflow run of one execution of DVC stage ``stage``, a child of its pipeline's parent run.
+
+    The run is logged with ``base`` and the params ``sections`` the stage reads.
+    """
     import psutil
 
     check_reachable()  # before any output is written: a down server fails in seconds, with one line
@@ -248,8 +254,10 @@ def stage_run(stage: str, params: Params, sections: list[str]) -> Iterator[Stage
 
 def _end_orphans(client, exp_id: str) -> None:
     """End as KILLED the RUNNING stage runs whose process on this host is gone (SIGKILL, power loss).
+
     Nothing in a process survives SIGKILL to close its run; the next stage does it, with its parent.
-    A process is identified by pid *and* start time, so a recycled pid is not mistaken for the writer."""
+    A process is identified by pid *and* start time, so a recycled pid is not mistaken for the writer.
+    """
     import psutil
     from mlflow.entities import RunTag
 
@@ -381,8 +389,10 @@ def _run(exp_id: str, tags: Mapping[str, Any], params: Mapping[str, Any], name: 
 def standalone_run(kind: str, experiment: str, params: Mapping[str, Any] | None = None,
                    tags: Mapping[str, Any] | None = None) -> Iterator[StageRun]:
     """An MLflow run for work outside the DVC pipeline (``embopt bench``): same store and experiment.
-    Tagged ``embopt.kind=<kind>`` and with the git commit, so it sits beside the stage runs without
-    being mistaken for one (no ``dvc.stage``/``pipeline.id`` tags)."""
+
+    Tagged ``embopt.kind=<kind>`` and with the git commit, so it sits beside the
+    stage runs without being mistaken for one (no ``dvc.stage``/``pipeline.id`` tags).
+    """
     check_reachable()
     exp_id = ensure_experiment(experiment)
     all_tags = {"embopt.kind": kind, "git.commit": git_commit(),
