@@ -49,10 +49,12 @@ def _locked(exc: sqlite3.Error) -> bool:
 
 
 class EmbeddingCache:
-    """LRU of float32 vectors by exact text (at most ``max_entries``, and ``max_bytes`` of texts,
-    vectors and per-entry overhead; None: no byte bound), with an optional SQLite store at ``path``
-    shared across runs and processes (None: memory only) bounded to ``max_rows`` (oldest first; None:
-    unbounded). ``timeout``: seconds a writer waits for another process's lock before giving up."""
+    """LRU of float32 vectors by exact text, with an optional SQLite store shared across runs and processes.
+
+    In memory: at most ``max_entries``, and ``max_bytes`` of texts, vectors and per-entry overhead (None: no
+    byte bound). ``path``: the SQLite store (None: memory only), bounded to ``max_rows`` (oldest first; None:
+    unbounded). ``timeout``: seconds a writer waits for another process's lock before giving up.
+    """
 
     def __init__(self, max_entries: int = 100_000, path: Path | str | None = None,
                  max_rows: int | None = None, timeout: float = 30.0,

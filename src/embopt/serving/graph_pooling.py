@@ -14,10 +14,12 @@ POOLED_OUTPUT = "sentence_embedding"
 
 
 def add_pooling(model, mode: str = "mean", normalize: bool = True):
-    """Return ``model`` (an ``onnx.ModelProto`` with an ``attention_mask`` input and a (batch, seq,
-    hidden) first output; modified in place) with one output, ``sentence_embedding`` (batch, hidden):
-    ``mode`` ``mean`` (sentence-transformers' masked mean), ``cls`` or ``max`` pooling, then, with
-    ``normalize``, an L2 normalisation (the ``Normalize`` module)."""
+    """Return ``model`` (an ``onnx.ModelProto``, modified in place) with one output, ``sentence_embedding``.
+
+    ``model`` has an ``attention_mask`` input and a (batch, seq, hidden) first output. ``sentence_embedding``
+    is (batch, hidden): ``mode`` ``mean`` (sentence-transformers' masked mean), ``cls`` or ``max`` pooling,
+    then, with ``normalize``, an L2 normalisation (the ``Normalize`` module).
+    """
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 

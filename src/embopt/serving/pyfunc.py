@@ -47,8 +47,10 @@ DEFAULT_CONFIG: dict[str, Any] = {  # model_config keys the model understands, w
 
 
 def model_signature(dim: int):
-    """The registered model's signature: float32 (n, dim) out; the input schema left open on purpose
-    (see the module docstring: MLflow's string enforcement would convert bad input before we refuse it)."""
+    """The registered model's signature: float32 (n, dim) out; the input schema left open on purpose.
+
+    See the module docstring: MLflow's string enforcement would convert bad input before we refuse it.
+    """
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
@@ -56,8 +58,11 @@ def model_signature(dim: int):
 
 
 def to_texts(model_input: Any, max_bytes: int | None = None) -> list[str]:
-    """Texts from the accepted input shapes (module docstring). Raises :class:`EmboptError` for a shape
-    or value that is not text (naming the row), or more than ``max_bytes`` of text."""
+    """Texts from the accepted input shapes (module docstring).
+
+    Raises :class:`EmboptError` for a shape or value that is not text (naming the row), or more than
+    ``max_bytes`` of text.
+    """
     import pandas as pd
 
     from embopt.serving.runtime import check_texts

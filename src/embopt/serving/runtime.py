@@ -48,9 +48,12 @@ _FIRST = np.zeros(1, dtype=np.intp)
 
 def session_options(threads: int | None = None, graph_optimization: str = "all", inter_op_threads: int = 1,
                     spinning: bool = True):
-    """ONNX Runtime session options: ``threads`` intra-op threads (None: ORT's default, one per
-    physical core); ``inter_op_threads`` 1 as encoders are one chain of ops; ``spinning``: idle intra-op
-    threads spin between ops (lower latency; burns CPU when idle)."""
+    """ONNX Runtime session options.
+
+    ``threads`` intra-op threads (None: ORT's default, one per physical core); ``inter_op_threads`` 1 as
+    encoders are one chain of ops; ``spinning``: idle intra-op threads spin between ops (lower latency; burns
+    CPU when idle).
+    """
     import onnxruntime as ort
 
     if graph_optimization not in GRAPH_OPTIMIZATION:
@@ -91,8 +94,11 @@ def _describe(value: Any) -> str:
 
 
 def check_texts(texts: Sequence[Any], max_bytes: int | None = None) -> list[str]:
-    """``texts`` as a list of ``str``, or an :class:`EmboptError` naming the first row that is not text
-    (refused, not embedded as ``str(x)``). ``max_bytes`` bounds the UTF-8 size of all texts together."""
+    """``texts`` as a list of ``str``, or an :class:`EmboptError` naming the first row that is not text.
+
+    That row is refused, not embedded as ``str(x)``. ``max_bytes`` bounds the UTF-8 size of all texts
+    together.
+    """
     texts = texts if isinstance(texts, list) else list(texts)
     if not all(type(t) is str for t in texts):  # noqa: E721 - the fast path; subclasses checked below
         for i, t in enumerate(texts):

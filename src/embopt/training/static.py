@@ -54,10 +54,11 @@ def encode_with_table(table: np.ndarray, ids: Sequence[Sequence[int]]) -> np.nda
 def fit_table(table: np.ndarray, ids: Sequence[Sequence[int]], targets: np.ndarray,
               score: Callable[[np.ndarray], float], epochs: int, batch_size: int, lr: float, seed: int,
               ) -> tuple[np.ndarray, list[float]]:
-    """Train the (vocab, dim) ``table`` so each sentence's mean token vector points where the teacher's
-    embedding does: ``ids`` are each corpus sentence's token ids (no special tokens), ``targets`` their
-    teacher embeddings, ``score`` a table's validation Spearman (selection only); SparseAdam, so only rows
-    in a batch move. Returns the table of the best-scoring epoch (epoch 0: the initial table) and every
+    """Train ``table`` so each sentence's mean token vector points where the teacher's embedding does.
+
+    ``table`` is (vocab, dim); ``ids`` are each corpus sentence's token ids (no special tokens), ``targets``
+    their teacher embeddings, ``score`` a table's validation Spearman (selection only); SparseAdam, so only
+    rows in a batch move. Returns the table of the best-scoring epoch (epoch 0: the initial table) and every
     epoch's score.
     """
     import torch

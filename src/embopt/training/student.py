@@ -20,9 +20,12 @@ log = logging.getLogger(__name__)
 
 
 def choose_layers(n_teacher: int, layers: list[int] | None, count: int | None) -> list[int]:
-    """Which teacher layers the student keeps: explicit ``layers`` win, else ``count`` layers evenly spaced
-    over the teacher, first and last included (DistilBERT-style initialisation); keeping the last layer
-    matters because the teacher's pooled output is read after it."""
+    """Which teacher layers the student keeps.
+
+    Explicit ``layers`` win. Otherwise ``count`` layers evenly spaced over the teacher,
+    first and last included (DistilBERT-style initialisation); keeping the last
+    layer matters because the teacher's pooled output is read after it.
+    """
     if layers is not None:
         if not layers:
             raise EmboptError(f"distill.layers: empty list; give teacher layer indices in 0..{n_teacher - 1} "
@@ -47,9 +50,11 @@ def choose_layers(n_teacher: int, layers: list[int] | None, count: int | None) -
 
 
 def uniform_layer_map(n_student: int, n_teacher: int) -> list[int]:
-    """Teacher layer matched to each student layer when the student was not cut from the teacher: TinyBERT's
-    uniform mapping, student layer i (0-based) follows teacher layer ``(i + 1) * n_teacher / n_student - 1``,
-    so the last student layer meets the last teacher layer."""
+    """Teacher layer matched to each student layer when the student was not cut from the teacher.
+
+    TinyBERT's uniform mapping: student layer i (0-based) follows teacher layer
+    ``(i + 1) * n_teacher / n_student - 1``, so the last student layer meets the last teacher layer.
+    """
     return [max(0, round((i + 1) * n_teacher / n_student) - 1) for i in range(n_student)]
 
 

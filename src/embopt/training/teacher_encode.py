@@ -42,9 +42,17 @@ def torch_encoder(st_model, batch_size: int, show_progress: bool = False) -> Enc
 
 
 def build_teacher_bundle(st_model, bundle: Path, max_seq_length: int, optimize: bool = True) -> Path:
-    """An fp32 bundle of the teacher ``st_model`` (Transformer -> Pooling [-> Normalize]) in the folder
-    ``bundle`` (tokenizer, ``onnx/model.onnx``, manifest with ``max_seq_length``); returns the folder.
-    ``optimize``: apply ORT's fp32 transformer fusions (exact up to float rounding)."""
+    """An fp32 bundle of ``st_model`` at ``bundle`` (tokenizer, ``onnx/model.onnx``, manifest).
+
+    Args:
+        st_model: the teacher SentenceTransformer (Transformer -> Pooling [-> Normalize]).
+        bundle: folder to create.
+        max_seq_length: truncation in tokens, written to the manifest.
+        optimize: apply ORT's fp32 transformer fusions (exact up to float rounding).
+
+    Returns:
+        The bundle folder.
+    """
     from embopt.export.onnx import export_onnx, optimize_onnx
     from embopt.serving.bundle import write_manifest
     from embopt.training.modeling import pooling_mode
@@ -135,8 +143,11 @@ def clear_chunks(ckpt_dir: Path) -> None:
 
 
 def logged_encoder(encode: Encoder, what: str, every: int) -> Encoder:
-    """``encode`` in slices of ``every`` sentences, logging sentences done and the rate after each: for steps
-    that encode a few thousand sentences at once (the teacher's STS validation), minutes on CPU."""
+    """``encode`` in slices of ``every`` sentences, logging sentences done and the rate after each.
+
+    For steps that encode a few thousand sentences at once (the teacher's STS validation),
+    which with a big teacher on CPU run for minutes.
+    """
 
     def run(sentences: Sequence[str]) -> np.ndarray:
         n, parts, t0 = len(sentences), [], time.perf_counter()
