@@ -1,9 +1,10 @@
 """Stage quantize: ONNX export, ORT graph fusion, int8 candidates gated against their fp32 parent, fp16.
 
 Writes a bundle (tokenizer, manifest, onnx/, calibration/) to models/quantize:
-``onnx_fp32`` (fused), ``onnx_fp32_unfused`` (when kept), ``onnx_int8`` (the fastest
-int8 candidate that keeps ``gate.min_retention_vs_fp32`` of its fp32 parent's val
-Spearman, after the accuracy fallback where one missed), further candidates when
+``onnx_fp32`` (fused), ``onnx_fp32_unfused`` (when kept), ``onnx_int8`` (the fastest int8
+candidate, up to timing noise (:func:`embopt.export.candidates.pick`), that keeps
+``gate.min_retention_vs_fp32`` of its fp32 parent's val Spearman, after the accuracy fallback
+where one missed), further candidates when
 ``keep_candidates`` is set, and ``onnx_fp16`` (requires CUDA to evaluate).
 """
 
@@ -59,7 +60,7 @@ def main() -> None:
             ctx = _Scoring(p, build, scorer, parents, unique_sentences(val), tmp)
             for c in tqdm(candidates, desc="int8 candidates", unit="candidate"):
                 c.row = ctx.evaluate(c, onnx_dir / c.file)
-            chosen = pick(candidates)
+            chosen = pick(candidates, p.speed_noise_floor)
             for c in candidates:
                 if c is not chosen and not p.keep_candidates:
                     (onnx_dir / c.file).unlink()
@@ -170,7 +171,7 @@ class _Scoring:
         self.val_sentences = val_sentences
         self.speed_sents = val_sentences[: p.speed_sentences]
         self.parent_rows = {name: {"spearman": round(scorer.spearman(path), 4),
-                                   "throughput_sps": round(scorer.speed(path, self.speed_sents), 1)}
+                                   "throughput_sps": round(scorer.speed(path, self.speed_sents)[0], 1)}
                             for name, path in parents.items()}
 
     def evaluate(self, c: Candidate, path) -> dict:
@@ -182,8 +183,8 @@ class _Scoring:
         self.build(c, path)
         score = scorer.spearman(path)
         ret = retention(score, parent["spearman"])
-        sps = scorer.speed(path, self.speed_sents)
-        row = {"parent": c.parent, **_scores(score, sps, parent),
+        sps, spread = scorer.speed(path, self.speed_sents)
+        row = {"parent": c.parent, **_scores(score, sps, parent), "throughput_spread": round(spread, 4),
                "speedup_vs_onnx_fp32": round(sps / shipped, 3),
                "size_mb": round(path.stat().st_size / 1e6, 3),
                "passed": threshold is None or ret >= threshold, "fallback": None}
@@ -194,12 +195,13 @@ class _Scoring:
         result = run_fallback(c, path, self.build, scorer, self.parents[c.parent], parent["spearman"],
                               threshold, self.val_sentences[: p.fallback.sample_sentences],
                               p.fallback.max_nodes, self.workdir)
-        after = scorer.speed(path, self.speed_sents)
+        after, spread = scorer.speed(path, self.speed_sents)
         score = scorer.spearman(path)
         fb = result.report()
         fb.update({"throughput_sps_before": row["throughput_sps"], "throughput_sps_after": round(after, 1),
                    "speed_cost": round(1 - after / sps, 4)})
-        row.update({**_scores(score, after, parent), "speedup_vs_onnx_fp32": round(after / shipped, 3),
+        row.update({**_scores(score, after, parent), "throughput_spread": round(spread, 4),
+                    "speedup_vs_onnx_fp32": round(after / shipped, 3),
                     "size_mb": round(path.stat().st_size / 1e6, 3), "passed": result.passed, "fallback": fb})
         log.info("%s after fallback (%d node(s) in fp32: %s): %.4f of fp32, %.0f sent/s (%.1f%% slower)",
                  c.name, len(result.excluded), ", ".join(result.excluded), row["retention_vs_fp32"], after,
@@ -223,7 +225,7 @@ def build_openvino(p, source, bundle, tokenizer, ctx: _Scoring) -> tuple[dict, d
     int8 = quantize_ir(fp32, ov_dir / "model_int8.xml", calibration, tokenizer)
     variants, rows = {}, {}
     for name, path, precision in (("openvino_fp32", fp32, "fp32"), ("openvino_int8", int8, "int8-nncf")):
-        score, sps = ctx.scorer.spearman(path), ctx.scorer.speed(path, ctx.speed_sents)
+        score, (sps, _) = ctx.scorer.spearman(path), ctx.scorer.speed(path, ctx.speed_sents)
         rows[name] = _scores(score, sps, ctx.parent_rows["unfused"])
         log.info("%s: Spearman %.2f (%.4f of ORT fp32 unfused), %.0f sent/s (%.2fx)", name, score,
                  rows[name]["retention_vs_fp32"], sps, rows[name]["speedup_vs_fp32"])

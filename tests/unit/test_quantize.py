@@ -245,13 +245,23 @@ def test_plan_candidates_names_files_and_dedupes():
     assert [(c.name, c.parent) for c in plain] == [("onnx_int8_dynamic_per_tensor", "unfused")]
 
 
-def test_pick_fastest_passing_else_most_accurate():
-    def c(name, passed, sps, ret):
+def test_pick_fastest_passing_up_to_timing_noise_else_most_accurate():
+    def c(name, passed, sps, ret, spread=0.01, size=10.0):
         return Candidate(name, "dynamic", "fused", DynamicRecipe(), f"{name}.onnx",
-                         {"passed": passed, "throughput_sps": sps, "retention_vs_fp32": ret})
+                         {"passed": passed, "throughput_sps": sps, "retention_vs_fp32": ret,
+                          "throughput_spread": spread, "size_mb": size})
 
-    assert pick([c("a", True, 100, 0.995), c("b", True, 150, 0.991), c("c", False, 300, 0.9)]).name == "b"
-    assert pick([c("a", False, 100, 0.98), c("b", False, 150, 0.97)]).name == "a"
+    def picked(*candidates):
+        return pick(candidates, noise_floor=0.05).name
+
+    assert picked(c("a", True, 100, 0.995), c("b", True, 150, 0.991), c("c", False, 300, 0.9)) == "b"
+    assert picked(c("a", False, 100, 0.98), c("b", False, 150, 0.97)) == "a"
+    # Within the noise floor (4% < 5%), or within the measured spread, speed is a tie: val retention decides.
+    assert picked(c("fast", True, 104, 0.991), c("accurate", True, 100, 0.995)) == "accurate"
+    assert picked(c("fast", True, 120, 0.991, spread=0.25), c("accurate", True, 100, 0.995)) == "accurate"
+    # Beyond the noise, the faster wins; an equal tie goes to the smaller file.
+    assert picked(c("fast", True, 120, 0.991), c("accurate", True, 100, 0.995)) == "fast"
+    assert picked(c("big", True, 100, 0.995, size=20), c("small", True, 100, 0.995)) == "small"
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -288,6 +298,7 @@ def test_stage_builds_gated_variants(project, monkeypatch, capsys):
                **json.loads((project / "reports" / "pipeline" / "quantize.json").read_text())}  # tables
     assert set(metrics["candidates"]) == kept
     assert metrics["int8_recipe"] == v["onnx_int8"]["recipe"]
+    assert all(row["throughput_spread"] >= 0 for row in metrics["candidates"].values())  # what pick reads
     chosen = metrics["candidates"][metrics["int8_recipe"]]
     assert chosen["passed"] and chosen["retention_vs_fp32"] == metrics["retention_vs_fp32"] >= 0.9
     passing = [r["throughput_sps"] for r in metrics["candidates"].values() if r["passed"]]

@@ -93,11 +93,15 @@ def percentiles(ms: Sequence[float], suffix: str = "") -> dict[str, float]:
 
 
 def throughput(encode: Callable[[Sequence[str]], object], sentences: Sequence[str], repeats: int = 3
-               ) -> float:
-    """Median sentences per second of ``encode(sentences)`` over ``repeats`` runs, after a warm-up."""
+               ) -> tuple[float, float]:
+    """Median sentences per second of ``encode(sentences)`` over ``repeats`` runs, after a warm-up.
+
+    Also their spread, (fastest - slowest) / median: the noise a choice between two speeds allows for.
+    """
     encode(list(sentences[: min(64, len(sentences))]))
-    runs = interleaved({"encode": encode}, [list(sentences)], repeats)["encode"]
-    return len(sentences) / float(np.median(runs))
+    runs = np.ravel(interleaved({"encode": encode}, [list(sentences)], repeats)["encode"])
+    sps = len(sentences) / float(np.median(runs))
+    return sps, len(sentences) * (1 / runs.min() - 1 / runs.max()) / sps
 
 
 def latency_ms(encode: Callable[[Sequence[str]], object], sentences: Sequence[str]) -> dict[str, float]:

@@ -25,6 +25,7 @@ from embopt.eval.sts import retention, sts_spearman
 from embopt.export.calibration import StaticRecipe, quantize_static_qdq
 from embopt.export.fallback import FallbackResult, exclude_until_pass, node_sensitivity
 from embopt.export.quantize import DynamicRecipe, quantize_recipe, quantized_nodes, resolve_recipe
+from embopt.pipeline.promotion import Contender, best
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,8 @@ class Scorer:
     def embed(self, path: Path, sentences: Sequence[str]) -> np.ndarray:
         return self.embedder(path).embed(sentences)
 
-    def speed(self, path: Path, sentences: Sequence[str], repeats: int = 3) -> float:
+    def speed(self, path: Path, sentences: Sequence[str], repeats: int = 3) -> tuple[float, float]:
+        """Median sentences/s and the spread of the runs (:func:`embopt.bench.timing.throughput`)."""
         return throughput(self.embedder(path).embed, sentences, repeats=repeats)
 
 
@@ -138,9 +140,14 @@ def run_fallback(c: Candidate, path: Path, build: Builder, scorer: Scorer, paren
                               path, max_nodes)
 
 
-def pick(candidates: Sequence[Candidate]) -> Candidate:
-    """The fastest candidate that passed its gate; if none passed, the one that kept the most accuracy."""
+def pick(candidates: Sequence[Candidate], noise_floor: float) -> Candidate:
+    """The fastest candidate that passed its gate, by promote's rule: speeds within the noise of the
+    fastest (its spread, or ``noise_floor``) are a tie that val retention, then size, decides, so timing
+    noise cannot flip the pick. If none passed, the one that kept the most accuracy."""
     passed = [c for c in candidates if c.row.get("passed")]
     if passed:
-        return max(passed, key=lambda c: c.row["throughput_sps"])
+        chosen = best([Contender(c.name, c.row["retention_vs_fp32"], c.row["throughput_sps"],
+                                 c.row["throughput_spread"], c.row["size_mb"], 0) for c in passed],
+                      "throughput", noise_floor)
+        return next(c for c in passed if c.name == chosen.name)
     return max(candidates, key=lambda c: c.row["retention_vs_fp32"])

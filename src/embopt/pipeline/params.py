@@ -200,6 +200,8 @@ class QuantizeParams(_Section):
     openvino: QuantizeOpenVinoParams = QuantizeOpenVinoParams()
     eval_pairs: int = Field(1500, ge=10)
     speed_sentences: int = Field(512, ge=8)
+    # As promote's: speed differences below max(this, the measured spread) are ties.
+    speed_noise_floor: float = Field(0.05, ge=0, le=1)
     gate: QuantizeGate = QuantizeGate()
 
 
