@@ -301,8 +301,10 @@ def test_stage_builds_gated_variants(project, monkeypatch, capsys):
     assert all(row["throughput_spread"] >= 0 for row in metrics["candidates"].values())  # what pick reads
     chosen = metrics["candidates"][metrics["int8_recipe"]]
     assert chosen["passed"] and chosen["retention_vs_fp32"] == metrics["retention_vs_fp32"] >= 0.9
-    passing = [r["throughput_sps"] for r in metrics["candidates"].values() if r["passed"]]
-    assert chosen["throughput_sps"] == max(passing)
+    # The fastest passing one up to timing noise: the rule applied to the rows the stage reported.
+    rows = [Candidate(name, "dynamic", "fused", DynamicRecipe(), "", row)
+            for name, row in metrics["candidates"].items()]
+    assert pick(rows, noise_floor=0.05).name == metrics["int8_recipe"]
 
 
 def test_stage_fallback_reports_nodes_and_cost(project, monkeypatch, capsys):
