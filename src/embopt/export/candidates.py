@@ -1,9 +1,10 @@
 """int8 candidates of the quantize stage: plan, build, gate against the fp32 parent, fall back, pick.
 
 Each candidate is one recipe (dynamic int8 with a preset, static QDQ with a calibration method)
-applied to one fp32 parent (the fused or the unfused graph), and scored on the same STS dev pairs as
-its parent; one under the gate goes through the accuracy fallback; the fastest that passes becomes
-``onnx_int8``, the variant the rest of the pipeline carries forward.
+applied to one fp32 parent (the fused or the unfused graph), and scored on the same STS validation
+pairs as its parent; one under the gate goes through the accuracy fallback; the fastest that passes,
+up to timing noise (:func:`pick`), becomes ``onnx_int8``, the variant the rest of the pipeline carries
+forward.
 """
 
 from __future__ import annotations
