@@ -216,13 +216,9 @@ class EmbeddingCache:
         for attempt in range(5):
             try:
                 conn.execute("BEGIN IMMEDIATE")  # take the write lock now, not halfway through
-                try:
+                with conn:  # COMMIT, or ROLLBACK on an error
                     conn.executemany(
                         "INSERT OR IGNORE INTO embeddings (model, text, dim, vec) VALUES (?, ?, ?, ?)", rows)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
                 break
             except sqlite3.OperationalError as exc:
                 if not _locked(exc):
@@ -244,15 +240,11 @@ class EmbeddingCache:
             conn = self._connect()
             self._since_trim = 0
             conn.execute("BEGIN IMMEDIATE")
-            try:
+            with conn:
                 excess = conn.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0] - self.max_rows
                 if excess > 0:
                     conn.execute("DELETE FROM embeddings WHERE rowid IN "
                                  "(SELECT rowid FROM embeddings ORDER BY rowid LIMIT ?)", (excess,))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
             return max(excess, 0)
 
     def stored_rows(self) -> int:

@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -46,14 +47,8 @@ Batch = tuple[np.ndarray, np.ndarray, np.ndarray]  # rows of the input, input_id
 _FIRST = np.zeros(1, dtype=np.intp)
 
 
-def session_options(threads: int | None = None, graph_optimization: str = "all", inter_op_threads: int = 1,
-                    spinning: bool = True):
-    """ONNX Runtime session options.
-
-    ``threads`` intra-op threads (None: ORT's default, one per physical core); ``inter_op_threads`` 1 as
-    encoders are one chain of ops; ``spinning``: idle intra-op threads spin between ops (lower latency; burns
-    CPU when idle).
-    """
+def session_options(threads: int | None = None, graph_optimization: str = "all"):
+    """ORT options: ``threads`` intra-op threads (None: one per physical core), one inter-op thread."""
     import onnxruntime as ort
 
     if graph_optimization not in GRAPH_OPTIMIZATION:
@@ -62,12 +57,10 @@ def session_options(threads: int | None = None, graph_optimization: str = "all",
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads = int(threads)
-    opts.inter_op_num_threads = int(inter_op_threads)
+    opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     level = {"disable": "DISABLE_ALL"}.get(graph_optimization, f"ENABLE_{graph_optimization.upper()}")
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_{level}")
-    if not spinning:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3  # ORT warns about unused initializers of fused graphs; not actionable
     return opts
 
@@ -155,7 +148,7 @@ class Embedder:
     file instead (same tokenizer). ``threads``: in all (None: one per CPU in bulk mode, ORT's default in
     latency mode). ``batch_size``: sentences per session call (unless ``token_budget``, padded tokens
     per batch); ``max_seq_length``: truncation (default: the manifest's). ``providers``,
-    ``graph_optimization`` (``disable``/``basic``/``extended``/``all``), ``spinning``: ORT settings.
+    ``graph_optimization`` (``disable``/``basic``/``extended``/``all``): ORT settings.
     ``pca``: optional ``.npz`` (mean, components) projecting to k dims (then L2-normalised).
     ``cache``: an :class:`embopt.serving.cache.EmbeddingCache`; hits skip tokenization and the model.
     ``mode``: ``bulk`` (one 1-thread session per thread, in parallel) or ``latency`` (one session with
@@ -167,8 +160,7 @@ class Embedder:
                  batch_size: int = 32, max_seq_length: int | None = None,
                  providers: Sequence[str] | None = None, onnx_path: Path | str | None = None,
                  graph_optimization: str = "all", pca: Path | str | None = None, cache: Any = None,
-                 spinning: bool = True, mode: str = "bulk", tokenize_chunk: int = 0,
-                 token_budget: int | None = None):
+                 mode: str = "bulk", tokenize_chunk: int = 0, token_budget: int | None = None):
         if batch_size < 1:
             raise EmboptError(f"batch_size must be >= 1, got {batch_size}")
         if mode not in MODES:
@@ -209,15 +201,13 @@ class Embedder:
         self.timings = Timings()
         self.backend = backend_of(self.manifest["variants"].get(self.variant), self.onnx_path)
         if self.backend == "onnxruntime":
-            self._open_onnxruntime(session_threads, workers, graph_optimization, spinning, providers)
+            self._open_onnxruntime(session_threads, workers, graph_optimization, providers)
         else:  # the backend hook: sessions with run(input_ids, attention_mask) -> pooled rows
             # An OpenVINO infer request serves one thread at a time: one per worker, as for ORT. A
             # static table is read-only numpy: one for all.
             n = workers if self.backend == "openvino" else 1
             self.sessions = [open_session(self.backend, self.onnx_path, session_threads) for _ in range(n)]
-            self.session = self.sessions[0]
-            self.providers, self.input_names, self._extra_inputs = [], ["input_ids", "attention_mask"], []
-            self.model_dim = self.session.dim
+            self.session, self.providers, self.model_dim = self.sessions[0], [], self.sessions[0].dim
         self._pca = self._load_pca(Path(pca)) if pca is not None else None
         if self._pca is not None:
             self.dim = int(self._pca["components"].shape[0])
@@ -230,34 +220,33 @@ class Embedder:
         if cache is not None:
             self.attach_cache(cache)
 
-    def _open_onnxruntime(self, threads, workers: int, graph_optimization: str, spinning: bool,
-                          providers) -> None:
+    def _open_onnxruntime(self, threads, workers: int, graph_optimization: str, providers) -> None:
         """``workers`` ORT sessions of ``threads`` intra-op threads each (the first is ``self.session``)."""
         import onnxruntime as ort
 
-        opts = session_options(threads, graph_optimization, spinning=spinning)
         self.providers = available_providers(providers)
+        new = partial(ort.InferenceSession, sess_options=session_options(threads, graph_optimization),
+                      providers=self.providers)
         model: str | bytes = str(self.onnx_path)
         try:
-            self.session = ort.InferenceSession(model, sess_options=opts, providers=self.providers)
-            if len(self.session.get_outputs()[0].shape) == 3:
+            first = new(model)
+            if len(first.get_outputs()[0].shape) == 3:
                 # A token-level export (Optimum / sentence-transformers): fold pooling into the graph.
                 model = self._pooled_graph()
-                self.session = ort.InferenceSession(model, sess_options=opts, providers=self.providers)
-            self.sessions = [self.session] + [
-                ort.InferenceSession(model, sess_options=opts, providers=self.providers)
-                for _ in range(workers - 1)]
+                first = new(model)
+            self.sessions = [first] + [new(model) for _ in range(workers - 1)]
         except EmboptError:
             raise
         except Exception as exc:  # ORT raises its own exception types for bad files
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise EmboptError(f"{self.onnx_path}: cannot load ONNX model ({first})") from None
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        missing = {"input_ids", "attention_mask"} - set(self.input_names)
+        self.session = first
+        names = [i.name for i in first.get_inputs()]
+        missing = {"input_ids", "attention_mask"} - set(names)
         if missing:
             raise EmboptError(f"{self.onnx_path}: graph lacks input(s) {', '.join(sorted(missing))}")
-        self._extra_inputs = [n for n in self.input_names if n not in ("input_ids", "attention_mask")]
-        output = self.session.get_outputs()[0]
+        self._extra_inputs = [n for n in names if n not in ("input_ids", "attention_mask")]
+        output = first.get_outputs()[0]
         self.output_name, self.model_dim = output.name, output.shape[-1]
 
     def _pooled_graph(self) -> bytes:
