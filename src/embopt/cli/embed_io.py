@@ -189,11 +189,9 @@ def write_embeddings(path: Path, embeddings: np.ndarray, texts: list[str]) -> No
             if path.suffix.lower() == ".npy":
                 np.save(fh, embeddings)
                 return
-            try:
-                import pyarrow as pa
-                import pyarrow.parquet as pq
-            except ImportError:  # pragma: no cover - pyarrow ships with mlflow
-                raise DataError(f"{path}: Parquet output needs pyarrow (pip install pyarrow)") from None
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
             flat = pa.array(embeddings.reshape(-1), type=pa.float32())
             vectors = pa.FixedSizeListArray.from_arrays(flat, embeddings.shape[1])
             pq.write_table(pa.table({"text": pa.array(texts, type=pa.string()), "embedding": vectors}), fh)

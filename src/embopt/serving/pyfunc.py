@@ -71,7 +71,7 @@ def to_texts(model_input: Any, max_bytes: int | None = None) -> list[str]:
         if "text" not in model_input and len(model_input) != 1:
             raise EmboptError(f"expected one input or an input named 'text', got "
                               f"{[str(k) for k in model_input]}")
-        model_input = model_input["text"] if "text" in model_input else next(iter(model_input.values()))
+        model_input = model_input.get("text", next(iter(model_input.values())))
     if isinstance(model_input, pd.DataFrame):
         if "text" not in model_input.columns and model_input.shape[1] != 1:
             raise EmboptError(f"expected one column of strings or a column named 'text', got columns "
@@ -82,10 +82,8 @@ def to_texts(model_input: Any, max_bytes: int | None = None) -> list[str]:
     elif isinstance(model_input, str):
         values = [model_input]
     elif isinstance(model_input, np.ndarray):
-        if model_input.ndim == 0:  # {"inputs": "one text"}
-            model_input = model_input.reshape(1)
-        if model_input.ndim == 2 and model_input.shape[1] == 1:
-            model_input = model_input[:, 0]
+        if model_input.ndim == 0 or model_input.shape[1:] == (1,):  # {"inputs": "one text"}, a column
+            model_input = model_input.reshape(-1)
         if model_input.ndim != 1:
             raise EmboptError(f"expected a flat list of strings, got an array of shape {model_input.shape} "
                               "(nested lists?)")

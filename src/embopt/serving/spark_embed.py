@@ -132,17 +132,15 @@ def read_input(spark, path: Path, column: str = "text"):
                           sep="\t" if suffix == ".tsv" else ",").csv(str(path))
     elif suffix in (".jsonl", ".ndjson"):
         df = read.options(mode="FAILFAST").json(str(path))
-    else:
-        df = read.text(str(path)).withColumnRenamed("value", column)
+    else:  # blank lines skipped
+        df = read.text(str(path)).withColumnRenamed("value", column).filter(F.col(column).rlike(r"\S"))
     if column not in df.columns:
         raise DataError(f"{path}: no column '{column}' (have: {', '.join(df.columns) or 'none'})")
-    keep = [c for c in ("id",) if c in df.columns and c != column]
+    keep = ["id"] if "id" in df.columns and column != "id" else []
     # Where each row comes from (file, split), taken at the scan: Spark packs files into partitions
     # by size, not by name, so partition order is not input order.
     df = df.select(*keep, F.col(column).alias("text"), F.col("_metadata.file_path").alias("_file"),
                    F.col("_metadata.file_block_start").alias("_block"))
-    if suffix not in (".parquet", ".csv", ".tsv", ".jsonl", ".ndjson"):
-        df = df.filter(F.col("text").rlike(r"\S"))
     return _with_row_number(df)
 
 
@@ -157,8 +155,6 @@ def _with_row_number(df):
     df = df.withColumn("_mid", F.monotonically_increasing_id())
     splits = (df.groupBy("_file", "_block").agg(F.count("*").alias("n"), F.min("_mid").alias("_first"))
               .collect())
-    if not splits:
-        return df.select(F.lit(0).cast("long").alias("row"), "*").drop("_file", "_block", "_mid"), 0
     start, rows = 0, []
     for s in sorted(splits, key=lambda r: (r["_file"], r["_block"])):
         rows.append((s["_file"], s["_block"], start - s["_first"]))
