@@ -247,13 +247,6 @@ class EmbeddingCache:
                                  "(SELECT rowid FROM embeddings ORDER BY rowid LIMIT ?)", (excess,))
             return max(excess, 0)
 
-    def stored_rows(self) -> int:
-        """Rows in the SQLite store for every model (0 without a store)."""
-        if self.path is None:
-            return 0
-        with self._lock:
-            return int(self._connect().execute("SELECT COUNT(*) FROM embeddings").fetchone()[0])
-
     def stats(self) -> dict[str, float]:
         """Hits (memory and store), misses, hit rate, entries in memory, evictions, store writes."""
         with self._lock:

@@ -47,10 +47,7 @@ DEFAULT_CONFIG: dict[str, Any] = {  # model_config keys the model understands, w
 
 
 def model_signature(dim: int):
-    """The registered model's signature: float32 (n, dim) out; the input schema left open on purpose.
-
-    See the module docstring: MLflow's string enforcement would convert bad input before we refuse it.
-    """
+    """The registered model's signature: float32 (n, dim) out, the input left open (module docstring)."""
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 

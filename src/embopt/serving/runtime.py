@@ -8,12 +8,8 @@ count, so a batch pads only to its own longest, its int64 arrays filled by one v
 assignment; (4) one session call per batch, pooling and L2 normalisation inside the graph (another
 manifest ``backend``'s session here: :mod:`embopt.serving.backends`); (5) optional PCA, float32
 rows written back in input order. Everything outside (4) is overhead: :attr:`Embedder.timings`.
-
-Modes (``embopt bench-runtime --modes``): ``bulk`` (files, evaluation) runs one single-threaded
-session per core, each a thread pulling the next length-sorted batch (ORT and the Rust tokenizer
-release the GIL); ``latency`` (serving) one session whose intra-op threads share every request.
-``token_budget`` packs batches as text-embeddings-inference does. Only numpy, onnxruntime and
-tokenizers are needed (the served model ships this module): ``onnx`` only to pool a token-level graph.
+Only numpy, onnxruntime and tokenizers are needed (the served model ships this module): ``onnx``
+only to pool a token-level graph.
 """
 
 from __future__ import annotations
@@ -151,9 +147,10 @@ class Embedder:
     ``graph_optimization`` (``disable``/``basic``/``extended``/``all``): ORT settings.
     ``pca``: optional ``.npz`` (mean, components) projecting to k dims (then L2-normalised).
     ``cache``: an :class:`embopt.serving.cache.EmbeddingCache`; hits skip tokenization and the model.
-    ``mode``: ``bulk`` (one 1-thread session per thread, in parallel) or ``latency`` (one session with
-    every thread: serving). ``tokenize_chunk``: texts tokenized at a time, ahead of inference in a
-    background thread (0: all at once).
+    ``mode``: ``bulk`` (files, evaluation: one 1-thread session per thread, each pulling the next
+    length-sorted batch; ORT and the Rust tokenizer release the GIL) or ``latency`` (serving: one session
+    whose threads share every request). ``tokenize_chunk``: texts tokenized at a time, ahead of inference
+    in a background thread (0: all at once); ``token_budget`` packs batches as text-embeddings-inference.
     """
 
     def __init__(self, bundle: Path | str, variant: str | None = None, threads: int | None = None,
