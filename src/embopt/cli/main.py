@@ -11,12 +11,6 @@ from embopt.cli.runtime_bench import bench_runtime  # the runtime's own benchmar
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="embopt: fast sentence embeddings, measured.")
 
-
-@app.callback()
-def _main() -> None:
-    """embopt command line."""
-
-
 app.command("bench")(bench)
 app.command("embed")(embed)
 app.command("bench-runtime")(bench_runtime)
