@@ -235,8 +235,8 @@ class Embedder:
         except EmboptError:
             raise
         except Exception as exc:  # ORT raises its own exception types for bad files
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise EmboptError(f"{self.onnx_path}: cannot load ONNX model ({first})") from None
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise EmboptError(f"{self.onnx_path}: cannot load ONNX model ({reason})") from None
         self.session = first
         names = [i.name for i in first.get_inputs()]
         missing = {"input_ids", "attention_mask"} - set(names)
