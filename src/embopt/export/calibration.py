@@ -77,7 +77,7 @@ def quantize_static_qdq(src: Path, dst: Path, recipe: StaticRecipe, sentences: S
     (no new calibration) when it already exists, as it does for fallback rebuilds.
 
     Raises:
-        EmboptError: empty calibration set, unknown method, unsupported op type, or ORT failure.
+        EmboptError: empty calibration set, unsupported op type, or ORT failure.
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
@@ -85,10 +85,8 @@ def quantize_static_qdq(src: Path, dst: Path, recipe: StaticRecipe, sentences: S
 
     check_onnx(src)
     check_op_types(src, recipe.op_types, "static", "quantize.static.op_types")
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
-    if recipe.method not in methods:
-        raise EmboptError(f"quantize.static.methods: '{recipe.method}' is not one of {', '.join(methods)}")
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[recipe.method]  # the params' Literal checked it
     ranges_path = Path(ranges_path)
     reader = None
     if not ranges_path.exists():
@@ -116,7 +114,7 @@ def quantize_static_qdq(src: Path, dst: Path, recipe: StaticRecipe, sentences: S
                             per_channel=recipe.per_channel, activation_type=qtype(recipe.activation_type),
                             weight_type=qtype("qint8"), nodes_to_exclude=list(nodes_to_exclude or []),
                             nodes_to_quantize=list(nodes_to_quantize or []),
-                            calibrate_method=methods[recipe.method], extra_options=extra,
+                            calibrate_method=method, extra_options=extra,
                             calibration_cache_path=str(ranges_path))
     except Exception as exc:  # ORT raises bare Exceptions/ValueErrors for unsupported graphs
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

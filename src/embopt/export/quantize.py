@@ -6,7 +6,6 @@ transformer encoders. ``reduce_range`` (7-bit weights) avoids saturation on CPUs
 
 The preset (``avx512_vnni``, ``avx2``, ``arm64``) is read from the CPU unless a param forces one;
 explicit ``per_channel`` / ``reduce_range`` / ``weight_type`` params override it.
-``nodes_to_exclude`` keeps named nodes in fp32 for the accuracy fallback (:mod:`.fallback`).
 """
 
 from __future__ import annotations
