@@ -52,8 +52,8 @@ def main() -> None:
             for name in served:
                 v = manifest["variants"][name]
                 kind = "KIND_GPU" if v.get("requires") == "cuda" else "KIND_CPU"
-                add_model(repo, f"embopt_{name}", tmp / v["file"], "onnxruntime_onnx", manifest["dim"],
-                          t.max_batch_size, t.preferred_batch_sizes, t.max_queue_delay_us, t.instances, kind)
+                add_model(repo, f"embopt_{name}", tmp / v["file"], "onnxruntime_onnx", manifest["dim"], t,
+                          kind)
             ok, reason = (availability() if p.tensorrt.enabled
                           else (False, "disabled by export.tensorrt.enabled"))
             # What would be built here from what, and what could not be even with a GPU.
@@ -96,8 +96,8 @@ def build_engines(specs, skipped, bundle, repo, dim, t) -> dict:  # pragma: no c
             engines[spec.name] = {"status": f"skipped: {exc}"}
             continue
         mbs = min(t.max_batch_size, spec.profile.max[0])  # Triton may not batch past the profile
-        add_model(repo, f"embopt_tensorrt_{spec.name}", path, "tensorrt_plan", dim, mbs,
-                  t.preferred_batch_sizes, t.max_queue_delay_us, t.instances)
+        add_model(repo, f"embopt_tensorrt_{spec.name}", path, "tensorrt_plan", dim,
+                  t.model_copy(update={"max_batch_size": mbs}))
         engines[spec.name] = {"status": "built", "engine": path.name, "source": spec.onnx.name,
                               "flags": list(spec.flags), "max_batch_size": mbs}
     for name, why in skipped.items():

@@ -11,6 +11,7 @@ where one missed), further candidates when
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 
 from tqdm.auto import tqdm
 
@@ -245,7 +246,7 @@ def build_tensorrt_qdq(p, build: Builder, onnx_dir) -> dict:
     ok, why = is_tensorrt_qdq(path)
     if not ok:
         raise EmboptError(f"{path}: not usable by TensorRT: {why}")
-    return {"int8_qdq": {"file": f"onnx/{c.file}", **recipe.as_dict(),
+    return {"int8_qdq": {"file": f"onnx/{c.file}", **asdict(recipe),
                          "calibration_ranges": f"calibration/{c.name}.ranges.json"}}
 
 

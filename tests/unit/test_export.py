@@ -15,7 +15,7 @@ from embopt.errors import EmboptError
 from embopt.export.tensorrt import EngineSpec, Profile, availability, build_engine, configure, engine_specs
 from embopt.export.triton import add_model, config_pbtxt, parse_config
 from embopt.export.variants import onnx_variants, unavailable_variants
-from embopt.pipeline.params import TensorRTParams
+from embopt.pipeline.params import TensorRTParams, TritonParams
 
 pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient[grpc] is pinned in lock.txt")
 
@@ -25,8 +25,6 @@ pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient[g
 
 def test_profile_from_params_checks_shapes():
     p = Profile.from_params([1, 8], [32, 64], [128, 256], max_seq_length=128)
-    assert p.for_inputs() == {"input_ids": ((1, 8), (32, 64), (128, 256)),
-                              "attention_mask": ((1, 8), (32, 64), (128, 256))}
     assert p.as_dict() == {"min": [1, 8], "opt": [32, 64], "max": [128, 256]}
     with pytest.raises(EmboptError, match=r"export\.tensorrt\.opt_shape: expected \[batch, sequence\]"):
         Profile.from_params([1, 8], [32], [128, 256])
@@ -132,7 +130,9 @@ def test_availability_says_why_not():
 def test_triton_config_parses_into_model_config(platform, backend, kind):
     from tritonclient.grpc import model_config_pb2 as mc
 
-    cfg = parse_config(config_pbtxt("embopt_x", platform, 384, 64, [128, 32, 8, 8], 250, 2))
+    t = TritonParams(max_batch_size=64, preferred_batch_sizes=[128, 32, 8, 8], max_queue_delay_us=250,
+                     instances=2)
+    cfg = parse_config(config_pbtxt("embopt_x", platform, 384, t))
     assert (cfg.name, cfg.platform, cfg.backend, cfg.max_batch_size) == ("embopt_x", platform, backend, 64)
     assert [(i.name, i.data_type, list(i.dims)) for i in cfg.input] == [
         ("input_ids", mc.TYPE_INT64, [-1]), ("attention_mask", mc.TYPE_INT64, [-1])]  # no batch dim
@@ -146,15 +146,16 @@ def test_triton_config_parses_into_model_config(platform, backend, kind):
 def test_triton_bad_config_is_rejected(tmp_path):
     with pytest.raises(EmboptError, match="invalid Triton config.pbtxt"):
         parse_config('name: "x"\nmax_batch_size: "many"\n')
-    with pytest.raises(EmboptError, match="export.triton.max_batch_size"):
-        config_pbtxt("x", "onnxruntime_onnx", 8, 0, [1], 0, 1)
+    with pytest.raises(ValueError, match="max_batch_size"):  # the params refuse it
+        TritonParams(max_batch_size=0)
     with pytest.raises(EmboptError, match="platform 'pytorch'"):
-        config_pbtxt("x", "pytorch", 8, 4, [1], 0, 1)
+        config_pbtxt("x", "pytorch", 8, TritonParams())
 
 
 def test_add_model_layout(tiny_bundle, tmp_path):
     src = tiny_bundle / "onnx" / "model_qint8.onnx"
-    folder = add_model(tmp_path, "embopt_onnx_int8", src, "onnxruntime_onnx", 32, 16, [4], 100, 1)
+    t = TritonParams(max_batch_size=16, preferred_batch_sizes=[4], max_queue_delay_us=100)
+    folder = add_model(tmp_path, "embopt_onnx_int8", src, "onnxruntime_onnx", 32, t)
     assert (folder / "1" / "model.onnx").read_bytes() == src.read_bytes()
     assert parse_config((folder / "config.pbtxt").read_text()).name == "embopt_onnx_int8"
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +11,11 @@ import onnx
 import pytest
 import stage_project
 import tiny
+from onnxruntime.quantization.calibrate import load_tensors_data
 
 from embopt.errors import EmboptError
 from embopt.eval.sts import cosine_rows
-from embopt.export.calibration import StaticRecipe, is_tensorrt_qdq, quantize_static_qdq, read_ranges
+from embopt.export.calibration import StaticRecipe, is_tensorrt_qdq, quantize_static_qdq
 from embopt.export.candidates import Candidate, pick, plan_candidates
 from embopt.export.fallback import exclude_until_pass, node_sensitivity
 from embopt.export.fp16 import convert_fp16
@@ -126,8 +127,8 @@ def test_static_qdq_calibrates_saves_ranges_and_stays_close(graphs, tiny_bundle,
     ranges = tmp_path / "ranges.json"
     q = quantize_static_qdq(graphs["fused"], tmp_path / "s.onnx", StaticRecipe(method=method), sentences, tok,
                             ranges)
-    saved = read_ranges(ranges)
-    assert len(saved) >= 8 and all(lo <= hi for lo, hi in saved.values())
+    saved = load_tensors_data(ranges).data  # ORT's calibration cache: tensor name -> TensorData
+    assert len(saved) >= 8 and all(np.all(t.lowest <= t.highest) for t in saved.values())
     assert json.loads(ranges.read_text())["calibration_method"]["value"].lower().endswith(method)
     assert quantized_nodes(graphs["fused"], q, ["MatMul"])  # QDQ pairs around the MatMuls
     assert sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(q)).graph.node) > 0
@@ -291,7 +292,7 @@ def test_stage_builds_gated_variants(project, monkeypatch, capsys):
     for entry in v.values():
         assert (out / entry["file"]).exists()
     static = next(e for e in v.values() if e.get("method") == "minmax")
-    assert read_ranges(out / static["calibration_ranges"])
+    assert load_tensors_data(out / static["calibration_ranges"]).data
     trt = m["tensorrt_sources"]["int8_qdq"]
     assert is_tensorrt_qdq(out / trt["file"])[0] and (out / trt["calibration_ranges"]).exists()
     metrics = {**json.loads((project / "metrics" / "quantize.json").read_text()),  # headline
@@ -354,7 +355,9 @@ def test_stage_bad_input_leaves_earlier_output(project, monkeypatch, capsys, ove
 
 
 def test_recipes_record_their_settings():
-    d = replace(DynamicRecipe(), per_channel=True).as_dict()
+    d = asdict(replace(DynamicRecipe(), per_channel=True))
     assert d["per_channel"] is True and d["op_types"][-1] == "EmbedLayerNormalization"
-    assert StaticRecipe(activation_type="qint8", symmetric_activations=True).tensorrt_compatible
-    assert not StaticRecipe().tensorrt_compatible
+    c = Candidate("onnx_int8_static_entropy", "static", "fused", StaticRecipe(method="entropy"), "m.onnx")
+    entry = json.loads(json.dumps(c.manifest_entry()))  # as the manifest stores it
+    assert entry["method"] == "entropy" and entry["op_types"] == ["MatMul"]
+    assert entry["calibration_ranges"] == "calibration/onnx_int8_static_entropy.ranges.json"

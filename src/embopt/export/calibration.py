@@ -2,8 +2,9 @@
 
 Activation ranges come from running the fp32 model on N corpus sentences and reducing what each
 tensor saw with MinMax, Entropy (KL divergence between the float and the quantized histograms) or
-Percentile. The ranges are written to a JSON file (ORT's calibration cache format) that ships in
-the bundle as an artifact, and that the accuracy fallback reuses instead of calibrating again.
+Percentile. The ranges are written to a JSON file (ORT's calibration cache, read back with
+``onnxruntime.quantization.calibrate.load_tensors_data``) that ships in the bundle as an artifact,
+and that the accuracy fallback reuses instead of calibrating again.
 
 The QDQ format keeps the float graph and wraps quantized tensors in QuantizeLinear/DequantizeLinear
 pairs; ORT fuses them into int8 kernels at load time, and TensorRT builds explicit int8 engines from
@@ -12,10 +13,9 @@ the same file when the QDQ pairs are symmetric int8 (zero point 0) and every op 
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,14 +40,6 @@ class StaticRecipe:
     percentile: float = 99.999
     calibration_sentences: int = 256
     batch_size: int = 32
-
-    def as_dict(self) -> dict:
-        return {**asdict(self), "op_types": list(self.op_types)}
-
-    @property
-    def tensorrt_compatible(self) -> bool:
-        """TensorRT's explicit quantization needs symmetric int8 (zero point 0) activations."""
-        return self.activation_type == "qint8" and self.symmetric_activations
 
 
 class SentenceReader:
@@ -85,7 +77,7 @@ def quantize_static_qdq(src: Path, dst: Path, recipe: StaticRecipe, sentences: S
     (no new calibration) when it already exists, as it does for fallback rebuilds.
 
     Raises:
-        EmboptError: empty calibration set, unknown method, unsupported op type, or ORT failure.
+        EmboptError: empty calibration set, unsupported op type, or ORT failure.
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
@@ -93,10 +85,8 @@ def quantize_static_qdq(src: Path, dst: Path, recipe: StaticRecipe, sentences: S
 
     check_onnx(src)
     check_op_types(src, recipe.op_types, "static", "quantize.static.op_types")
-    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-               "percentile": CalibrationMethod.Percentile}
-    if recipe.method not in methods:
-        raise EmboptError(f"quantize.static.methods: '{recipe.method}' is not one of {', '.join(methods)}")
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[recipe.method]  # the params' Literal checked it
     ranges_path = Path(ranges_path)
     reader = None
     if not ranges_path.exists():
@@ -124,7 +114,7 @@ def quantize_static_qdq(src: Path, dst: Path, recipe: StaticRecipe, sentences: S
                             per_channel=recipe.per_channel, activation_type=qtype(recipe.activation_type),
                             weight_type=qtype("qint8"), nodes_to_exclude=list(nodes_to_exclude or []),
                             nodes_to_quantize=list(nodes_to_quantize or []),
-                            calibrate_method=methods[recipe.method], extra_options=extra,
+                            calibrate_method=method, extra_options=extra,
                             calibration_cache_path=str(ranges_path))
     except Exception as exc:  # ORT raises bare Exceptions/ValueErrors for unsupported graphs
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -134,18 +124,6 @@ def quantize_static_qdq(src: Path, dst: Path, recipe: StaticRecipe, sentences: S
     log.info("int8 (static QDQ, %s, %d sentences, %d node(s) kept fp32) -> %s (ranges: %s)", recipe.method,
              len(sentences or []), len(nodes_to_exclude or []), dst, ranges_path.name)
     return dst
-
-
-def read_ranges(path: Path) -> dict[str, list[float]]:
-    """Tensor name -> [low, high] from a calibration ranges file."""
-    raw = json.loads(Path(path).read_text(encoding="utf-8"))
-
-    def first(value) -> float:  # a number, or an array written as {"data": [...]}
-        value = value["data"] if isinstance(value, dict) and "data" in value else value
-        return float(np.asarray(value).ravel()[0])
-
-    return {name: [first(entry["lowest"]), first(entry["highest"])]
-            for name, entry in raw.get("data", raw).items() if isinstance(entry, dict) and "lowest" in entry}
 
 
 def is_tensorrt_qdq(path: Path) -> tuple[bool, str]:

@@ -14,7 +14,7 @@ import functools
 import io
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ class Candidate:
 
     def manifest_entry(self) -> dict[str, Any]:
         entry = {"file": f"onnx/{self.file}", "precision": f"int8-{self.kind}", "recipe": self.name,
-                 "parent": self.parent, **self.recipe.as_dict()}
+                 "parent": self.parent, **asdict(self.recipe)}
         if self.kind == "static":
             entry["calibration_ranges"] = f"calibration/{self.name}.ranges.json"
         if self.row.get("fallback"):

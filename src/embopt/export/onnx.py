@@ -73,17 +73,16 @@ def export_onnx(st_model, path: Path, opset: int = 17) -> Path:
     return path
 
 
-def optimize_onnx(src: Path, dst: Path, num_heads: int = 0, hidden_size: int = 0) -> dict[str, int]:
+def optimize_onnx(src: Path, dst: Path) -> dict[str, int]:
     """ORT transformer optimizer: fuse embeddings+LayerNorm, attention, skip-LayerNorm, bias-GELU.
 
-    ``num_heads=0, hidden_size=0`` lets the optimizer read them from the graph, which is what a head-pruned
-    model (different head counts per layer) needs. Returns the counts of fused operators.
+    Returns the counts of fused operators.
     """
     from onnxruntime.transformers.optimizer import optimize_model
 
     with quiet_root_logger():
-        opt = optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
-                             opt_level=1)
+        # 0 heads, 0 width: read from the graph, which a head-pruned model (head counts per layer) needs.
+        opt = optimize_model(str(src), model_type="bert", num_heads=0, hidden_size=0, opt_level=1)
         opt.save_model_to_file(str(dst))
     stats = {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
     log.info("ORT fusion %s -> %s: %s", src.name, dst.name, stats)

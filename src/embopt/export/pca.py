@@ -33,11 +33,6 @@ def save_pca(path: Path, pca: dict[str, np.ndarray]) -> None:
     np.savez(path, **pca)
 
 
-def load_pca(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
-
-
 def project(embeddings: np.ndarray, pca: dict[str, np.ndarray]) -> np.ndarray:
     """numpy reference of the folded graph: centre, project, L2-normalise."""
     z = (embeddings - pca["mean"]) @ pca["components"].T

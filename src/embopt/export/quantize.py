@@ -6,7 +6,6 @@ transformer encoders. ``reduce_range`` (7-bit weights) avoids saturation on CPUs
 
 The preset (``avx512_vnni``, ``avx2``, ``arm64``) is read from the CPU unless a param forces one;
 explicit ``per_channel`` / ``reduce_range`` / ``weight_type`` params override it.
-``nodes_to_exclude`` keeps named nodes in fp32 for the accuracy fallback (:mod:`.fallback`).
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ import contextlib
 import logging
 import platform
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from embopt.errors import EmboptError
@@ -23,8 +22,6 @@ from embopt.export.onnx import check_onnx
 from embopt.pipeline.files import quiet_root_logger
 
 log = logging.getLogger(__name__)
-
-WEIGHT_TYPES = ("qint8", "quint8")
 
 
 @dataclass(frozen=True)
@@ -36,9 +33,6 @@ class DynamicRecipe:
     reduce_range: bool = False
     weight_type: str = "qint8"
     op_types: tuple[str, ...] = ("MatMul", "Attention", "Gather", "EmbedLayerNormalization")
-
-    def as_dict(self) -> dict:
-        return {**asdict(self), "op_types": list(self.op_types)}
 
 
 # What ORT's docs (quantize_static "Choosing parameters for CPU inference") and Optimum's
@@ -75,8 +69,6 @@ def resolve_recipe(isa: str = "auto", per_channel: bool | None = None, reduce_ra
     chosen = detect_isa() if isa == "auto" else isa
     if chosen not in ISA_PRESETS:
         raise EmboptError(f"quantize.isa: '{isa}' is not one of auto, {', '.join(ISA_PRESETS)}")
-    if weight_type is not None and weight_type not in WEIGHT_TYPES:
-        raise EmboptError(f"quantize.weight_type: '{weight_type}' is not one of {', '.join(WEIGHT_TYPES)}")
     op_types = None if op_types is None else tuple(op_types)
     changes = {k: v for k, v in (("per_channel", per_channel), ("reduce_range", reduce_range),
                                  ("weight_type", weight_type), ("op_types", op_types)) if v is not None}

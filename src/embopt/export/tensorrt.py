@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,9 +51,6 @@ class Profile:
             raise EmboptError(f"export.tensorrt.max_shape: sequence {hi[1]} < the bundle's max_seq_length "
                               f"{max_seq_length}; longer inputs would be rejected by the engine")
         return cls(lo, mid, hi)
-
-    def for_inputs(self) -> dict[str, tuple[tuple[int, int], tuple[int, int], tuple[int, int]]]:
-        return {name: (self.min, self.opt, self.max) for name in INPUT_NAMES}
 
     def as_dict(self) -> dict[str, list[int]]:
         return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
@@ -122,13 +118,9 @@ def availability() -> tuple[bool, str]:
     """(True, "") when an engine can be built here, else (False, reason)."""
     if importlib.util.find_spec("tensorrt") is None:
         return False, "the tensorrt package is not installed (pip install tensorrt; needs an NVIDIA GPU)"
-    try:
-        import torch
+    import torch
 
-        has_gpu = torch.cuda.is_available()
-    except ImportError:
-        has_gpu = shutil.which("nvidia-smi") is not None
-    return (True, "") if has_gpu else (False, "no CUDA GPU is visible on this machine")
+    return (True, "") if torch.cuda.is_available() else (False, "no CUDA GPU is visible on this machine")
 
 
 def configure(trt, builder, spec: EngineSpec, cache_bytes: bytes = b""):
@@ -142,8 +134,8 @@ def configure(trt, builder, spec: EngineSpec, cache_bytes: bytes = b""):
         config.set_flag(getattr(trt.BuilderFlag, flag))
     config.builder_optimization_level = spec.optimization_level
     profile = builder.create_optimization_profile()
-    for name, (lo, mid, hi) in spec.profile.for_inputs().items():
-        profile.set_shape(name, lo, mid, hi)
+    for name in INPUT_NAMES:
+        profile.set_shape(name, spec.profile.min, spec.profile.opt, spec.profile.max)
     config.add_optimization_profile(profile)
     config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=False)
     return config

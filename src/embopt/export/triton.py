@@ -14,64 +14,46 @@ from pathlib import Path
 
 from embopt.errors import EmboptError
 from embopt.export.onnx import INPUT_NAMES, OUTPUT_NAME
+from embopt.pipeline.params import TritonParams
 
 PLATFORMS = {"onnxruntime_onnx": ("onnxruntime", "model.onnx"), "tensorrt_plan": ("tensorrt", "model.plan")}
 
 
-def config_pbtxt(name: str, platform: str, dim: int, max_batch_size: int, preferred_batch_sizes: list[int],
-                 max_queue_delay_us: int, instances: int, kind: str | None = None) -> str:
-    """The text of a Triton ``config.pbtxt``.
-
-    Args:
-        platform: ``onnxruntime_onnx`` or ``tensorrt_plan``.
-        kind: ``KIND_CPU`` or ``KIND_GPU``; default GPU for TensorRT plans, CPU for ONNX.
-    """
+def config_pbtxt(name: str, platform: str, dim: int, t: TritonParams, kind: str | None = None) -> str:
+    """The text of a Triton ``config.pbtxt``; ``kind`` defaults to GPU for TensorRT plans, else CPU."""
     if platform not in PLATFORMS:
         raise EmboptError(f"triton: platform '{platform}' is not one of {', '.join(PLATFORMS)}")
-    if max_batch_size < 1:
-        raise EmboptError(f"export.triton.max_batch_size: must be >= 1, got {max_batch_size}")
     kind = kind or ("KIND_GPU" if platform == "tensorrt_plan" else "KIND_CPU")
-    preferred = sorted({b for b in preferred_batch_sizes if 1 <= b <= max_batch_size})
+    preferred = sorted({b for b in t.preferred_batch_sizes if 1 <= b <= t.max_batch_size})
     preferred_line = f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]\n" if preferred else ""
     inputs = ",\n".join(f'  {{\n    name: "{n}"\n    data_type: TYPE_INT64\n    dims: [ -1 ]\n  }}'
                          for n in INPUT_NAMES)
     return (
         f'name: "{name}"\nplatform: "{platform}"\nbackend: "{PLATFORMS[platform][0]}"\n'
-        f"max_batch_size: {max_batch_size}\ninput [\n{inputs}\n]\n"
+        f"max_batch_size: {t.max_batch_size}\ninput [\n{inputs}\n]\n"
         f'output [\n  {{\n    name: "{OUTPUT_NAME}"\n    data_type: TYPE_FP32\n    dims: [ {dim} ]\n  }}\n]\n'
-        f"dynamic_batching {{\n{preferred_line}  max_queue_delay_microseconds: {max_queue_delay_us}\n}}\n"
-        f"instance_group [\n  {{\n    count: {instances}\n    kind: {kind}\n  }}\n]\n"
+        f"dynamic_batching {{\n{preferred_line}  max_queue_delay_microseconds: {t.max_queue_delay_us}\n}}\n"
+        f"instance_group [\n  {{\n    count: {t.instances}\n    kind: {kind}\n  }}\n]\n"
     )
 
 
 def parse_config(text: str):
-    """Parse ``config.pbtxt`` text into Triton's ``inference.ModelConfig`` message.
+    """Triton's ``inference.ModelConfig`` parsed from ``config.pbtxt`` text (EmboptError when invalid)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
 
-    Raises:
-        ImportError: tritonclient is not installed (``pip install 'tritonclient[grpc]'``).
-        EmboptError: the text is not a valid ModelConfig.
-    """
-    try:
-        from google.protobuf import text_format
-        from tritonclient.grpc import model_config_pb2
-    except ImportError as exc:
-        raise ImportError("validating Triton configs needs tritonclient: "
-                          f"pip install 'tritonclient[grpc]' ({exc})") from None
     try:
         return text_format.Parse(text, model_config_pb2.ModelConfig())
     except text_format.ParseError as exc:
         raise EmboptError(f"invalid Triton config.pbtxt: {exc}") from None
 
 
-def add_model(repo: Path, name: str, model_file: Path, platform: str, dim: int, max_batch_size: int,
-              preferred_batch_sizes: list[int], max_queue_delay_us: int, instances: int,
-              kind: str | None = None, validate: bool = True) -> Path:
+def add_model(repo: Path, name: str, model_file: Path, platform: str, dim: int, t: TritonParams,
+              kind: str | None = None) -> Path:
     """Copy ``model_file`` into ``repo/name/1/`` and write its config.pbtxt (checked with tritonclient)."""
-    text = config_pbtxt(name, platform, dim, max_batch_size, preferred_batch_sizes, max_queue_delay_us,
-                        instances, kind)
-    if validate:
-        with contextlib.suppress(ImportError):  # serving needs no tritonclient; the tests check every config
-            parse_config(text)
+    text = config_pbtxt(name, platform, dim, t, kind)
+    with contextlib.suppress(ImportError):  # serving needs no tritonclient; the tests check every config
+        parse_config(text)
     folder = Path(repo) / name
     (folder / "1").mkdir(parents=True, exist_ok=True)
     shutil.copy2(model_file, folder / "1" / PLATFORMS[platform][1])

@@ -18,12 +18,7 @@ PCA_INFO = "pca.json"
 
 
 def unavailable_variants(export_dir: Path = config.EXPORT_DIR) -> dict[str, str]:
-    """Variant name -> why it cannot run here, for variants whose manifest entry ``requires`` a device.
-
-    fp16 variants carry ``"requires": "cuda"``: ONNX Runtime's CPU provider would run
-    them through casts, slowly and unrepresentatively, so they are evaluated only where
-    a CUDA provider exists.
-    """
+    """Variant name -> why it cannot run here, for variants whose manifest entry ``requires`` CUDA (fp16)."""
     import onnxruntime as ort
 
     have = ort.get_available_providers()
@@ -33,10 +28,7 @@ def unavailable_variants(export_dir: Path = config.EXPORT_DIR) -> dict[str, str]
 
 
 def onnx_variants(export_dir: Path = config.EXPORT_DIR, pca_dir: Path = config.PCA_DIR) -> dict[str, Path]:
-    """Variant name -> ONNX file, for the export bundle's variants and the PCA-folded one.
-
-    Variants that cannot run on this machine (see :func:`unavailable_variants`) are left out.
-    """
+    """Variant name -> ONNX file, for the export bundle's variants that run here and the PCA-folded one."""
     variants = read_manifest(export_dir)["variants"].items()
     skip = unavailable_variants(export_dir)
     for name, why in skip.items():
