@@ -79,16 +79,6 @@ def _serving_package(dst: Path) -> Path:
     return out
 
 
-def current_alias_version(model_name: str, alias: str) -> str | None:
-    """The version an alias points at now, or None (used to show that a failed gate moved nothing)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(_mlflow().MlflowClient().get_model_version_by_alias(model_name, alias).version)
-    except MlflowException:
-        return None
-
-
 def set_alias(model_name: str, alias: str, version: str) -> None:
     _mlflow().MlflowClient().set_registered_model_alias(model_name, alias, version)
     log.info("models:/%s@%s -> version %s", model_name, alias, version)
