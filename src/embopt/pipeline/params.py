@@ -246,8 +246,6 @@ class RuntimeCacheParams(_Section):
 
 
 class RuntimeParams(_Section):
-    """ONNX Runtime settings of the Embedder: evaluate measures with them, promote ships them."""
-
     threads: int | None = Field(None, ge=1)
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     providers: list[str] = ["CPUExecutionProvider"]
@@ -257,8 +255,6 @@ class RuntimeParams(_Section):
 
 
 class BenchTargets(_Section):
-    """What ``embopt bench`` judges the final variant against (at the headline batch)."""
-
     min_speedup_vs_teacher: float = Field(15.0, gt=0)
     min_retention: float = Field(0.97, gt=0)
     max_latency_p50_16tok_ms: float = Field(0.5, gt=0)
@@ -269,8 +265,6 @@ class BenchTargets(_Section):
 
 
 class RuntimeBenchTargets(_Section):
-    """What ``embopt bench-runtime`` judges the runtime against."""
-
     max_overhead_teacher_int8: float = Field(0.15, ge=0, le=1)
     max_overhead_student_int8: float = Field(0.25, ge=0, le=1)
     min_same_file_speedup: float = Field(1.3, gt=0)
@@ -280,8 +274,6 @@ class RuntimeBenchTargets(_Section):
 
 
 class BenchParams(_Section):
-    """Targets of the two benchmark commands (reports only: no stage reads them)."""
-
     targets: BenchTargets = BenchTargets()
     runtime_targets: RuntimeBenchTargets = RuntimeBenchTargets()
 
