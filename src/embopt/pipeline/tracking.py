@@ -336,13 +336,12 @@ def _close_parent(client, parent: str, stage: str, status: str, error: str | Non
     client.set_terminated(parent, status)
 
 
-def upstream_stages(stage: str, dvc_yaml: Path | None = None) -> list[str]:
+def upstream_stages(stage: str) -> list[str]:
     """The stages ``stage`` depends on, directly or not, from dvc.yaml's deps and outs."""
     import yaml
 
-    path = dvc_yaml or config.PROJ_ROOT / "dvc.yaml"
     try:
-        stages = yaml.safe_load(path.read_text(encoding="utf-8"))["stages"]
+        stages = yaml.safe_load((config.PROJ_ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
     except (OSError, KeyError, TypeError, yaml.YAMLError):
         return []
 
