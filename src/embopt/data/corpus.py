@@ -63,9 +63,6 @@ def iter_corpus_files(paths: Iterable[Path]) -> Iterator[Path]:
             raise DataError(f"data.corpus_path: not found: {p}")
 
 
-# Formats by file suffix under data.corpus_format: auto; any other text file is WikiExtractor
-# output when a <doc ...> line opens it, else one paragraph (or sentence) a line.
-_SUFFIX_FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 # A possible sentence end inside a line: only such lines go through the (slower) splitter.
 _INNER_END = re.compile(r"[.!?][\"')\]]*\s+\S")
 
@@ -112,8 +109,8 @@ def file_format(path: Path, declared: str = "auto") -> str:
     """The format a corpus file is read as: declared, or guessed from suffix and first lines."""
     if declared != "auto":
         return declared
-    if (suffix := Path(path).suffix.lower()) in _SUFFIX_FORMATS:
-        return _SUFFIX_FORMATS[suffix]
+    if (suffix := Path(path).suffix.lower().removeprefix(".")) in ("jsonl", "csv", "parquet"):
+        return suffix
     with open(path, encoding="utf-8", errors="replace") as fh:
         head = [fh.readline() for _ in range(50)]
     return "wiki" if any(line.startswith("<doc ") for line in head) else "paragraphs"
