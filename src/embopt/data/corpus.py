@@ -172,13 +172,15 @@ def read_text_column(path: Path, fmt: str, column: str) -> Iterator[str]:
                 if column not in (reader.fieldnames or []):
                     has = reader.fieldnames
                     raise DataError(f"{path}:1: no column '{column}' (data.text_column); has {has}")
-                rows = ((reader.line_num, row) for row in _csv_rows(path, reader))
+                rows = ((reader.line_num, row) for row in reader)
             for n, row in rows:
                 if column not in row:
                     raise DataError(f"{path}:{n}: no '{column}' field (data.text_column)")
                 yield from _cell(path, n, row[column])
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except csv.Error as exc:  # e.g. an unterminated quote: never merge lines silently
+        raise DataError(f"{path}:{reader.line_num}: malformed CSV ({exc})") from None
 
 
 def _json_row(path: Path, n: int, line: str) -> dict:
@@ -189,13 +191,6 @@ def _json_row(path: Path, n: int, line: str) -> dict:
     if not isinstance(row, dict):
         raise DataError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
     return row
-
-
-def _csv_rows(path: Path, reader: csv.DictReader) -> Iterator[dict]:
-    try:
-        yield from reader
-    except csv.Error as exc:  # e.g. an unterminated quote: never merge lines silently
-        raise DataError(f"{path}:{reader.line_num}: malformed CSV ({exc})") from None
 
 
 def _cell(path: Path, n: int, value: object) -> Iterator[str]:
