@@ -29,9 +29,7 @@ def log_and_register_embedder(run: StageRun, bundle_dir: Path, model_name: str, 
     ``model_config`` carries the runtime settings (threads, providers, cache; see
     ``embopt.serving.pyfunc.DEFAULT_CONFIG``); a consumer may override them at load time.
     The version is created with its ``tags`` and ``description`` in one registry call, so a
-    run killed after registration leaves no version without them.
-
-    Call only after every gate passed: this is the pipeline's one registry write.
+    run killed after registration leaves no version without them. Call only after every gate passed.
     """
     import importlib.metadata as md
 

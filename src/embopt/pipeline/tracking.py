@@ -251,7 +251,6 @@ def stage_run(stage: str, params: Params, sections: list[str]) -> Iterator[Stage
 def _end_orphans(client, exp_id: str) -> None:
     """End as KILLED the RUNNING stage runs whose process on this host is gone (SIGKILL, power loss).
 
-    Nothing in a process survives SIGKILL to close its run; the next stage does it, with its parent.
     A process is identified by pid *and* start time, so a recycled pid is not mistaken for the writer.
     """
     import psutil
