@@ -63,9 +63,6 @@ def iter_corpus_files(paths: Iterable[Path]) -> Iterator[Path]:
             raise DataError(f"data.corpus_path: not found: {p}")
 
 
-# Formats by file suffix under data.corpus_format: auto; any other text file is WikiExtractor
-# output when a <doc ...> line opens it, else one paragraph (or sentence) a line.
-_SUFFIX_FORMATS = {".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 # A possible sentence end inside a line: only such lines go through the (slower) splitter.
 _INNER_END = re.compile(r"[.!?][\"')\]]*\s+\S")
 
@@ -112,8 +109,8 @@ def file_format(path: Path, declared: str = "auto") -> str:
     """The format a corpus file is read as: declared, or guessed from suffix and first lines."""
     if declared != "auto":
         return declared
-    if (suffix := Path(path).suffix.lower()) in _SUFFIX_FORMATS:
-        return _SUFFIX_FORMATS[suffix]
+    if (suffix := Path(path).suffix.lower().removeprefix(".")) in ("jsonl", "csv", "parquet"):
+        return suffix
     with open(path, encoding="utf-8", errors="replace") as fh:
         head = [fh.readline() for _ in range(50)]
     return "wiki" if any(line.startswith("<doc ") for line in head) else "paragraphs"
@@ -175,13 +172,15 @@ def read_text_column(path: Path, fmt: str, column: str) -> Iterator[str]:
                 if column not in (reader.fieldnames or []):
                     has = reader.fieldnames
                     raise DataError(f"{path}:1: no column '{column}' (data.text_column); has {has}")
-                rows = ((reader.line_num, row) for row in _csv_rows(path, reader))
+                rows = ((reader.line_num, row) for row in reader)
             for n, row in rows:
                 if column not in row:
                     raise DataError(f"{path}:{n}: no '{column}' field (data.text_column)")
                 yield from _cell(path, n, row[column])
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except csv.Error as exc:  # e.g. an unterminated quote: never merge lines silently
+        raise DataError(f"{path}:{reader.line_num}: malformed CSV ({exc})") from None
 
 
 def _json_row(path: Path, n: int, line: str) -> dict:
@@ -192,13 +191,6 @@ def _json_row(path: Path, n: int, line: str) -> dict:
     if not isinstance(row, dict):
         raise DataError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
     return row
-
-
-def _csv_rows(path: Path, reader: csv.DictReader) -> Iterator[dict]:
-    try:
-        yield from reader
-    except csv.Error as exc:  # e.g. an unterminated quote: never merge lines silently
-        raise DataError(f"{path}:{reader.line_num}: malformed CSV ({exc})") from None
 
 
 def _cell(path: Path, n: int, value: object) -> Iterator[str]:

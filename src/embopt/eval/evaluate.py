@@ -8,6 +8,7 @@ the machine hits all of them alike; the spread over rounds is the noise promote 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 import statistics
@@ -115,12 +116,10 @@ def evaluate_all(variants: list[Variant], val: Sequence[StsPair], dev: Sequence[
 
 
 def cpu_name() -> str:
-    try:
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
     return platform.processor() or ""
 
 

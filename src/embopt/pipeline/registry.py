@@ -29,9 +29,7 @@ def log_and_register_embedder(run: StageRun, bundle_dir: Path, model_name: str, 
     ``model_config`` carries the runtime settings (threads, providers, cache; see
     ``embopt.serving.pyfunc.DEFAULT_CONFIG``); a consumer may override them at load time.
     The version is created with its ``tags`` and ``description`` in one registry call, so a
-    run killed after registration leaves no version without them.
-
-    Call only after every gate passed: this is the pipeline's one registry write.
+    run killed after registration leaves no version without them. Call only after every gate passed.
     """
     import importlib.metadata as md
 
@@ -77,16 +75,6 @@ def _serving_package(dst: Path) -> Path:
     shutil.copy2(package / "__init__.py", out / "__init__.py")
     shutil.copy2(package / "errors.py", out / "errors.py")
     return out
-
-
-def current_alias_version(model_name: str, alias: str) -> str | None:
-    """The version an alias points at now, or None (used to show that a failed gate moved nothing)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(_mlflow().MlflowClient().get_model_version_by_alias(model_name, alias).version)
-    except MlflowException:
-        return None
 
 
 def set_alias(model_name: str, alias: str, version: str) -> None:

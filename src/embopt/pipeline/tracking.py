@@ -65,16 +65,15 @@ def masked(uri: str, replacement: str = "***@") -> str:
     return re.sub(r"(?<=://)[^/@\s]*@", replacement, uri)
 
 
-def check_reachable(uri: str | None = None, seconds: float | None = None) -> None:
-    """Fail with one line when an http(s) tracking server does not answer within ``seconds``.
+def check_reachable() -> None:
+    """Fail with one line when an http(s) tracking server does not answer within ``REACH_SECONDS``.
 
     Any HTTP answer counts (even 401/404: the server is there); a refused or timed-out
     connection is retried until the budget is spent. Other stores (sqlite) are not checked.
     """
-    uri = uri or tracking_uri()
+    uri, seconds = tracking_uri(), REACH_SECONDS
     if not uri.startswith(("http://", "https://")):
         return
-    seconds = REACH_SECONDS if seconds is None else seconds
     start = time.monotonic()
     # Without the credentials (urllib cannot take them in the URL): a 401 answers too.
     health = masked(uri, "").rstrip("/") + "/health"
@@ -112,20 +111,17 @@ def pipeline_id() -> str:
     nearest ancestor ``dvc`` process (pid + start time): stable across its stages,
     different for the next invocation. A stage run by hand gets a fresh id.
     """
-    try:
-        import psutil
+    import psutil
 
-        for proc in psutil.Process().parents():
-            try:
-                argv = proc.cmdline()
-            except (psutil.AccessDenied, psutil.ZombieProcess):
-                continue
-            if any(Path(a).name in ("dvc", "dvc.exe") for a in argv[:2]) or argv[1:3] == ["-m", "dvc"]:
-                # One dvc process may run several queued experiments: keep them apart.
-                key = f"{proc.pid}-{proc.create_time()}-{os.environ.get('DVC_EXP_NAME', '')}"
-                return hashlib.sha1(key.encode()).hexdigest()[:12]
-    except ImportError:  # psutil ships with mlflow; stay usable without it
-        pass
+    for proc in psutil.Process().parents():
+        try:
+            argv = proc.cmdline()
+        except (psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        if any(Path(a).name in ("dvc", "dvc.exe") for a in argv[:2]) or argv[1:3] == ["-m", "dvc"]:
+            # One dvc process may run several queued experiments: keep them apart.
+            key = f"{proc.pid}-{proc.create_time()}-{os.environ.get('DVC_EXP_NAME', '')}"
+            return hashlib.sha1(key.encode()).hexdigest()[:12]
     return uuid.uuid4().hex[:12]
 
 
@@ -255,7 +251,6 @@ def stage_run(stage: str, params: Params, sections: list[str]) -> Iterator[Stage
 def _end_orphans(client, exp_id: str) -> None:
     """End as KILLED the RUNNING stage runs whose process on this host is gone (SIGKILL, power loss).
 
-    Nothing in a process survives SIGKILL to close its run; the next stage does it, with its parent.
     A process is identified by pid *and* start time, so a recycled pid is not mistaken for the writer.
     """
     import psutil
@@ -340,13 +335,12 @@ def _close_parent(client, parent: str, stage: str, status: str, error: str | Non
     client.set_terminated(parent, status)
 
 
-def upstream_stages(stage: str, dvc_yaml: Path | None = None) -> list[str]:
+def upstream_stages(stage: str) -> list[str]:
     """The stages ``stage`` depends on, directly or not, from dvc.yaml's deps and outs."""
     import yaml
 
-    path = dvc_yaml or config.PROJ_ROOT / "dvc.yaml"
     try:
-        stages = yaml.safe_load(path.read_text(encoding="utf-8"))["stages"]
+        stages = yaml.safe_load((config.PROJ_ROOT / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
     except (OSError, KeyError, TypeError, yaml.YAMLError):
         return []
 
