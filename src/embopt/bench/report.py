@@ -16,7 +16,7 @@ def _f(x: Any, fmt: str) -> str:
         return str(x)
 
 
-def _table(head: list[str], rows: list[list[str]]) -> str:
+def md_table(head: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
 
@@ -70,7 +70,7 @@ def variants(result: dict[str, Any]) -> list[str]:
             _f(rss.get("rss_peak_mb"), ".0f") if "rss_peak_mb" in rss else rss.get("error", "–")[:40],
             _f(r["size_mb"], ".1f"),
         ])
-    return ["\n## Variants\n", _table(head, table),
+    return ["\n## Variants\n", md_table(head, table),
             f"\nBest anchor at b{hb}: `{next(iter(rows.values()))['best_anchor'][hb]}`. "
             f"Latency for 16 tokens: {s['lat16_sentences']} STSb sentences of exactly {s['lat16_tokens']} "
             "tokens ([CLS]/[SEP] included), batch 1, 1 thread. Peak RSS: a fresh process per variant "
@@ -104,7 +104,7 @@ def targets(result: dict[str, Any], t: BenchTargets | None = None) -> list[str]:
         rows.append([label, measured(x) if ok else "not measured",
                      ("**met**" if x["met"] else "not met") if ok else "–",
                      limits(result, key, x) if ok and not x["met"] else ""])
-    return ["\n## Targets\n", _table(["target", "measured", "status", "what limits it (this run)"], rows)]
+    return ["\n## Targets\n", md_table(["target", "measured", "status", "what limits it (this run)"], rows)]
 
 
 INT8_MATMULS = ("DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulInteger", "QLinearMatMul")
@@ -155,9 +155,9 @@ def time_split(result: dict[str, Any]) -> list[str]:
         "(tokenizer call, `convert_to_tensors`, Transformer module, Pooling+Normalize modules). embopt "
         "runtime: its `timings` counters; pooling/normalisation run inside the graph and are split out "
         "of the session run by the ORT profile.\n",
-        _table(["variant", "batch", "backend", "ms/call", *PHASES], phases),
+        md_table(["variant", "batch", "backend", "ms/call", *PHASES], phases),
         "\nTop operators (share of kernel time; ORT profile, or torch.profiler self CPU time):\n",
-        _table(["variant", "profiler", "top ops", "trace (MLflow artifact)"], ops),
+        md_table(["variant", "profiler", "top ops", "trace (MLflow artifact)"], ops),
     ]
 
 
@@ -176,10 +176,10 @@ def sweeps(result: dict[str, Any]) -> list[str]:
                                         for b in bs])
     return [
         "\n## Thread sweep (sentences/s)\n",
-        _table(["variant", "b1, 1 thr", f"b1, {t} thr", "scaling", "b32, 1 thr", f"b32, {t} thr", "scaling"],
-               threads),
+        md_table(["variant", "b1, 1 thr", f"b1, {t} thr", "scaling", "b32, 1 thr", f"b32, {t} thr",
+                  "scaling"], threads),
         "\n## Batch sweep (sentences/s; ratio to batch 1)\n",
-        _table(["variant"] + [f"b{b}" for b in bs], batches),
+        md_table(["variant"] + [f"b{b}" for b in bs], batches),
     ]
 
 
@@ -201,8 +201,8 @@ def truncation(result: dict[str, Any]) -> list[str]:
         "corpus paragraphs), batch 32; STSb: the throughput sentences, batch 32; Spearman on the STSb "
         "dev pairs (identical inputs once no sentence is cut: reused). cos: mean cosine to the "
         "embedding at the longest length.\n",
-        _table(["variant", "max_seq_length", "long texts/s", "mean tokens", "cos vs longest", "STSb sent/s",
-                "STSb Spearman"], rows),
+        md_table(["variant", "max_seq_length", "long texts/s", "mean tokens", "cos vs longest", "STSb sent/s",
+                  "STSb Spearman"], rows),
     ]
     cuts = [f"`{n}` {100 * per['time_cut_128_vs_512']:.0f}%" for n, per in tr.items()
             if "time_cut_128_vs_512" in per]
@@ -230,8 +230,8 @@ def roofline(result: dict[str, Any]) -> list[str]:
         "sentence = matrix products of the encoder (QKV/output projections, FFN, QK^T, AV; 2 ops per "
         "multiply-add) from the config and the real token counts; achieved = work x throughput at the "
         "variant's best batch size.\n",
-        _table(["variant", "precision", "mean tokens", "GOP/sentence", "batch", "achieved GOP/s",
-                "% int8 peak", "% fp32 peak"], rows),
+        md_table(["variant", "precision", "mean tokens", "GOP/sentence", "batch", "achieved GOP/s",
+                  "% int8 peak", "% fp32 peak"], rows),
         f"\nMethod: {s['timing_method']}. RSS: {s['rss_method']}.\n",
     ]
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from embopt.bench.report import md_table
 from embopt.bench.timing import accumulating, interleaved, pin_threads
 from embopt.errors import EmboptError
 from embopt.pipeline.gates import GateResult
@@ -325,23 +326,24 @@ def mode_bench(bundle: Path, texts: list[str], opts: RuntimeBenchOptions, varian
 
 
 def modes_markdown(m: dict[str, Any], setup: dict[str, Any]) -> str:
-    lines = [f"# Runtime modes ({setup['date']}, {setup['cpu']}, {setup['threads']} threads in every mode, "
-             f"`{m['variant']}` of `{m['bundle']}`, {setup['sentences']} STSb sentences in calls of "
-             f"{m['call_size']}, {setup['repeats']} interleaved rounds; load average "
-             f"{setup['load_average']})",
-             "", "| mode | Embedder arguments | sentences/s | vs plain | tokenize | min cosine vs plain |",
-             "|---|---|---|---|---|---|"]
-    for name, r in m["throughput"].items():
-        args = ", ".join(f"{k}={v}" for k, v in MODES[name].items())
-        lines.append(f"| {name} | {args} | {r['sentences_per_s']:.0f} | {r['vs_plain']:.2f}x | "
-                     f"{100 * r['tokenize_fraction']:.1f}% | {r['cosine_min_vs_plain']:.6f} |")
+    head = ["mode", "Embedder arguments", "sentences/s", "vs plain", "tokenize", "min cosine vs plain"]
+    rows = [[name, ", ".join(f"{k}={v}" for k, v in MODES[name].items()), f"{r['sentences_per_s']:.0f}",
+             f"{r['vs_plain']:.2f}x", f"{100 * r['tokenize_fraction']:.1f}%",
+             f"{r['cosine_min_vs_plain']:.6f}"] for name, r in m["throughput"].items()]
     lat = m["latency_16tok_1thread"]
-    lines += ["", f"Batch 1, {lat['tokens']}-token queries ({lat['queries']}), 1 thread, latency mode: "
-              f"`embed` p50 {lat['embed']['p50_ms']:.3f} ms (p95 {lat['embed']['p95_ms']:.3f}); the bare "
-              f"`InferenceSession.run` p50 {lat['session_run']['p50_ms']:.3f} ms.",
-              "", "Dynamic int8 quantizes activations with one scale per batch: a mode that forms other "
-              "batches (chunks, token budget) moves int8 vectors slightly; on fp32 all modes agree."]
-    return "\n".join(lines) + "\n"
+    return "\n".join([
+        f"# Runtime modes ({setup['date']}, {setup['cpu']}, {setup['threads']} threads in every mode, "
+        f"`{m['variant']}` of `{m['bundle']}`, {setup['sentences']} STSb sentences in calls of "
+        f"{m['call_size']}, {setup['repeats']} interleaved rounds; load average {setup['load_average']})",
+        "",
+        md_table(head, rows),
+        f"Batch 1, {lat['tokens']}-token queries ({lat['queries']}), 1 thread, latency mode: "
+        f"`embed` p50 {lat['embed']['p50_ms']:.3f} ms (p95 {lat['embed']['p95_ms']:.3f}); the bare "
+        f"`InferenceSession.run` p50 {lat['session_run']['p50_ms']:.3f} ms.",
+        "",
+        "Dynamic int8 quantizes activations with one scale per batch: a mode that forms other "
+        "batches (chunks, token budget) moves int8 vectors slightly; on fp32 all modes agree.",
+    ]) + "\n"
 
 
 def run_mode_bench(bundle: Path, opts: RuntimeBenchOptions, variant: str | None = None) -> dict[str, Any]:
@@ -392,7 +394,21 @@ def check_targets(result: dict[str, Any], t: RuntimeBenchTargets | None = None) 
 
 def markdown(result: dict[str, Any]) -> str:
     s, f, c = result["setup"], result["fidelity"], result["cache"]
-    lines = [
+    speed = []
+    for name in ("teacher", "student"):
+        rows = result["speed"][name]
+        for path in PATHS:
+            r = rows[path]
+            ov = f"{100 * r['overhead_fraction']:.1f}%" if r["overhead_fraction"] is not None else "n/a"
+            tk = f"{100 * r['tokenize_fraction']:.1f}%" if r["tokenize_fraction"] is not None else "-"
+            vs = r["sentences_per_s"] / rows["st_onnx_int8"]["sentences_per_s"]
+            speed.append([name, path, f"{r['sentences_per_s']:.0f}", ov, tk, f"{vs:.2f}x"])
+    targets = [[key, str(t["value"] if t["value"] is None else round(t["value"], 4)), t["target"],
+                "yes" if t["met"] else "NO"] for key, t in result["targets"].items()]
+    single = c.get("single_queries")
+    modes_setup = {k: s[k] for k in ("date", "threads", "sentences", "repeats")} | {
+        "cpu": s["machine"], "load_average": s.get("load_average_start")}
+    return "\n".join([
         f"# Runtime benchmark ({s['date']}, {s['machine']}, {s['threads']} threads, batch {s['batch_size']}, "
         f"{s['sentences']} STSb dev sentences, max_seq_length {s['max_seq_length']})",
         "",
@@ -401,20 +417,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"on {os.cpu_count()} CPUs: above the CPU count, other processes shared the cores and absolute "
         "speeds are low; contenders are interleaved chunk by chunk, so ratios stay comparable.",
         "",
-        "| model | path | sentences/s | overhead | tokenize | vs ST same file |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name in ("teacher", "student"):
-        rows = result["speed"][name]
-        for path in PATHS:
-            r = rows[path]
-            ov = f"{100 * r['overhead_fraction']:.1f}%" if r["overhead_fraction"] is not None else "n/a"
-            tk = f"{100 * r['tokenize_fraction']:.1f}%" if r["tokenize_fraction"] is not None else "-"
-            vs = r["sentences_per_s"] / rows["st_onnx_int8"]["sentences_per_s"]
-            lines.append(f"| {name} | {path} | {r['sentences_per_s']:.0f} | {ov} | {tk} | {vs:.2f}x |")
-    single = c.get("single_queries")
-    lines += [
-        "",
+        md_table(["model", "path", "sentences/s", "overhead", "tokenize", "vs ST same file"], speed),
         f"Fidelity (same fp32 ONNX file, {f['sentences']} sentences): min cosine "
         f"{f['same_file_cosine_min']:.6f}, mean {f['same_file_cosine_mean']:.7f}; "
         f"pipeline fp32 export vs ST: min {f['pipeline_fp32_cosine_min']:.6f}.",
@@ -428,15 +431,9 @@ def markdown(result: dict[str, Any]) -> str:
         + (f" One query per request: {single['seconds_without']:.2f} s without, "
            f"{single['seconds_with']:.2f} s with = **{single['speedup']:.2f}x**." if single else ""),
         "",
-        "| target | value | wanted | met |",
-        "|---|---|---|---|",
-    ]
-    for key, t in result["targets"].items():
-        v = t["value"] if t["value"] is None else round(t["value"], 4)
-        lines.append(f"| {key} | {v} | {t['target']} | {'yes' if t['met'] else 'NO'} |")
-    setup = {"date": s["date"], "cpu": s["machine"], "threads": s["threads"], "sentences": s["sentences"],
-             "repeats": s["repeats"], "load_average": s.get("load_average_start")}
-    return "\n".join(lines) + "\n\n" + modes_markdown(result["modes"], setup).replace("# ", "## ", 1)
+        md_table(["target", "value", "wanted", "met"], targets),
+        modes_markdown(result["modes"], modes_setup).replace("# ", "## ", 1),
+    ])
 
 
 def run_runtime_bench(opts: RuntimeBenchOptions) -> dict[str, Any]:
