@@ -26,10 +26,9 @@ def header(result: dict[str, Any]) -> list[str]:
     thr = m["threads"]
     out = [
         f"# embopt benchmark ({'QUICK run: numbers not meaningful' if s['quick'] else 'full run'})\n",
-        f"- date: {result['date']}; wall time {s.get('wall_s', '?')} s",
+        f"- date: {result['date']}; wall time {s['wall_s']} s",
         f"- machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {m['memory_gb']} GB RAM; {m['platform']}",
-        "- int8 ISA: " + (", ".join(f"{f} {'yes' if on else 'no'}" for f, on in m["int8_isa"].items())
-                          if "int8_isa" in m else "not recorded"),
+        "- int8 ISA: " + ", ".join(f"{f} {'yes' if on else 'no'}" for f, on in m["int8_isa"].items()),
         f"- threads: {s['threads']} for every backend (torch.set_num_threads={thr['torch_num_threads']}, "
         f"interop={thr['torch_interop_threads']}; ORT intra_op={thr['ort_intra_op_num_threads']}, "
         f"inter_op={thr['ort_inter_op_num_threads']}; env "
@@ -41,15 +40,14 @@ def header(result: dict[str, Any]) -> list[str]:
         f"- final variant: `{result['final']}`; anchors: {', '.join(f'`{a}`' for a in result['anchors'])}",
         "",
     ]
-    c = s.get("contention")
-    if c:
-        busy = (c["load_average_1min_start"] or 0) > 0.5
-        out += [f"- machine load: 1-min load average {c['load_average_1min_start']} at start, "
-                f"{c['load_average_1min_end']} at end; this process used {c['process_cpu_per_wall_s']} "
-                "CPU-seconds per second over the run"
-                + (" (**busy machine: other processes competed for the cores; multi-thread numbers suffer "
-                   "most**)" if busy else ""), ""]
-    return out + [f"> note: {note}\n" for note in result.get("notes", [])]
+    c = s["contention"]
+    busy = (c["load_average_1min_start"] or 0) > 0.5
+    out += [f"- machine load: 1-min load average {c['load_average_1min_start']} at start, "
+            f"{c['load_average_1min_end']} at end; this process used {c['process_cpu_per_wall_s']} "
+            "CPU-seconds per second over the run"
+            + (" (**busy machine: other processes competed for the cores; multi-thread numbers suffer "
+               "most**)" if busy else ""), ""]
+    return out + [f"> note: {note}\n" for note in result["notes"]]
 
 
 def variants(result: dict[str, Any]) -> list[str]:
@@ -99,7 +97,7 @@ def targets(result: dict[str, Any], t: BenchTargets | None = None) -> list[str]:
     }
     rows = []
     for key, (label, measured) in labels.items():
-        x = result.get("targets", {}).get(key)
+        x = result["targets"].get(key)
         ok = isinstance(x, dict)
         rows.append([label, measured(x) if ok else "not measured",
                      ("**met**" if x["met"] else "not met") if ok else "–",
@@ -115,7 +113,7 @@ def limits(result: dict[str, Any], key: str, x: dict[str, Any]) -> str:
     rows = result["variants"]
     name = x.get("int8") or result["final"]
     r = rows[name]
-    ops = (r.get("profile") or {}).get("by_op_pct", {})
+    ops = r["profile"].get("by_op_pct", {})
     int8_mm = sum(ops.get(op, 0.0) for op in INT8_MATMULS)
     other = [f"{op} {pct:.0f}%" for op, pct in ops.items() if op not in INT8_MATMULS][:4]
     kernels = (f"int8 matmuls are {int8_mm:.0f}% of `{name}`'s kernel time, the rest other ops "
@@ -141,7 +139,7 @@ def time_split(result: dict[str, Any]) -> list[str]:
                 tot = ph["total"] or 1e-12
                 phases.append([f"`{name}`", key, r["backend"], _f(1e3 * ph["total"], ".2f")]
                               + [_f(100 * ph[p] / tot, ".0f") + "%" for p in PHASES])
-        p = r.get("profile") or {}
+        p = r["profile"]
         if "by_op_pct" in p:
             top = ", ".join(f"{op} {pct:.0f}%" for op, pct in list(p["by_op_pct"].items())[:6])
             ops.append([f"`{name}`", p.get("kind", ""), top, f"`traces/{p.get('trace', '')}`"])
@@ -151,7 +149,7 @@ def time_split(result: dict[str, Any]) -> list[str]:
         "\n## Where the time goes\n",
         "Share of wall time per phase (mean per call at batch 1 over the batch-1 sentences; at batch 32, "
         f"one call over {s['profile_sentences']} sentences, the run with the median total of "
-        f"{s.get('phase_repeats', 1)}). torch/ST: hooks on the real `encode` "
+        f"{s['phase_repeats']}). torch/ST: hooks on the real `encode` "
         "(tokenizer call, `convert_to_tensors`, Transformer module, Pooling+Normalize modules). embopt "
         "runtime: its `timings` counters; pooling/normalisation run inside the graph and are split out "
         "of the session run by the ORT profile.\n",
@@ -184,7 +182,7 @@ def sweeps(result: dict[str, Any]) -> list[str]:
 
 
 def truncation(result: dict[str, Any]) -> list[str]:
-    s, tr = result["setup"], result.get("truncation_sweep") or {}
+    s, tr = result["setup"], result["truncation_sweep"]
     if not tr:
         return ["\n## Truncation sweep\n", "not run\n"]
     rows = []
@@ -250,7 +248,7 @@ def pareto_plot(result: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    hb, final = str(result["setup"]["headline_batch"]), result.get("final")
+    hb, final = str(result["setup"]["headline_batch"]), result["final"]
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
     pts = []
     for name, r in result["variants"].items():
