@@ -75,8 +75,7 @@ def variants(result: dict[str, Any]) -> list[str]:
             "(imports + model + embedding 128 sentences).\n"]
 
 
-def targets(result: dict[str, Any], t: BenchTargets | None = None) -> list[str]:
-    t = t or BenchTargets()
+def targets(result: dict[str, Any], t: BenchTargets) -> list[str]:
     labels = {  # each target: its label, and how its measured value x reads
         "speedup_vs_teacher_at_retention": (
             f"final >= {t.min_speedup_vs_teacher:g}x teacher throughput at >= {100 * t.min_retention:g}%"
@@ -234,7 +233,7 @@ def roofline(result: dict[str, Any]) -> list[str]:
     ]
 
 
-def markdown_report(result: dict[str, Any], targets_params: BenchTargets | None = None) -> str:
+def markdown_report(result: dict[str, Any], targets_params: BenchTargets) -> str:
     """The whole report: main table, targets, profile, sweeps, roofline, method notes."""
     return "\n".join([*header(result), *variants(result), *targets(result, targets_params),
                       *time_split(result), *sweeps(result), *truncation(result), *roofline(result)])

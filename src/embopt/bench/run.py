@@ -571,9 +571,8 @@ def int8_parent(export_dir: Path, rows: dict[str, Any]) -> list[str] | None:
     return None
 
 
-def targets(result: dict[str, Any], t: BenchTargets | None = None) -> dict[str, Any]:
+def targets(result: dict[str, Any], t: BenchTargets) -> dict[str, Any]:
     """Each target of ``bench.targets`` with the measured value and met / not met."""
-    t = t or BenchTargets()
     rows, final = result["variants"], result["final"]
     hb = str(result["setup"]["headline_batch"])
     if final is None or final not in rows:
