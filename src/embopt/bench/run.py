@@ -37,7 +37,6 @@ from embopt.pipeline.params import BenchTargets
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OUT = config.PROJ_ROOT / "reports" / "bench"
 TRACES = "traces"
 LATENCIES = ("p50_ms", "p95_ms", "p99_ms")
 
@@ -46,7 +45,7 @@ LATENCIES = ("p50_ms", "p95_ms", "p99_ms")
 class BenchOptions:
     """What to measure and how much; :meth:`quick_mode` gives the small test-sized run."""
 
-    out_dir: Path = DEFAULT_OUT
+    out_dir: Path = config.REPORTS_DIR / "bench"
     threads: int = 2
     max_seq_length: int = 128
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32, 128])
@@ -80,14 +79,13 @@ class BenchOptions:
     final: str | None = None
     targets: BenchTargets = field(default_factory=BenchTargets)
 
-    def quick_mode(self) -> BenchOptions:
+    def quick_mode(self) -> None:
         """Few sentences and repeats: checks that everything runs, numbers are not meaningful."""
         self.quick, self.repeats, self.speed_sentences, self.bs1_sentences, self.lat16_sentences = (
             True, 2, 48, 12, 8)
         self.sts_pairs = self.sts_pairs or 120
         self.long_texts, self.long_min_words, self.trunc_lengths, self.trunc_repeats = 4, 60, [16, 32], 1
         self.profile_sentences, self.phase_repeats, self.peak_n, self.peak_repeats = 32, 1, 256, 2
-        return self
 
 
 def default_sts_file() -> Path:
