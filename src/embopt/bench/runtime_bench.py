@@ -24,10 +24,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from embopt.bench.report import md_table
-from embopt.bench.timing import accumulating, interleaved, pin_threads
+from embopt.bench.run import closest_length, sts_sentences, write_json_md
+from embopt.bench.timing import accumulating, interleaved, percentiles, pin_threads
+from embopt.bench.variants import export_st_onnx, st_model, st_preset
 from embopt.errors import EmboptError
+from embopt.eval.sts import cosine_rows
 from embopt.pipeline.gates import GateResult
 from embopt.pipeline.params import RuntimeBenchTargets
+from embopt.serving.cache import EmbeddingCache
 
 if TYPE_CHECKING:
     from embopt.cli.runtime_bench import RuntimeBenchOptions
@@ -54,7 +58,6 @@ def prepare_models(opts: RuntimeBenchOptions) -> tuple[dict[str, dict[str, Path]
         ``{"teacher": paths, "student": paths}`` and a description (layers kept, int8 preset).
     """
     from embopt.bench.simple_bundle import build_simple_bundle
-    from embopt.bench.variants import export_st_onnx, st_preset
     from embopt.training.modeling import load_sentence_model, num_layers
     from embopt.training.student import choose_layers, make_student
 
@@ -88,8 +91,6 @@ def make_embedder(bundle: Path, opts: RuntimeBenchOptions, **kwargs):
 
 def st_onnx_encoder(m: dict[str, Path], onnx_file: Path, opts: RuntimeBenchOptions):
     """sentence-transformers' ONNX backend on ``onnx_file``; returns (encode, timer of its session runs)."""
-    from embopt.bench.variants import st_model
-
     model = st_model(m["st_dir"], opts.threads, opts.max_seq_length, str(onnx_file.relative_to(m["st_dir"])))
 
     def encode(texts: Sequence[str]) -> np.ndarray:
@@ -172,8 +173,6 @@ def speed_and_overhead(models: dict, texts: list[str], opts: RuntimeBenchOptions
 
 def fidelity(models: dict, texts: list[str], opts: RuntimeBenchOptions) -> dict[str, Any]:
     """Cosine of our runtime vs sentence-transformers on the same fp32 ONNX file, every sentence."""
-    from embopt.eval.sts import cosine_rows
-
     m = models["teacher"]
     ref = st_onnx_encoder(m, m["st_fp32"], opts)[0](texts)
     same = cosine_rows(make_embedder(m["bundle"], opts, onnx_path=m["st_fp32"]).embed(texts), ref)
@@ -193,8 +192,6 @@ def zipf_stream(texts: list[str], n: int, s: float, seed: int = 0) -> list[str]:
 
 
 def cache_bench(models: dict, texts: list[str], opts: RuntimeBenchOptions) -> dict[str, Any]:
-    from embopt.serving.cache import EmbeddingCache
-
     bundle = models["teacher"]["bundle"]
     stream = zipf_stream(texts, opts.zipf_queries, opts.zipf_s)
     distinct = len(set(stream))
@@ -232,8 +229,6 @@ def _stream_timing(emb, stream: list[str], request_size: int, rounds: int) -> tu
     of load on this shared machine hits both alike; the cache starts empty every round. Returns the
     timings and the last round's cache.
     """
-    from embopt.serving.cache import EmbeddingCache
-
     requests = [stream[i : i + request_size] for i in range(0, len(stream), request_size)]
     no_cache, with_cache = [], []
     for _ in range(rounds):
@@ -268,10 +263,6 @@ def mode_bench(bundle: Path, texts: list[str], opts: RuntimeBenchOptions, varian
                call_size: int = 4096) -> dict[str, Any]:
     """Throughput of every :data:`MODES` entry in calls of ``call_size`` texts (``embopt embed``'s), ratio
     and min cosine to ``plain``; batch-1 p50 of 16-token queries on 1 thread, embed vs session.run."""
-    from embopt.bench.run import closest_length
-    from embopt.bench.timing import percentiles
-    from embopt.eval.sts import cosine_rows
-
     embedders = {name: make_embedder(bundle, opts, variant=variant, **kw) for name, kw in MODES.items()}
     contenders = [Contender(name, e.embed, embedder=e) for name, e in embedders.items()]
     log.info("modes: %d sentences x %d rounds (%s)", len(texts), opts.repeats, ", ".join(MODES))
@@ -319,7 +310,6 @@ def modes_markdown(m: dict[str, Any], setup: dict[str, Any]) -> str:
 
 def run_mode_bench(opts: RuntimeBenchOptions) -> dict[str, Any]:
     """:func:`mode_bench` alone on ``opts.bundle``, written to ``runtime_modes.json`` and ``.md``."""
-    from embopt.bench.run import sts_sentences, write_json_md
     from embopt.eval.evaluate import cpu_name
 
     texts = sts_sentences(opts.sts_file, opts.sentences)
@@ -407,8 +397,6 @@ def markdown(result: dict[str, Any]) -> str:
 
 def run_runtime_bench(opts: RuntimeBenchOptions, targets: RuntimeBenchTargets) -> dict[str, Any]:
     """Build (or reuse) the models, measure everything, write ``runtime_bench.json`` and ``.md``."""
-    from embopt.bench.run import sts_sentences, write_json_md
-
     pin_threads(opts.threads)
     texts = sts_sentences(opts.sts_file, opts.sentences)
     models, info = prepare_models(opts)
