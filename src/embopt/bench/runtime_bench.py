@@ -25,6 +25,7 @@ import numpy as np
 
 from embopt.bench.report import md_table
 from embopt.bench.run import closest_length, sts_sentences, write_json_md
+from embopt.bench.simple_bundle import build_simple_bundle
 from embopt.bench.timing import accumulating, interleaved, percentiles, pin_threads
 from embopt.bench.variants import export_st_onnx, st_model, st_preset
 from embopt.errors import EmboptError
@@ -32,6 +33,9 @@ from embopt.eval.sts import cosine_rows
 from embopt.pipeline.gates import GateResult
 from embopt.pipeline.params import RuntimeBenchTargets
 from embopt.serving.cache import EmbeddingCache
+from embopt.serving.runtime import Embedder
+from embopt.training.modeling import load_sentence_model, num_layers
+from embopt.training.student import choose_layers, make_student
 
 if TYPE_CHECKING:
     from embopt.cli.runtime_bench import RuntimeBenchOptions
@@ -57,10 +61,6 @@ def prepare_models(opts: RuntimeBenchOptions) -> tuple[dict[str, dict[str, Path]
     Returns:
         ``{"teacher": paths, "student": paths}`` and a description (layers kept, int8 preset).
     """
-    from embopt.bench.simple_bundle import build_simple_bundle
-    from embopt.training.modeling import load_sentence_model, num_layers
-    from embopt.training.student import choose_layers, make_student
-
     work = Path(opts.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     preset = st_preset()
@@ -83,8 +83,6 @@ def prepare_models(opts: RuntimeBenchOptions) -> tuple[dict[str, dict[str, Path]
 
 
 def make_embedder(bundle: Path, opts: RuntimeBenchOptions, **kwargs):
-    from embopt.serving.runtime import Embedder
-
     return Embedder(bundle, threads=opts.threads, batch_size=opts.batch_size,
                     max_seq_length=opts.max_seq_length, **kwargs)
 
