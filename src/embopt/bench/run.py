@@ -10,6 +10,7 @@ sweep; a roofline. Written to ``reports/bench/`` and logged to MLflow, with ``be
 
 from __future__ import annotations
 
+import importlib.metadata as md
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ from embopt.bench.variants import BenchVariant, OrtVariant, STVariant, build_st_
 from embopt.data.corpus import iter_corpus_files
 from embopt.data.sts import StsPair, read_sts_file, read_sts_tsv, unique_sentences
 from embopt.errors import DataError, EmboptError
+from embopt.eval.evaluate import cpu_name
 from embopt.eval.sts import cosine_rows, retention, sts_spearman
 from embopt.export.quantize import cpu_flags
 from embopt.export.variants import PCA_INFO, onnx_variants, unavailable_variants
@@ -168,11 +170,7 @@ def int8_isa() -> dict[str, bool]:
 
 def machine_info(threads: int) -> dict[str, Any]:
     """CPU, memory, library versions and the thread settings every backend runs with."""
-    import importlib.metadata as md
-
     import torch
-
-    from embopt.eval.evaluate import cpu_name
 
     try:
         mem_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1)

@@ -29,6 +29,7 @@ from embopt.bench.simple_bundle import build_simple_bundle
 from embopt.bench.timing import accumulating, interleaved, percentiles, pin_threads
 from embopt.bench.variants import export_st_onnx, st_model, st_preset
 from embopt.errors import EmboptError
+from embopt.eval.evaluate import cpu_name
 from embopt.eval.sts import cosine_rows
 from embopt.pipeline.gates import GateResult
 from embopt.pipeline.params import RuntimeBenchTargets
@@ -308,8 +309,6 @@ def modes_markdown(m: dict[str, Any], setup: dict[str, Any]) -> str:
 
 def run_mode_bench(opts: RuntimeBenchOptions) -> dict[str, Any]:
     """:func:`mode_bench` alone on ``opts.bundle``, written to ``runtime_modes.json`` and ``.md``."""
-    from embopt.eval.evaluate import cpu_name
-
     texts = sts_sentences(opts.sts_file, opts.sentences)
     pin_threads(opts.threads, exclusive=True)
     load_start = os.getloadavg()[0]
