@@ -16,6 +16,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from embopt.bench.timing import accumulating
+from embopt.serving.runtime import session_options
+
 PHASES = ("tokenize", "build_tensors", "model_run", "pooling_normalize", "other")
 
 
@@ -28,8 +31,6 @@ def st_phases(model, texts: Sequence[str], batch_size: int) -> dict[str, float]:
     """
     import torch
     from transformers.tokenization_utils_base import BatchEncoding
-
-    from embopt.bench.timing import accumulating
 
     acc: dict[str, float] = defaultdict(float)
     starts: dict[int, float] = {}
@@ -119,8 +120,6 @@ def profiling_options(threads: int, prefix: Path):
 
     The session's ``end_profiling()`` returns the file.
     """
-    from embopt.serving.runtime import session_options
-
     prefix.parent.mkdir(parents=True, exist_ok=True)
     opts = session_options(threads)
     opts.enable_profiling = True

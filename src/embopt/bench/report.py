@@ -16,7 +16,7 @@ def _f(x: Any, fmt: str) -> str:
         return str(x)
 
 
-def _table(head: list[str], rows: list[list[str]]) -> str:
+def md_table(head: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
 
@@ -26,10 +26,9 @@ def header(result: dict[str, Any]) -> list[str]:
     thr = m["threads"]
     out = [
         f"# embopt benchmark ({'QUICK run: numbers not meaningful' if s['quick'] else 'full run'})\n",
-        f"- date: {result['date']}; wall time {s.get('wall_s', '?')} s",
+        f"- date: {result['date']}; wall time {s['wall_s']} s",
         f"- machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {m['memory_gb']} GB RAM; {m['platform']}",
-        "- int8 ISA: " + (", ".join(f"{f} {'yes' if on else 'no'}" for f, on in m["int8_isa"].items())
-                          if "int8_isa" in m else "not recorded"),
+        "- int8 ISA: " + ", ".join(f"{f} {'yes' if on else 'no'}" for f, on in m["int8_isa"].items()),
         f"- threads: {s['threads']} for every backend (torch.set_num_threads={thr['torch_num_threads']}, "
         f"interop={thr['torch_interop_threads']}; ORT intra_op={thr['ort_intra_op_num_threads']}, "
         f"inter_op={thr['ort_inter_op_num_threads']}; env "
@@ -41,15 +40,14 @@ def header(result: dict[str, Any]) -> list[str]:
         f"- final variant: `{result['final']}`; anchors: {', '.join(f'`{a}`' for a in result['anchors'])}",
         "",
     ]
-    c = s.get("contention")
-    if c:
-        busy = (c["load_average_1min_start"] or 0) > 0.5
-        out += [f"- machine load: 1-min load average {c['load_average_1min_start']} at start, "
-                f"{c['load_average_1min_end']} at end; this process used {c['process_cpu_per_wall_s']} "
-                "CPU-seconds per second over the run"
-                + (" (**busy machine: other processes competed for the cores; multi-thread numbers suffer "
-                   "most**)" if busy else ""), ""]
-    return out + [f"> note: {note}\n" for note in result.get("notes", [])]
+    c = s["contention"]
+    busy = (c["load_average_1min_start"] or 0) > 0.5
+    out += [f"- machine load: 1-min load average {c['load_average_1min_start']} at start, "
+            f"{c['load_average_1min_end']} at end; this process used {c['process_cpu_per_wall_s']} "
+            "CPU-seconds per second over the run"
+            + (" (**busy machine: other processes competed for the cores; multi-thread numbers suffer "
+               "most**)" if busy else ""), ""]
+    return out + [f"> note: {note}\n" for note in result["notes"]]
 
 
 def variants(result: dict[str, Any]) -> list[str]:
@@ -70,15 +68,14 @@ def variants(result: dict[str, Any]) -> list[str]:
             _f(rss.get("rss_peak_mb"), ".0f") if "rss_peak_mb" in rss else rss.get("error", "–")[:40],
             _f(r["size_mb"], ".1f"),
         ])
-    return ["\n## Variants\n", _table(head, table),
+    return ["\n## Variants\n", md_table(head, table),
             f"\nBest anchor at b{hb}: `{next(iter(rows.values()))['best_anchor'][hb]}`. "
             f"Latency for 16 tokens: {s['lat16_sentences']} STSb sentences of exactly {s['lat16_tokens']} "
             "tokens ([CLS]/[SEP] included), batch 1, 1 thread. Peak RSS: a fresh process per variant "
             "(imports + model + embedding 128 sentences).\n"]
 
 
-def targets(result: dict[str, Any], t: BenchTargets | None = None) -> list[str]:
-    t = t or BenchTargets()
+def targets(result: dict[str, Any], t: BenchTargets) -> list[str]:
     labels = {  # each target: its label, and how its measured value x reads
         "speedup_vs_teacher_at_retention": (
             f"final >= {t.min_speedup_vs_teacher:g}x teacher throughput at >= {100 * t.min_retention:g}%"
@@ -99,12 +96,12 @@ def targets(result: dict[str, Any], t: BenchTargets | None = None) -> list[str]:
     }
     rows = []
     for key, (label, measured) in labels.items():
-        x = result.get("targets", {}).get(key)
+        x = result["targets"].get(key)
         ok = isinstance(x, dict)
         rows.append([label, measured(x) if ok else "not measured",
                      ("**met**" if x["met"] else "not met") if ok else "–",
                      limits(result, key, x) if ok and not x["met"] else ""])
-    return ["\n## Targets\n", _table(["target", "measured", "status", "what limits it (this run)"], rows)]
+    return ["\n## Targets\n", md_table(["target", "measured", "status", "what limits it (this run)"], rows)]
 
 
 INT8_MATMULS = ("DynamicQuantizeMatMul", "MatMulIntegerToFloat", "MatMulInteger", "QLinearMatMul")
@@ -115,7 +112,7 @@ def limits(result: dict[str, Any], key: str, x: dict[str, Any]) -> str:
     rows = result["variants"]
     name = x.get("int8") or result["final"]
     r = rows[name]
-    ops = (r.get("profile") or {}).get("by_op_pct", {})
+    ops = r["profile"].get("by_op_pct", {})
     int8_mm = sum(ops.get(op, 0.0) for op in INT8_MATMULS)
     other = [f"{op} {pct:.0f}%" for op, pct in ops.items() if op not in INT8_MATMULS][:4]
     kernels = (f"int8 matmuls are {int8_mm:.0f}% of `{name}`'s kernel time, the rest other ops "
@@ -141,7 +138,7 @@ def time_split(result: dict[str, Any]) -> list[str]:
                 tot = ph["total"] or 1e-12
                 phases.append([f"`{name}`", key, r["backend"], _f(1e3 * ph["total"], ".2f")]
                               + [_f(100 * ph[p] / tot, ".0f") + "%" for p in PHASES])
-        p = r.get("profile") or {}
+        p = r["profile"]
         if "by_op_pct" in p:
             top = ", ".join(f"{op} {pct:.0f}%" for op, pct in list(p["by_op_pct"].items())[:6])
             ops.append([f"`{name}`", p.get("kind", ""), top, f"`traces/{p.get('trace', '')}`"])
@@ -151,13 +148,13 @@ def time_split(result: dict[str, Any]) -> list[str]:
         "\n## Where the time goes\n",
         "Share of wall time per phase (mean per call at batch 1 over the batch-1 sentences; at batch 32, "
         f"one call over {s['profile_sentences']} sentences, the run with the median total of "
-        f"{s.get('phase_repeats', 1)}). torch/ST: hooks on the real `encode` "
+        f"{s['phase_repeats']}). torch/ST: hooks on the real `encode` "
         "(tokenizer call, `convert_to_tensors`, Transformer module, Pooling+Normalize modules). embopt "
         "runtime: its `timings` counters; pooling/normalisation run inside the graph and are split out "
         "of the session run by the ORT profile.\n",
-        _table(["variant", "batch", "backend", "ms/call", *PHASES], phases),
+        md_table(["variant", "batch", "backend", "ms/call", *PHASES], phases),
         "\nTop operators (share of kernel time; ORT profile, or torch.profiler self CPU time):\n",
-        _table(["variant", "profiler", "top ops", "trace (MLflow artifact)"], ops),
+        md_table(["variant", "profiler", "top ops", "trace (MLflow artifact)"], ops),
     ]
 
 
@@ -176,15 +173,15 @@ def sweeps(result: dict[str, Any]) -> list[str]:
                                         for b in bs])
     return [
         "\n## Thread sweep (sentences/s)\n",
-        _table(["variant", "b1, 1 thr", f"b1, {t} thr", "scaling", "b32, 1 thr", f"b32, {t} thr", "scaling"],
-               threads),
+        md_table(["variant", "b1, 1 thr", f"b1, {t} thr", "scaling", "b32, 1 thr", f"b32, {t} thr",
+                  "scaling"], threads),
         "\n## Batch sweep (sentences/s; ratio to batch 1)\n",
-        _table(["variant"] + [f"b{b}" for b in bs], batches),
+        md_table(["variant"] + [f"b{b}" for b in bs], batches),
     ]
 
 
 def truncation(result: dict[str, Any]) -> list[str]:
-    s, tr = result["setup"], result.get("truncation_sweep") or {}
+    s, tr = result["setup"], result["truncation_sweep"]
     if not tr:
         return ["\n## Truncation sweep\n", "not run\n"]
     rows = []
@@ -201,8 +198,8 @@ def truncation(result: dict[str, Any]) -> list[str]:
         "corpus paragraphs), batch 32; STSb: the throughput sentences, batch 32; Spearman on the STSb "
         "dev pairs (identical inputs once no sentence is cut: reused). cos: mean cosine to the "
         "embedding at the longest length.\n",
-        _table(["variant", "max_seq_length", "long texts/s", "mean tokens", "cos vs longest", "STSb sent/s",
-                "STSb Spearman"], rows),
+        md_table(["variant", "max_seq_length", "long texts/s", "mean tokens", "cos vs longest", "STSb sent/s",
+                  "STSb Spearman"], rows),
     ]
     cuts = [f"`{n}` {100 * per['time_cut_128_vs_512']:.0f}%" for n, per in tr.items()
             if "time_cut_128_vs_512" in per]
@@ -230,13 +227,13 @@ def roofline(result: dict[str, Any]) -> list[str]:
         "sentence = matrix products of the encoder (QKV/output projections, FFN, QK^T, AV; 2 ops per "
         "multiply-add) from the config and the real token counts; achieved = work x throughput at the "
         "variant's best batch size.\n",
-        _table(["variant", "precision", "mean tokens", "GOP/sentence", "batch", "achieved GOP/s",
-                "% int8 peak", "% fp32 peak"], rows),
+        md_table(["variant", "precision", "mean tokens", "GOP/sentence", "batch", "achieved GOP/s",
+                  "% int8 peak", "% fp32 peak"], rows),
         f"\nMethod: {s['timing_method']}. RSS: {s['rss_method']}.\n",
     ]
 
 
-def markdown_report(result: dict[str, Any], targets_params: BenchTargets | None = None) -> str:
+def markdown_report(result: dict[str, Any], targets_params: BenchTargets) -> str:
     """The whole report: main table, targets, profile, sweeps, roofline, method notes."""
     return "\n".join([*header(result), *variants(result), *targets(result, targets_params),
                       *time_split(result), *sweeps(result), *truncation(result), *roofline(result)])
@@ -250,7 +247,7 @@ def pareto_plot(result: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    hb, final = str(result["setup"]["headline_batch"]), result.get("final")
+    hb, final = str(result["setup"]["headline_batch"]), result["final"]
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
     pts = []
     for name, r in result["variants"].items():

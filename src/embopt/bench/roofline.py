@@ -17,6 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from embopt.bench.timing import interleaved
+from embopt.serving.runtime import session_options
+
 
 @dataclass(frozen=True)
 class EncoderShape:
@@ -86,8 +89,6 @@ def mean_ops(shape: EncoderShape, token_counts: Iterable[int]) -> float:
 
 def _peak(fn, n: int, threads: int, repeats: int) -> dict[str, float]:
     """Ops/s of ``fn`` (an n x n x n product) in its best and its median run, after a warm-up."""
-    from embopt.bench.timing import interleaved
-
     fn(None)  # warm-up: thread pools, packing buffers
     runs = interleaved({"peak": fn}, [None], repeats)["peak"][:, 0]
     ops = 2.0 * n**3
@@ -113,8 +114,6 @@ def int8_peak(threads: int, n: int = 2048, repeats: int = 5) -> dict[str, float]
     """ONNX Runtime ``MatMulInteger`` (uint8 activations x int8 weights) of n x n x n: ops/s."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
-
-    from embopt.serving.runtime import session_options
 
     rng = np.random.default_rng(0)
     weight = rng.integers(-127, 128, size=(n, n), dtype=np.int8)

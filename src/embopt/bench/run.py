@@ -10,6 +10,7 @@ sweep; a roofline. Written to ``reports/bench/`` and logged to MLflow, with ``be
 
 from __future__ import annotations
 
+import importlib.metadata as md
 import json
 import logging
 import os
@@ -24,20 +25,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from embopt.bench.peak_rss import run_isolated
+from embopt.bench.report import markdown_report, pareto_plot
+from embopt.bench.roofline import fp32_peak, int8_peak, roofline_row
 from embopt.bench.timing import interleaved, per_call_ms, percentiles, pin_threads
 from embopt.bench.variants import BenchVariant, OrtVariant, STVariant, build_st_anchors
 from embopt.data.corpus import iter_corpus_files
 from embopt.data.sts import StsPair, read_sts_file, read_sts_tsv, unique_sentences
 from embopt.errors import DataError, EmboptError
+from embopt.eval.evaluate import cpu_name
 from embopt.eval.sts import cosine_rows, retention, sts_spearman
+from embopt.export.quantize import cpu_flags
+from embopt.export.variants import PCA_INFO, onnx_variants, unavailable_variants
 from embopt.pipeline import config
-from embopt.pipeline.files import read_json
+from embopt.pipeline.files import atomic_file, read_json, write_json
 from embopt.pipeline.params import BenchTargets
+from embopt.serving.bundle import read_manifest
+from embopt.training.modeling import resolve_model_source
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OUT = config.PROJ_ROOT / "reports" / "bench"
 TRACES = "traces"
 LATENCIES = ("p50_ms", "p95_ms", "p99_ms")
 
@@ -46,7 +55,7 @@ LATENCIES = ("p50_ms", "p95_ms", "p99_ms")
 class BenchOptions:
     """What to measure and how much; :meth:`quick_mode` gives the small test-sized run."""
 
-    out_dir: Path = DEFAULT_OUT
+    out_dir: Path = config.REPORTS_DIR / "bench"
     threads: int = 2
     max_seq_length: int = 128
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 32, 128])
@@ -80,14 +89,13 @@ class BenchOptions:
     final: str | None = None
     targets: BenchTargets = field(default_factory=BenchTargets)
 
-    def quick_mode(self) -> BenchOptions:
+    def quick_mode(self) -> None:
         """Few sentences and repeats: checks that everything runs, numbers are not meaningful."""
         self.quick, self.repeats, self.speed_sentences, self.bs1_sentences, self.lat16_sentences = (
             True, 2, 48, 12, 8)
         self.sts_pairs = self.sts_pairs or 120
         self.long_texts, self.long_min_words, self.trunc_lengths, self.trunc_repeats = 4, 60, [16, 32], 1
         self.profile_sentences, self.phase_repeats, self.peak_n, self.peak_repeats = 32, 1, 256, 2
-        return self
 
 
 def default_sts_file() -> Path:
@@ -156,19 +164,13 @@ def _cpu_seconds() -> float:
 
 def int8_isa() -> dict[str, bool]:
     """Which of the CPU features that speed int8 (and bf16) matrix products this CPU has."""
-    from embopt.export.quantize import cpu_flags
-
     flags = cpu_flags()
     return {f: f in flags for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")}
 
 
 def machine_info(threads: int) -> dict[str, Any]:
     """CPU, memory, library versions and the thread settings every backend runs with."""
-    import importlib.metadata as md
-
     import torch
-
-    from embopt.eval.evaluate import cpu_name
 
     try:
         mem_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1)
@@ -201,8 +203,6 @@ def machine_info(threads: int) -> dict[str, Any]:
 
 def load_variants(opts: BenchOptions, workdir: Path) -> tuple[list[BenchVariant], list[str], str | None]:
     """Anchors first (teacher, ST ONNX fp32, ST int8), then our ONNX and torch variants; notes; the final."""
-    from embopt.training.modeling import resolve_model_source
-
     notes: list[str] = []
     t, L = opts.threads, opts.max_seq_length
     teacher_dir = Path(resolve_model_source(opts.teacher))
@@ -230,10 +230,6 @@ def load_variants(opts: BenchOptions, workdir: Path) -> tuple[list[BenchVariant]
 
 def _our_variants(opts: BenchOptions, notes: list[str]) -> tuple[list[BenchVariant], list[str]]:
     """The bundle's ONNX variants (run through embopt's runtime) and the torch folders; their ONNX names."""
-    from tqdm.auto import tqdm
-
-    from embopt.export.variants import PCA_INFO, onnx_variants, unavailable_variants
-
     export_dir, pca_dir = Path(opts.export_dir), Path(opts.pca_dir)
     onnx_paths: dict[str, Path] = {}
     if (export_dir / "manifest.json").exists():
@@ -297,8 +293,6 @@ def settings(opts: BenchOptions) -> list[Setting]:
 def time_settings(variants: list[BenchVariant], settings: list[Setting], sets: dict[str, list[str]],
                   repeats: int) -> dict[str, dict[str, Any]]:
     """Sentences/s of every (variant, setting), interleaved; per-call latency percentiles at batch 1."""
-    from tqdm.auto import tqdm
-
     for v in variants:  # warm-up: sessions, thread pools, allocator
         for thr in sorted({s.threads for s in settings}):
             v.encode(sets["speed"][:16], 8, thr)
@@ -338,8 +332,6 @@ def closest_length(texts: Sequence[str], counts: list[int], n: int, target: int 
 def truncation_sweep(variants: list[BenchVariant], lengths: list[int], long: list[str], speed: list[str],
                      pairs: list[StsPair], batch_size: int, repeats: int, threads: int) -> dict[str, Any]:
     """Speed on long texts and on STSb, Spearman on STSb, and embedding drift vs the longest length."""
-    from tqdm.auto import tqdm
-
     result: dict[str, Any] = {v.name: {} for v in variants}
     plan: list[tuple[BenchVariant, int]] = []
     for v in variants:
@@ -393,8 +385,6 @@ def truncation_sweep(variants: list[BenchVariant], lengths: list[int], long: lis
 
 def peak_rss(variants: list[BenchVariant], opts: BenchOptions, texts: list[str], workdir: Path) -> dict:
     """Peak RSS of every variant, each in a fresh process (:mod:`embopt.bench.peak_rss`)."""
-    from embopt.bench.peak_rss import run_isolated
-
     texts_file = workdir / "rss_texts.json"
     texts_file.write_text(json.dumps(texts[:128]), encoding="utf-8")
     out = {}
@@ -409,8 +399,6 @@ def peak_rss(variants: list[BenchVariant], opts: BenchOptions, texts: list[str],
 def profiles_and_phases(variants: list[BenchVariant], opts: BenchOptions, sets: dict[str, list[str]],
                         traces_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """A profiler trace per variant (``--traces``) and the split of its time into phases at batch 1 and 32."""
-    from tqdm.auto import tqdm
-
     profiles: dict[str, Any] = {}
     phases: dict[str, Any] = {}
     texts = sets["speed"][: opts.profile_sentences]
@@ -454,8 +442,6 @@ class Measurements:
 def measure(opts: BenchOptions, pairs: list[StsPair], long: list[str], peaks: dict, workdir: Path
             ) -> Measurements:
     """Load the variants, then RSS, Spearman, throughput, profiles and the truncation sweep."""
-    from tqdm.auto import tqdm
-
     variants, notes, final = load_variants(opts, workdir)
     sentences = unique_sentences(pairs)
     speed = sentences[: opts.speed_sentences]
@@ -483,8 +469,6 @@ def measure(opts: BenchOptions, pairs: list[StsPair], long: list[str], peaks: di
 
 def variant_row(v: BenchVariant, m: Measurements, opts: BenchOptions) -> dict[str, Any]:
     """One variant's row of the JSON result (ratios to the anchors are added by :func:`assemble`)."""
-    from embopt.bench.roofline import roofline_row
-
     sp = m.speed[v.name]
     thr = {str(b): sp[f"b{b}"]["sps"] for b in opts.batch_sizes}
     lat = sp.get("t1_b1" if "t1_b1" in sp else "b1", {})
@@ -558,8 +542,6 @@ def _fields(obj: Any, *names: str) -> dict[str, Any]:
 
 def int8_parent(export_dir: Path, rows: dict[str, Any]) -> list[str] | None:
     """[int8 variant, the fp32 variant it was quantized from] of the bundle's manifest, when both ran."""
-    from embopt.serving.bundle import read_manifest
-
     if not (export_dir / "manifest.json").exists():
         return None
     entries = read_manifest(export_dir)["variants"]
@@ -571,9 +553,8 @@ def int8_parent(export_dir: Path, rows: dict[str, Any]) -> list[str] | None:
     return None
 
 
-def targets(result: dict[str, Any], t: BenchTargets | None = None) -> dict[str, Any]:
+def targets(result: dict[str, Any], t: BenchTargets) -> dict[str, Any]:
     """Each target of ``bench.targets`` with the measured value and met / not met."""
-    t = t or BenchTargets()
     rows, final = result["variants"], result["final"]
     hb = str(result["setup"]["headline_batch"])
     if final is None or final not in rows:
@@ -611,8 +592,6 @@ def targets(result: dict[str, Any], t: BenchTargets | None = None) -> dict[str, 
 
 def run_bench(opts: BenchOptions) -> dict[str, Any]:
     """Measure everything, write the reports, log to MLflow; returns the JSON result."""
-    from embopt.bench.roofline import fp32_peak, int8_peak
-
     t_start, cpu_start, load_start = time.perf_counter(), _cpu_seconds(), _load_average()
     if load_start is not None and load_start > 0.5:
         log.warning("the machine is busy (1-min load average %.2f on %d CPUs): other processes compete for "
@@ -653,8 +632,6 @@ def run_bench(opts: BenchOptions) -> dict[str, Any]:
 
 def write_reports(result: dict[str, Any], opts: BenchOptions, traces_dir: Path) -> None:
     """``bench.json``, ``bench.md``, ``pareto.png`` and the traces into ``opts.out_dir``."""
-    from embopt.bench.report import markdown_report, pareto_plot
-
     out_dir = Path(opts.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_md(out_dir / "bench", result, markdown_report(result, opts.targets))
@@ -667,8 +644,6 @@ def write_reports(result: dict[str, Any], opts: BenchOptions, traces_dir: Path) 
 
 def write_json_md(stem: Path, result: dict[str, Any], md: str) -> None:
     """``{stem}.json`` and ``{stem}.md``, each written atomically."""
-    from embopt.pipeline.files import atomic_file, write_json
-
     write_json(stem.with_name(stem.name + ".json"), result)
     with atomic_file(stem.with_name(stem.name + ".md")) as fh:
         fh.write(md)

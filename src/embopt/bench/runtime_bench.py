@@ -17,16 +17,29 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from embopt.bench.timing import accumulating, interleaved, pin_threads
+from embopt.bench.report import md_table
+from embopt.bench.run import closest_length, sts_sentences, write_json_md
+from embopt.bench.simple_bundle import build_simple_bundle
+from embopt.bench.timing import accumulating, interleaved, percentiles, pin_threads
+from embopt.bench.variants import export_st_onnx, st_model, st_preset
 from embopt.errors import EmboptError
+from embopt.eval.evaluate import cpu_name
+from embopt.eval.sts import cosine_rows
 from embopt.pipeline.gates import GateResult
 from embopt.pipeline.params import RuntimeBenchTargets
+from embopt.serving.cache import EmbeddingCache
+from embopt.serving.runtime import Embedder
+from embopt.training.modeling import load_sentence_model, num_layers
+from embopt.training.student import choose_layers, make_student
+
+if TYPE_CHECKING:
+    from embopt.cli.runtime_bench import RuntimeBenchOptions
 
 log = logging.getLogger(__name__)
 PATHS = ("st_onnx_int8", "embopt_same_file_int8", "embopt_pipeline_int8")
@@ -43,50 +56,15 @@ MODES: dict[str, dict[str, Any]] = {
 }
 
 
-@dataclass
-class RuntimeBenchOptions:
-    teacher: str
-    sts_file: Path
-    work_dir: Path
-    out_dir: Path
-    threads: int = 2
-    batch_size: int = 32
-    max_seq_length: int = 128
-    repeats: int = 5
-    student_layers: int = 2
-    sentences: int = 0  # 0: every unique STSb dev sentence
-    zipf_s: float = 1.0
-    zipf_queries: int = 10_000
-    hit_probes: int = 20
-    single_queries: bool = True  # also time the stream one query per request (a search box)
-    quantization: str = ""  # sentence-transformers preset; "": picked from the CPU flags
-    targets: RuntimeBenchTargets = field(default_factory=RuntimeBenchTargets)
-
-    def quick_mode(self) -> RuntimeBenchOptions:
-        """A tiny run that checks the command works (numbers are not meaningful)."""
-        self.repeats, self.sentences = 2, self.sentences or 48
-        self.zipf_queries, self.hit_probes = min(self.zipf_queries, 400), 2
-        return self
-
-    def params(self) -> dict[str, Any]:
-        """The options as MLflow params (the targets are tags)."""
-        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items() if k != "targets"}
-
-
 def prepare_models(opts: RuntimeBenchOptions) -> tuple[dict[str, dict[str, Path]], dict[str, Any]]:
     """Teacher and student, each as a SentenceTransformer folder with ST's ONNX files and our bundle.
 
     Returns:
         ``{"teacher": paths, "student": paths}`` and a description (layers kept, int8 preset).
     """
-    from embopt.bench.simple_bundle import build_simple_bundle
-    from embopt.bench.variants import export_st_onnx, st_preset
-    from embopt.training.modeling import load_sentence_model, num_layers
-    from embopt.training.student import choose_layers, make_student
-
     work = Path(opts.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    preset = opts.quantization or st_preset()
+    preset = st_preset()
     teacher = load_sentence_model(opts.teacher)
     if not 1 <= opts.student_layers <= num_layers(teacher):
         raise EmboptError(f"--student-layers: {opts.student_layers} must be in 1..{num_layers(teacher)}")
@@ -106,35 +84,29 @@ def prepare_models(opts: RuntimeBenchOptions) -> tuple[dict[str, dict[str, Path]
 
 
 def make_embedder(bundle: Path, opts: RuntimeBenchOptions, **kwargs):
-    from embopt.serving.runtime import Embedder
-
     return Embedder(bundle, threads=opts.threads, batch_size=opts.batch_size,
                     max_seq_length=opts.max_seq_length, **kwargs)
 
 
 def st_onnx_encoder(m: dict[str, Path], onnx_file: Path, opts: RuntimeBenchOptions):
     """sentence-transformers' ONNX backend on ``onnx_file``; returns (encode, timer of its session runs)."""
-    from embopt.bench.variants import st_model
-
     model = st_model(m["st_dir"], opts.threads, opts.max_seq_length, str(onnx_file.relative_to(m["st_dir"])))
 
     def encode(texts: Sequence[str]) -> np.ndarray:
         return model.encode(list(texts), batch_size=opts.batch_size, convert_to_numpy=True,
                             show_progress_bar=False, normalize_embeddings=False)
 
-    # Time InferenceSession.run inside sentence-transformers' ONNX model, when we can reach it.
-    ort_model = getattr(model[0], "auto_model", None)
-    session = getattr(ort_model, "session", None) or getattr(ort_model, "model", None)
-    timer = None
-    if session is not None and hasattr(session, "run"):
-        timer = {"run_s": 0.0}
-        session.run = accumulating(session.run, timer, "run_s")
+    session, timer = model[0].auto_model.session, {"run_s": 0.0}  # the ORT session inside optimum's model
+    session.run = accumulating(session.run, timer, "run_s")
     return encode, timer
 
 
 @dataclass
 class Contender:
-    """One encode path; records, per call, the seconds inside ``InferenceSession.run`` and tokenizing."""
+    """One encode path; records, per call, the seconds inside ``InferenceSession.run`` and tokenizing.
+
+    Our ``embedder`` counts them itself; sentence-transformers' run is timed into ``st_timer``.
+    """
 
     name: str
     encode: Callable[[Sequence[str]], np.ndarray]
@@ -146,14 +118,14 @@ class Contender:
     def __call__(self, texts: Sequence[str]) -> None:
         if self.embedder is not None:
             self.embedder.reset_timings()
-        if self.st_timer is not None:
+        else:
             self.st_timer["run_s"] = 0.0
         self.encode(texts)
         if self.embedder is not None:
             self.run_s.append(self.embedder.timings.run_s)
             self.tokenize_s.append(self.embedder.timings.tokenize_s)
         else:
-            self.run_s.append(self.st_timer["run_s"] if self.st_timer is not None else 0.0)
+            self.run_s.append(self.st_timer["run_s"])
 
     def row(self, seconds: np.ndarray, n: int) -> dict[str, Any]:
         """``seconds[round, chunk]`` of this contender, ``n`` texts a round: medians over rounds."""
@@ -161,7 +133,7 @@ class Contender:
         med = statistics.median(per_round)
         run = np.asarray(self.run_s).reshape(seconds.shape).sum(axis=1)
         ours = self.embedder is not None
-        measured = ours or (self.st_timer is not None and run.sum() > 0)
+        measured = ours or run.sum() > 0  # 0: sentence-transformers did not call the session's run
         tokenize = np.asarray(self.tokenize_s).reshape(seconds.shape).sum(axis=1) if ours else None
         return {"sentences_per_s": round(n / med, 1), "seconds_median": round(med, 4), "runs": len(per_round),
                 "seconds_per_round": [round(x, 4) for x in per_round],
@@ -200,8 +172,6 @@ def speed_and_overhead(models: dict, texts: list[str], opts: RuntimeBenchOptions
 
 def fidelity(models: dict, texts: list[str], opts: RuntimeBenchOptions) -> dict[str, Any]:
     """Cosine of our runtime vs sentence-transformers on the same fp32 ONNX file, every sentence."""
-    from embopt.eval.sts import cosine_rows
-
     m = models["teacher"]
     ref = st_onnx_encoder(m, m["st_fp32"], opts)[0](texts)
     same = cosine_rows(make_embedder(m["bundle"], opts, onnx_path=m["st_fp32"]).embed(texts), ref)
@@ -221,8 +191,6 @@ def zipf_stream(texts: list[str], n: int, s: float, seed: int = 0) -> list[str]:
 
 
 def cache_bench(models: dict, texts: list[str], opts: RuntimeBenchOptions) -> dict[str, Any]:
-    from embopt.serving.cache import EmbeddingCache
-
     bundle = models["teacher"]["bundle"]
     stream = zipf_stream(texts, opts.zipf_queries, opts.zipf_s)
     distinct = len(set(stream))
@@ -233,7 +201,7 @@ def cache_bench(models: dict, texts: list[str], opts: RuntimeBenchOptions) -> di
     rounds = max(1, min(opts.repeats, 3))
     main, cache = _stream_timing(emb, stream, opts.batch_size, rounds)
     stats = cache.stats()
-    single = _stream_timing(emb, stream, 1, rounds)[0] if opts.single_queries else None
+    single = _stream_timing(emb, stream, 1, rounds)[0]
     emb.attach_cache(cache)
     # Cost of a hit: requests made only of cached texts, through Embedder.embed (the served path).
     warm = list(dict.fromkeys(stream))
@@ -260,8 +228,6 @@ def _stream_timing(emb, stream: list[str], request_size: int, rounds: int) -> tu
     of load on this shared machine hits both alike; the cache starts empty every round. Returns the
     timings and the last round's cache.
     """
-    from embopt.serving.cache import EmbeddingCache
-
     requests = [stream[i : i + request_size] for i in range(0, len(stream), request_size)]
     no_cache, with_cache = [], []
     for _ in range(rounds):
@@ -296,10 +262,6 @@ def mode_bench(bundle: Path, texts: list[str], opts: RuntimeBenchOptions, varian
                call_size: int = 4096) -> dict[str, Any]:
     """Throughput of every :data:`MODES` entry in calls of ``call_size`` texts (``embopt embed``'s), ratio
     and min cosine to ``plain``; batch-1 p50 of 16-token queries on 1 thread, embed vs session.run."""
-    from embopt.bench.run import closest_length
-    from embopt.bench.timing import percentiles
-    from embopt.eval.sts import cosine_rows
-
     embedders = {name: make_embedder(bundle, opts, variant=variant, **kw) for name, kw in MODES.items()}
     contenders = [Contender(name, e.embed, embedder=e) for name, e in embedders.items()]
     log.info("modes: %d sentences x %d rounds (%s)", len(texts), opts.repeats, ", ".join(MODES))
@@ -325,34 +287,32 @@ def mode_bench(bundle: Path, texts: list[str], opts: RuntimeBenchOptions, varian
 
 
 def modes_markdown(m: dict[str, Any], setup: dict[str, Any]) -> str:
-    lines = [f"# Runtime modes ({setup['date']}, {setup['cpu']}, {setup['threads']} threads in every mode, "
-             f"`{m['variant']}` of `{m['bundle']}`, {setup['sentences']} STSb sentences in calls of "
-             f"{m['call_size']}, {setup['repeats']} interleaved rounds; load average "
-             f"{setup['load_average']})",
-             "", "| mode | Embedder arguments | sentences/s | vs plain | tokenize | min cosine vs plain |",
-             "|---|---|---|---|---|---|"]
-    for name, r in m["throughput"].items():
-        args = ", ".join(f"{k}={v}" for k, v in MODES[name].items())
-        lines.append(f"| {name} | {args} | {r['sentences_per_s']:.0f} | {r['vs_plain']:.2f}x | "
-                     f"{100 * r['tokenize_fraction']:.1f}% | {r['cosine_min_vs_plain']:.6f} |")
+    head = ["mode", "Embedder arguments", "sentences/s", "vs plain", "tokenize", "min cosine vs plain"]
+    rows = [[name, ", ".join(f"{k}={v}" for k, v in MODES[name].items()), f"{r['sentences_per_s']:.0f}",
+             f"{r['vs_plain']:.2f}x", f"{100 * r['tokenize_fraction']:.1f}%",
+             f"{r['cosine_min_vs_plain']:.6f}"] for name, r in m["throughput"].items()]
     lat = m["latency_16tok_1thread"]
-    lines += ["", f"Batch 1, {lat['tokens']}-token queries ({lat['queries']}), 1 thread, latency mode: "
-              f"`embed` p50 {lat['embed']['p50_ms']:.3f} ms (p95 {lat['embed']['p95_ms']:.3f}); the bare "
-              f"`InferenceSession.run` p50 {lat['session_run']['p50_ms']:.3f} ms.",
-              "", "Dynamic int8 quantizes activations with one scale per batch: a mode that forms other "
-              "batches (chunks, token budget) moves int8 vectors slightly; on fp32 all modes agree."]
-    return "\n".join(lines) + "\n"
+    return "\n".join([
+        f"# Runtime modes ({setup['date']}, {setup['cpu']}, {setup['threads']} threads in every mode, "
+        f"`{m['variant']}` of `{m['bundle']}`, {setup['sentences']} STSb sentences in calls of "
+        f"{m['call_size']}, {setup['repeats']} interleaved rounds; load average {setup['load_average']})",
+        "",
+        md_table(head, rows),
+        f"Batch 1, {lat['tokens']}-token queries ({lat['queries']}), 1 thread, latency mode: "
+        f"`embed` p50 {lat['embed']['p50_ms']:.3f} ms (p95 {lat['embed']['p95_ms']:.3f}); the bare "
+        f"`InferenceSession.run` p50 {lat['session_run']['p50_ms']:.3f} ms.",
+        "",
+        "Dynamic int8 quantizes activations with one scale per batch: a mode that forms other "
+        "batches (chunks, token budget) moves int8 vectors slightly; on fp32 all modes agree.",
+    ]) + "\n"
 
 
-def run_mode_bench(bundle: Path, opts: RuntimeBenchOptions, variant: str | None = None) -> dict[str, Any]:
-    """:func:`mode_bench` alone, written to ``runtime_modes.json`` and ``.md`` in ``opts.out_dir``."""
-    from embopt.bench.run import sts_sentences, write_json_md
-    from embopt.eval.evaluate import cpu_name
-
+def run_mode_bench(opts: RuntimeBenchOptions) -> dict[str, Any]:
+    """:func:`mode_bench` alone on ``opts.bundle``, written to ``runtime_modes.json`` and ``.md``."""
     texts = sts_sentences(opts.sts_file, opts.sentences)
     pin_threads(opts.threads, exclusive=True)
     load_start = os.getloadavg()[0]
-    m = mode_bench(bundle, texts, opts, variant)
+    m = mode_bench(opts.bundle, texts, opts, opts.variant or None)
     setup = {"date": time.strftime("%Y-%m-%d %H:%M %Z"), "cpu": cpu_name(), "threads": opts.threads,
              "sentences": len(texts), "repeats": opts.repeats,
              "load_average": f"{load_start:.1f} at start, {os.getloadavg()[0]:.1f} at end on "
@@ -366,33 +326,43 @@ def check_targets(result: dict[str, Any], t: RuntimeBenchTargets | None = None) 
     """Each target with its value and whether it is met (``bench.runtime_targets``)."""
     t = t or RuntimeBenchTargets()
     sp, fid, cache = result["speed"], result["fidelity"], result["cache"]
-    single = cache["single_queries"]["speedup"] if cache.get("single_queries") else None
     overhead = {"teacher": t.max_overhead_teacher_int8, "student": t.max_overhead_student_int8}
     checks = {
         f"overhead_{model}_int8{suffix}": (sp[model][path]["overhead_fraction"], "<=", limit)
         for model, limit in overhead.items()
         for suffix, path in (("", PATHS[1]), ("_pipeline", PATHS[2]))
     } | {
-    } | {
         f"same_file_speedup_{model}": (sp[model]["speedup_same_file"], ">=", t.min_same_file_speedup)
         for model in overhead
     } | {
         "cache_speedup": (cache["speedup"], ">=", t.min_cache_speedup),
-        "cache_speedup_single_queries": (single, ">=", t.min_cache_speedup),
+        "cache_speedup_single_queries": (cache["single_queries"]["speedup"], ">=", t.min_cache_speedup),
         "cache_hit_us": (cache["hit_us_memory"], "<=", t.max_cache_hit_us),
         "fidelity_cosine_min": (fid["same_file_cosine_min"], ">=", t.min_fidelity_cosine),
     }
-    out = {}
-    for key, (value, op, target) in checks.items():
-        # The same min/max comparison the pipeline's gates make; a value not measured is not met.
-        met = value is not None and GateResult("bench-runtime", key, float(value), op, float(target)).passed
-        out[key] = {"value": value, "target": f"{op} {target}", "met": bool(met)}
-    return out
+    # Every value is measured on every run; the comparison is the pipeline gates'.
+    return {key: {"value": value, "target": f"{op} {target}",
+                  "met": GateResult("bench-runtime", key, float(value), op, float(target)).passed}
+            for key, (value, op, target) in checks.items()}
 
 
 def markdown(result: dict[str, Any]) -> str:
     s, f, c = result["setup"], result["fidelity"], result["cache"]
-    lines = [
+    speed = []
+    for name in ("teacher", "student"):
+        rows = result["speed"][name]
+        for path in PATHS:
+            r = rows[path]
+            ov = f"{100 * r['overhead_fraction']:.1f}%" if r["overhead_fraction"] is not None else "n/a"
+            tk = f"{100 * r['tokenize_fraction']:.1f}%" if r["tokenize_fraction"] is not None else "-"
+            vs = r["sentences_per_s"] / rows["st_onnx_int8"]["sentences_per_s"]
+            speed.append([name, path, f"{r['sentences_per_s']:.0f}", ov, tk, f"{vs:.2f}x"])
+    targets = [[key, str(t["value"] if t["value"] is None else round(t["value"], 4)), t["target"],
+                "yes" if t["met"] else "NO"] for key, t in result["targets"].items()]
+    single = c["single_queries"]
+    modes_setup = {k: s[k] for k in ("date", "threads", "sentences", "repeats")} | {
+        "cpu": s["machine"], "load_average": s.get("load_average_start")}
+    return "\n".join([
         f"# Runtime benchmark ({s['date']}, {s['machine']}, {s['threads']} threads, batch {s['batch_size']}, "
         f"{s['sentences']} STSb dev sentences, max_seq_length {s['max_seq_length']})",
         "",
@@ -401,20 +371,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"on {os.cpu_count()} CPUs: above the CPU count, other processes shared the cores and absolute "
         "speeds are low; contenders are interleaved chunk by chunk, so ratios stay comparable.",
         "",
-        "| model | path | sentences/s | overhead | tokenize | vs ST same file |",
-        "|---|---|---|---|---|---|",
-    ]
-    for name in ("teacher", "student"):
-        rows = result["speed"][name]
-        for path in PATHS:
-            r = rows[path]
-            ov = f"{100 * r['overhead_fraction']:.1f}%" if r["overhead_fraction"] is not None else "n/a"
-            tk = f"{100 * r['tokenize_fraction']:.1f}%" if r["tokenize_fraction"] is not None else "-"
-            vs = r["sentences_per_s"] / rows["st_onnx_int8"]["sentences_per_s"]
-            lines.append(f"| {name} | {path} | {r['sentences_per_s']:.0f} | {ov} | {tk} | {vs:.2f}x |")
-    single = c.get("single_queries")
-    lines += [
-        "",
+        md_table(["model", "path", "sentences/s", "overhead", "tokenize", "vs ST same file"], speed),
         f"Fidelity (same fp32 ONNX file, {f['sentences']} sentences): min cosine "
         f"{f['same_file_cosine_min']:.6f}, mean {f['same_file_cosine_mean']:.7f}; "
         f"pipeline fp32 export vs ST: min {f['pipeline_fp32_cosine_min']:.6f}.",
@@ -425,24 +382,16 @@ def markdown(result: dict[str, Any]) -> str:
         f"hit {c['hit_us_memory']:.2f} us (memory), {c['hit_us_sqlite']:.2f} us (SQLite). "
         "The ideal is queries / distinct queries; misses arrive in smaller batches than without the "
         "cache, which costs some of it."
-        + (f" One query per request: {single['seconds_without']:.2f} s without, "
-           f"{single['seconds_with']:.2f} s with = **{single['speedup']:.2f}x**." if single else ""),
+        f" One query per request: {single['seconds_without']:.2f} s without, "
+        f"{single['seconds_with']:.2f} s with = **{single['speedup']:.2f}x**.",
         "",
-        "| target | value | wanted | met |",
-        "|---|---|---|---|",
-    ]
-    for key, t in result["targets"].items():
-        v = t["value"] if t["value"] is None else round(t["value"], 4)
-        lines.append(f"| {key} | {v} | {t['target']} | {'yes' if t['met'] else 'NO'} |")
-    setup = {"date": s["date"], "cpu": s["machine"], "threads": s["threads"], "sentences": s["sentences"],
-             "repeats": s["repeats"], "load_average": s.get("load_average_start")}
-    return "\n".join(lines) + "\n\n" + modes_markdown(result["modes"], setup).replace("# ", "## ", 1)
+        md_table(["target", "value", "wanted", "met"], targets),
+        modes_markdown(result["modes"], modes_setup).replace("# ", "## ", 1),
+    ])
 
 
-def run_runtime_bench(opts: RuntimeBenchOptions) -> dict[str, Any]:
+def run_runtime_bench(opts: RuntimeBenchOptions, targets: RuntimeBenchTargets) -> dict[str, Any]:
     """Build (or reuse) the models, measure everything, write ``runtime_bench.json`` and ``.md``."""
-    from embopt.bench.run import sts_sentences, write_json_md
-
     pin_threads(opts.threads)
     texts = sts_sentences(opts.sts_file, opts.sentences)
     models, info = prepare_models(opts)
@@ -461,7 +410,7 @@ def run_runtime_bench(opts: RuntimeBenchOptions) -> dict[str, Any]:
         "cache": cache_bench(models, texts, opts),
         "modes": mode_bench(models["student"]["bundle"], texts, opts),
     }
-    result["targets"] = check_targets(result, opts.targets)
+    result["targets"] = check_targets(result, targets)
     result["setup"]["bench_seconds"] = round(time.perf_counter() - t0, 1)
     result["setup"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     write_json_md(Path(opts.out_dir) / "runtime_bench", result, markdown(result))

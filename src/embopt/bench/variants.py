@@ -30,6 +30,7 @@ from embopt.errors import EmboptError
 from embopt.export.quantize import cpu_flags, detect_isa
 from embopt.pipeline import config
 from embopt.pipeline.files import dir_size_mb, quiet_root_logger
+from embopt.serving.runtime import Embedder, session_options
 
 QUANT_OPS = {"MatMulInteger", "QAttention", "DynamicQuantizeLinear", "QLinearMatMul", "QGemm",
              "QEmbedLayerNormalization", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QuantizeLinear"}
@@ -76,8 +77,6 @@ def st_model(path: Path | str, threads: int, max_seq_length: int, onnx_file: str
     Or with ``session_opts`` instead of the ``threads`` options (profiling).
     """
     from sentence_transformers import SentenceTransformer
-
-    from embopt.serving.runtime import session_options
 
     kwargs: dict[str, Any] = {"device": "cpu"}
     if onnx_file:
@@ -172,8 +171,6 @@ class OrtVariant(BenchVariant):
         self._pooling = profiling.pooling_nodes(self.onnx_path)
 
     def _embedder(self, threads: int):
-        from embopt.serving.runtime import Embedder
-
         if threads not in self._embedders:
             self._embedders[threads] = Embedder(self.bundle, variant=self.name, onnx_path=self.onnx_path,
                                                 threads=threads, max_seq_length=self.max_seq_length)
