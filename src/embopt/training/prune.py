@@ -132,6 +132,7 @@ def collect_importance(st_model, sentences: Sequence[str], batch_size: int = 32)
 def prune_ffn(st_model, activation: list, keep_ratio: float) -> tuple[int, int]:
     """Keep the top ``keep_ratio`` FFN neurons of every layer; slice the Linear layers in place."""
     import torch
+    from transformers.pytorch_utils import prune_linear_layer
 
     hf = hf_model(st_model)
     layers = _bert_layers(hf)
@@ -143,24 +144,10 @@ def prune_ffn(st_model, activation: list, keep_ratio: float) -> tuple[int, int]:
         w_out = layer.output.dense.weight  # (hidden, intermediate)
         score = act.to(w_out.dtype) * w_out.norm(dim=0)
         keep = torch.topk(score, keep_n).indices.sort().values
-        layer.intermediate.dense = slice_linear(layer.intermediate.dense, keep, dim=0)
-        layer.output.dense = slice_linear(layer.output.dense, keep, dim=1)
+        layer.intermediate.dense = prune_linear_layer(layer.intermediate.dense, keep, dim=0)
+        layer.output.dense = prune_linear_layer(layer.output.dense, keep, dim=1)
     hf.config.intermediate_size = keep_n
     return before, keep_n
-
-
-def slice_linear(linear, index, dim: int):
-    """A new nn.Linear holding the selected output rows (dim=0) or input columns (dim=1)."""
-    import torch
-
-    w = linear.weight.detach().index_select(dim, index)
-    b = linear.bias if linear.bias is None or dim == 1 else linear.bias.detach().index_select(0, index)
-    new = torch.nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device=w.device, dtype=w.dtype)
-    with torch.no_grad():
-        new.weight.copy_(w)
-        if b is not None:
-            new.bias.copy_(b)
-    return new
 
 
 def head_scores(layer, activation):
