@@ -78,8 +78,7 @@ def hf_model(st_model: SentenceTransformer):
 
 
 def blocks_parent(hf):
-    """The module whose ``layer`` holds the transformer blocks: ``encoder`` (BERT-like) or ``transformer``
-    (DistilBERT)."""
+    """The module holding the transformer blocks in ``layer``: ``encoder`` or DistilBERT's ``transformer``."""
     for parent in (getattr(hf, "encoder", None), getattr(hf, "transformer", None)):
         if hasattr(parent, "layer"):
             return parent
