@@ -69,14 +69,6 @@ def _bert_layers(hf):
     return layers
 
 
-def check_head_pruning(hf) -> None:
-    """Refuse head pruning where heads share a cross-layer table (MPNet's relative position bias)."""
-    if getattr(getattr(hf, "encoder", None), "relative_attention_bias", None) is not None:
-        raise EmboptError(f"prune.heads_to_prune: {type(hf).__name__} adds one relative position bias, "
-                          "shared by all layers, to every head: head pruning is not supported; set "
-                          "prune.heads_to_prune: 0 (FFN pruning works)")
-
-
 def _n_heads(layers) -> list[int]:
     return [attention_parts(layer)[0].num_attention_heads for layer in layers]
 
@@ -165,7 +157,6 @@ def prune_heads(st_model, head_activation: list, n_prune: int) -> tuple[int, int
     total = sum(_n_heads(layers))
     if n_prune <= 0:
         return total, total
-    check_head_pruning(hf)
     scored = []
     for li, (layer, act) in enumerate(zip(layers, head_activation, strict=True)):
         score = head_scores(layer, act)
@@ -191,8 +182,10 @@ def prune_model(st_model, sentences: Sequence[str], ffn_keep_ratio: float, heads
     """Score with real activations, then remove heads and FFN neurons in place."""
     hf = hf_model(st_model)
     _bert_layers(hf)  # an unsupported architecture fails here, before any work
-    if heads_to_prune > 0:
-        check_head_pruning(hf)
+    if heads_to_prune > 0 and getattr(hf.encoder, "relative_attention_bias", None) is not None:  # MPNet
+        raise EmboptError(f"prune.heads_to_prune: {type(hf).__name__} adds one relative position bias, "
+                          "shared by all layers, to every head: head pruning is not supported; set "
+                          "prune.heads_to_prune: 0 (FFN pruning works)")
     params_before = count_params(st_model)
     ffn_act, head_act = collect_importance(st_model, sentences)
     heads_before, heads_after = prune_heads(st_model, head_act, heads_to_prune)

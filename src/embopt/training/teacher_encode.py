@@ -41,18 +41,8 @@ def torch_encoder(st_model, batch_size: int, show_progress: bool = False) -> Enc
                                              show_progress_bar=show_progress).astype(np.float32)
 
 
-def build_teacher_bundle(st_model, bundle: Path, max_seq_length: int, optimize: bool = True) -> Path:
-    """An fp32 bundle of ``st_model`` at ``bundle`` (tokenizer, ``onnx/model.onnx``, manifest).
-
-    Args:
-        st_model: the teacher SentenceTransformer (Transformer -> Pooling [-> Normalize]).
-        bundle: folder to create.
-        max_seq_length: truncation in tokens, written to the manifest.
-        optimize: apply ORT's fp32 transformer fusions (exact up to float rounding).
-
-    Returns:
-        The bundle folder.
-    """
+def build_teacher_bundle(st_model, bundle: Path, max_seq_length: int) -> Path:
+    """The teacher as an fp32 bundle at ``bundle`` (tokenizer, ORT-fused ``onnx/model.onnx``, manifest)."""
     from embopt.export.onnx import export_onnx, optimize_onnx
     from embopt.serving.bundle import write_manifest
     from embopt.training.modeling import pooling_mode
@@ -65,12 +55,8 @@ def build_teacher_bundle(st_model, bundle: Path, max_seq_length: int, optimize: 
                           "use teacher_embed.backend: torch")
     tok.save_pretrained(str(bundle))  # tokenizer.json: what the runtime's Rust tokenizer reads
     raw = export_onnx(st_model, bundle / "onnx" / "model_raw.onnx")
-    model = bundle / "onnx" / "model.onnx"
-    if optimize:
-        optimize_onnx(raw, model)
-        raw.unlink()
-    else:
-        raw.rename(model)
+    optimize_onnx(raw, bundle / "onnx" / "model.onnx")
+    raw.unlink()
     get_dim = getattr(st_model, "get_embedding_dimension", None) or st_model.get_sentence_embedding_dimension
     write_manifest(bundle, {"onnx_fp32": {"file": "onnx/model.onnx", "precision": "fp32"}}, "onnx_fp32",
                    dim=int(get_dim()), max_seq_length=int(max_seq_length), pooling=pooling_mode(st_model),
@@ -111,15 +97,10 @@ def teacher_encoder(st_model, backend: str, batch_size: int, max_seq_length: int
 def spark_teacher_encoder(st_model, spark, batch_size: int, max_seq_length: int) -> Iterator[Encoder]:
     """The fp32 ONNX teacher run as Spark jobs (``teacher_embed.engine: spark``); one job per call.
 
-    The teacher is exported as for the ``onnx`` backend, into a folder that lives while the
-    encoder is open (the executors load it by path, so on a cluster the temporary folder must
-    be on a file system they share); each call is one Spark job through
-    :func:`embopt.serving.spark_embed.embed_texts` (``mapInPandas``, one Embedder per Python
-    worker, one ORT thread per task), its vectors back in input order. The rows equal the
-    local ``onnx`` backend's up to float rounding (the same graph; only the batches differ).
-
-    ``spark``: the SparkSession (see :func:`embopt.serving.spark_embed.use_session`); ``batch_size``:
-    sentences per ONNX Runtime call within a task; ``max_seq_length``: truncation in tokens.
+    The teacher is exported as for the ``onnx`` backend, into a folder that lives while the encoder is
+    open (the executors load it by path: on a cluster it must be on a file system they share); each call
+    is one :func:`embopt.serving.spark_embed.embed_texts` job, its rows in input order and equal to the
+    local ``onnx`` backend's up to float rounding. ``batch_size``: sentences per ONNX Runtime call.
     """
     from embopt.serving.spark_embed import embed_texts
 
