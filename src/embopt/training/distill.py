@@ -15,6 +15,7 @@ roughly doubling the step cost of a 2-layer student of a 6-layer teacher), and l
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -348,13 +349,9 @@ def _batch_loss(student, heads, sentences: Sequence[str], target, cfg: TrainConf
 def _evaluate(p: _Progress, student, heads, dev_pairs: Sequence[StsPair], total: int, patience: int,
               emit: Callable[[dict, int], None]) -> None:
     """Validation Spearman at ``p.step``: reported, best weights kept (a CPU copy), early stopping decided."""
-    import torch
-
-    student.eval()
-    with torch.inference_mode():
-        score = sts_spearman(lambda s: student.encode(list(s), batch_size=128, convert_to_numpy=True,
-                                                      show_progress_bar=False), dev_pairs)
-    student.train()
+    score = sts_spearman(lambda s: student.encode(list(s), batch_size=128, show_progress_bar=False),
+                         dev_pairs)
+    student.train()  # encode() left it in eval mode
     emit({"val_spearman": score}, p.step)
     if score > p.best_score:
         p.best_score, p.best_step, p.stale = score, p.step, 0
@@ -403,10 +400,8 @@ def train_student(student, sentences: Sequence[str], targets: np.ndarray, cfg: T
     torch.manual_seed(cfg.seed + rank)  # rank 0 draws as one process does; other ranks their own dropout
     student.to(device)
     original_max_len, student.max_seq_length = student.max_seq_length, cfg.max_seq_length
-    student.eval()
-    with torch.inference_mode():
-        student_dim = student.encode([sentences[0]], convert_to_numpy=True, show_progress_bar=False).shape[1]
-    target_dim, student_dim = int(targets.shape[1]), int(student_dim)
+    student_dim = int(student.encode([sentences[0]], show_progress_bar=False).shape[1])  # eval mode, no grad
+    target_dim = int(targets.shape[1])
     heads = _build_heads(student, teacher, target_dim, student_dim, layer_map, cfg.hidden_weight > 0,
                          cfg.seed, cfg.loss).to(device)
     if "sentence" in heads:
@@ -428,16 +423,14 @@ def train_student(student, sentences: Sequence[str], targets: np.ndarray, cfg: T
     t0 = time.perf_counter()
     loss_val = float("nan")
     lengths = token_lengths(student, sentences, cfg.max_seq_length) if cfg.group_by_length else None
-    batches, batches_epoch = [], -1
+    # One epoch's batches at a time; the order depends only on (seed, epoch): a resumed run sees the same.
+    batches_of = functools.lru_cache(maxsize=1)(
+        lambda epoch: epoch_batches(n, cfg.batch_size, cfg.seed, epoch, lengths))
     with _hidden_matching(student, teacher, cfg, layer_map, device) as teacher_hf, \
             tqdm(total=total, initial=p.step, desc="distill", unit="step", dynamic_ncols=True,
                  disable=rank != 0) as bar:
         while p.step < total and not p.stopped_early:
-            epoch = p.step // steps_per_epoch
-            if epoch != batches_epoch:
-                # The order depends only on (seed, epoch): a resumed run sees the same batches.
-                batches, batches_epoch = epoch_batches(n, cfg.batch_size, cfg.seed, epoch, lengths), epoch
-            idx = batches[p.step % steps_per_epoch]
+            idx = batches_of(p.step // steps_per_epoch)[p.step % steps_per_epoch]
             # This rank's rows of the step's batch, and their share of it (all of it in one process).
             share, idx = len(idx[rank::world]) / len(idx), idx[rank::world]
             loss_val, terms = 0.0, {}
