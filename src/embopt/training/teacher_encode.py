@@ -6,10 +6,8 @@ The ONNX path exports the teacher with pooling and L2 normalisation inside the g
 own longest sentence, one session call per batch. The embeddings are the torch teacher's up to float
 rounding (cosine >= 0.9999, tested); the ONNX files live in a temporary folder and are not a stage output.
 
-:func:`encode_in_chunks` makes the stage resumable: the corpus is encoded in fixed chunks, each saved as it
-finishes, so a killed run starts again at the first missing chunk and ends with the same rows as an
-uninterrupted one. :func:`spark_teacher_encoder` runs the same ONNX teacher as Spark jobs
-(``teacher_embed.engine: spark``), one job per chunk, so it resumes alike.
+:func:`encode_in_chunks` makes the stage resumable (fixed chunks, each saved as it finishes);
+:func:`spark_teacher_encoder` runs the same ONNX teacher as Spark jobs, one per chunk.
 """
 
 from __future__ import annotations
@@ -142,40 +140,38 @@ def logged_encoder(encode: Encoder, what: str, every: int) -> Encoder:
     return run
 
 
-def encode_in_chunks(encode: Encoder, sentences: Sequence[str], chunk_sentences: int,
-                     ckpt_dir: Path | None = None, job_id: str = "") -> tuple[np.ndarray, int]:
+def encode_in_chunks(encode: Encoder, sentences: Sequence[str], chunk_sentences: int, ckpt_dir: Path,
+                     job_id: str) -> tuple[np.ndarray, int]:
     """Encode ``sentences`` (in output row order) chunk by chunk, saving each finished one under ``ckpt_dir``.
 
     ``encode`` maps sentences to float32 rows (length-sorted batches form within a chunk). The chunk
     boundaries (``chunk_sentences`` each) are fixed, so a resumed run encodes exactly the batches an
-    uninterrupted one would. ``ckpt_dir``: None saves nothing; chunks of the same ``job_id``
-    (:func:`chunk_job_id` of the settings) are reused, another one discards them.
+    uninterrupted one would. Chunks in ``ckpt_dir`` of the same ``job_id`` (:func:`chunk_job_id` of the
+    settings) are reused, another one discards them.
     Returns (embeddings, number of sentences taken from saved chunks).
     """
     if chunk_sentences < 1:
         raise ValueError(f"chunk_sentences must be >= 1, got {chunk_sentences}")
-    if ckpt_dir is not None:
-        ckpt_dir = Path(ckpt_dir)
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        job_file = ckpt_dir / "job.json"
-        old = json.loads(job_file.read_text()).get("job_id") if job_file.exists() else None
-        if old != job_id:
-            if old is not None:
-                log.info("teacher chunks in %s are from other settings; starting over", ckpt_dir)
-            clear_chunks(ckpt_dir)
-            job_file.write_text(json.dumps({"job_id": job_id}) + "\n")
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    job_file = ckpt_dir / "job.json"
+    old = json.loads(job_file.read_text()).get("job_id") if job_file.exists() else None
+    if old != job_id:
+        if old is not None:
+            log.info("teacher chunks in %s are from other settings; starting over", ckpt_dir)
+        clear_chunks(ckpt_dir)
+        job_file.write_text(json.dumps({"job_id": job_id}) + "\n")
     n, parts, resumed, done_new, t0 = len(sentences), [], 0, 0, time.perf_counter()
     for i, start in enumerate(range(0, n, chunk_sentences)):
         rows = min(chunk_sentences, n - start)
-        path = ckpt_dir / f"chunk_{i:05d}.npy" if ckpt_dir is not None else None
-        if path is not None and path.exists() and (emb := np.load(path)).shape[0] == rows:
+        path = ckpt_dir / f"chunk_{i:05d}.npy"
+        if path.exists() and (emb := np.load(path)).shape[0] == rows:
             parts.append(emb)
             resumed += rows
             continue
         emb = np.ascontiguousarray(encode(sentences[start:start + rows]), dtype=np.float32)
-        if path is not None:
-            with atomic_file(path, "wb") as fh:  # a kill mid-save leaves no half chunk to resume from
-                np.save(fh, emb)
+        with atomic_file(path, "wb") as fh:  # a kill mid-save leaves no half chunk to resume from
+            np.save(fh, emb)
         parts.append(emb)
         done_new += rows
         rate = done_new / max(time.perf_counter() - t0, 1e-9)
