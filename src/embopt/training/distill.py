@@ -296,7 +296,6 @@ def _hidden_matching(student, teacher, cfg: TrainConfig, layer_map: Sequence[int
     if cfg.hidden_weight <= 0:
         yield None
         return
-    # Frozen by running under no_grad (the caller's model is left as it was, mode restored at the end).
     teacher_hf, student_config = hf_model(teacher).to(device), hf_model(student).config
     was_training, had_hidden = teacher_hf.training, student_config.output_hidden_states
     teacher_hf.eval()
