@@ -54,7 +54,6 @@ from embopt.training.prune import (
     head_scores,
     prune_model,
     recovery_config,
-    slice_linear,
 )
 
 
@@ -69,6 +68,7 @@ def point(text: str) -> tuple[float, int, int | None]:
 def narrow_hidden(model, sentences: list[str], width: int) -> None:
     """Slice the residual stream of a BERT-style ``model`` to ``width`` dims in place (see the module doc)."""
     import torch
+    from transformers.pytorch_utils import prune_linear_layer
 
     hf = hf_model(model)
     layers = list(hf.encoder.layer)
@@ -108,10 +108,10 @@ def narrow_hidden(model, sentences: list[str], width: int) -> None:
     for b in layers:
         self_attn = b.attention.self
         for name in ("query", "key", "value"):
-            setattr(self_attn, name, slice_linear(getattr(self_attn, name), keep, dim=1))
-        b.attention.output.dense = slice_linear(b.attention.output.dense, keep, dim=0)
-        b.intermediate.dense = slice_linear(b.intermediate.dense, keep, dim=1)
-        b.output.dense = slice_linear(b.output.dense, keep, dim=0)
+            setattr(self_attn, name, prune_linear_layer(getattr(self_attn, name), keep, dim=1))
+        b.attention.output.dense = prune_linear_layer(b.attention.output.dense, keep, dim=0)
+        b.intermediate.dense = prune_linear_layer(b.intermediate.dense, keep, dim=1)
+        b.output.dense = prune_linear_layer(b.output.dense, keep, dim=0)
         b.attention.pruned_heads = set()  # the kept heads are now a layer of per_layer heads
     hf.pooler = None  # unused by sentence embeddings; its 384x384 matrix would not reload
     hf.config.update({"hidden_size": width, "num_attention_heads": per_layer, "pruned_heads": {}})

@@ -76,12 +76,12 @@ def test_chunks_resume_after_a_kill_with_the_uninterrupted_result(tmp_path):
     assert not list(ckpt.glob("chunk_*")) and not (ckpt / "job.json").exists()
 
 
-def test_chunked_onnx_teacher_matches_one_pass(tiny_model):
+def test_chunked_onnx_teacher_matches_one_pass(tiny_model, tmp_path):
     from embopt.training.teacher_encode import encode_in_chunks
 
     sentences = tiny.sentences(50, seed=9)
     encode = teacher_encoder(tiny_model, "onnx", batch_size=8, max_seq_length=32, threads=1)
-    chunked, _ = encode_in_chunks(encode, sentences, 16)
+    chunked, _ = encode_in_chunks(encode, sentences, 16, tmp_path, "job")
     np.testing.assert_allclose(chunked, encode(sentences), atol=1e-5)
 
 

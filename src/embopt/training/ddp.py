@@ -1,22 +1,10 @@
-"""Data-parallel distillation with ``torch.distributed`` (gloo on CPU, NCCL on GPUs).
+"""Data-parallel distillation with ``torch.distributed`` (gloo on CPU, NCCL on GPUs), under ``torchrun``.
 
-Each step's batch (``distill.batch_size`` rows, the same batches as one process would use) is split across
-the N ranks; after the backward pass every rank's gradients are all-reduced, weighted by its share of the
-rows, so each rank applies the gradient of the whole batch. For the row-averaged losses (``mse``,
-``cosine``, ``mse+cosine``) with dropout off that is the one-process update up to float rounding; the
-in-batch structure losses (``sim``, ``kl``) then see sub-batches, and dropout draws differ per rank, so
-those runs differ from one process by more.
-
-This is what ``DistributedDataParallel`` does, done with one coalesced ``all_reduce`` after ``backward``:
-the SentenceTransformer stays unwrapped (checkpoints keep their keys), and parameters that get no gradient
-(BERT's unused pooler) need no ``find_unused_parameters``.
-
-Launch: ``torchrun``. With ``distill.nproc: N > 1`` the distill stage starts ``torchrun --standalone
---nproc-per-node N -m stages.distill`` itself (:func:`torchrun`); every rank runs the stage,
-:func:`init_from_env` joins it to the group, and :func:`embopt.training.distill.train_student` picks up
-rank and world size. Rank 0 alone evaluates, checkpoints, logs to MLflow and writes the outputs. Several
-machines: run the same ``torchrun`` with ``--nnodes``/``--rdzv-endpoint`` on each (the stage then does not
-launch).
+Each step's batch is split across the ranks and every rank's gradients are all-reduced, weighted by its
+share of the rows (:func:`all_reduce_gradients`: what ``DistributedDataParallel`` does, in one message
+after ``backward``, the SentenceTransformer left unwrapped). With ``distill.nproc: N > 1`` the distill
+stage launches itself under :func:`torchrun`; rank 0 alone evaluates, checkpoints, logs and writes the
+outputs. The README (data-parallel distillation) says how close that is to one process.
 """
 
 from __future__ import annotations
@@ -64,12 +52,11 @@ def all_reduce_gradients(params: Sequence, weight: float, extra: float) -> float
 
 def broadcast_flag(flag: bool) -> bool:
     """Rank 0's ``flag`` on every rank (the early-stopping decision: only rank 0 evaluates)."""
-    import torch
     import torch.distributed as dist
 
-    t = torch.tensor([int(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
-    dist.broadcast(t, src=0)
-    return bool(t.item())
+    box = [flag]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def gather_rng_states() -> list:

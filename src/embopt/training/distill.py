@@ -15,6 +15,7 @@ roughly doubling the step cost of a 2-layer student of a 6-layer teacher), and l
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -27,7 +28,6 @@ from pathlib import Path
 import numpy as np
 
 from embopt.data.sts import StsPair
-from embopt.errors import EmboptError
 from embopt.eval.sts import sts_spearman
 from embopt.pipeline.files import atomic_file
 from embopt.training.ddp import all_reduce_gradients, broadcast_flag, gather_rng_states, rank_world
@@ -133,15 +133,6 @@ def fingerprint(cfg: TrainConfig, n_sentences: int, extra: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def hidden_size(st_model) -> int:
-    """Width of a SentenceTransformer's hidden states (``hidden_size`` or DistilBERT's ``dim``)."""
-    cfg = hf_model(st_model).config
-    size = getattr(cfg, "hidden_size", None) or getattr(cfg, "dim", None)
-    if not size:
-        raise EmboptError(f"cannot tell the hidden size of {type(hf_model(st_model)).__name__}")
-    return int(size)
-
-
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, lengths: np.ndarray | None = None) -> list:
     """Row indices of every batch of one epoch, a pure function of (seed, epoch): a resumed run sees the same.
 
@@ -196,9 +187,11 @@ def _build_heads(student, teacher, target_dim: int, student_dim: int, layer_map:
     heads = torch.nn.ModuleDict()
     if student_dim != target_dim and loss not in ("sim", "kl"):
         heads["sentence"] = linear(student_dim, target_dim)
-    if hidden_on and hidden_size(student) != hidden_size(teacher):
-        for i in range(len(layer_map or [])):
-            heads[f"hidden_{i}"] = linear(hidden_size(student), hidden_size(teacher))
+    if hidden_on:  # hidden_size: DistilBERT's config maps it to its ``dim``
+        d_student, d_teacher = (hf_model(m).config.hidden_size for m in (student, teacher))
+        if d_student != d_teacher:
+            for i in range(len(layer_map)):
+                heads[f"hidden_{i}"] = linear(d_student, d_teacher)
     return heads
 
 
@@ -298,35 +291,26 @@ def _save_checkpoint(path: Path, job_id: str, parts: dict, progress: _Progress, 
 
 @contextlib.contextmanager
 def _hidden_matching(student, teacher, cfg: TrainConfig, layer_map: Sequence[int] | None, device: str):
-    """Yields (frozen teacher transformer, list the student blocks' training outputs are appended to),
-    or (None, []) when hidden-state matching is off. The teacher's mode and the hooks are restored."""
+    """Yields the frozen teacher transformer, the student's forward then returning every block's output
+    (``all_layer_embeddings``); None when hidden-state matching is off. Both models' settings are restored."""
     if cfg.hidden_weight <= 0:
-        yield None, []
+        yield None
         return
-    # Frozen by running under no_grad (the caller's model is left as it was, mode restored at the end).
-    teacher_hf = hf_model(teacher).to(device)
-    was_training = teacher_hf.training
+    teacher_hf, student_config = hf_model(teacher).to(device), hf_model(student).config
+    was_training, had_hidden = teacher_hf.training, student_config.output_hidden_states
     teacher_hf.eval()
+    student_config.output_hidden_states = True
     log.info("hidden-state matching (weight %g): student layers -> teacher layers %s; the teacher runs "
              "on every batch", cfg.hidden_weight, list(layer_map))
-    captured: list = []
-
-    def keep_output(module, _inputs, output) -> None:
-        if module.training:  # validation runs in eval mode: nothing to keep
-            # BERT blocks return a tuple (hidden, attentions...) in transformers 4.x, a tensor since.
-            captured.append(output[0] if isinstance(output, (tuple, list)) else output)
-
-    hooks = [block.register_forward_hook(keep_output) for block in layer_modules(student)]
     try:
-        yield teacher_hf, captured
+        yield teacher_hf
     finally:
-        for h in hooks:
-            h.remove()
+        student_config.output_hidden_states = had_hidden
         teacher_hf.train(was_training)
 
 
 def _batch_loss(student, heads, sentences: Sequence[str], target, cfg: TrainConfig, device: str,
-                teacher_hf, captured: list, layer_map) -> tuple[float, dict]:
+                teacher_hf, layer_map) -> tuple[float, dict]:
     """Forward and backward on ``sentences``.
 
     Returns (loss, its embedding and hidden terms when hidden-state matching is on, else {}).
@@ -336,8 +320,8 @@ def _batch_loss(student, heads, sentences: Sequence[str], target, cfg: TrainConf
     # sentence-transformers 5.x renamed tokenize() to preprocess(); keep both working.
     tokenize = student.preprocess if hasattr(student, "preprocess") else student.tokenize
     features = {k: (v.to(device) if hasattr(v, "to") else v) for k, v in tokenize(list(sentences)).items()}
-    captured.clear()
-    out = student(features)["sentence_embedding"]
+    features = student(features)
+    out = features["sentence_embedding"]
     if "sentence" in heads:
         out = heads["sentence"](out)
     loss = emb_loss = distill_loss(out, target.to(device), cfg.loss, cfg.temperature, cfg.structure_weight)
@@ -348,10 +332,11 @@ def _batch_loss(student, heads, sentences: Sequence[str], target, cfg: TrainConf
         with torch.no_grad():  # the teacher runs frozen
             t_hidden = teacher_hf(**model_inputs, output_hidden_states=True).hidden_states
         hidden = []
-        for li, (s_h, t_layer) in enumerate(zip(captured, layer_map, strict=True)):
+        # all_layer_embeddings[0] is the embedding output, as is the teacher's hidden_states[0].
+        s_hidden = features["all_layer_embeddings"][1:]
+        for li, (s_h, t_layer) in enumerate(zip(s_hidden, layer_map, strict=True)):
             if f"hidden_{li}" in heads:
                 s_h = heads[f"hidden_{li}"](s_h)
-            # hidden_states[0] is the embedding output; block j's output is hidden_states[j + 1].
             hidden.append(masked_hidden_mse(s_h, t_hidden[t_layer + 1], model_inputs["attention_mask"]))
         hid = torch.stack(hidden).mean()
         loss = emb_loss + cfg.hidden_weight * hid
@@ -363,13 +348,9 @@ def _batch_loss(student, heads, sentences: Sequence[str], target, cfg: TrainConf
 def _evaluate(p: _Progress, student, heads, dev_pairs: Sequence[StsPair], total: int, patience: int,
               emit: Callable[[dict, int], None]) -> None:
     """Validation Spearman at ``p.step``: reported, best weights kept (a CPU copy), early stopping decided."""
-    import torch
-
-    student.eval()
-    with torch.inference_mode():
-        score = sts_spearman(lambda s: student.encode(list(s), batch_size=128, convert_to_numpy=True,
-                                                      show_progress_bar=False), dev_pairs)
-    student.train()
+    score = sts_spearman(lambda s: student.encode(list(s), batch_size=128, show_progress_bar=False),
+                         dev_pairs)
+    student.train()  # encode() left it in eval mode
     emit({"val_spearman": score}, p.step)
     if score > p.best_score:
         p.best_score, p.best_step, p.stale = score, p.step, 0
@@ -418,10 +399,8 @@ def train_student(student, sentences: Sequence[str], targets: np.ndarray, cfg: T
     torch.manual_seed(cfg.seed + rank)  # rank 0 draws as one process does; other ranks their own dropout
     student.to(device)
     original_max_len, student.max_seq_length = student.max_seq_length, cfg.max_seq_length
-    student.eval()
-    with torch.inference_mode():
-        student_dim = student.encode([sentences[0]], convert_to_numpy=True, show_progress_bar=False).shape[1]
-    target_dim, student_dim = int(targets.shape[1]), int(student_dim)
+    student_dim = int(student.encode([sentences[0]], show_progress_bar=False).shape[1])  # eval mode, no grad
+    target_dim = int(targets.shape[1])
     heads = _build_heads(student, teacher, target_dim, student_dim, layer_map, cfg.hidden_weight > 0,
                          cfg.seed, cfg.loss).to(device)
     if "sentence" in heads:
@@ -443,22 +422,20 @@ def train_student(student, sentences: Sequence[str], targets: np.ndarray, cfg: T
     t0 = time.perf_counter()
     loss_val = float("nan")
     lengths = token_lengths(student, sentences, cfg.max_seq_length) if cfg.group_by_length else None
-    batches, batches_epoch = [], -1
-    with _hidden_matching(student, teacher, cfg, layer_map, device) as (teacher_hf, captured), \
+    # One epoch's batches at a time; the order depends only on (seed, epoch): a resumed run sees the same.
+    batches_of = functools.lru_cache(maxsize=1)(
+        lambda epoch: epoch_batches(n, cfg.batch_size, cfg.seed, epoch, lengths))
+    with _hidden_matching(student, teacher, cfg, layer_map, device) as teacher_hf, \
             tqdm(total=total, initial=p.step, desc="distill", unit="step", dynamic_ncols=True,
                  disable=rank != 0) as bar:
         while p.step < total and not p.stopped_early:
-            epoch = p.step // steps_per_epoch
-            if epoch != batches_epoch:
-                # The order depends only on (seed, epoch): a resumed run sees the same batches.
-                batches, batches_epoch = epoch_batches(n, cfg.batch_size, cfg.seed, epoch, lengths), epoch
-            idx = batches[p.step % steps_per_epoch]
+            idx = batches_of(p.step // steps_per_epoch)[p.step % steps_per_epoch]
             # This rank's rows of the step's batch, and their share of it (all of it in one process).
             share, idx = len(idx[rank::world]) / len(idx), idx[rank::world]
             loss_val, terms = 0.0, {}
             if len(idx):  # a last batch smaller than the world leaves some ranks without rows
                 loss_val, terms = _batch_loss(student, heads, [sentences[j] for j in idx.tolist()],
-                                              target_t[idx], cfg, device, teacher_hf, captured, layer_map)
+                                              target_t[idx], cfg, device, teacher_hf, layer_map)
             if world > 1:  # every rank now holds the whole batch's gradient and loss
                 loss_val = all_reduce_gradients(trainable, share, loss_val)
             torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)

@@ -77,19 +77,17 @@ def hf_model(st_model: SentenceTransformer):
     return st_model[0].auto_model
 
 
-def layer_list(hf):
-    """The ModuleList of transformer blocks: BERT-like (encoder.layer) and DistilBERT (transformer.layer)."""
-    if hasattr(hf, "encoder") and hasattr(hf.encoder, "layer"):
-        return hf.encoder, "layer"
-    if hasattr(hf, "transformer") and hasattr(hf.transformer, "layer"):
-        return hf.transformer, "layer"
+def blocks_parent(hf):
+    """The module holding the transformer blocks in ``layer``: ``encoder`` or DistilBERT's ``transformer``."""
+    for parent in (getattr(hf, "encoder", None), getattr(hf, "transformer", None)):
+        if hasattr(parent, "layer"):
+            return parent
     raise EmboptError(f"unsupported architecture for layer selection: {type(hf).__name__}")
 
 
 def layer_modules(st_model: SentenceTransformer) -> list:
     """The transformer blocks of a SentenceTransformer, in order."""
-    parent, attr = layer_list(hf_model(st_model))
-    return list(getattr(parent, attr))
+    return list(blocks_parent(hf_model(st_model)).layer)
 
 
 def num_layers(st_model: SentenceTransformer) -> int:

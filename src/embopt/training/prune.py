@@ -69,14 +69,6 @@ def _bert_layers(hf):
     return layers
 
 
-def check_head_pruning(hf) -> None:
-    """Refuse head pruning where heads share a cross-layer table (MPNet's relative position bias)."""
-    if getattr(getattr(hf, "encoder", None), "relative_attention_bias", None) is not None:
-        raise EmboptError(f"prune.heads_to_prune: {type(hf).__name__} adds one relative position bias, "
-                          "shared by all layers, to every head: head pruning is not supported; set "
-                          "prune.heads_to_prune: 0 (FFN pruning works)")
-
-
 def _n_heads(layers) -> list[int]:
     return [attention_parts(layer)[0].num_attention_heads for layer in layers]
 
@@ -132,6 +124,7 @@ def collect_importance(st_model, sentences: Sequence[str], batch_size: int = 32)
 def prune_ffn(st_model, activation: list, keep_ratio: float) -> tuple[int, int]:
     """Keep the top ``keep_ratio`` FFN neurons of every layer; slice the Linear layers in place."""
     import torch
+    from transformers.pytorch_utils import prune_linear_layer
 
     hf = hf_model(st_model)
     layers = _bert_layers(hf)
@@ -143,24 +136,10 @@ def prune_ffn(st_model, activation: list, keep_ratio: float) -> tuple[int, int]:
         w_out = layer.output.dense.weight  # (hidden, intermediate)
         score = act.to(w_out.dtype) * w_out.norm(dim=0)
         keep = torch.topk(score, keep_n).indices.sort().values
-        layer.intermediate.dense = slice_linear(layer.intermediate.dense, keep, dim=0)
-        layer.output.dense = slice_linear(layer.output.dense, keep, dim=1)
+        layer.intermediate.dense = prune_linear_layer(layer.intermediate.dense, keep, dim=0)
+        layer.output.dense = prune_linear_layer(layer.output.dense, keep, dim=1)
     hf.config.intermediate_size = keep_n
     return before, keep_n
-
-
-def slice_linear(linear, index, dim: int):
-    """A new nn.Linear holding the selected output rows (dim=0) or input columns (dim=1)."""
-    import torch
-
-    w = linear.weight.detach().index_select(dim, index)
-    b = linear.bias if linear.bias is None or dim == 1 else linear.bias.detach().index_select(0, index)
-    new = torch.nn.Linear(w.shape[1], w.shape[0], bias=b is not None, device=w.device, dtype=w.dtype)
-    with torch.no_grad():
-        new.weight.copy_(w)
-        if b is not None:
-            new.bias.copy_(b)
-    return new
 
 
 def head_scores(layer, activation):
@@ -178,7 +157,6 @@ def prune_heads(st_model, head_activation: list, n_prune: int) -> tuple[int, int
     total = sum(_n_heads(layers))
     if n_prune <= 0:
         return total, total
-    check_head_pruning(hf)
     scored = []
     for li, (layer, act) in enumerate(zip(layers, head_activation, strict=True)):
         score = head_scores(layer, act)
@@ -204,8 +182,10 @@ def prune_model(st_model, sentences: Sequence[str], ffn_keep_ratio: float, heads
     """Score with real activations, then remove heads and FFN neurons in place."""
     hf = hf_model(st_model)
     _bert_layers(hf)  # an unsupported architecture fails here, before any work
-    if heads_to_prune > 0:
-        check_head_pruning(hf)
+    if heads_to_prune > 0 and getattr(hf.encoder, "relative_attention_bias", None) is not None:  # MPNet
+        raise EmboptError(f"prune.heads_to_prune: {type(hf).__name__} adds one relative position bias, "
+                          "shared by all layers, to every head: head pruning is not supported; set "
+                          "prune.heads_to_prune: 0 (FFN pruning works)")
     params_before = count_params(st_model)
     ffn_act, head_act = collect_importance(st_model, sentences)
     heads_before, heads_after = prune_heads(st_model, head_act, heads_to_prune)

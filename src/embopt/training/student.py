@@ -11,7 +11,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from embopt.errors import EmboptError
-from embopt.training.modeling import hf_model, layer_list
+from embopt.training.modeling import blocks_parent, hf_model
 
 if TYPE_CHECKING:  # torch is heavy; import it where it is used
     from sentence_transformers import SentenceTransformer
@@ -64,12 +64,10 @@ def make_student(teacher: SentenceTransformer, keep: list[int]) -> SentenceTrans
 
     student = copy.deepcopy(teacher)
     hf = hf_model(student)
-    parent, attr = layer_list(hf)
-    blocks = getattr(parent, attr)
-    setattr(parent, attr, torch.nn.ModuleList([blocks[i] for i in keep]))
-    # The config must agree with the module list so that save/load round-trips.
-    for key in ("num_hidden_layers", "n_layers"):
-        if hasattr(hf.config, key):
-            setattr(hf.config, key, len(keep))
+    parent = blocks_parent(hf)
+    blocks = parent.layer
+    parent.layer = torch.nn.ModuleList([blocks[i] for i in keep])
+    # The config must agree with the module list so that save/load round-trips (DistilBERT's: n_layers).
+    hf.config.num_hidden_layers = len(keep)
     log.info("student keeps teacher layers %s (%d of %d)", keep, len(keep), len(blocks))
     return student

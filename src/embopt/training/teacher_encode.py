@@ -6,10 +6,8 @@ The ONNX path exports the teacher with pooling and L2 normalisation inside the g
 own longest sentence, one session call per batch. The embeddings are the torch teacher's up to float
 rounding (cosine >= 0.9999, tested); the ONNX files live in a temporary folder and are not a stage output.
 
-:func:`encode_in_chunks` makes the stage resumable: the corpus is encoded in fixed chunks, each saved as it
-finishes, so a killed run starts again at the first missing chunk and ends with the same rows as an
-uninterrupted one. :func:`spark_teacher_encoder` runs the same ONNX teacher as Spark jobs
-(``teacher_embed.engine: spark``), one job per chunk, so it resumes alike.
+:func:`encode_in_chunks` makes the stage resumable (fixed chunks, each saved as it finishes);
+:func:`spark_teacher_encoder` runs the same ONNX teacher as Spark jobs, one per chunk.
 """
 
 from __future__ import annotations
@@ -41,18 +39,8 @@ def torch_encoder(st_model, batch_size: int, show_progress: bool = False) -> Enc
                                              show_progress_bar=show_progress).astype(np.float32)
 
 
-def build_teacher_bundle(st_model, bundle: Path, max_seq_length: int, optimize: bool = True) -> Path:
-    """An fp32 bundle of ``st_model`` at ``bundle`` (tokenizer, ``onnx/model.onnx``, manifest).
-
-    Args:
-        st_model: the teacher SentenceTransformer (Transformer -> Pooling [-> Normalize]).
-        bundle: folder to create.
-        max_seq_length: truncation in tokens, written to the manifest.
-        optimize: apply ORT's fp32 transformer fusions (exact up to float rounding).
-
-    Returns:
-        The bundle folder.
-    """
+def build_teacher_bundle(st_model, bundle: Path, max_seq_length: int) -> Path:
+    """The teacher as an fp32 bundle at ``bundle`` (tokenizer, ORT-fused ``onnx/model.onnx``, manifest)."""
     from embopt.export.onnx import export_onnx, optimize_onnx
     from embopt.serving.bundle import write_manifest
     from embopt.training.modeling import pooling_mode
@@ -65,12 +53,8 @@ def build_teacher_bundle(st_model, bundle: Path, max_seq_length: int, optimize: 
                           "use teacher_embed.backend: torch")
     tok.save_pretrained(str(bundle))  # tokenizer.json: what the runtime's Rust tokenizer reads
     raw = export_onnx(st_model, bundle / "onnx" / "model_raw.onnx")
-    model = bundle / "onnx" / "model.onnx"
-    if optimize:
-        optimize_onnx(raw, model)
-        raw.unlink()
-    else:
-        raw.rename(model)
+    optimize_onnx(raw, bundle / "onnx" / "model.onnx")
+    raw.unlink()
     get_dim = getattr(st_model, "get_embedding_dimension", None) or st_model.get_sentence_embedding_dimension
     write_manifest(bundle, {"onnx_fp32": {"file": "onnx/model.onnx", "precision": "fp32"}}, "onnx_fp32",
                    dim=int(get_dim()), max_seq_length=int(max_seq_length), pooling=pooling_mode(st_model),
@@ -111,15 +95,10 @@ def teacher_encoder(st_model, backend: str, batch_size: int, max_seq_length: int
 def spark_teacher_encoder(st_model, spark, batch_size: int, max_seq_length: int) -> Iterator[Encoder]:
     """The fp32 ONNX teacher run as Spark jobs (``teacher_embed.engine: spark``); one job per call.
 
-    The teacher is exported as for the ``onnx`` backend, into a folder that lives while the
-    encoder is open (the executors load it by path, so on a cluster the temporary folder must
-    be on a file system they share); each call is one Spark job through
-    :func:`embopt.serving.spark_embed.embed_texts` (``mapInPandas``, one Embedder per Python
-    worker, one ORT thread per task), its vectors back in input order. The rows equal the
-    local ``onnx`` backend's up to float rounding (the same graph; only the batches differ).
-
-    ``spark``: the SparkSession (see :func:`embopt.serving.spark_embed.use_session`); ``batch_size``:
-    sentences per ONNX Runtime call within a task; ``max_seq_length``: truncation in tokens.
+    The teacher is exported as for the ``onnx`` backend, into a folder that lives while the encoder is
+    open (the executors load it by path: on a cluster it must be on a file system they share); each call
+    is one :func:`embopt.serving.spark_embed.embed_texts` job, its rows in input order and equal to the
+    local ``onnx`` backend's up to float rounding. ``batch_size``: sentences per ONNX Runtime call.
     """
     from embopt.serving.spark_embed import embed_texts
 
@@ -161,40 +140,38 @@ def logged_encoder(encode: Encoder, what: str, every: int) -> Encoder:
     return run
 
 
-def encode_in_chunks(encode: Encoder, sentences: Sequence[str], chunk_sentences: int,
-                     ckpt_dir: Path | None = None, job_id: str = "") -> tuple[np.ndarray, int]:
+def encode_in_chunks(encode: Encoder, sentences: Sequence[str], chunk_sentences: int, ckpt_dir: Path,
+                     job_id: str) -> tuple[np.ndarray, int]:
     """Encode ``sentences`` (in output row order) chunk by chunk, saving each finished one under ``ckpt_dir``.
 
     ``encode`` maps sentences to float32 rows (length-sorted batches form within a chunk). The chunk
     boundaries (``chunk_sentences`` each) are fixed, so a resumed run encodes exactly the batches an
-    uninterrupted one would. ``ckpt_dir``: None saves nothing; chunks of the same ``job_id``
-    (:func:`chunk_job_id` of the settings) are reused, another one discards them.
+    uninterrupted one would. Chunks in ``ckpt_dir`` of the same ``job_id`` (:func:`chunk_job_id` of the
+    settings) are reused, another one discards them.
     Returns (embeddings, number of sentences taken from saved chunks).
     """
     if chunk_sentences < 1:
         raise ValueError(f"chunk_sentences must be >= 1, got {chunk_sentences}")
-    if ckpt_dir is not None:
-        ckpt_dir = Path(ckpt_dir)
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        job_file = ckpt_dir / "job.json"
-        old = json.loads(job_file.read_text()).get("job_id") if job_file.exists() else None
-        if old != job_id:
-            if old is not None:
-                log.info("teacher chunks in %s are from other settings; starting over", ckpt_dir)
-            clear_chunks(ckpt_dir)
-            job_file.write_text(json.dumps({"job_id": job_id}) + "\n")
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    job_file = ckpt_dir / "job.json"
+    old = json.loads(job_file.read_text()).get("job_id") if job_file.exists() else None
+    if old != job_id:
+        if old is not None:
+            log.info("teacher chunks in %s are from other settings; starting over", ckpt_dir)
+        clear_chunks(ckpt_dir)
+        job_file.write_text(json.dumps({"job_id": job_id}) + "\n")
     n, parts, resumed, done_new, t0 = len(sentences), [], 0, 0, time.perf_counter()
     for i, start in enumerate(range(0, n, chunk_sentences)):
         rows = min(chunk_sentences, n - start)
-        path = ckpt_dir / f"chunk_{i:05d}.npy" if ckpt_dir is not None else None
-        if path is not None and path.exists() and (emb := np.load(path)).shape[0] == rows:
+        path = ckpt_dir / f"chunk_{i:05d}.npy"
+        if path.exists() and (emb := np.load(path)).shape[0] == rows:
             parts.append(emb)
             resumed += rows
             continue
         emb = np.ascontiguousarray(encode(sentences[start:start + rows]), dtype=np.float32)
-        if path is not None:
-            with atomic_file(path, "wb") as fh:  # a kill mid-save leaves no half chunk to resume from
-                np.save(fh, emb)
+        with atomic_file(path, "wb") as fh:  # a kill mid-save leaves no half chunk to resume from
+            np.save(fh, emb)
         parts.append(emb)
         done_new += rows
         rate = done_new / max(time.perf_counter() - t0, 1e-9)
