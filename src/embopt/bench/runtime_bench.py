@@ -357,7 +357,7 @@ def markdown(result: dict[str, Any]) -> str:
             tk = f"{100 * r['tokenize_fraction']:.1f}%" if r["tokenize_fraction"] is not None else "-"
             vs = r["sentences_per_s"] / rows["st_onnx_int8"]["sentences_per_s"]
             speed.append([name, path, f"{r['sentences_per_s']:.0f}", ov, tk, f"{vs:.2f}x"])
-    targets = [[key, str(t["value"] if t["value"] is None else round(t["value"], 4)), t["target"],
+    targets = [[key, str(round(t["value"], 4)), t["target"],
                 "yes" if t["met"] else "NO"] for key, t in result["targets"].items()]
     single = c["single_queries"]
     modes_setup = {k: s[k] for k in ("date", "threads", "sentences", "repeats")} | {
